@@ -1,0 +1,119 @@
+//! Byte quantities that read both as numbers and as `32GB`-style strings,
+//! because configs are written by people and APIs by programs.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// A number of bytes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Bytes(pub u64);
+
+/// Why a byte quantity could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid byte size {0:?}: use a whole number of bytes or a number with a unit (B, KB, MB, GB, TB, KiB, MiB, GiB, TiB)")]
+pub struct ParseBytesError(String);
+
+impl FromStr for Bytes {
+    type Err = ParseBytesError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| ParseBytesError(s.to_string()))?;
+        let mult: f64 = match unit.trim().to_ascii_lowercase().as_str() {
+            "" | "b" => 1.0,
+            "k" | "kb" => 1e3,
+            "m" | "mb" => 1e6,
+            "g" | "gb" => 1e9,
+            "t" | "tb" => 1e12,
+            "ki" | "kib" => 1024.0,
+            "mi" | "mib" => 1024f64.powi(2),
+            "gi" | "gib" => 1024f64.powi(3),
+            "ti" | "tib" => 1024f64.powi(4),
+            _ => return Err(ParseBytesError(s.to_string())),
+        };
+        let v = n * mult;
+        if !v.is_finite() || v > u64::MAX as f64 {
+            return Err(ParseBytesError(s.to_string()));
+        }
+        Ok(Bytes(v.round() as u64))
+    }
+}
+
+impl fmt::Display for Bytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+        let mut v = self.0 as f64;
+        let mut i = 0;
+        while v >= 1024.0 && i < UNITS.len() - 1 {
+            v /= 1024.0;
+            i += 1;
+        }
+        if i == 0 {
+            write!(f, "{} B", self.0)
+        } else {
+            write!(f, "{v:.1} {}", UNITS[i])
+        }
+    }
+}
+
+impl Serialize for Bytes {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Bytes {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Bytes;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a non-negative number of bytes or a size such as \"512MB\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Bytes, E> {
+                Ok(Bytes(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Bytes, E> {
+                u64::try_from(v).map(Bytes).map_err(|_| E::custom(format!("byte size must not be negative, got {v}")))
+            }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Bytes, E> {
+                if v.is_finite() && v >= 0.0 && v <= u64::MAX as f64 {
+                    Ok(Bytes(v.round() as u64))
+                } else {
+                    Err(E::custom(format!("byte size must be a non-negative number, got {v}")))
+                }
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Bytes, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_units() {
+        assert_eq!("32GB".parse::<Bytes>().unwrap(), Bytes(32_000_000_000));
+        assert_eq!("4GiB".parse::<Bytes>().unwrap(), Bytes(4 << 30));
+        assert_eq!("512".parse::<Bytes>().unwrap(), Bytes(512));
+        assert_eq!("1.5 KiB".parse::<Bytes>().unwrap(), Bytes(1536));
+        assert!("12 parsecs".parse::<Bytes>().is_err());
+        assert!("".parse::<Bytes>().is_err());
+    }
+
+    #[test]
+    fn json_accepts_numbers_and_strings_but_not_negatives() {
+        assert_eq!(serde_json::from_str::<Bytes>("1024").unwrap(), Bytes(1024));
+        assert_eq!(serde_json::from_str::<Bytes>("\"1KiB\"").unwrap(), Bytes(1024));
+        assert!(serde_json::from_str::<Bytes>("-5").is_err());
+        assert!(serde_json::from_str::<Bytes>("true").is_err());
+    }
+}

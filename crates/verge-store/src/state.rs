@@ -1,0 +1,262 @@
+//! The state machine: nodes and workloads, changed only by [`Command`]s.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, WorkloadId, WorkloadSpec};
+
+/// A node as the control plane remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeRecord {
+    /// What the node declared.
+    pub spec: NodeSpec,
+    /// Where it is in its lifecycle.
+    pub lifecycle: Lifecycle,
+    /// When it entered that lifecycle state, ms since the epoch.
+    pub lifecycle_since_ms: u64,
+    /// When it was first registered.
+    pub registered_ms: u64,
+    /// The last health report pushed through the API, with its time.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_report: Option<(HealthReport, u64)>,
+}
+
+/// A workload as the control plane remembers it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkloadRecord {
+    /// What was submitted.
+    pub spec: WorkloadSpec,
+    /// The node it is assigned to, if placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<NodeId>,
+    /// When it was submitted.
+    pub submitted_ms: u64,
+    /// When it was last placed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placed_ms: Option<u64>,
+    /// Why it is where it is, or why it is still pending.
+    #[serde(default)]
+    pub reason: String,
+    /// How many times it moved from one node to another.
+    #[serde(default)]
+    pub moves: u32,
+}
+
+/// A change to the state. Commands are the only way state changes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "camelCase")]
+pub enum Command {
+    /// Adds a node or updates its spec; a terminated node starts over as initialized.
+    RegisterNode { spec: NodeSpec, now_ms: u64 },
+    /// Forgets a node; its workloads become pending.
+    RemoveNode { id: NodeId, reason: String },
+    /// Moves a node to another lifecycle state.
+    SetLifecycle { id: NodeId, lifecycle: Lifecycle, now_ms: u64 },
+    /// Records a health report pushed through the API.
+    ReportHealth { id: NodeId, report: HealthReport, now_ms: u64 },
+    /// Adds a workload, pending until placed.
+    SubmitWorkload { spec: WorkloadSpec, now_ms: u64 },
+    /// Forgets a workload.
+    DeleteWorkload { id: WorkloadId },
+    /// Assigns a workload to a node (a move when it was on another).
+    Place { id: WorkloadId, node: NodeId, reason: String, now_ms: u64 },
+    /// Takes a workload off its node; it becomes pending.
+    Unplace { id: WorkloadId, reason: String },
+}
+
+/// A record a command touched, so the store knows what to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Key {
+    /// A node record.
+    Node(NodeId),
+    /// A workload record.
+    Workload(WorkloadId),
+}
+
+/// Why a command was refused; the state is unchanged.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StateError {
+    /// No such node.
+    #[error("node {0} not found")]
+    NodeNotFound(NodeId),
+    /// No such workload.
+    #[error("workload {0} not found")]
+    WorkloadNotFound(WorkloadId),
+    /// A workload with this id exists.
+    #[error("workload {0} already exists; delete it first or pick another id")]
+    WorkloadExists(WorkloadId),
+    /// The lifecycle does not allow this transition.
+    #[error("node {id} cannot go from {from} to {to}")]
+    BadTransition { id: NodeId, from: Lifecycle, to: Lifecycle },
+    /// The target node cannot take workloads.
+    #[error("node {id} is {lifecycle}; it takes no workloads")]
+    NodeUnavailable { id: NodeId, lifecycle: Lifecycle },
+}
+
+/// Every node and workload the control plane knows.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct State {
+    /// Nodes by id.
+    pub nodes: BTreeMap<NodeId, NodeRecord>,
+    /// Workloads by id.
+    pub workloads: BTreeMap<WorkloadId, WorkloadRecord>,
+}
+
+/// Whether the lifecycle allows going from `from` to `to`.
+fn transition_allowed(from: Lifecycle, to: Lifecycle) -> bool {
+    use Lifecycle::*;
+    matches!(
+        (from, to),
+        (Initialized, Warming)
+            | (Warming, Active)
+            | (Initialized | Warming | Active, Draining)
+            | (Draining, Active)
+            | (_, Terminated)
+    ) && from != to
+}
+
+impl State {
+    /// The workloads assigned to `node`.
+    pub fn workloads_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a WorkloadRecord> + 'a {
+        self.workloads.values().filter(move |w| w.node.as_ref() == Some(node))
+    }
+
+    /// Applies a command, returning the records it changed; on error nothing changed.
+    pub fn apply(&mut self, cmd: Command) -> Result<Vec<Key>, StateError> {
+        match cmd {
+            Command::RegisterNode { spec, now_ms } => {
+                let id = spec.id.clone();
+                match self.nodes.get_mut(&id) {
+                    Some(rec) => {
+                        rec.spec = spec;
+                        if rec.lifecycle == Lifecycle::Terminated {
+                            rec.lifecycle = Lifecycle::Initialized;
+                            rec.lifecycle_since_ms = now_ms;
+                        }
+                    }
+                    None => {
+                        let rec = NodeRecord { spec, lifecycle: Lifecycle::Initialized, lifecycle_since_ms: now_ms, registered_ms: now_ms, health_report: None };
+                        self.nodes.insert(id.clone(), rec);
+                    }
+                }
+                Ok(vec![Key::Node(id)])
+            }
+            Command::RemoveNode { id, reason } => {
+                if self.nodes.remove(&id).is_none() {
+                    return Err(StateError::NodeNotFound(id));
+                }
+                let mut keys = vec![Key::Node(id.clone())];
+                for w in self.workloads.values_mut().filter(|w| w.node.as_ref() == Some(&id)) {
+                    w.node = None;
+                    w.reason = reason.clone();
+                    keys.push(Key::Workload(w.spec.id.clone()));
+                }
+                Ok(keys)
+            }
+            Command::SetLifecycle { id, lifecycle, now_ms } => {
+                let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
+                if !transition_allowed(rec.lifecycle, lifecycle) {
+                    return Err(StateError::BadTransition { id, from: rec.lifecycle, to: lifecycle });
+                }
+                rec.lifecycle = lifecycle;
+                rec.lifecycle_since_ms = now_ms;
+                Ok(vec![Key::Node(id)])
+            }
+            Command::ReportHealth { id, report, now_ms } => {
+                let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
+                rec.health_report = Some((report, now_ms));
+                Ok(vec![Key::Node(id)])
+            }
+            Command::SubmitWorkload { spec, now_ms } => {
+                let id = spec.id.clone();
+                if self.workloads.contains_key(&id) {
+                    return Err(StateError::WorkloadExists(id));
+                }
+                let rec = WorkloadRecord { spec, node: None, submitted_ms: now_ms, placed_ms: None, reason: "waiting for placement".into(), moves: 0 };
+                self.workloads.insert(id.clone(), rec);
+                Ok(vec![Key::Workload(id)])
+            }
+            Command::DeleteWorkload { id } => {
+                self.workloads.remove(&id).ok_or_else(|| StateError::WorkloadNotFound(id.clone()))?;
+                Ok(vec![Key::Workload(id)])
+            }
+            Command::Place { id, node, reason, now_ms } => {
+                let n = self.nodes.get(&node).ok_or_else(|| StateError::NodeNotFound(node.clone()))?;
+                if matches!(n.lifecycle, Lifecycle::Draining | Lifecycle::Terminated) {
+                    return Err(StateError::NodeUnavailable { id: node, lifecycle: n.lifecycle });
+                }
+                let w = self.workloads.get_mut(&id).ok_or_else(|| StateError::WorkloadNotFound(id.clone()))?;
+                if w.node.is_some() && w.node.as_ref() != Some(&node) {
+                    w.moves += 1;
+                }
+                w.node = Some(node);
+                w.placed_ms = Some(now_ms);
+                w.reason = reason;
+                Ok(vec![Key::Workload(id)])
+            }
+            Command::Unplace { id, reason } => {
+                let w = self.workloads.get_mut(&id).ok_or_else(|| StateError::WorkloadNotFound(id.clone()))?;
+                w.node = None;
+                w.reason = reason;
+                Ok(vec![Key::Workload(id)])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use verge_core::{CpuResources, Location, MemoryResources, Resources};
+
+    pub fn node(id: &str) -> NodeSpec {
+        NodeSpec {
+            id: NodeId::new(id).unwrap(),
+            node_type: Default::default(),
+            tier: Default::default(),
+            location: Location { latitude: 50.0, longitude: 8.0, city: "Frankfurt".into(), country: "DE".into() },
+            resources: Resources { cpu: CpuResources { cores: 4.0, frequency: None }, memory: MemoryResources { total: verge_core::Bytes(1 << 30) }, storage: Default::default() },
+            labels: Default::default(),
+        }
+    }
+
+    pub fn workload(id: &str) -> WorkloadSpec {
+        serde_json::from_value(serde_json::json!({"id": id, "requirements": {"cpu": 1, "memory": 1024}, "spec": {"command": "true"}})).unwrap()
+    }
+
+    #[test]
+    fn lifecycle_moves_forward_and_a_terminated_node_can_come_back() {
+        let mut s = State::default();
+        let id = NodeId::new("n1").unwrap();
+        s.apply(Command::RegisterNode { spec: node("n1"), now_ms: 1 }).unwrap();
+        let set = |s: &mut State, l| s.apply(Command::SetLifecycle { id: id.clone(), lifecycle: l, now_ms: 2 });
+        assert!(set(&mut s, Lifecycle::Active).is_err(), "initialized must warm first");
+        set(&mut s, Lifecycle::Warming).unwrap();
+        set(&mut s, Lifecycle::Active).unwrap();
+        set(&mut s, Lifecycle::Draining).unwrap();
+        set(&mut s, Lifecycle::Terminated).unwrap();
+        s.apply(Command::RegisterNode { spec: node("n1"), now_ms: 3 }).unwrap();
+        assert_eq!(s.nodes[&id].lifecycle, Lifecycle::Initialized);
+        assert_eq!(s.nodes[&id].registered_ms, 1);
+    }
+
+    #[test]
+    fn placing_counts_moves_and_removing_a_node_frees_its_workloads() {
+        let mut s = State::default();
+        for n in ["a", "b"] {
+            s.apply(Command::RegisterNode { spec: node(n), now_ms: 0 }).unwrap();
+        }
+        let w = WorkloadId::new("w").unwrap();
+        s.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 0 }).unwrap();
+        assert_eq!(s.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 0 }), Err(StateError::WorkloadExists(w.clone())));
+        s.apply(Command::Place { id: w.clone(), node: NodeId::new("a").unwrap(), reason: "r".into(), now_ms: 1 }).unwrap();
+        s.apply(Command::Place { id: w.clone(), node: NodeId::new("b").unwrap(), reason: "r".into(), now_ms: 2 }).unwrap();
+        assert_eq!(s.workloads[&w].moves, 1);
+        let keys = s.apply(Command::RemoveNode { id: NodeId::new("b").unwrap(), reason: "gone".into() }).unwrap();
+        assert_eq!(keys.len(), 2);
+        assert_eq!(s.workloads[&w].node, None);
+        assert!(s.apply(Command::Place { id: w, node: NodeId::new("b").unwrap(), reason: "r".into(), now_ms: 3 }).is_err());
+    }
+}

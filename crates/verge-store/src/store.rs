@@ -1,0 +1,149 @@
+//! The durable store: [`State`] persisted in redb, one transaction per command.
+
+use std::path::Path;
+
+use redb::{Database, ReadableTable, TableDefinition};
+use verge_core::{NodeId, WorkloadId};
+
+use crate::state::{Command, Key, NodeRecord, State, StateError, WorkloadRecord};
+
+const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
+const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The command was refused by the state machine; nothing changed.
+    #[error(transparent)]
+    State(#[from] StateError),
+    /// The database could not be read or written.
+    #[error("state database: {0}")]
+    Db(String),
+    /// A stored record could not be decoded.
+    #[error("state database holds a corrupt {table} record {key:?}: {err}")]
+    Corrupt { table: &'static str, key: String, err: String },
+}
+
+fn db_err(e: impl std::fmt::Display) -> StoreError {
+    StoreError::Db(e.to_string())
+}
+
+/// The control plane's state, backed by a redb file.
+pub struct Store {
+    db: Database,
+    state: State,
+}
+
+impl Store {
+    /// Opens (or creates) the store at `path` and loads the state.
+    pub fn open(path: &Path) -> Result<Store, StoreError> {
+        let db = Database::create(path).map_err(db_err)?;
+        let state = load(&db)?;
+        Ok(Store { db, state })
+    }
+
+    /// The current state.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Applies `cmd` and makes the change durable before returning.
+    pub fn apply(&mut self, cmd: Command) -> Result<(), StoreError> {
+        let keys = self.state.apply(cmd)?;
+        if let Err(e) = self.persist(&keys) {
+            // Memory and disk disagree now; the disk is the truth.
+            if let Ok(state) = load(&self.db) {
+                self.state = state;
+            }
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    fn persist(&self, keys: &[Key]) -> Result<(), StoreError> {
+        let tx = self.db.begin_write().map_err(db_err)?;
+        {
+            let mut nodes = tx.open_table(NODES).map_err(db_err)?;
+            let mut workloads = tx.open_table(WORKLOADS).map_err(db_err)?;
+            for key in keys {
+                match key {
+                    Key::Node(id) => match self.state.nodes.get(id) {
+                        Some(rec) => nodes.insert(id.as_str(), encode(rec).as_slice()).map(drop),
+                        None => nodes.remove(id.as_str()).map(drop),
+                    },
+                    Key::Workload(id) => match self.state.workloads.get(id) {
+                        Some(rec) => workloads.insert(id.as_str(), encode(rec).as_slice()).map(drop),
+                        None => workloads.remove(id.as_str()).map(drop),
+                    },
+                }
+                .map_err(db_err)?;
+            }
+        }
+        tx.commit().map_err(db_err)
+    }
+}
+
+fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Records contain only string-keyed maps, so serialisation cannot fail.
+    serde_json::to_vec(v).unwrap_or_default()
+}
+
+fn load(db: &Database) -> Result<State, StoreError> {
+    let mut state = State::default();
+    let tx = db.begin_write().map_err(db_err)?;
+    {
+        // Opening in a write transaction creates the tables on first start.
+        let nodes = tx.open_table(NODES).map_err(db_err)?;
+        for row in nodes.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let rec: NodeRecord = decode("nodes", k.value(), v.value())?;
+            let id = NodeId::new(k.value()).map_err(|e| corrupt("nodes", k.value(), e))?;
+            state.nodes.insert(id, rec);
+        }
+        let workloads = tx.open_table(WORKLOADS).map_err(db_err)?;
+        for row in workloads.iter().map_err(db_err)? {
+            let (k, v) = row.map_err(db_err)?;
+            let rec: WorkloadRecord = decode("workloads", k.value(), v.value())?;
+            let id = WorkloadId::new(k.value()).map_err(|e| corrupt("workloads", k.value(), e))?;
+            state.workloads.insert(id, rec);
+        }
+    }
+    tx.commit().map_err(db_err)?;
+    Ok(state)
+}
+
+fn corrupt(table: &'static str, key: &str, err: impl std::fmt::Display) -> StoreError {
+    StoreError::Corrupt { table, key: key.to_string(), err: err.to_string() }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(table: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+    serde_json::from_slice(bytes).map_err(|e| corrupt(table, key, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::tests::{node, workload};
+
+    #[test]
+    fn state_survives_reopen_and_refused_commands_change_nothing() {
+        let dir = std::env::temp_dir().join(format!("verge-store-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("state.redb");
+        let _ = std::fs::remove_file(&path);
+        {
+            let mut s = Store::open(&path).unwrap();
+            s.apply(Command::RegisterNode { spec: node("n1"), now_ms: 5 }).unwrap();
+            s.apply(Command::SubmitWorkload { spec: workload("w1"), now_ms: 6 }).unwrap();
+            s.apply(Command::Place { id: WorkloadId::new("w1").unwrap(), node: NodeId::new("n1").unwrap(), reason: "best".into(), now_ms: 7 }).unwrap();
+            s.apply(Command::SubmitWorkload { spec: workload("w2"), now_ms: 8 }).unwrap();
+            s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).unwrap();
+            assert!(s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).is_err());
+        }
+        let s = Store::open(&path).unwrap();
+        assert_eq!(s.state().nodes.len(), 1);
+        assert_eq!(s.state().workloads.len(), 1);
+        assert_eq!(s.state().workloads[&WorkloadId::new("w1").unwrap()].node, Some(NodeId::new("n1").unwrap()));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
