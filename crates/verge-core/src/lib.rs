@@ -21,7 +21,7 @@ pub use node::{
     CpuResources, Health, HealthReport, Lifecycle, Location, MemoryResources, NodeSpec, NodeType,
     Resources, StorageResources, Tier,
 };
-pub use units::Bytes;
+pub use units::{Bytes, Millis};
 pub use workload::{
     Constraints, ExecSpec, Requirements, RestartPolicy, Strategy, WorkloadSpec, WorkloadState,
     WorkloadStatus,

@@ -117,3 +117,77 @@ mod tests {
         assert!(serde_json::from_str::<Bytes>("true").is_err());
     }
 }
+
+/// A duration in milliseconds that reads as a number of ms or as `30s`, `500ms`, `2m`, `1h`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Millis(pub u64);
+
+/// Why a duration could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid duration {0:?}: use milliseconds or a number with a unit (ms, s, m, h)")]
+pub struct ParseMillisError(String);
+
+impl FromStr for Millis {
+    type Err = ParseMillisError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let t = s.trim();
+        let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+        let (num, unit) = t.split_at(split);
+        let n: f64 = num.parse().map_err(|_| ParseMillisError(s.to_string()))?;
+        let mult = match unit.trim() {
+            "" | "ms" => 1.0,
+            "s" => 1e3,
+            "m" => 60e3,
+            "h" => 3600e3,
+            _ => return Err(ParseMillisError(s.to_string())),
+        };
+        let v = n * mult;
+        if !v.is_finite() || v > u64::MAX as f64 {
+            return Err(ParseMillisError(s.to_string()));
+        }
+        Ok(Millis(v.round() as u64))
+    }
+}
+
+impl Serialize for Millis {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for Millis {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl serde::de::Visitor<'_> for V {
+            type Value = Millis;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("milliseconds or a duration such as \"30s\"")
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Millis, E> {
+                Ok(Millis(v))
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Millis, E> {
+                u64::try_from(v).map(Millis).map_err(|_| E::custom(format!("duration must not be negative, got {v}")))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Millis, E> {
+                v.parse().map_err(E::custom)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+#[cfg(test)]
+mod millis_tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!("30s".parse::<Millis>().unwrap(), Millis(30_000));
+        assert_eq!("250ms".parse::<Millis>().unwrap(), Millis(250));
+        assert_eq!("1.5m".parse::<Millis>().unwrap(), Millis(90_000));
+        assert!("soon".parse::<Millis>().is_err());
+        assert!(serde_json::from_str::<Millis>("-1").is_err());
+    }
+}

@@ -1,0 +1,81 @@
+//! Verge's control plane: the HTTP API, the agent gateway, the reconcilers
+//! and the metrics endpoint, around one [`verge_store::Store`].
+//!
+//! Decisions (health, lifecycle, placement, failover, drain) are pure
+//! functions in [`reconcile`] and [`health`]; the modules here do the I/O
+//! around them.
+
+mod api;
+mod config;
+mod control;
+mod error;
+mod gateway;
+pub mod health;
+pub mod reconcile;
+mod soft;
+mod telemetry;
+
+use std::future::Future;
+use std::io::Write;
+use std::sync::Arc;
+
+pub use config::{ServerConfig, ServerConfigError};
+pub use soft::NodeSoft;
+
+use control::Control;
+
+/// Why the server could not start or stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The data directory could not be created.
+    #[error("data directory {path}: {err}")]
+    DataDir { path: String, err: std::io::Error },
+    /// The state store could not be opened.
+    #[error(transparent)]
+    Store(#[from] verge_store::StoreError),
+    /// A listener could not bind.
+    #[error("cannot listen on {addr}: {err}")]
+    Bind { addr: String, err: std::io::Error },
+    /// Serving failed.
+    #[error("serving: {0}")]
+    Serve(std::io::Error),
+}
+
+/// Runs the control plane until `shutdown` resolves. Prints the bound
+/// addresses on one stdout line, so callers that asked for port 0 can read
+/// them: `verge server listening api=http://… gateway=ws://…`.
+pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
+    std::fs::create_dir_all(&cfg.data_dir).map_err(|err| ServerError::DataDir { path: cfg.data_dir.display().to_string(), err })?;
+    let store = verge_store::Store::open(&cfg.data_dir.join("state.redb"))?;
+    let bind = |addr: std::net::SocketAddr| async move {
+        tokio::net::TcpListener::bind(addr).await.map_err(|err| ServerError::Bind { addr: addr.to_string(), err })
+    };
+    let api_listener = bind(cfg.api_addr).await?;
+    let gw_listener = bind(cfg.gateway_addr).await?;
+    let api_addr = api_listener.local_addr().map_err(ServerError::Serve)?;
+    let gw_addr = gw_listener.local_addr().map_err(ServerError::Serve)?;
+
+    let control = Arc::new(Control::new(cfg, store, Arc::new(verge_core::SystemClock)));
+    let mut out = std::io::stdout();
+    let _ = writeln!(out, "verge server listening api=http://{api_addr} gateway=ws://{gw_addr}");
+    let _ = out.flush();
+    tracing::info!(%api_addr, %gw_addr, nodes = control.node_count(), "server started");
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let reconciler = tokio::spawn(control::run_reconciler(control.clone(), stop_rx.clone()));
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+    let api = axum::serve(api_listener, api::router(control.clone())).with_graceful_shutdown(wait(stop_rx.clone()));
+    let gw = axum::serve(gw_listener, gateway::router(control.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
+        .with_graceful_shutdown(wait(stop_rx.clone()));
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let (a, g) = tokio::join!(api, gw);
+    reconciler.abort();
+    a.map_err(ServerError::Serve)?;
+    g.map_err(ServerError::Serve)?;
+    Ok(())
+}

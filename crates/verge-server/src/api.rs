@@ -1,0 +1,300 @@
+//! The HTTP API under `/api/v1/`, plus `/healthz`, `/metrics` and the
+//! OpenAPI document. Handlers validate input, turn it into store commands
+//! and render state as JSON; they make no placement decisions of their own.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::request::Parts;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::{json, Value};
+use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, ValidationError, WorkloadId, WorkloadSpec, WorkloadState};
+use verge_proto::LogStream;
+use verge_sched::{place, Capacity, ClusterView};
+use verge_store::{Command, NodeRecord, WorkloadRecord};
+
+use crate::control::{Control, Inner};
+use crate::error::{ApiError, ApiJson};
+use crate::reconcile::{cluster_view, node_health};
+
+/// Largest request body accepted.
+const BODY_LIMIT: usize = 1 << 20;
+/// Most log lines one request returns from the end of a log.
+const MAX_TAIL: u32 = 10_000;
+
+type Ctl = State<Arc<Control>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// The API's routes.
+pub fn router(c: Arc<Control>) -> Router {
+    Router::new()
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .route("/api/v1/openapi.json", get(openapi))
+        .route("/api/v1/nodes", get(list_nodes).post(register_node))
+        .route("/api/v1/nodes/{id}", get(get_node).delete(remove_node))
+        .route("/api/v1/nodes/{id}/health", get(get_health).put(put_health))
+        .route("/api/v1/nodes/{id}/drain", post(drain_node))
+        .route("/api/v1/workloads", get(list_workloads).post(submit_workload))
+        .route("/api/v1/workloads/{id}", get(get_workload).delete(delete_workload))
+        .route("/api/v1/workloads/{id}/migrate", post(migrate))
+        .route("/api/v1/workloads/{id}/logs", get(logs))
+        .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
+        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /api/v1/openapi.json") })
+        .layer(DefaultBodyLimit::max(BODY_LIMIT))
+        .with_state(c)
+}
+
+/// A validated id from the path.
+struct IdPath<T>(T);
+
+impl<S: Send + Sync, T: TryFrom<String, Error = ValidationError>> FromRequestParts<S> for IdPath<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
+        T::try_from(raw).map(IdPath).map_err(|e| ApiError::bad_request(e.message))
+    }
+}
+
+fn ok(status: StatusCode, v: Value) -> ApiResult {
+    Ok((status, Json(v)).into_response())
+}
+
+async fn healthz() -> Json<Value> {
+    Json(json!({"status": "ok"}))
+}
+
+async fn openapi() -> Response {
+    ([(header::CONTENT_TYPE, "application/json")], include_str!("openapi.json")).into_response()
+}
+
+async fn metrics(State(c): Ctl) -> Response {
+    {
+        let inner = c.lock();
+        let state = inner.store.state();
+        for l in [Lifecycle::Initialized, Lifecycle::Warming, Lifecycle::Active, Lifecycle::Draining, Lifecycle::Terminated] {
+            let n = state.nodes.values().filter(|r| r.lifecycle == l).count();
+            c.telemetry.nodes.get_or_create(&vec![("lifecycle".into(), l.to_string())]).set(n as i64);
+        }
+        let placed = state.workloads.values().filter(|w| w.node.is_some()).count();
+        let pending = state.workloads.len() - placed;
+        c.telemetry.workloads.get_or_create(&vec![("state".into(), "placed".into())]).set(placed as i64);
+        c.telemetry.workloads.get_or_create(&vec![("state".into(), "pending".into())]).set(pending as i64);
+    }
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], c.telemetry.render()).into_response()
+}
+
+/// A node as the API shows it: its spec plus lifecycle, health, metrics and load.
+fn node_json(c: &Control, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
+    let id = &rec.spec.id;
+    let soft = inner.soft.get(id);
+    let state = inner.store.state();
+    let mut used = Capacity::default();
+    let mut workloads = Vec::new();
+    for w in state.workloads_on(id) {
+        let need = Capacity::of(&w.spec);
+        used.cpu += need.cpu;
+        used.memory += need.memory;
+        used.storage += need.storage;
+        workloads.push(w.spec.id.to_string());
+    }
+    let mut v = serde_json::to_value(&rec.spec).unwrap_or_default();
+    if let Value::Object(o) = &mut v {
+        o.insert("lifecycle".into(), json!(rec.lifecycle));
+        o.insert("lifecycleSinceMs".into(), json!(rec.lifecycle_since_ms));
+        o.insert("registeredMs".into(), json!(rec.registered_ms));
+        o.insert("health".into(), json!(node_health(&c.policy(), rec, soft, now)));
+        o.insert("connected".into(), json!(soft.is_some_and(|s| s.connected)));
+        o.insert("lastHeartbeatMs".into(), json!(soft.and_then(|s| s.last_heartbeat_ms)));
+        o.insert("metrics".into(), json!(soft.and_then(|s| s.metrics.as_ref())));
+        o.insert("allocated".into(), json!({"cpu": used.cpu, "memory": used.memory, "storage": used.storage}));
+        o.insert("workloads".into(), json!(workloads));
+    }
+    v
+}
+
+/// A workload as the API shows it: its spec plus placement and reported status.
+fn workload_json(inner: &Inner, rec: &WorkloadRecord) -> Value {
+    let status = rec.node.as_ref().and_then(|n| inner.soft.get(n)).and_then(|s| s.statuses.get(&rec.spec.id));
+    let state = match (&rec.node, status) {
+        (None, _) => WorkloadState::Pending,
+        (Some(_), None) => WorkloadState::Starting,
+        (Some(_), Some(s)) => s.state,
+    };
+    let mut v = serde_json::to_value(&rec.spec).unwrap_or_default();
+    if let Value::Object(o) = &mut v {
+        o.insert("node".into(), json!(rec.node));
+        o.insert("state".into(), json!(state));
+        o.insert("status".into(), json!(status));
+        o.insert("reason".into(), json!(rec.reason));
+        o.insert("submittedMs".into(), json!(rec.submitted_ms));
+        o.insert("placedMs".into(), json!(rec.placed_ms));
+        o.insert("moves".into(), json!(rec.moves));
+    }
+    v
+}
+
+fn node_or_404<'a>(inner: &'a Inner, id: &NodeId) -> Result<&'a NodeRecord, ApiError> {
+    inner.store.state().nodes.get(id).ok_or_else(|| ApiError::not_found(format!("node {id} not found")))
+}
+
+fn workload_or_404<'a>(inner: &'a Inner, id: &WorkloadId) -> Result<&'a WorkloadRecord, ApiError> {
+    inner.store.state().workloads.get(id).ok_or_else(|| ApiError::not_found(format!("workload {id} not found")))
+}
+
+async fn list_nodes(State(c): Ctl) -> Json<Value> {
+    let now = c.clock.now_ms();
+    let inner = c.lock();
+    Json(Value::Array(inner.store.state().nodes.values().map(|r| node_json(&c, &inner, r, now)).collect()))
+}
+
+async fn get_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
+    let now = c.clock.now_ms();
+    let inner = c.lock();
+    ok(StatusCode::OK, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
+}
+
+async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiResult {
+    spec.validate()?;
+    let now = c.clock.now_ms();
+    let id = spec.id.clone();
+    let mut inner = c.lock();
+    let existed = inner.store.state().nodes.contains_key(&id);
+    inner.apply(Command::RegisterNode { spec, now_ms: now })?;
+    let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
+    ok(status, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
+}
+
+async fn remove_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
+    {
+        let mut inner = c.lock();
+        inner.apply(Command::RemoveNode { id: id.clone(), reason: format!("node {id} removed by operator") })?;
+        inner.soft.remove(&id);
+    }
+    c.wake.notify_one();
+    ok(StatusCode::OK, json!({"removed": id}))
+}
+
+async fn get_health(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
+    let now = c.clock.now_ms();
+    let inner = c.lock();
+    let rec = node_or_404(&inner, &id)?;
+    ok(StatusCode::OK, json!(node_health(&c.policy(), rec, inner.soft.get(&id), now)))
+}
+
+async fn put_health(State(c): Ctl, IdPath(id): IdPath<NodeId>, ApiJson(report): ApiJson<HealthReport>) -> ApiResult {
+    report.validate()?;
+    let now = c.clock.now_ms();
+    let mut inner = c.lock();
+    inner.apply(Command::ReportHealth { id: id.clone(), report, now_ms: now })?;
+    let rec = node_or_404(&inner, &id)?;
+    let health = node_health(&c.policy(), rec, inner.soft.get(&id), now);
+    drop(inner);
+    c.wake.notify_one();
+    ok(StatusCode::OK, json!(health))
+}
+
+async fn drain_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
+    let now = c.clock.now_ms();
+    {
+        let mut inner = c.lock();
+        node_or_404(&inner, &id)?;
+        inner.apply(Command::SetLifecycle { id: id.clone(), lifecycle: Lifecycle::Draining, now_ms: now })?;
+    }
+    c.reconcile_once();
+    let inner = c.lock();
+    ok(StatusCode::OK, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
+}
+
+async fn list_workloads(State(c): Ctl) -> Json<Value> {
+    let inner = c.lock();
+    Json(Value::Array(inner.store.state().workloads.values().map(|w| workload_json(&inner, w)).collect()))
+}
+
+async fn get_workload(State(c): Ctl, IdPath(id): IdPath<WorkloadId>) -> ApiResult {
+    let inner = c.lock();
+    ok(StatusCode::OK, workload_json(&inner, workload_or_404(&inner, &id)?))
+}
+
+async fn submit_workload(State(c): Ctl, ApiJson(spec): ApiJson<WorkloadSpec>) -> ApiResult {
+    spec.validate()?;
+    let id = spec.id.clone();
+    c.lock().apply(Command::SubmitWorkload { spec, now_ms: c.clock.now_ms() })?;
+    c.reconcile_once();
+    let inner = c.lock();
+    ok(StatusCode::CREATED, workload_json(&inner, workload_or_404(&inner, &id)?))
+}
+
+async fn delete_workload(State(c): Ctl, IdPath(id): IdPath<WorkloadId>) -> ApiResult {
+    c.lock().apply(Command::DeleteWorkload { id: id.clone() })?;
+    ok(StatusCode::OK, json!({"deleted": id}))
+}
+
+/// Body of `POST /workloads/{id}/migrate`.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct MigrateRequest {
+    /// Where to move; the best other node when omitted.
+    #[serde(default)]
+    target_node: Option<NodeId>,
+}
+
+async fn migrate(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, ApiJson(req): ApiJson<MigrateRequest>) -> ApiResult {
+    let now = c.clock.now_ms();
+    let mut inner = c.lock();
+    let rec = workload_or_404(&inner, &id)?.clone();
+    if let Some(t) = &req.target_node {
+        node_or_404(&inner, t)?;
+        if rec.node.as_ref() == Some(t) {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("workload {id} already runs on {t}")));
+        }
+    }
+    let mut view = cluster_view(&c.policy(), inner.store.state(), &inner.soft, &BTreeMap::new(), now);
+    if let Some(from) = &rec.node {
+        view.release(from, &rec.spec);
+    }
+    let candidates = ClusterView {
+        nodes: view.nodes.into_iter().filter(|n| req.target_node.as_ref().map_or(Some(&n.id) != rec.node.as_ref(), |t| &n.id == t)).collect(),
+    };
+    let p = place(&candidates, &rec.spec).map_err(|e| ApiError::new(StatusCode::CONFLICT, "unschedulable", format!("cannot move workload {id} there: {e}")))?;
+    let reason = format!("migrated by operator{}: {}", rec.node.as_ref().map(|n| format!(" from {n}")).unwrap_or_default(), p.reason);
+    inner.apply(Command::Place { id: id.clone(), node: p.node, reason, now_ms: now })?;
+    c.telemetry.placements.inc();
+    ok(StatusCode::OK, workload_json(&inner, workload_or_404(&inner, &id)?))
+}
+
+/// Query of `GET /workloads/{id}/logs`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogsQuery {
+    #[serde(default)]
+    stream: LogStream,
+    #[serde(default)]
+    offset: Option<u64>,
+    #[serde(default = "default_tail")]
+    tail: u32,
+}
+
+fn default_tail() -> u32 {
+    100
+}
+
+async fn logs(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, q: Result<Query<LogsQuery>, QueryRejection>) -> ApiResult {
+    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let node = {
+        let inner = c.lock();
+        workload_or_404(&inner, &id)?.node.clone().ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_placed", format!("workload {id} is not placed on any node yet")))?
+    };
+    let chunk = c
+        .fetch_logs(&node, id, q.stream, q.offset, q.tail.min(MAX_TAIL))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
+    ok(StatusCode::OK, json!({"node": node, "data": chunk.data, "nextOffset": chunk.next_offset}))
+}

@@ -1,0 +1,99 @@
+//! Server configuration: addresses, timings and health checks, read from
+//! flags and an optional YAML file.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use verge_core::Millis;
+
+use crate::health::{default_checks, HealthCheck};
+
+/// Everything the control plane needs to start.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where the HTTP API listens.
+    pub api_addr: SocketAddr,
+    /// Where the agent gateway listens.
+    pub gateway_addr: SocketAddr,
+    /// Where state lives.
+    pub data_dir: PathBuf,
+    /// How often agents heartbeat, ms.
+    pub heartbeat_interval_ms: u64,
+    /// How long a node's lease lasts without a heartbeat, ms.
+    pub lease_ms: u64,
+    /// Health thresholds.
+    pub health_checks: Vec<HealthCheck>,
+}
+
+/// The YAML file's shape; every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Heartbeat interval, e.g. `1s`.
+    pub heartbeat_interval: Option<Millis>,
+    /// Lease, e.g. `5s`.
+    pub lease: Option<Millis>,
+    /// The seed's `health_checks` list.
+    pub health_checks: Option<Vec<HealthCheck>>,
+}
+
+/// Why a server config is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerConfigError {
+    /// The file could not be read.
+    #[error("cannot read {path}: {err}")]
+    Read { path: String, err: std::io::Error },
+    /// The file is not valid.
+    #[error("{path}: {err}")]
+    Parse { path: String, err: String },
+    /// Values do not fit together.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl ServerConfig {
+    /// A config with the documented defaults.
+    pub fn new(api_addr: SocketAddr, gateway_addr: SocketAddr, data_dir: PathBuf) -> Self {
+        ServerConfig { api_addr, gateway_addr, data_dir, heartbeat_interval_ms: 1_000, lease_ms: 5_000, health_checks: default_checks() }
+    }
+
+    /// Applies a YAML config file on top.
+    pub fn load_file(&mut self, path: &Path) -> Result<(), ServerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ServerConfigError::Read { path: path.display().to_string(), err })?;
+        let de = serde_yaml::Deserializer::from_str(&text);
+        let file: ServerFile = serde_path_to_error::deserialize(de).map_err(|e| ServerConfigError::Parse {
+            path: path.display().to_string(),
+            err: format!("{}: {}", e.path(), e.inner()),
+        })?;
+        if let Some(h) = file.heartbeat_interval {
+            self.heartbeat_interval_ms = h.0;
+        }
+        if let Some(l) = file.lease {
+            self.lease_ms = l.0;
+        }
+        if let Some(c) = file.health_checks {
+            self.health_checks = c;
+        }
+        Ok(())
+    }
+
+    /// Checks that the timings make sense together.
+    pub fn validate(&self) -> Result<(), ServerConfigError> {
+        if self.heartbeat_interval_ms < 10 {
+            return Err(ServerConfigError::Invalid(format!("heartbeat interval must be at least 10 ms, got {}", self.heartbeat_interval_ms)));
+        }
+        if self.lease_ms < 2 * self.heartbeat_interval_ms {
+            return Err(ServerConfigError::Invalid(format!(
+                "lease ({} ms) must be at least twice the heartbeat interval ({} ms) or nodes flap",
+                self.lease_ms, self.heartbeat_interval_ms
+            )));
+        }
+        Ok(())
+    }
+
+    /// How long a node warms up before it takes work: two heartbeats.
+    pub fn warmup_ms(&self) -> u64 {
+        2 * self.heartbeat_interval_ms
+    }
+}

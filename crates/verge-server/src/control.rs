@@ -1,0 +1,220 @@
+//! The control plane's shared core: the store, the soft state and the open
+//! agent connections behind one lock, and the reconcile loop that drives
+//! them. Every state change goes through [`Inner::apply`], which also tells
+//! the affected agents.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use tokio::sync::{mpsc, oneshot, watch, Notify};
+use verge_core::{Clock, Lifecycle, NodeId, WorkloadId};
+use verge_proto::{LogStream, ServerMessage};
+use verge_store::{Command, Store, StoreError};
+
+use crate::config::ServerConfig;
+use crate::reconcile::{reconcile, Policy};
+use crate::soft::NodeSoft;
+use crate::telemetry::Telemetry;
+
+/// An open gateway connection to an agent.
+pub struct AgentConn {
+    /// Distinguishes a reconnect from the connection it replaced.
+    pub conn_id: u64,
+    /// Messages to the agent.
+    pub tx: mpsc::UnboundedSender<ServerMessage>,
+}
+
+/// Everything behind the lock.
+pub struct Inner {
+    /// Durable state.
+    pub store: Store,
+    /// Heartbeat-derived state by node.
+    pub soft: HashMap<NodeId, NodeSoft>,
+    /// Open agent connections by node.
+    pub agents: HashMap<NodeId, AgentConn>,
+}
+
+impl Inner {
+    /// Sends `msg` to the agent of `node`, if connected.
+    pub fn send(&self, node: &NodeId, msg: ServerMessage) {
+        if let Some(a) = self.agents.get(node) {
+            let _ = a.tx.send(msg);
+        }
+    }
+
+    /// Applies a command durably and tells the agents whose assignments changed.
+    pub fn apply(&mut self, cmd: Command) -> Result<(), StoreError> {
+        let state = self.store.state();
+        let touched: Vec<WorkloadId> = match &cmd {
+            Command::Place { id, .. } | Command::Unplace { id, .. } | Command::DeleteWorkload { id } => vec![id.clone()],
+            Command::RemoveNode { id, .. } => state.workloads_on(id).map(|w| w.spec.id.clone()).collect(),
+            _ => Vec::new(),
+        };
+        let before: Vec<Option<NodeId>> = touched.iter().map(|w| state.workloads.get(w).and_then(|r| r.node.clone())).collect();
+        self.store.apply(cmd)?;
+        for (wid, old) in touched.into_iter().zip(before) {
+            let rec = self.store.state().workloads.get(&wid);
+            let new = rec.and_then(|r| r.node.clone());
+            if old == new {
+                continue;
+            }
+            if let Some(old) = old {
+                self.send(&old, ServerMessage::Unassign { id: wid.clone() });
+                if let Some(s) = self.soft.get_mut(&old) {
+                    s.statuses.remove(&wid);
+                }
+            }
+            if let (Some(new), Some(rec)) = (new, rec) {
+                self.send(&new, ServerMessage::Assign { workload: rec.spec.clone() });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A log read answered by an agent.
+pub struct LogChunk {
+    /// The bytes read, lossily decoded.
+    pub data: String,
+    /// Where to continue.
+    pub next_offset: u64,
+}
+
+/// The control plane's shared core.
+pub struct Control {
+    inner: Mutex<Inner>,
+    /// The clock every decision reads.
+    pub clock: Arc<dyn Clock>,
+    /// The configuration.
+    pub cfg: ServerConfig,
+    /// Metrics.
+    pub telemetry: Telemetry,
+    /// Wakes the reconciler before its next tick.
+    pub wake: Notify,
+    next_id: AtomicU64,
+    pending_logs: Mutex<HashMap<u64, oneshot::Sender<Result<LogChunk, String>>>>,
+}
+
+impl Control {
+    /// The core around an opened store. Nodes that were up get a fresh lease,
+    /// so a restarted server does not fail over a healthy fleet.
+    pub fn new(cfg: ServerConfig, store: Store, clock: Arc<dyn Clock>) -> Self {
+        let now = clock.now_ms();
+        let mut soft = HashMap::new();
+        for (id, rec) in &store.state().nodes {
+            if matches!(rec.lifecycle, Lifecycle::Warming | Lifecycle::Active | Lifecycle::Draining) {
+                let s: &mut NodeSoft = soft.entry(id.clone()).or_default();
+                s.lease_expires_ms = Some(now + cfg.lease_ms);
+            }
+        }
+        Control {
+            inner: Mutex::new(Inner { store, soft, agents: HashMap::new() }),
+            clock,
+            cfg,
+            telemetry: Telemetry::new(),
+            wake: Notify::new(),
+            next_id: AtomicU64::new(1),
+            pending_logs: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Locks the core. A panic while locked cannot leave the state half
+    /// changed (commands apply atomically), so a poisoned lock is reused.
+    pub fn lock(&self) -> MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A process-unique id for connections and requests.
+    pub fn next_id(&self) -> u64 {
+        self.next_id.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Number of registered nodes.
+    pub fn node_count(&self) -> usize {
+        self.lock().store.state().nodes.len()
+    }
+
+    /// The decision policy from the config.
+    pub fn policy(&self) -> Policy {
+        Policy { warmup_ms: self.cfg.warmup_ms(), checks: self.cfg.health_checks.clone() }
+    }
+
+    /// Asks the agent of `node` for a workload's log and waits for the answer.
+    pub async fn fetch_logs(&self, node: &NodeId, id: WorkloadId, stream: LogStream, offset: Option<u64>, tail: u32) -> Result<LogChunk, String> {
+        let request = self.next_id();
+        let (tx, rx) = oneshot::channel();
+        self.pending_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        let sent = {
+            let inner = self.lock();
+            match inner.agents.get(node) {
+                Some(a) => a.tx.send(ServerMessage::FetchLogs { request, id, stream, offset, tail }).is_ok(),
+                None => false,
+            }
+        };
+        let answer = if sent {
+            match tokio::time::timeout(Duration::from_secs(5), rx).await {
+                Ok(Ok(r)) => r,
+                _ => Err(format!("node {node} did not answer within 5 s")),
+            }
+        } else {
+            Err(format!("node {node} is not connected; its logs stay on the node until it reconnects"))
+        };
+        self.pending_logs.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+        answer
+    }
+
+    /// Hands an agent's answer to the request waiting for it.
+    pub fn complete_logs(&self, request: u64, answer: Result<LogChunk, String>) {
+        if let Some(tx) = self.pending_logs.lock().unwrap_or_else(|p| p.into_inner()).remove(&request) {
+            let _ = tx.send(answer);
+        }
+    }
+
+    /// One reconcile pass: decide, then apply each decision.
+    pub fn reconcile_once(&self) {
+        let now = self.clock.now_ms();
+        let policy = self.policy();
+        let mut inner = self.lock();
+        let cmds = reconcile(&policy, inner.store.state(), &inner.soft, now);
+        for cmd in cmds {
+            match &cmd {
+                Command::Place { id, reason, .. } | Command::Unplace { id, reason } => {
+                    let state = inner.store.state();
+                    let from = state.workloads.get(id).and_then(|w| w.node.as_ref());
+                    if from.and_then(|n| state.nodes.get(n)).is_some_and(|n| n.lifecycle == Lifecycle::Terminated) {
+                        self.telemetry.failovers.inc();
+                    }
+                    tracing::info!(workload = %id, reason, "placement decision");
+                }
+                Command::SetLifecycle { id, lifecycle, .. } => tracing::info!(node = %id, %lifecycle, "node lifecycle"),
+                _ => {}
+            }
+            let placed = matches!(cmd, Command::Place { .. });
+            match inner.apply(cmd) {
+                Ok(()) if placed => {
+                    self.telemetry.placements.inc();
+                }
+                Ok(()) => {}
+                Err(e) => tracing::warn!(error = %e, "reconcile command refused"),
+            }
+        }
+    }
+}
+
+/// Runs reconcile passes every quarter heartbeat interval (at most 250 ms
+/// apart) and whenever something wakes it, until `stop` turns true.
+pub async fn run_reconciler(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
+    let period = Duration::from_millis((control.cfg.heartbeat_interval_ms / 4).clamp(10, 250));
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = control.wake.notified() => {}
+            _ = stop.wait_for(|s| *s) => return,
+        }
+        control.reconcile_once();
+    }
+}

@@ -1,0 +1,257 @@
+//! The reconcilers as one pure function: `(state, soft state, config, now)`
+//! in, commands out. Lifecycle (warm-up, lease expiry), failover, drain and
+//! placement of pending work. The loop that calls it does the I/O.
+
+use std::collections::{BTreeMap, HashMap};
+
+use verge_core::{Health, Lifecycle, NodeId};
+use verge_sched::{place, Capacity, ClusterView, NodeView};
+use verge_store::{Command, NodeRecord, State};
+
+use crate::health::{assess, Assessment, HealthCheck};
+use crate::soft::NodeSoft;
+
+/// The parts of the server config decisions depend on.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    /// How long a node warms up before it takes work, ms.
+    pub warmup_ms: u64,
+    /// Health thresholds.
+    pub checks: Vec<HealthCheck>,
+}
+
+/// A node's health now, from its soft state and last report.
+pub fn node_health(policy: &Policy, rec: &NodeRecord, soft: Option<&NodeSoft>, now_ms: u64) -> Assessment {
+    let metrics = soft.and_then(|s| s.metrics.as_ref());
+    let age = soft.and_then(|s| s.last_heartbeat_ms).map(|t| now_ms.saturating_sub(t));
+    let mut a = assess(&policy.checks, metrics, age, rec.health_report.as_ref().map(|(r, _)| r));
+    if soft.is_some_and(|s| s.last_heartbeat_ms.is_some() && !s.alive(now_ms)) {
+        a.status = Health::Unknown;
+        a.reasons.push("lease expired".into());
+    }
+    a
+}
+
+/// The lifecycle a node should move to now, if any.
+fn next_lifecycle(policy: &Policy, rec: &NodeRecord, soft: Option<&NodeSoft>, now_ms: u64) -> Option<Lifecycle> {
+    let heard = soft.is_some_and(|s| s.last_heartbeat_ms.is_some());
+    let alive = soft.is_some_and(|s| s.alive(now_ms));
+    match rec.lifecycle {
+        Lifecycle::Initialized if heard && alive => Some(Lifecycle::Warming),
+        Lifecycle::Warming | Lifecycle::Active | Lifecycle::Draining if !alive => Some(Lifecycle::Terminated),
+        Lifecycle::Warming if now_ms.saturating_sub(rec.lifecycle_since_ms) >= policy.warmup_ms => {
+            (node_health(policy, rec, soft, now_ms).status != Health::Unhealthy).then_some(Lifecycle::Active)
+        }
+        _ => None,
+    }
+}
+
+/// Why a node in `lifecycle` with `health` takes no new work, if it does not.
+fn unavailable(lifecycle: Lifecycle, health: Health) -> Option<&'static str> {
+    match lifecycle {
+        Lifecycle::Initialized | Lifecycle::Warming => Some("node warming up"),
+        Lifecycle::Draining => Some("node draining"),
+        Lifecycle::Terminated => Some("node offline"),
+        Lifecycle::Active => match health {
+            Health::Unhealthy => Some("node unhealthy"),
+            Health::Unknown => Some("node not reporting"),
+            Health::Healthy | Health::Degraded => None,
+        },
+    }
+}
+
+/// The scheduler's view of the cluster, with each node's lifecycle taken
+/// from `lifecycles` (the state's, or the one this pass decided).
+pub fn cluster_view(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft>, lifecycles: &BTreeMap<NodeId, Lifecycle>, now_ms: u64) -> ClusterView {
+    let mut view = ClusterView {
+        nodes: state
+            .nodes
+            .iter()
+            .map(|(id, rec)| {
+                let s = soft.get(id);
+                let lifecycle = lifecycles.get(id).copied().unwrap_or(rec.lifecycle);
+                let r = &rec.spec.resources;
+                NodeView {
+                    id: id.clone(),
+                    node_type: rec.spec.node_type,
+                    tier: rec.spec.tier,
+                    location: rec.spec.location.point(),
+                    labels: rec.spec.labels.clone(),
+                    capacity: Capacity { cpu: r.cpu.cores, memory: r.memory.total.0, storage: r.storage.total.0 },
+                    used: Capacity::default(),
+                    residents: Vec::new(),
+                    unavailable: unavailable(lifecycle, node_health(policy, rec, s, now_ms).status),
+                }
+            })
+            .collect(),
+    };
+    for w in state.workloads.values() {
+        if let Some(n) = &w.node {
+            view.reserve(n, &w.spec);
+        }
+    }
+    view
+}
+
+/// Everything the control plane should change now, in order.
+pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft>, now_ms: u64) -> Vec<Command> {
+    let mut cmds = Vec::new();
+    let mut lifecycles = BTreeMap::new();
+    for (id, rec) in &state.nodes {
+        let next = next_lifecycle(policy, rec, soft.get(id), now_ms);
+        if let Some(l) = next {
+            cmds.push(Command::SetLifecycle { id: id.clone(), lifecycle: l, now_ms });
+        }
+        lifecycles.insert(id.clone(), next.unwrap_or(rec.lifecycle));
+    }
+    let mut view = cluster_view(policy, state, soft, &lifecycles, now_ms);
+    for (wid, w) in &state.workloads {
+        let from = w.node.as_ref().map(|n| (n, lifecycles.get(n).copied()));
+        let why_move = match from {
+            None => None,
+            Some((_, Some(Lifecycle::Terminated) | None)) => Some("failover"),
+            Some((_, Some(Lifecycle::Draining))) => Some("drain"),
+            Some(_) => continue,
+        };
+        if let Some((n, _)) = from {
+            view.release(n, &w.spec);
+        }
+        match (place(&view, &w.spec), why_move, from) {
+            (Ok(p), Some(why), Some((n, _))) => {
+                let reason = format!("{why} from {n}: {}", p.reason);
+                view.reserve(&p.node, &w.spec);
+                cmds.push(Command::Place { id: wid.clone(), node: p.node, reason, now_ms });
+            }
+            (Ok(p), _, _) => {
+                view.reserve(&p.node, &w.spec);
+                cmds.push(Command::Place { id: wid.clone(), node: p.node, reason: p.reason, now_ms });
+            }
+            (Err(e), Some("failover"), Some((n, _))) => {
+                cmds.push(Command::Unplace { id: wid.clone(), reason: format!("failover from {n}: {e}") });
+            }
+            (Err(_), Some(_), Some((n, _))) => view.reserve(n, &w.spec),
+            (Err(e), _, _) => {
+                let reason = e.to_string();
+                if w.reason != reason {
+                    cmds.push(Command::Unplace { id: wid.clone(), reason });
+                }
+            }
+        }
+    }
+    cmds
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::health::default_checks;
+    use verge_core::{NodeMetrics, WorkloadId};
+
+    const LEASE: u64 = 5_000;
+
+    fn policy() -> Policy {
+        Policy { warmup_ms: 2_000, checks: default_checks() }
+    }
+
+    fn node(id: &str, lat: f64, lon: f64) -> verge_core::NodeSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "type": "compute", "location": {"latitude": lat, "longitude": lon},
+            "resources": {"cpu": {"cores": 4}, "memory": {"total": "8GiB"}}
+        }))
+        .unwrap()
+    }
+
+    fn heartbeat(soft: &mut HashMap<NodeId, NodeSoft>, id: &str, now: u64) {
+        let s = soft.entry(NodeId::new(id).unwrap()).or_default();
+        s.touch(now, LEASE);
+        s.metrics = Some(NodeMetrics { memory_used: 1, memory_total: 100, disk_total: 100, ..Default::default() });
+    }
+
+    /// Runs reconcile until it has nothing more to say, applying its commands.
+    fn settle(state: &mut State, soft: &HashMap<NodeId, NodeSoft>, now: u64) -> Vec<Command> {
+        let mut all = Vec::new();
+        for _ in 0..5 {
+            let cmds = reconcile(&policy(), state, soft, now);
+            if cmds.is_empty() {
+                break;
+            }
+            for c in &cmds {
+                state.apply(c.clone()).unwrap();
+            }
+            all.extend(cmds);
+        }
+        all
+    }
+
+    fn cluster() -> (State, HashMap<NodeId, NodeSoft>) {
+        let mut state = State::default();
+        let mut soft = HashMap::new();
+        for (id, lat, lon) in [("fra", 50.1, 8.7), ("nyc", 40.7, -74.0)] {
+            state.apply(Command::RegisterNode { spec: node(id, lat, lon), now_ms: 0 }).unwrap();
+            heartbeat(&mut soft, id, 0);
+        }
+        settle(&mut state, &soft, 0);
+        for id in ["fra", "nyc"] {
+            heartbeat(&mut soft, id, 2_500);
+        }
+        settle(&mut state, &soft, 2_500);
+        (state, soft)
+    }
+
+    fn workload(id: &str) -> verge_core::WorkloadSpec {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "requirements": {"cpu": 1, "memory": "1GiB"},
+            "constraints": {"geoProximity": {"latitude": 48.85, "longitude": 2.35}},
+            "spec": {"command": "true"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn nodes_warm_up_then_take_work() {
+        let (mut state, soft) = cluster();
+        assert!(state.nodes.values().all(|n| n.lifecycle == Lifecycle::Active));
+        state.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 2_500 }).unwrap();
+        settle(&mut state, &soft, 2_600);
+        assert_eq!(state.workloads[&WorkloadId::new("w").unwrap()].node.as_ref().unwrap().as_str(), "fra");
+    }
+
+    #[test]
+    fn an_expired_lease_fails_workloads_over() {
+        let (mut state, mut soft) = cluster();
+        state.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 2_500 }).unwrap();
+        settle(&mut state, &soft, 2_600);
+        heartbeat(&mut soft, "nyc", 7_000);
+        assert!(settle(&mut state, &soft, 7_400).is_empty(), "fra's lease runs until 7,500");
+        let cmds = settle(&mut state, &soft, 7_500);
+        assert!(cmds.iter().any(|c| matches!(c, Command::SetLifecycle { lifecycle: Lifecycle::Terminated, .. })));
+        let w = &state.workloads[&WorkloadId::new("w").unwrap()];
+        assert_eq!(w.node.as_ref().unwrap().as_str(), "nyc");
+        assert!(w.reason.starts_with("failover from fra"), "{}", w.reason);
+    }
+
+    #[test]
+    fn unplaceable_work_stays_pending_with_an_explanation_and_is_stable() {
+        let (mut state, soft) = cluster();
+        let mut big = workload("big");
+        big.requirements.cpu = 64.0;
+        state.apply(Command::SubmitWorkload { spec: big, now_ms: 2_500 }).unwrap();
+        settle(&mut state, &soft, 2_600);
+        let w = &state.workloads[&WorkloadId::new("big").unwrap()];
+        assert!(w.node.is_none());
+        assert_eq!(w.reason, "no node fits (2 considered: 2 insufficient cpu)");
+        assert!(reconcile(&policy(), &state, &soft, 2_700).is_empty());
+    }
+
+    #[test]
+    fn draining_moves_work_away_when_it_can() {
+        let (mut state, soft) = cluster();
+        state.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 2_500 }).unwrap();
+        settle(&mut state, &soft, 2_600);
+        state.apply(Command::SetLifecycle { id: NodeId::new("fra").unwrap(), lifecycle: Lifecycle::Draining, now_ms: 2_700 }).unwrap();
+        settle(&mut state, &soft, 2_800);
+        let w = &state.workloads[&WorkloadId::new("w").unwrap()];
+        assert_eq!(w.node.as_ref().unwrap().as_str(), "nyc");
+        assert!(w.reason.starts_with("drain from fra"), "{}", w.reason);
+    }
+}
