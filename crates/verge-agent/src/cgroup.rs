@@ -84,12 +84,11 @@ impl Cgroups {
             }
         } else {
             let hierarchy = |controller: &str, mounts: &[&str]| -> Result<PathBuf, String> {
-                let path = own_path(controller).ok_or_else(|| format!("no {controller} cgroup in {PROC_SELF_CGROUP}"))?;
-                let mount = mounts
-                    .iter()
-                    .map(|m| root.join(m))
-                    .find(|m| m.is_dir())
-                    .ok_or_else(|| format!("no {controller} cgroup hierarchy mounted at {}", root.join(mounts[0]).display()))?;
+                let path =
+                    own_path(controller).ok_or_else(|| format!("no {controller} cgroup in {PROC_SELF_CGROUP}"))?;
+                let mount = mounts.iter().map(|m| root.join(m)).find(|m| m.is_dir()).ok_or_else(|| {
+                    format!("no {controller} cgroup hierarchy mounted at {}", root.join(mounts[0]).display())
+                })?;
                 Ok(mount.join(path))
             };
             Layout::V1 {
@@ -177,10 +176,7 @@ fn cpu_quota_us(cpu: f64) -> u64 {
 fn enable_v2(own: &Path, group: &Path, controller: &str) -> Result<(), String> {
     let available = read(&own.join("cgroup.controllers"))?;
     if !available.split_whitespace().any(|c| c == controller) {
-        return Err(format!(
-            "the {controller} controller is not delegated to the agent's cgroup {}",
-            own.display()
-        ));
+        return Err(format!("the {controller} controller is not delegated to the agent's cgroup {}", own.display()));
     }
     let parent = own.join(PARENT);
     enable_in_subtree(own, controller)?;
@@ -209,7 +205,9 @@ fn create_v1(own: &Path, id: &WorkloadId) -> Result<PathBuf, String> {
 
 fn create_dir(path: &Path) -> Result<(), String> {
     match std::fs::create_dir(path) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(format!("cannot create {}: {}", path.display(), reason(e))),
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
+            Err(format!("cannot create {}: {}", path.display(), reason(e)))
+        }
         _ => Ok(()),
     }
 }
@@ -265,7 +263,9 @@ mod tests {
         assert_eq!(memory.unwrap(), root.path().join("memory/process_api/abc"));
         assert_eq!(cpu.unwrap(), root.path().join("cpu,cpuacct/agent"));
 
-        let Layout::V1 { memory, cpu } = Cgroups::from_parts(root.path(), "4:memory:/x\n").layout else { panic!("expected v1") };
+        let Layout::V1 { memory, cpu } = Cgroups::from_parts(root.path(), "4:memory:/x\n").layout else {
+            panic!("expected v1")
+        };
         assert!(memory.is_ok());
         assert_eq!(cpu.unwrap_err(), format!("no cpu cgroup in {PROC_SELF_CGROUP}"));
     }
@@ -295,7 +295,11 @@ mod tests {
         std::fs::write(own.join("cgroup.controllers"), "cpu\n").unwrap();
         let limits = cgroups.apply(&id("web"), 4242, Bytes(64 << 20), 0.5);
         assert!(!limits.memory && limits.cpu);
-        assert!(limits.message.starts_with("memory limit not enforced: the memory controller is not delegated"), "{}", limits.message);
+        assert!(
+            limits.message.starts_with("memory limit not enforced: the memory controller is not delegated"),
+            "{}",
+            limits.message
+        );
     }
 
     #[test]
@@ -304,7 +308,11 @@ mod tests {
         let cgroups = Cgroups::from_parts(&root.path().join("missing"), "4:memory:/\n1:cpu:/\n");
         let limits = cgroups.apply(&id("web"), 4242, Bytes(1 << 20), 1.0);
         assert!(!limits.memory && !limits.cpu);
-        assert!(limits.message.contains("memory limit not enforced: no memory cgroup hierarchy mounted at"), "{}", limits.message);
+        assert!(
+            limits.message.contains("memory limit not enforced: no memory cgroup hierarchy mounted at"),
+            "{}",
+            limits.message
+        );
         assert!(limits.message.contains("; cpu limit not enforced: "), "{}", limits.message);
         cgroups.remove(&id("web"));
     }
@@ -320,6 +328,7 @@ mod tests {
         if !limits.message.is_empty() {
             println!("cgroup limits not (fully) enforced on this machine: {}", limits.message);
         }
+        assert_eq!(limits.message.is_empty(), limits.memory && limits.cpu, "{limits:?}");
         let group = |own: &Path| own.join(PARENT).join(wid.as_str());
         let expected: Vec<(PathBuf, &str, &str)> = match &cgroups.layout {
             Layout::V2 { own } => [
@@ -342,10 +351,14 @@ mod tests {
             let got = std::fs::read_to_string(dir.join(file)).map_err(|e| e.to_string())?;
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(|e| e.to_string())?;
             if got.trim() != *want || !procs.lines().any(|p| p == pid.to_string()) {
-                return Err(format!("{} holds {got:?}, cgroup.procs {procs:?}; expected {want:?} and pid {pid}", dir.join(file).display()));
+                return Err(format!(
+                    "{} holds {got:?}, cgroup.procs {procs:?}; expected {want:?} and pid {pid}",
+                    dir.join(file).display()
+                ));
             }
             Ok(())
         };
+        assert_eq!(expected.len(), usize::from(limits.memory) + usize::from(limits.cpu));
         let result: Result<Vec<()>, String> = expected.iter().map(check).collect();
         let _ = child.kill();
         let _ = child.wait();

@@ -237,7 +237,10 @@ pub(crate) mod tests {
     async fn runs_the_command_and_keeps_its_output() {
         let dir = tempfile::tempdir().unwrap();
         let spec = workload("exec-output", "sh", &["-c", "echo hello $GREETING; echo oops >&2"], RestartPolicy::Never);
-        let spec = WorkloadSpec { spec: ExecSpec { env: BTreeMap::from([("GREETING".into(), "edge".into())]), ..spec.spec }, ..spec };
+        let spec = WorkloadSpec {
+            spec: ExecSpec { env: BTreeMap::from([("GREETING".into(), "edge".into())]), ..spec.spec },
+            ..spec
+        };
         let driver = ExecDriver::new();
         let mut task = driver.start(&spec, dir.path(), &env()).unwrap();
         let _guard = KillGroup(task.pid);
@@ -254,7 +257,10 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = workload("exec-missing", "verge-no-such-program", &[], RestartPolicy::Never);
         let e = ExecDriver::new().start(&spec, dir.path(), &env()).unwrap_err();
-        assert_eq!(e.to_string(), "command \"verge-no-such-program\" not found: give an absolute path or a program on PATH");
+        assert_eq!(
+            e.to_string(),
+            "command \"verge-no-such-program\" not found: give an absolute path or a program on PATH"
+        );
 
         std::fs::write(dir.path().join("data.txt"), "not a program").unwrap();
         let spec = workload("exec-noexec", "./data.txt", &[], RestartPolicy::Never);

@@ -67,6 +67,20 @@ pub enum Strategy {
     Cost,
 }
 
+impl fmt::Display for Strategy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let s = match self {
+            Strategy::LatencyFirst => "latency-first",
+            Strategy::ResourceFirst => "resource-first",
+            Strategy::Balanced => "balanced",
+            Strategy::GeoProximity => "geo-proximity",
+            Strategy::DataLocality => "data-locality",
+            Strategy::Cost => "cost",
+        };
+        f.write_str(s)
+    }
+}
+
 /// Which driver runs the workload.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

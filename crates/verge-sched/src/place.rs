@@ -127,8 +127,8 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
     }
     let (node, score, km) = best.ok_or(why)?;
     let reason = match km {
-        Some(km) => format!("best of {} nodes by {:?} strategy, {km:.0} km from users (~{:.0} ms)", view.nodes.len(), w.strategy, estimate_rtt_ms(km)),
-        None => format!("best of {} nodes by {:?} strategy, most free resources", view.nodes.len(), w.strategy),
+        Some(km) => format!("best of {} nodes by {} strategy, {km:.0} km from users (~{:.0} ms)", view.nodes.len(), w.strategy, estimate_rtt_ms(km)),
+        None => format!("best of {} nodes by {} strategy, most free resources", view.nodes.len(), w.strategy),
     };
     Ok(Placement { node: node.id.clone(), score, reason })
 }

@@ -1,1 +1,262 @@
-fn main(){}
+//! The `verge` binary: argument parsing and wiring, nothing else.
+
+mod bench;
+mod client;
+mod commands;
+mod dev;
+mod procs;
+mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use verge_core::Millis;
+
+/// Verge: an edge computing platform. One binary for the control plane, the
+/// edge agent, a local dev cluster and the client commands.
+#[derive(Parser)]
+#[command(name = "verge", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run the control plane: HTTP API, agent gateway, state store, reconcilers.
+    Server(ServerArgs),
+    /// Run the edge agent on this node.
+    Agent(AgentArgs),
+    /// Start a server and three agents on this machine with a sample workload.
+    Dev(dev::DevArgs),
+    /// Inspect and manage nodes.
+    Node {
+        #[command(subcommand)]
+        cmd: NodeCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Submit, inspect and move workloads.
+    Workload {
+        #[command(subcommand)]
+        cmd: WorkloadCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Print a workload's output, fetched from its node.
+    Logs {
+        /// Workload id.
+        workload: String,
+        /// Lines from the end to print first.
+        #[arg(long, default_value_t = 100)]
+        tail: u32,
+        /// Keep printing new output.
+        #[arg(long, short)]
+        follow: bool,
+        /// Print stderr instead of stdout.
+        #[arg(long)]
+        stderr: bool,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Benchmarks that print Verge's figures beside their targets.
+    Bench {
+        #[command(subcommand)]
+        cmd: bench::BenchCmd,
+    },
+}
+
+/// Where the client commands find the server.
+#[derive(Args)]
+struct ApiArgs {
+    /// The server's API URL.
+    #[arg(long, env = "VERGE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
+    server: String,
+    /// Print the API's JSON instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Subcommand)]
+enum NodeCmd {
+    /// List nodes.
+    Ls,
+    /// Show one node in detail.
+    Status { id: String },
+    /// Move a node's workloads away and give it no new ones.
+    Drain { id: String },
+    /// Forget a node.
+    Rm { id: String },
+}
+
+#[derive(Subcommand)]
+enum WorkloadCmd {
+    /// Submit a workload from a YAML or JSON spec and wait until it runs.
+    Run {
+        /// The spec file.
+        #[arg(short = 'f', long = "file")]
+        file: PathBuf,
+    },
+    /// List workloads.
+    Ls,
+    /// Show one workload in detail, with its placement reason.
+    Status { id: String },
+    /// Delete a workload; its node stops it.
+    Rm { id: String },
+    /// Move a workload to another node.
+    Migrate {
+        id: String,
+        /// Target node; the best other node when omitted.
+        #[arg(long)]
+        to: Option<String>,
+    },
+}
+
+#[derive(Args)]
+struct ServerArgs {
+    /// Address of the HTTP API (port 0 picks a free port).
+    #[arg(long, env = "VERGE_API_ADDR", default_value = "0.0.0.0:8080")]
+    api_addr: SocketAddr,
+    /// Address of the agent gateway.
+    #[arg(long, env = "VERGE_GATEWAY_ADDR", default_value = "0.0.0.0:8091")]
+    gateway_addr: SocketAddr,
+    /// Where the server keeps its state.
+    #[arg(long, env = "VERGE_DATA_DIR", default_value = "verge-data")]
+    data_dir: PathBuf,
+    /// How often agents heartbeat, e.g. `1s` (default 1s).
+    #[arg(long, env = "VERGE_HEARTBEAT_INTERVAL")]
+    heartbeat_interval: Option<Millis>,
+    /// How long a node lives without heartbeats, e.g. `5s` (default 5s).
+    #[arg(long, env = "VERGE_LEASE")]
+    lease: Option<Millis>,
+    /// YAML file with `heartbeat_interval`, `lease` and `health_checks`.
+    #[arg(long, env = "VERGE_CONFIG")]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct AgentArgs {
+    /// The node's edge-config.yaml.
+    #[arg(long, short)]
+    config: PathBuf,
+    /// Where the agent keeps state and workload files (overrides `data_dir`).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Stop workloads when the agent exits instead of leaving them running
+    /// for the next agent to re-adopt.
+    #[arg(long)]
+    stop_workloads_on_exit: bool,
+}
+
+fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+/// A channel that turns true on SIGINT or SIGTERM.
+fn shutdown_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
+    let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
+    let (tx, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = int.recv() => {}
+            _ = term.recv() => {}
+        }
+        let _ = tx.send(true);
+    });
+    Ok(rx)
+}
+
+async fn server(args: ServerArgs) -> Result<()> {
+    let mut cfg = verge_server::ServerConfig::new(args.api_addr, args.gateway_addr, args.data_dir);
+    if let Some(path) = &args.config {
+        cfg.load_file(path)?;
+    }
+    if let Some(h) = args.heartbeat_interval {
+        cfg.heartbeat_interval_ms = h.0;
+    }
+    if let Some(l) = args.lease {
+        cfg.lease_ms = l.0;
+    }
+    cfg.validate()?;
+    let mut stop = shutdown_signal()?;
+    verge_server::run(cfg, async move {
+        let _ = stop.wait_for(|s| *s).await;
+    })
+    .await?;
+    Ok(())
+}
+
+async fn agent(args: AgentArgs) -> Result<()> {
+    use verge_agent::config::EdgeConfig;
+    let cfg = EdgeConfig::load(&args.config, |k| std::env::var(k).ok())?;
+    let (cores, memory) = verge_agent::agent::detected_capacity();
+    let node = cfg.node_spec(cores, memory).map_err(|e| anyhow::anyhow!("config {}: {e}", args.config.display()))?;
+    if cfg.security.attestation || cfg.security.encryption {
+        tracing::warn!("security.attestation and security.encryption are read but not enforced by this build yet");
+    }
+    let data_dir = args.data_dir.or(cfg.data_dir.clone()).unwrap_or_else(|| PathBuf::from(format!("verge-agent-{}", node.id)));
+    let opts = verge_agent::agent::AgentOptions {
+        node,
+        server_url: verge_agent::agent::gateway_url(&cfg.server),
+        data_dir,
+        stop_workloads_on_exit: args.stop_workloads_on_exit,
+    };
+    verge_agent::agent::run(opts, shutdown_signal()?).await?;
+    Ok(())
+}
+
+async fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Server(a) => server(a).await,
+        Cmd::Agent(a) => agent(a).await,
+        Cmd::Dev(a) => dev::run(a).await,
+        Cmd::Bench { cmd } => bench::run(cmd).await,
+        Cmd::Node { cmd, api } => {
+            let c = client::Api::new(&api.server);
+            match cmd {
+                NodeCmd::Ls => commands::node_ls(&c, api.json).await,
+                NodeCmd::Status { id } => commands::node_status(&c, &id, api.json).await,
+                NodeCmd::Drain { id } => commands::node_drain(&c, &id, api.json).await,
+                NodeCmd::Rm { id } => commands::node_rm(&c, &id, api.json).await,
+            }
+        }
+        Cmd::Workload { cmd, api } => {
+            let c = client::Api::new(&api.server);
+            match cmd {
+                WorkloadCmd::Run { file } => commands::workload_run(&c, &file, api.json).await,
+                WorkloadCmd::Ls => commands::workload_ls(&c, api.json).await,
+                WorkloadCmd::Status { id } => commands::workload_status(&c, &id, api.json).await,
+                WorkloadCmd::Rm { id } => commands::workload_rm(&c, &id, api.json).await,
+                WorkloadCmd::Migrate { id, to } => commands::workload_migrate(&c, &id, to.as_deref(), api.json).await,
+            }
+        }
+        Cmd::Logs { workload, tail, follow, stderr, api } => commands::logs(&client::Api::new(&api.server), &workload, tail, follow, stderr).await,
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let daemon = matches!(cli.cmd, Cmd::Server(_) | Cmd::Agent(_));
+    init_logging(if daemon { "info" } else { "warn" });
+    // The agent is mostly idle: one thread keeps its footprint small.
+    let mut builder = if matches!(cli.cmd, Cmd::Agent(_)) { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let rt = match builder.enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("verge: cannot start the runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("verge: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,282 @@
+//! The agent's runtime: restores its workloads from disk, keeps a gateway
+//! connection to the server (reconnecting with back-off), heartbeats real
+//! metrics, and applies `Assign` / `Unassign`. Workloads never depend on
+//! the connection: they keep running while the server is away.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::{SinkExt, StreamExt};
+use tokio::sync::{mpsc, watch};
+use tokio_tungstenite::tungstenite::Message;
+use verge_core::{Bytes, NodeSpec, WorkloadId, WorkloadSpec, WorkloadStatus};
+use verge_proto::{decode, encode, AgentMessage, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
+
+use crate::assignments::Assignments;
+use crate::collector::Collector;
+use crate::driver::Driver;
+use crate::exec::ExecDriver;
+use crate::supervisor::{self, SupervisorHandle};
+
+/// First reconnect delay; doubles up to [`MAX_BACKOFF`].
+const MIN_BACKOFF: Duration = Duration::from_millis(100);
+/// Longest wait between reconnect attempts.
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// Heartbeat interval until the server says otherwise.
+const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(1);
+/// Environment variables passed from the agent to workloads.
+const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "USER"];
+
+/// How to run the agent.
+#[derive(Debug, Clone)]
+pub struct AgentOptions {
+    /// The node spec to declare.
+    pub node: NodeSpec,
+    /// The gateway URL, `ws://host:port/v1/agent`.
+    pub server_url: String,
+    /// Where state and workload files live.
+    pub data_dir: PathBuf,
+    /// Stop workloads when the agent exits (for `verge dev`); by default they
+    /// keep running and the next agent re-adopts them.
+    pub stop_workloads_on_exit: bool,
+}
+
+/// Why the agent could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The data directory is unusable.
+    #[error("data directory {path}: {err}")]
+    DataDir { path: String, err: std::io::Error },
+}
+
+/// Turns the config's `server:` value into the gateway URL.
+pub fn gateway_url(server: &str) -> String {
+    let s = server.trim().trim_end_matches('/');
+    let s = if let Some(rest) = s.strip_prefix("http://") {
+        format!("ws://{rest}")
+    } else if let Some(rest) = s.strip_prefix("https://") {
+        format!("wss://{rest}")
+    } else if s.starts_with("ws://") || s.starts_with("wss://") {
+        s.to_string()
+    } else {
+        format!("ws://{s}")
+    };
+    let after_scheme = s.split_once("://").map_or("", |(_, r)| r);
+    if after_scheme.contains('/') {
+        s
+    } else {
+        format!("{s}{GATEWAY_PATH}")
+    }
+}
+
+/// The cores and memory of this machine, for configs that omit them.
+pub fn detected_capacity() -> (f64, Bytes) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let memory = sysinfo::System::new().map_or(0, |mut sys| {
+        sys.refresh_memory();
+        sys.total_memory()
+    });
+    (cores, Bytes(memory))
+}
+
+/// The workloads this agent runs, with their supervisors.
+struct Workloads {
+    driver: Arc<dyn Driver>,
+    store: Assignments,
+    running: HashMap<WorkloadId, (WorkloadSpec, SupervisorHandle)>,
+    events: mpsc::UnboundedSender<WorkloadStatus>,
+    env: BTreeMap<String, String>,
+}
+
+impl Workloads {
+    fn start(&mut self, spec: WorkloadSpec) {
+        let mut env = self.env.clone();
+        env.insert("VERGE_WORKLOAD_ID".into(), spec.id.to_string());
+        let dir = self.store.dir(&spec.id);
+        let handle = supervisor::spawn(self.driver.clone(), spec.clone(), dir, env, self.events.clone());
+        self.running.insert(spec.id.clone(), (spec, handle));
+    }
+
+    /// Runs `spec` unless it already runs unchanged; a changed spec restarts it.
+    fn assign(&mut self, spec: WorkloadSpec) {
+        if self.running.get(&spec.id).is_some_and(|(s, _)| *s == spec) {
+            return;
+        }
+        if let Some((_, old)) = self.running.remove(&spec.id) {
+            let (driver, store, new) = (self.driver.clone(), self.store.clone(), spec.clone());
+            let events = self.events.clone();
+            let mut env = self.env.clone();
+            env.insert("VERGE_WORKLOAD_ID".into(), spec.id.to_string());
+            // Restart in the background: stopping may take the grace period.
+            tokio::spawn(async move {
+                old.stop().await;
+                if let Err(e) = store.save(&new) {
+                    tracing::error!(workload = %new.id, error = %e, "cannot record assignment");
+                }
+                drop(supervisor::spawn(driver, new.clone(), store.dir(&new.id), env, events));
+            });
+            return;
+        }
+        if let Err(e) = self.store.save(&spec) {
+            tracing::error!(workload = %spec.id, error = %e, "cannot record assignment; running it anyway");
+        }
+        tracing::info!(workload = %spec.id, "assigned");
+        self.start(spec);
+    }
+
+    /// Stops and forgets a workload, in the background.
+    fn unassign(&mut self, id: &WorkloadId) {
+        let Some((_, handle)) = self.running.remove(id) else { return };
+        tracing::info!(workload = %id, "unassigned");
+        let (store, id) = (self.store.clone(), id.clone());
+        tokio::spawn(async move {
+            handle.stop().await;
+            if let Err(e) = store.remove(&id) {
+                tracing::warn!(workload = %id, error = %e, "cannot remove workload files");
+            }
+        });
+    }
+
+    fn statuses(&self) -> Vec<WorkloadStatus> {
+        let mut v: Vec<_> = self.running.values().map(|(_, h)| h.status()).collect();
+        v.sort_by(|a, b| a.id.cmp(&b.id));
+        v
+    }
+
+    async fn shutdown(self, stop: bool) {
+        if stop {
+            let handles: Vec<_> = self.running.into_values().map(|(_, h)| tokio::spawn(h.stop())).collect();
+            for h in handles {
+                let _ = h.await;
+            }
+        } else {
+            for (_, (_, h)) in self.running {
+                h.detach();
+            }
+        }
+    }
+}
+
+/// Runs the agent until `shutdown` turns true.
+pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Result<(), AgentError> {
+    let started = Instant::now();
+    std::fs::create_dir_all(&opts.data_dir).map_err(|err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err })?;
+    let (events_tx, mut events) = mpsc::unbounded_channel();
+    let mut env: BTreeMap<String, String> = INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
+    env.insert("VERGE_NODE_ID".into(), opts.node.id.to_string());
+    let mut workloads = Workloads { driver: Arc::new(ExecDriver::new()), store: Assignments::new(&opts.data_dir), running: HashMap::new(), events: events_tx, env };
+    for spec in workloads.store.load() {
+        tracing::info!(workload = %spec.id, "restoring workload from local state");
+        workloads.start(spec);
+    }
+    let mut collector = Collector::new(&opts.data_dir);
+    let mut backoff = MIN_BACKOFF;
+    let mut announced = false;
+    while !*shutdown.borrow() {
+        match connect(&opts, &mut workloads, &mut collector, &mut events, &mut shutdown, started, &mut announced).await {
+            Ok(()) => backoff = MIN_BACKOFF,
+            Err(e) => tracing::warn!(server = %opts.server_url, error = %e, retry_in_ms = backoff.as_millis() as u64, "server unreachable; workloads keep running"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => {}
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+    workloads.shutdown(opts.stop_workloads_on_exit).await;
+    Ok(())
+}
+
+/// One connection's life: hello, welcome, then heartbeats and commands until
+/// it drops. `Ok` means it was established and later closed.
+async fn connect(
+    opts: &AgentOptions,
+    workloads: &mut Workloads,
+    collector: &mut Collector,
+    events: &mut mpsc::UnboundedReceiver<WorkloadStatus>,
+    shutdown: &mut watch::Receiver<bool>,
+    started: Instant,
+    announced: &mut bool,
+) -> Result<(), String> {
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
+    let (ws, _) = tokio_tungstenite::connect_async_with_config(opts.server_url.as_str(), Some(config), true).await.map_err(|e| e.to_string())?;
+    let (mut sink, mut stream) = ws.split();
+    let hello = AgentMessage::Hello { node: opts.node.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses() };
+    sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
+    let mut interval = DEFAULT_HEARTBEAT;
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut seq = 0u64;
+    let mut welcomed = false;
+    loop {
+        tokio::select! {
+            _ = shutdown.wait_for(|s| *s) => {
+                let _ = sink.send(Message::Close(None)).await;
+                return Ok(());
+            }
+            _ = ticker.tick(), if welcomed => {
+                seq += 1;
+                let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+                let hb = AgentMessage::Heartbeat { seq, sent_ms, metrics: collector.sample(), workloads: workloads.statuses() };
+                sink.send(Message::text(encode(&hb))).await.map_err(|e| e.to_string())?;
+            }
+            Some(status) = events.recv() => {
+                if welcomed {
+                    sink.send(Message::text(encode(&AgentMessage::WorkloadStatus(status)))).await.map_err(|e| e.to_string())?;
+                }
+            }
+            frame = stream.next() => {
+                let text = match frame {
+                    Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Close(_))) | None => return if welcomed { Ok(()) } else { Err("server closed the connection".into()) },
+                    Some(Ok(_)) => continue,
+                    Some(Err(e)) => return Err(e.to_string()),
+                };
+                let msg = decode::<ServerMessage>(&text).map_err(|e| e.to_string())?;
+                match msg {
+                    ServerMessage::Welcome { heartbeat_interval_ms, lease_ms, node } => {
+                        welcomed = true;
+                        if !*announced {
+                            *announced = true;
+                            let mut out = std::io::stdout();
+                            let _ = writeln!(out, "verge agent {node} registered with {} in {} ms", opts.server_url, started.elapsed().as_millis());
+                            let _ = out.flush();
+                        }
+                        tracing::info!(%node, heartbeat_interval_ms, lease_ms, "connected to server");
+                        interval = Duration::from_millis(heartbeat_interval_ms.max(10));
+                        ticker = tokio::time::interval(interval);
+                        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    }
+                    ServerMessage::Assign { workload } => workloads.assign(workload),
+                    ServerMessage::Unassign { id } => workloads.unassign(&id),
+                    ServerMessage::FetchLogs { request, id, stream: which, offset, tail } => {
+                        let path = workloads.store.dir(&id).join(which.file_name());
+                        let reply = match tokio::task::spawn_blocking(move || crate::logs::read(&path, offset, tail)).await {
+                            Ok(Ok((data, next_offset))) => AgentMessage::Logs { request, data, next_offset, error: None },
+                            Ok(Err(e)) => AgentMessage::Logs { request, data: String::new(), next_offset: 0, error: Some(format!("cannot read log: {e}")) },
+                            Err(e) => AgentMessage::Logs { request, data: String::new(), next_offset: 0, error: Some(e.to_string()) },
+                        };
+                        sink.send(Message::text(encode(&reply))).await.map_err(|e| e.to_string())?;
+                    }
+                    ServerMessage::Refused { reason } => return Err(format!("server refused this agent: {reason}")),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_addresses_become_gateway_urls() {
+        assert_eq!(gateway_url("127.0.0.1:8091"), "ws://127.0.0.1:8091/v1/agent");
+        assert_eq!(gateway_url("ws://host:1/"), "ws://host:1/v1/agent");
+        assert_eq!(gateway_url("http://host:1"), "ws://host:1/v1/agent");
+        assert_eq!(gateway_url("wss://host:1/custom"), "wss://host:1/custom");
+    }
+}

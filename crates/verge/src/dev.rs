@@ -1,0 +1,163 @@
+//! `verge dev`: a server and three agents on this machine, in three real
+//! cities, with a sample workload, for a first look. Ctrl-C stops everything.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use clap::Args;
+use hyper::Method;
+use serde_json::json;
+
+use crate::client::Api;
+use crate::procs::{reap_workloads, spawn_agent, spawn_server, wait_for, Proc, Site};
+
+/// Options of `verge dev`.
+#[derive(Args)]
+pub struct DevArgs {
+    /// Address of the server's HTTP API.
+    #[arg(long, default_value = "127.0.0.1:8080")]
+    api_addr: String,
+    /// The city list to take the three sites from (`City,Lat,Long,Population`).
+    #[arg(long, default_value = "../shared/data/rtt/cities.csv")]
+    cities: PathBuf,
+    /// Where to keep the cluster's files; a fresh temporary directory,
+    /// removed on exit, when omitted.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+}
+
+/// The three sites: (node id, city in cities.csv, country, fallback lat/long
+/// from that file for machines without it).
+const SITES: [(&str, &str, &str, f64, f64); 3] = [
+    ("new-york", "New York", "US", 40.7142691, -74.0059729),
+    ("frankfurt", "Frankfurt", "DE", 50.11552, 8.684167),
+    ("tokyo", "Tokyo", "JP", 35.6895, 139.69171),
+];
+
+/// Coordinates of `city` in a `City,Lat,Long,Population` file.
+fn lookup(text: &str, city: &str) -> Option<(f64, f64)> {
+    text.lines().find_map(|l| {
+        let mut f = l.split(',');
+        (f.next()? == city).then_some(())?;
+        Some((f.next()?.parse().ok()?, f.next()?.parse().ok()?))
+    })
+}
+
+fn sample_workload() -> serde_json::Value {
+    json!({
+        "id": "hello-edge",
+        "group": "demo",
+        "requirements": {"cpu": 0.1, "memory": "32MiB"},
+        "constraints": {"geoProximity": {"latitude": 48.85341, "longitude": 2.3488}, "maxLatencyMs": 120},
+        "strategy": "latency-first",
+        "spec": {
+            "command": "sh",
+            "args": ["-c", "while true; do echo \"hello from $VERGE_NODE_ID at $(date -u +%T)\"; sleep 2; done"],
+            "restart": "always"
+        }
+    })
+}
+
+/// Runs the dev cluster until Ctrl-C.
+pub async fn run(args: DevArgs) -> Result<()> {
+    let temp = args.data_dir.is_none();
+    let dir = args.data_dir.unwrap_or_else(|| std::env::temp_dir().join(format!("verge-dev-{}", std::process::id())));
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let result = cluster(&args.api_addr, &args.cities, &dir).await;
+    if temp {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+    result
+}
+
+async fn cluster(api_addr: &str, cities: &std::path::Path, dir: &std::path::Path) -> Result<()> {
+    let exe = std::env::current_exe().context("cannot find the verge binary")?;
+    let mut stop = crate::shutdown_signal()?;
+    let (server, api, gateway) = spawn_server(&exe, &dir.join("server"), api_addr, &[]).await?;
+    let mut procs: Vec<Proc> = vec![server];
+    let city_text = std::fs::read_to_string(cities).ok();
+    if city_text.is_none() {
+        println!("({} not found; using the coordinates it lists for the three cities)", cities.display());
+    }
+    for (id, city, country, lat, lon) in SITES {
+        let (latitude, longitude) = city_text.as_deref().and_then(|t| lookup(t, city)).unwrap_or((lat, lon));
+        let site = Site { id, city, country, latitude, longitude };
+        procs.push(spawn_agent(&exe, &dir.join(id), &site, &gateway, true)?);
+    }
+    let client = Api::new(&api);
+    let up = wait_for(Duration::from_secs(30), "three active nodes", || async {
+        let nodes = client.get("/api/v1/nodes").await.ok()?;
+        let active = nodes.as_array()?.iter().filter(|n| n["lifecycle"] == "active").count();
+        (active == SITES.len()).then_some(())
+    })
+    .await;
+    let placed = match up {
+        Ok(()) => {
+            client.call(Method::POST, "/api/v1/workloads", Some(&sample_workload())).await?;
+            wait_for(Duration::from_secs(15), "the sample workload to run", || async {
+                let w = client.get("/api/v1/workloads/hello-edge").await.ok()?;
+                (w["state"] == "running").then(|| w["node"].as_str().unwrap_or("?").to_string())
+            })
+            .await
+        }
+        Err(e) => Err(e),
+    };
+    match placed {
+        Ok(node) => banner(&api, dir, &procs, &node),
+        Err(e) => {
+            eprintln!("verge dev: {e:#}; logs are in {}", dir.display());
+            shutdown(procs, dir).await;
+            return Err(e);
+        }
+    }
+    tokio::select! {
+        _ = stop.wait_for(|s| *s) => println!("\nstopping the dev cluster…"),
+        _ = procs[0].child.wait() => eprintln!("verge dev: the server exited; see {}", dir.join("server.log").display()),
+    }
+    shutdown(procs, dir).await;
+    println!("stopped; nothing left running");
+    Ok(())
+}
+
+fn banner(api: &str, dir: &std::path::Path, procs: &[Proc], node: &str) {
+    println!("verge dev ready api={api}");
+    println!();
+    println!("A Verge edge cluster runs on this machine:");
+    println!("  server     {api}  (pid {})", procs[0].pid());
+    for p in &procs[1..] {
+        println!("  agent      {:<10} (pid {})", p.name, p.pid());
+    }
+    println!("  files      {}", dir.display());
+    println!();
+    println!("The sample workload hello-edge serves users in Paris (max 120 ms) and runs on {node}.");
+    println!();
+    println!("Try, in another terminal:");
+    if api != "http://127.0.0.1:8080" {
+        println!("  export VERGE_SERVER={api}");
+    }
+    println!("  verge node ls");
+    println!("  verge workload ls");
+    println!("  verge workload status hello-edge");
+    println!("  verge logs hello-edge --follow");
+    println!("  verge node drain {node}        # hello-edge moves to the next best node");
+    if let Some(p) = procs.iter().find(|p| p.name == node) {
+        println!("  kill -9 {}                 # the {node} agent dies; hello-edge fails over after the 5 s lease", p.pid());
+    }
+    println!();
+    println!("Ctrl-C stops everything.");
+}
+
+/// Stops agents first (they stop their workloads), then the server, then
+/// any workload whose agent had been killed.
+async fn shutdown(mut procs: Vec<Proc>, dir: &std::path::Path) {
+    for p in &procs[1..] {
+        p.terminate();
+    }
+    for p in &mut procs[1..] {
+        p.wait_or_kill(Duration::from_secs(15)).await;
+    }
+    procs[0].terminate();
+    procs[0].wait_or_kill(Duration::from_secs(5)).await;
+    reap_workloads(dir);
+}
