@@ -298,3 +298,20 @@ async fn logs(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, q: Result<Query<Log
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
     ok(StatusCode::OK, json!({"node": node, "data": chunk.data, "nextOffset": chunk.next_offset}))
 }
+
+#[cfg(test)]
+mod tests {
+    /// Every route the router serves is in the OpenAPI document, and no other.
+    #[test]
+    fn openapi_lists_every_route() {
+        let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
+        let documented: std::collections::BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
+        let routed: std::collections::BTreeSet<String> = include_str!("api.rs")
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix(".route(\""))
+            .filter_map(|l| l.split('"').next())
+            .map(str::to_string)
+            .collect();
+        assert_eq!(documented, routed);
+    }
+}

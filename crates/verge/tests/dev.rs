@@ -1,0 +1,56 @@
+//! `verge dev` comes up with three agents and a running sample workload,
+//! answers the CLI, and leaves nothing running after Ctrl-C (SIGINT).
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+#[test]
+fn dev_comes_up_answers_and_stops_cleanly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(VERGE)
+        .args(["dev", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .env_remove("VERGE_SERVER")
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
+    let api = loop {
+        match lines.next() {
+            Some(Ok(l)) if l.starts_with("verge dev ready api=http://") => break l.rsplit("//").next().unwrap().to_string(),
+            Some(Ok(_)) => continue,
+            other => {
+                let _ = dev.kill();
+                panic!("verge dev did not come up: {other:?}");
+            }
+        }
+    };
+    std::thread::spawn(move || lines.for_each(drop));
+    let (status, nodes) = api_get(&api, "/api/v1/nodes");
+    assert_eq!(status, 200);
+    let mut cities: Vec<_> = nodes.as_array().unwrap().iter().map(|n| n["location"]["city"].as_str().unwrap().to_string()).collect();
+    cities.sort();
+    assert_eq!(cities, ["Frankfurt", "New York", "Tokyo"]);
+    let (_, w) = api_get(&api, "/api/v1/workloads/hello-edge");
+    assert_eq!(w["state"], "running");
+    assert_eq!(w["node"], "frankfurt");
+    let pid = w["status"]["pid"].as_i64().unwrap();
+    let out = Command::new(VERGE).args(["node", "ls"]).env("VERGE_SERVER", format!("http://{api}")).output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("frankfurt"));
+
+    assert!(Command::new("kill").args(["-INT", &dev.id().to_string()]).status().unwrap().success());
+    let status = wait_until(Duration::from_secs(40), "verge dev to exit", || dev.try_wait().ok().flatten());
+    assert!(status.success(), "{status:?}");
+    assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the sample workload {pid} survived Ctrl-C");
+    assert!(std::net::TcpStream::connect(&api).is_err(), "the server still listens");
+}
+
+fn api_get(addr: &str, path: &str) -> (u16, serde_json::Value) {
+    api(addr, "GET", path, "")
+}
