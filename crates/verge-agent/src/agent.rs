@@ -165,9 +165,16 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let started = Instant::now();
     std::fs::create_dir_all(&opts.data_dir).map_err(|err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err })?;
     let (events_tx, mut events) = mpsc::unbounded_channel();
-    let mut env: BTreeMap<String, String> = INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
+    let mut env: BTreeMap<String, String> =
+        INHERITED_ENV.iter().filter_map(|k| std::env::var(k).ok().map(|v| (k.to_string(), v))).collect();
     env.insert("VERGE_NODE_ID".into(), opts.node.id.to_string());
-    let mut workloads = Workloads { driver: Arc::new(ExecDriver::new()), store: Assignments::new(&opts.data_dir), running: HashMap::new(), events: events_tx, env };
+    let mut workloads = Workloads {
+        driver: Arc::new(ExecDriver::new()),
+        store: Assignments::new(&opts.data_dir),
+        running: HashMap::new(),
+        events: events_tx,
+        env,
+    };
     for spec in workloads.store.load() {
         tracing::info!(workload = %spec.id, "restoring workload from local state");
         workloads.start(spec);
@@ -178,7 +185,9 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     while !*shutdown.borrow() {
         match connect(&opts, &mut workloads, &mut collector, &mut events, &mut shutdown, started, &mut announced).await {
             Ok(()) => backoff = MIN_BACKOFF,
-            Err(e) => tracing::warn!(server = %opts.server_url, error = %e, retry_in_ms = backoff.as_millis() as u64, "server unreachable; workloads keep running"),
+            Err(e) => {
+                tracing::warn!(server = %opts.server_url, error = %e, retry_in_ms = backoff.as_millis() as u64, "server unreachable; workloads keep running")
+            }
         }
         tokio::select! {
             _ = tokio::time::sleep(backoff) => {}
@@ -201,10 +210,14 @@ async fn connect(
     started: Instant,
     announced: &mut bool,
 ) -> Result<(), String> {
-    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default().max_message_size(Some(MAX_FRAME_BYTES)).max_frame_size(Some(MAX_FRAME_BYTES));
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(opts.server_url.as_str(), Some(config), true).await.map_err(|e| e.to_string())?;
+    let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
+        .max_message_size(Some(MAX_FRAME_BYTES))
+        .max_frame_size(Some(MAX_FRAME_BYTES));
+    let (ws, _) =
+        tokio_tungstenite::connect_async_with_config(opts.server_url.as_str(), Some(config), true).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
-    let hello = AgentMessage::Hello { node: opts.node.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses() };
+    let hello =
+        AgentMessage::Hello { node: opts.node.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses() };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut interval = DEFAULT_HEARTBEAT;
     let mut ticker = tokio::time::interval(interval);
@@ -250,7 +263,7 @@ async fn connect(
                         ticker = tokio::time::interval(interval);
                         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
                     }
-                    ServerMessage::Assign { workload } => workloads.assign(workload),
+                    ServerMessage::Assign { workload } => workloads.assign(*workload),
                     ServerMessage::Unassign { id } => workloads.unassign(&id),
                     ServerMessage::FetchLogs { request, id, stream: which, offset, tail } => {
                         let path = workloads.store.dir(&id).join(which.file_name());

@@ -54,7 +54,10 @@ impl Assignments {
         let mut specs = Vec::new();
         for entry in entries.flatten() {
             let path = entry.path().join(SPEC_FILE);
-            match std::fs::read(&path).map_err(|e| e.to_string()).and_then(|b| serde_json::from_slice::<WorkloadSpec>(&b).map_err(|e| e.to_string())) {
+            match std::fs::read(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|b| serde_json::from_slice::<WorkloadSpec>(&b).map_err(|e| e.to_string()))
+            {
                 Ok(spec) => specs.push(spec),
                 Err(e) => tracing::warn!(file = %path.display(), error = %e, "skipping unreadable assignment"),
             }
@@ -72,7 +75,9 @@ mod tests {
     fn assignments_survive_and_bad_files_are_skipped() {
         let dir = tempfile::tempdir().unwrap();
         let a = Assignments::new(dir.path());
-        let spec: WorkloadSpec = serde_json::from_value(serde_json::json!({"id": "w1", "requirements": {"cpu": 1, "memory": 1}, "spec": {"command": "true"}})).unwrap();
+        let spec: WorkloadSpec =
+            serde_json::from_value(serde_json::json!({"id": "w1", "requirements": {"cpu": 1, "memory": 1}, "spec": {"command": "true"}}))
+                .unwrap();
         a.save(&spec).unwrap();
         std::fs::create_dir_all(dir.path().join("workloads/broken")).unwrap();
         std::fs::write(dir.path().join("workloads/broken/spec.json"), b"{not json").unwrap();

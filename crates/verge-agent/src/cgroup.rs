@@ -84,17 +84,15 @@ impl Cgroups {
             }
         } else {
             let hierarchy = |controller: &str, mounts: &[&str]| -> Result<PathBuf, String> {
-                let path =
-                    own_path(controller).ok_or_else(|| format!("no {controller} cgroup in {PROC_SELF_CGROUP}"))?;
-                let mount = mounts.iter().map(|m| root.join(m)).find(|m| m.is_dir()).ok_or_else(|| {
-                    format!("no {controller} cgroup hierarchy mounted at {}", root.join(mounts[0]).display())
-                })?;
+                let path = own_path(controller).ok_or_else(|| format!("no {controller} cgroup in {PROC_SELF_CGROUP}"))?;
+                let mount = mounts
+                    .iter()
+                    .map(|m| root.join(m))
+                    .find(|m| m.is_dir())
+                    .ok_or_else(|| format!("no {controller} cgroup hierarchy mounted at {}", root.join(mounts[0]).display()))?;
                 Ok(mount.join(path))
             };
-            Layout::V1 {
-                memory: hierarchy("memory", &["memory"]),
-                cpu: hierarchy("cpu", &["cpu", "cpu,cpuacct", "cpuacct,cpu"]),
-            }
+            Layout::V1 { memory: hierarchy("memory", &["memory"]), cpu: hierarchy("cpu", &["cpu", "cpu,cpuacct", "cpuacct,cpu"]) }
         };
         Cgroups { layout }
     }
@@ -108,8 +106,7 @@ impl Cgroups {
             Layout::V2 { own } => {
                 let group = own.join(PARENT).join(id.as_str());
                 let mem = enable_v2(own, &group, "memory").and_then(|()| write(&group.join("memory.max"), memory.0));
-                let cpu = enable_v2(own, &group, "cpu")
-                    .and_then(|()| write(&group.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")));
+                let cpu = enable_v2(own, &group, "cpu").and_then(|()| write(&group.join("cpu.max"), format!("{quota} {CPU_PERIOD_US}")));
                 match write(&group.join("cgroup.procs"), pid) {
                     Ok(()) => (mem, cpu),
                     Err(why) => (Err(why.clone()), Err(why)),
@@ -144,9 +141,7 @@ impl Cgroups {
         let groups: Vec<PathBuf> = match &self.layout {
             Layout::Unavailable(_) => Vec::new(),
             Layout::V2 { own } => vec![own.join(PARENT).join(id.as_str())],
-            Layout::V1 { memory, cpu } => {
-                [memory, cpu].into_iter().flatten().map(|own| own.join(PARENT).join(id.as_str())).collect()
-            }
+            Layout::V1 { memory, cpu } => [memory, cpu].into_iter().flatten().map(|own| own.join(PARENT).join(id.as_str())).collect(),
         };
         for group in groups {
             match std::fs::remove_dir(&group) {
@@ -205,9 +200,7 @@ fn create_v1(own: &Path, id: &WorkloadId) -> Result<PathBuf, String> {
 
 fn create_dir(path: &Path) -> Result<(), String> {
     match std::fs::create_dir(path) {
-        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => {
-            Err(format!("cannot create {}: {}", path.display(), reason(e)))
-        }
+        Err(e) if e.kind() != io::ErrorKind::AlreadyExists => Err(format!("cannot create {}: {}", path.display(), reason(e))),
         _ => Ok(()),
     }
 }
@@ -263,9 +256,7 @@ mod tests {
         assert_eq!(memory.unwrap(), root.path().join("memory/process_api/abc"));
         assert_eq!(cpu.unwrap(), root.path().join("cpu,cpuacct/agent"));
 
-        let Layout::V1 { memory, cpu } = Cgroups::from_parts(root.path(), "4:memory:/x\n").layout else {
-            panic!("expected v1")
-        };
+        let Layout::V1 { memory, cpu } = Cgroups::from_parts(root.path(), "4:memory:/x\n").layout else { panic!("expected v1") };
         assert!(memory.is_ok());
         assert_eq!(cpu.unwrap_err(), format!("no cpu cgroup in {PROC_SELF_CGROUP}"));
     }
@@ -295,11 +286,7 @@ mod tests {
         std::fs::write(own.join("cgroup.controllers"), "cpu\n").unwrap();
         let limits = cgroups.apply(&id("web"), 4242, Bytes(64 << 20), 0.5);
         assert!(!limits.memory && limits.cpu);
-        assert!(
-            limits.message.starts_with("memory limit not enforced: the memory controller is not delegated"),
-            "{}",
-            limits.message
-        );
+        assert!(limits.message.starts_with("memory limit not enforced: the memory controller is not delegated"), "{}", limits.message);
     }
 
     #[test]
@@ -308,11 +295,7 @@ mod tests {
         let cgroups = Cgroups::from_parts(&root.path().join("missing"), "4:memory:/\n1:cpu:/\n");
         let limits = cgroups.apply(&id("web"), 4242, Bytes(1 << 20), 1.0);
         assert!(!limits.memory && !limits.cpu);
-        assert!(
-            limits.message.contains("memory limit not enforced: no memory cgroup hierarchy mounted at"),
-            "{}",
-            limits.message
-        );
+        assert!(limits.message.contains("memory limit not enforced: no memory cgroup hierarchy mounted at"), "{}", limits.message);
         assert!(limits.message.contains("; cpu limit not enforced: "), "{}", limits.message);
         cgroups.remove(&id("web"));
     }
@@ -331,13 +314,12 @@ mod tests {
         assert_eq!(limits.message.is_empty(), limits.memory && limits.cpu, "{limits:?}");
         let group = |own: &Path| own.join(PARENT).join(wid.as_str());
         let expected: Vec<(PathBuf, &str, &str)> = match &cgroups.layout {
-            Layout::V2 { own } => [
-                (limits.memory, (group(own), "memory.max", "67108864")),
-                (limits.cpu, (group(own), "cpu.max", "50000 100000")),
-            ]
-            .into_iter()
-            .filter_map(|(enforced, file)| enforced.then_some(file))
-            .collect(),
+            Layout::V2 { own } => {
+                [(limits.memory, (group(own), "memory.max", "67108864")), (limits.cpu, (group(own), "cpu.max", "50000 100000"))]
+                    .into_iter()
+                    .filter_map(|(enforced, file)| enforced.then_some(file))
+                    .collect()
+            }
             Layout::V1 { memory, cpu } => [
                 (limits.memory, memory.as_ref().map(|own| (group(own), "memory.limit_in_bytes", "67108864"))),
                 (limits.cpu, cpu.as_ref().map(|own| (group(own), "cpu.cfs_quota_us", "50000"))),
@@ -351,10 +333,7 @@ mod tests {
             let got = std::fs::read_to_string(dir.join(file)).map_err(|e| e.to_string())?;
             let procs = std::fs::read_to_string(dir.join("cgroup.procs")).map_err(|e| e.to_string())?;
             if got.trim() != *want || !procs.lines().any(|p| p == pid.to_string()) {
-                return Err(format!(
-                    "{} holds {got:?}, cgroup.procs {procs:?}; expected {want:?} and pid {pid}",
-                    dir.join(file).display()
-                ));
+                return Err(format!("{} holds {got:?}, cgroup.procs {procs:?}; expected {want:?} and pid {pid}", dir.join(file).display()));
             }
             Ok(())
         };

@@ -40,14 +40,12 @@ impl Collector {
             s
         });
         let networks = Networks::new().ok();
-        let data_disk = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage())
-            .ok()
-            .and_then(|disks| {
-                let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
-                let mounts: Vec<&Path> = disks.iter().map(|d| d.mount_point()).collect();
-                let index = longest_mount_prefix(&dir, &mounts)?;
-                Some((disks, index))
-            });
+        let data_disk = Disks::new_with_refreshed_list_specifics(DiskRefreshKind::nothing().with_storage()).ok().and_then(|disks| {
+            let dir = std::fs::canonicalize(data_dir).unwrap_or_else(|_| data_dir.to_path_buf());
+            let mounts: Vec<&Path> = disks.iter().map(|d| d.mount_point()).collect();
+            let index = longest_mount_prefix(&dir, &mounts)?;
+            Some((disks, index))
+        });
         Collector { system, networks, data_disk, thermal_zones: thermal_zones(Path::new(THERMAL_DIR)) }
     }
 
@@ -84,12 +82,7 @@ impl Collector {
 /// The index of the mount point that holds `dir`: the longest one that is a
 /// prefix of it, component by component.
 fn longest_mount_prefix(dir: &Path, mounts: &[&Path]) -> Option<usize> {
-    mounts
-        .iter()
-        .enumerate()
-        .filter(|(_, m)| dir.starts_with(m))
-        .max_by_key(|(_, m)| m.components().count())
-        .map(|(i, _)| i)
+    mounts.iter().enumerate().filter(|(_, m)| dir.starts_with(m)).max_by_key(|(_, m)| m.components().count()).map(|(i, _)| i)
 }
 
 /// The `temp` files of every `thermal_zone*` under `dir`.
@@ -97,11 +90,8 @@ fn thermal_zones(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Vec::new();
     };
-    let mut zones: Vec<PathBuf> = entries
-        .flatten()
-        .filter(|e| e.file_name().to_string_lossy().starts_with("thermal_zone"))
-        .map(|e| e.path().join("temp"))
-        .collect();
+    let mut zones: Vec<PathBuf> =
+        entries.flatten().filter(|e| e.file_name().to_string_lossy().starts_with("thermal_zone")).map(|e| e.path().join("temp")).collect();
     zones.sort();
     zones
 }

@@ -251,7 +251,11 @@ impl EdgeConfig {
             resources: Resources {
                 cpu: CpuResources { cores: cores - r.cpu.reserved, frequency: r.cpu.frequency },
                 memory: MemoryResources { total: Bytes(mem.0 - r.memory.reserved.0) },
-                storage: StorageResources { total: Bytes(r.storage.total.0 - r.storage.cache.0), kind: r.storage.kind.clone(), iops: r.storage.iops },
+                storage: StorageResources {
+                    total: Bytes(r.storage.total.0 - r.storage.cache.0),
+                    kind: r.storage.kind.clone(),
+                    iops: r.storage.iops,
+                },
             },
             labels: self.node.labels.clone(),
         };

@@ -134,11 +134,7 @@ impl Driver for ExecDriver {
 }
 
 fn open_log(path: &Path) -> Result<File, DriverError> {
-    OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|source| DriverError::Log { path: path.to_path_buf(), source })
+    OpenOptions::new().create(true).append(true).open(path).map_err(|source| DriverError::Log { path: path.to_path_buf(), source })
 }
 
 fn spawn_error(command: &str, e: io::Error) -> DriverError {
@@ -237,10 +233,7 @@ pub(crate) mod tests {
     async fn runs_the_command_and_keeps_its_output() {
         let dir = tempfile::tempdir().unwrap();
         let spec = workload("exec-output", "sh", &["-c", "echo hello $GREETING; echo oops >&2"], RestartPolicy::Never);
-        let spec = WorkloadSpec {
-            spec: ExecSpec { env: BTreeMap::from([("GREETING".into(), "edge".into())]), ..spec.spec },
-            ..spec
-        };
+        let spec = WorkloadSpec { spec: ExecSpec { env: BTreeMap::from([("GREETING".into(), "edge".into())]), ..spec.spec }, ..spec };
         let driver = ExecDriver::new();
         let mut task = driver.start(&spec, dir.path(), &env()).unwrap();
         let _guard = KillGroup(task.pid);
@@ -257,10 +250,7 @@ pub(crate) mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spec = workload("exec-missing", "verge-no-such-program", &[], RestartPolicy::Never);
         let e = ExecDriver::new().start(&spec, dir.path(), &env()).unwrap_err();
-        assert_eq!(
-            e.to_string(),
-            "command \"verge-no-such-program\" not found: give an absolute path or a program on PATH"
-        );
+        assert_eq!(e.to_string(), "command \"verge-no-such-program\" not found: give an absolute path or a program on PATH");
 
         std::fs::write(dir.path().join("data.txt"), "not a program").unwrap();
         let spec = workload("exec-noexec", "./data.txt", &[], RestartPolicy::Never);

@@ -262,10 +262,7 @@ mod tests {
         assert_eq!(decide(OnFailure, &OK, 0, QUICK), Decision::Done(WorkloadState::Completed));
         assert_eq!(decide(Never, &OK, 0, QUICK), Decision::Done(WorkloadState::Completed));
         assert_eq!(decide(Never, &FAILED, 0, QUICK), Decision::Done(WorkloadState::Failed));
-        assert_eq!(
-            decide(Never, &ExitInfo { code: None, signal: Some(9) }, 0, QUICK),
-            Decision::Done(WorkloadState::Failed)
-        );
+        assert_eq!(decide(Never, &ExitInfo { code: None, signal: Some(9) }, 0, QUICK), Decision::Done(WorkloadState::Failed));
     }
 
     #[test]
@@ -300,10 +297,7 @@ mod tests {
         }
     }
 
-    fn supervise(
-        spec: WorkloadSpec,
-        dir: &tempfile::TempDir,
-    ) -> (SupervisorHandle, mpsc::UnboundedReceiver<WorkloadStatus>) {
+    fn supervise(spec: WorkloadSpec, dir: &tempfile::TempDir) -> (SupervisorHandle, mpsc::UnboundedReceiver<WorkloadStatus>) {
         let (tx, rx) = mpsc::unbounded_channel();
         (spawn(Arc::new(ExecDriver::new()), spec, dir.path().join("work"), env(), tx), rx)
     }
@@ -318,13 +312,9 @@ mod tests {
 
         let states: Vec<WorkloadState> = seen.iter().map(|(_, s)| s.state).collect();
         assert_eq!(states[0], WorkloadState::Starting);
-        let restarting: Vec<&WorkloadStatus> =
-            seen.iter().map(|(_, s)| s).filter(|s| s.state == WorkloadState::Restarting).collect();
+        let restarting: Vec<&WorkloadStatus> = seen.iter().map(|(_, s)| s).filter(|s| s.state == WorkloadState::Restarting).collect();
         assert_eq!(restarting.len(), 3, "{states:?}");
-        assert!(
-            restarting.iter().all(|s| s.exit_code == Some(3) && s.message == "exited with code 3"),
-            "{restarting:?}"
-        );
+        assert!(restarting.iter().all(|s| s.exit_code == Some(3) && s.message == "exited with code 3"), "{restarting:?}");
         // Each restart waits for its back-off: 100, 200, 400 ms.
         let runs: Vec<(Instant, u32)> =
             seen.iter().filter(|(_, s)| s.state == WorkloadState::Running).map(|(t, s)| (*t, s.restarts)).collect();
@@ -350,8 +340,7 @@ mod tests {
     #[tokio::test]
     async fn a_missing_command_fails_with_its_error() {
         let dir = tempfile::tempdir().unwrap();
-        let (handle, mut rx) =
-            supervise(workload("sup-missing", "verge-no-such-program", &[], RestartPolicy::Never), &dir);
+        let (handle, mut rx) = supervise(workload("sup-missing", "verge-no-such-program", &[], RestartPolicy::Never), &dir);
         let seen = statuses_until(&mut rx, 10, |s| s.state == WorkloadState::Failed).await;
         assert!(seen[seen.len() - 1].1.message.contains("\"verge-no-such-program\" not found"), "{seen:?}");
         handle.stop().await;

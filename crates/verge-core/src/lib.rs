@@ -18,11 +18,7 @@ pub use geo::{haversine_km, GeoPoint};
 pub use id::{NodeId, WorkloadId};
 pub use metrics::NodeMetrics;
 pub use node::{
-    CpuResources, Health, HealthReport, Lifecycle, Location, MemoryResources, NodeSpec, NodeType,
-    Resources, StorageResources, Tier,
+    CpuResources, Health, HealthReport, Lifecycle, Location, MemoryResources, NodeSpec, NodeType, Resources, StorageResources, Tier,
 };
 pub use units::{Bytes, Millis};
-pub use workload::{
-    Constraints, ExecSpec, Requirements, RestartPolicy, Strategy, WorkloadSpec, WorkloadState,
-    WorkloadStatus,
-};
+pub use workload::{Constraints, ExecSpec, Requirements, RestartPolicy, Strategy, WorkloadSpec, WorkloadState, WorkloadStatus};

@@ -170,7 +170,10 @@ impl NodeSpec {
         self.resources.validate("resources")?;
         for (k, v) in &self.labels {
             if k.is_empty() || k.len() > 253 || v.len() > 253 {
-                return Err(ValidationError::new("labels", format!("label {k:?} must have a 1-253 character key and a value of at most 253")));
+                return Err(ValidationError::new(
+                    "labels",
+                    format!("label {k:?} must have a 1-253 character key and a value of at most 253"),
+                ));
             }
         }
         Ok(())

@@ -167,13 +167,19 @@ impl WorkloadSpec {
         if let Some(d) = c.max_distance_km {
             check_range("constraints.maxDistanceKm", d, 0.0, MAX_DISTANCE_KM)?;
             if c.geo_proximity.is_none() {
-                return Err(ValidationError::new("constraints.maxDistanceKm", "needs constraints.geoProximity: the distance is measured from there"));
+                return Err(ValidationError::new(
+                    "constraints.maxDistanceKm",
+                    "needs constraints.geoProximity: the distance is measured from there",
+                ));
             }
         }
         if let Some(l) = c.max_latency_ms {
             check_range("constraints.maxLatencyMs", l, 0.001, 60_000.0)?;
             if c.geo_proximity.is_none() {
-                return Err(ValidationError::new("constraints.maxLatencyMs", "needs constraints.geoProximity: the latency is measured from the users there"));
+                return Err(ValidationError::new(
+                    "constraints.maxLatencyMs",
+                    "needs constraints.geoProximity: the latency is measured from the users there",
+                ));
             }
         }
         if c.anti_affinity.iter().any(|a| a == self.id.as_str() || Some(a) == self.group.as_ref()) {
@@ -275,7 +281,8 @@ mod tests {
         assert!(e.starts_with("requirements.cpu"), "{e}");
         let e = spec(&format!(r#"{{"requirements":{{"cpu":1,"memory":1}},"constraints":{{"maxLatencyMs":5}},{base}}}"#)).unwrap_err();
         assert!(e.starts_with("constraints.maxLatencyMs"), "{e}");
-        let e = spec(&format!(r#"{{"requirements":{{"cpu":1,"memory":1}},"constraints":{{"nodeTypes":["toaster"]}},{base}}}"#)).unwrap_err();
+        let e =
+            spec(&format!(r#"{{"requirements":{{"cpu":1,"memory":1}},"constraints":{{"nodeTypes":["toaster"]}},{base}}}"#)).unwrap_err();
         assert!(e.contains("toaster"), "{e}");
         let e = spec(r#"{"requirements":{"cpu":1,"memory":1},"spec":{"command":" "}}"#).unwrap_err();
         assert!(e.starts_with("spec.command"), "{e}");

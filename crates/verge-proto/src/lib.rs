@@ -72,8 +72,8 @@ pub enum ServerMessage {
     },
     /// Run this workload.
     Assign {
-        /// What to run.
-        workload: WorkloadSpec,
+        /// What to run (boxed: it dwarfs the other messages).
+        workload: Box<WorkloadSpec>,
     },
     /// Stop this workload and forget it.
     Unassign {
@@ -176,7 +176,7 @@ pub fn decode<M: serde::de::DeserializeOwned>(text: &str) -> Result<M, ProtoErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use verge_core::{WorkloadState};
+    use verge_core::WorkloadState;
 
     #[test]
     fn messages_round_trip() {

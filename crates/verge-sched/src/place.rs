@@ -99,9 +99,8 @@ fn score(node: &NodeView, w: &WorkloadSpec) -> (f64, Option<f64>) {
     let need = Capacity::of(w);
     let free = node.free();
     let frac = |free: f64, need: f64, cap: f64| if cap > 0.0 { ((free - need) / cap).clamp(0.0, 1.0) } else { 0.0 };
-    let resources = (frac(free.cpu, need.cpu, node.capacity.cpu)
-        + frac(free.memory as f64, need.memory as f64, node.capacity.memory as f64))
-        / 2.0;
+    let resources =
+        (frac(free.cpu, need.cpu, node.capacity.cpu) + frac(free.memory as f64, need.memory as f64, node.capacity.memory as f64)) / 2.0;
     let (wp, wr) = weights(w.strategy);
     (wp * proximity + wr * resources, km)
 }
@@ -127,7 +126,9 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
     }
     let (node, score, km) = best.ok_or(why)?;
     let reason = match km {
-        Some(km) => format!("best of {} nodes by {} strategy, {km:.0} km from users (~{:.0} ms)", view.nodes.len(), w.strategy, estimate_rtt_ms(km)),
+        Some(km) => {
+            format!("best of {} nodes by {} strategy, {km:.0} km from users (~{:.0} ms)", view.nodes.len(), w.strategy, estimate_rtt_ms(km))
+        }
         None => format!("best of {} nodes by {} strategy, most free resources", view.nodes.len(), w.strategy),
     };
     Ok(Placement { node: node.id.clone(), score, reason })
@@ -154,7 +155,9 @@ mod tests {
     }
 
     fn fleet() -> ClusterView {
-        ClusterView { nodes: vec![node("new-york", 40.71, -74.0, 4.0), node("frankfurt", 50.11, 8.68, 4.0), node("tokyo", 35.68, 139.69, 4.0)] }
+        ClusterView {
+            nodes: vec![node("new-york", 40.71, -74.0, 4.0), node("frankfurt", 50.11, 8.68, 4.0), node("tokyo", 35.68, 139.69, 4.0)],
+        }
     }
 
     fn workload(json: serde_json::Value) -> WorkloadSpec {
@@ -165,7 +168,8 @@ mod tests {
 
     #[test]
     fn users_in_paris_get_frankfurt() {
-        let w = workload(serde_json::json!({"constraints": {"geoProximity": {"latitude": 48.85, "longitude": 2.35}, "maxDistanceKm": 1000}}));
+        let w =
+            workload(serde_json::json!({"constraints": {"geoProximity": {"latitude": 48.85, "longitude": 2.35}, "maxDistanceKm": 1000}}));
         let p = place(&fleet(), &w).unwrap();
         assert_eq!(p.node.as_str(), "frankfurt");
         assert!(p.reason.contains("km from users"), "{}", p.reason);
@@ -189,7 +193,8 @@ mod tests {
         let mut view = fleet();
         view.nodes[1].residents.push("db".into());
         view.nodes[2].labels.insert("gpu".into(), "nvidia".into());
-        let w = workload(serde_json::json!({"constraints": {"antiAffinity": ["db"], "geoProximity": {"latitude": 50.0, "longitude": 8.0}}}));
+        let w =
+            workload(serde_json::json!({"constraints": {"antiAffinity": ["db"], "geoProximity": {"latitude": 50.0, "longitude": 8.0}}}));
         assert_eq!(place(&view, &w).unwrap().node.as_str(), "new-york");
         let w = workload(serde_json::json!({"constraints": {"requiredLabels": {"gpu": "nvidia"}}}));
         assert_eq!(place(&view, &w).unwrap().node.as_str(), "tokyo");

@@ -46,7 +46,13 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/api/v1/workloads/{id}/migrate", post(migrate))
         .route("/api/v1/workloads/{id}/logs", get(logs))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
-        .method_not_allowed_fallback(|| async { ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "method not allowed on this route; see /api/v1/openapi.json") })
+        .method_not_allowed_fallback(|| async {
+            ApiError::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed on this route; see /api/v1/openapi.json",
+            )
+        })
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(c)
 }
@@ -261,9 +267,14 @@ async fn migrate(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, ApiJson(req): Ap
         view.release(from, &rec.spec);
     }
     let candidates = ClusterView {
-        nodes: view.nodes.into_iter().filter(|n| req.target_node.as_ref().map_or(Some(&n.id) != rec.node.as_ref(), |t| &n.id == t)).collect(),
+        nodes: view
+            .nodes
+            .into_iter()
+            .filter(|n| req.target_node.as_ref().map_or(Some(&n.id) != rec.node.as_ref(), |t| &n.id == t))
+            .collect(),
     };
-    let p = place(&candidates, &rec.spec).map_err(|e| ApiError::new(StatusCode::CONFLICT, "unschedulable", format!("cannot move workload {id} there: {e}")))?;
+    let p = place(&candidates, &rec.spec)
+        .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unschedulable", format!("cannot move workload {id} there: {e}")))?;
     let reason = format!("migrated by operator{}: {}", rec.node.as_ref().map(|n| format!(" from {n}")).unwrap_or_default(), p.reason);
     inner.apply(Command::Place { id: id.clone(), node: p.node, reason, now_ms: now })?;
     c.telemetry.placements.inc();
@@ -290,7 +301,10 @@ async fn logs(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, q: Result<Query<Log
     let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
     let node = {
         let inner = c.lock();
-        workload_or_404(&inner, &id)?.node.clone().ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_placed", format!("workload {id} is not placed on any node yet")))?
+        workload_or_404(&inner, &id)?
+            .node
+            .clone()
+            .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_placed", format!("workload {id} is not placed on any node yet")))?
     };
     let chunk = c
         .fetch_logs(&node, id, q.stream, q.offset, q.tail.min(MAX_TAIL))

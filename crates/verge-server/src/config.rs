@@ -62,10 +62,8 @@ impl ServerConfig {
     pub fn load_file(&mut self, path: &Path) -> Result<(), ServerConfigError> {
         let text = std::fs::read_to_string(path).map_err(|err| ServerConfigError::Read { path: path.display().to_string(), err })?;
         let de = serde_yaml::Deserializer::from_str(&text);
-        let file: ServerFile = serde_path_to_error::deserialize(de).map_err(|e| ServerConfigError::Parse {
-            path: path.display().to_string(),
-            err: format!("{}: {}", e.path(), e.inner()),
-        })?;
+        let file: ServerFile = serde_path_to_error::deserialize(de)
+            .map_err(|e| ServerConfigError::Parse { path: path.display().to_string(), err: format!("{}: {}", e.path(), e.inner()) })?;
         if let Some(h) = file.heartbeat_interval {
             self.heartbeat_interval_ms = h.0;
         }
@@ -81,7 +79,10 @@ impl ServerConfig {
     /// Checks that the timings make sense together.
     pub fn validate(&self) -> Result<(), ServerConfigError> {
         if self.heartbeat_interval_ms < 10 {
-            return Err(ServerConfigError::Invalid(format!("heartbeat interval must be at least 10 ms, got {}", self.heartbeat_interval_ms)));
+            return Err(ServerConfigError::Invalid(format!(
+                "heartbeat interval must be at least 10 ms, got {}",
+                self.heartbeat_interval_ms
+            )));
         }
         if self.lease_ms < 2 * self.heartbeat_interval_ms {
             return Err(ServerConfigError::Invalid(format!(

@@ -67,7 +67,7 @@ impl Inner {
                 }
             }
             if let (Some(new), Some(rec)) = (new, rec) {
-                self.send(&new, ServerMessage::Assign { workload: rec.spec.clone() });
+                self.send(&new, ServerMessage::Assign { workload: Box::new(rec.spec.clone()) });
             }
         }
         Ok(())
@@ -142,7 +142,14 @@ impl Control {
     }
 
     /// Asks the agent of `node` for a workload's log and waits for the answer.
-    pub async fn fetch_logs(&self, node: &NodeId, id: WorkloadId, stream: LogStream, offset: Option<u64>, tail: u32) -> Result<LogChunk, String> {
+    pub async fn fetch_logs(
+        &self,
+        node: &NodeId,
+        id: WorkloadId,
+        stream: LogStream,
+        offset: Option<u64>,
+        tail: u32,
+    ) -> Result<LogChunk, String> {
         let request = self.next_id();
         let (tx, rx) = oneshot::channel();
         self.pending_logs.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);

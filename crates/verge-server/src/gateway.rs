@@ -100,7 +100,13 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr) {
 
 /// Registers the node (when new, changed or back from the dead), renews its
 /// lease and queues the welcome and its assignments.
-fn register(c: &Control, node: NodeSpec, reported: Vec<WorkloadStatus>, conn_id: u64, tx: mpsc::UnboundedSender<ServerMessage>) -> Result<(), verge_store::StoreError> {
+fn register(
+    c: &Control,
+    node: NodeSpec,
+    reported: Vec<WorkloadStatus>,
+    conn_id: u64,
+    tx: mpsc::UnboundedSender<ServerMessage>,
+) -> Result<(), verge_store::StoreError> {
     let now = c.clock.now_ms();
     let id = node.id.clone();
     let mut inner = c.lock();
@@ -108,10 +114,11 @@ fn register(c: &Control, node: NodeSpec, reported: Vec<WorkloadStatus>, conn_id:
     if fresh {
         inner.apply(Command::RegisterNode { spec: node, now_ms: now })?;
     }
-    let _ = tx.send(ServerMessage::Welcome { node: id.clone(), heartbeat_interval_ms: c.cfg.heartbeat_interval_ms, lease_ms: c.cfg.lease_ms });
+    let _ =
+        tx.send(ServerMessage::Welcome { node: id.clone(), heartbeat_interval_ms: c.cfg.heartbeat_interval_ms, lease_ms: c.cfg.lease_ms });
     let state = inner.store.state();
     for w in state.workloads_on(&id) {
-        let _ = tx.send(ServerMessage::Assign { workload: w.spec.clone() });
+        let _ = tx.send(ServerMessage::Assign { workload: Box::new(w.spec.clone()) });
     }
     for s in &reported {
         if state.workloads.get(&s.id).is_none_or(|w| w.node.as_ref() != Some(&id)) {

@@ -85,7 +85,12 @@ pub struct Assessment {
 /// Assesses a node from its last metrics (and how old they are) and the last
 /// operator report. `heartbeat_age_ms` is `None` when the node never
 /// heartbeated to this server.
-pub fn assess(checks: &[HealthCheck], metrics: Option<&NodeMetrics>, heartbeat_age_ms: Option<u64>, report: Option<&HealthReport>) -> Assessment {
+pub fn assess(
+    checks: &[HealthCheck],
+    metrics: Option<&NodeMetrics>,
+    heartbeat_age_ms: Option<u64>,
+    report: Option<&HealthReport>,
+) -> Assessment {
     let (Some(m), Some(age)) = (metrics, heartbeat_age_ms) else {
         return Assessment { status: Health::Unknown, score: 0.0, reasons: vec!["no heartbeat yet".into()] };
     };
@@ -133,7 +138,11 @@ pub fn assess(checks: &[HealthCheck], metrics: Option<&NodeMetrics>, heartbeat_a
         }
         score = score.min(r.score);
         if reported != Health::Healthy {
-            reasons.push(format!("reported score {:.0}{}", r.score, if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) }));
+            reasons.push(format!(
+                "reported score {:.0}{}",
+                r.score,
+                if r.reason.is_empty() { String::new() } else { format!(": {}", r.reason) }
+            ));
         }
     }
     Assessment { status, score: score.max(0.0), reasons }

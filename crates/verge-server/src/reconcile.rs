@@ -62,7 +62,13 @@ fn unavailable(lifecycle: Lifecycle, health: Health) -> Option<&'static str> {
 
 /// The scheduler's view of the cluster, with each node's lifecycle taken
 /// from `lifecycles` (the state's, or the one this pass decided).
-pub fn cluster_view(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft>, lifecycles: &BTreeMap<NodeId, Lifecycle>, now_ms: u64) -> ClusterView {
+pub fn cluster_view(
+    policy: &Policy,
+    state: &State,
+    soft: &HashMap<NodeId, NodeSoft>,
+    lifecycles: &BTreeMap<NodeId, Lifecycle>,
+    now_ms: u64,
+) -> ClusterView {
     let mut view = ClusterView {
         nodes: state
             .nodes

@@ -109,11 +109,7 @@ fn transition_allowed(from: Lifecycle, to: Lifecycle) -> bool {
     use Lifecycle::*;
     matches!(
         (from, to),
-        (Initialized, Warming)
-            | (Warming, Active)
-            | (Initialized | Warming | Active, Draining)
-            | (Draining, Active)
-            | (_, Terminated)
+        (Initialized, Warming) | (Warming, Active) | (Initialized | Warming | Active, Draining) | (Draining, Active) | (_, Terminated)
     ) && from != to
 }
 
@@ -137,7 +133,13 @@ impl State {
                         }
                     }
                     None => {
-                        let rec = NodeRecord { spec, lifecycle: Lifecycle::Initialized, lifecycle_since_ms: now_ms, registered_ms: now_ms, health_report: None };
+                        let rec = NodeRecord {
+                            spec,
+                            lifecycle: Lifecycle::Initialized,
+                            lifecycle_since_ms: now_ms,
+                            registered_ms: now_ms,
+                            health_report: None,
+                        };
                         self.nodes.insert(id.clone(), rec);
                     }
                 }
@@ -174,7 +176,14 @@ impl State {
                 if self.workloads.contains_key(&id) {
                     return Err(StateError::WorkloadExists(id));
                 }
-                let rec = WorkloadRecord { spec, node: None, submitted_ms: now_ms, placed_ms: None, reason: "waiting for placement".into(), moves: 0 };
+                let rec = WorkloadRecord {
+                    spec,
+                    node: None,
+                    submitted_ms: now_ms,
+                    placed_ms: None,
+                    reason: "waiting for placement".into(),
+                    moves: 0,
+                };
                 self.workloads.insert(id.clone(), rec);
                 Ok(vec![Key::Workload(id)])
             }
@@ -217,13 +226,18 @@ pub(crate) mod tests {
             node_type: Default::default(),
             tier: Default::default(),
             location: Location { latitude: 50.0, longitude: 8.0, city: "Frankfurt".into(), country: "DE".into() },
-            resources: Resources { cpu: CpuResources { cores: 4.0, frequency: None }, memory: MemoryResources { total: verge_core::Bytes(1 << 30) }, storage: Default::default() },
+            resources: Resources {
+                cpu: CpuResources { cores: 4.0, frequency: None },
+                memory: MemoryResources { total: verge_core::Bytes(1 << 30) },
+                storage: Default::default(),
+            },
             labels: Default::default(),
         }
     }
 
     pub fn workload(id: &str) -> WorkloadSpec {
-        serde_json::from_value(serde_json::json!({"id": id, "requirements": {"cpu": 1, "memory": 1024}, "spec": {"command": "true"}})).unwrap()
+        serde_json::from_value(serde_json::json!({"id": id, "requirements": {"cpu": 1, "memory": 1024}, "spec": {"command": "true"}}))
+            .unwrap()
     }
 
     #[test]

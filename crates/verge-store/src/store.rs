@@ -135,7 +135,13 @@ mod tests {
             let mut s = Store::open(&path).unwrap();
             s.apply(Command::RegisterNode { spec: node("n1"), now_ms: 5 }).unwrap();
             s.apply(Command::SubmitWorkload { spec: workload("w1"), now_ms: 6 }).unwrap();
-            s.apply(Command::Place { id: WorkloadId::new("w1").unwrap(), node: NodeId::new("n1").unwrap(), reason: "best".into(), now_ms: 7 }).unwrap();
+            s.apply(Command::Place {
+                id: WorkloadId::new("w1").unwrap(),
+                node: NodeId::new("n1").unwrap(),
+                reason: "best".into(),
+                now_ms: 7,
+            })
+            .unwrap();
             s.apply(Command::SubmitWorkload { spec: workload("w2"), now_ms: 8 }).unwrap();
             s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).unwrap();
             assert!(s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).is_err());

@@ -73,7 +73,10 @@ async fn agent(duration: u64, as_json: bool) -> Result<()> {
     let _ = std::fs::remove_dir_all(&dir);
     let (rss, cpu, registered) = result?;
     if as_json {
-        println!("{}", json!({"agent_rss_mb": rss, "agent_idle_cpu_percent": cpu, "agent_registered_ms": registered, "duration_s": duration}));
+        println!(
+            "{}",
+            json!({"agent_rss_mb": rss, "agent_idle_cpu_percent": cpu, "agent_registered_ms": registered, "duration_s": duration})
+        );
     } else {
         println!("verge agent footprint (idle, no workloads, real server on loopback, {duration} s)");
         println!("{:<22} {:>10}  {:>10}  {:>12}", "metric", "verge", "our goal", "seed target");

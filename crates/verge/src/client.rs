@@ -33,7 +33,10 @@ impl Api {
             .header("content-type", "application/json")
             .body(Full::new(bytes))
             .with_context(|| format!("invalid server URL {}", self.base))?;
-        let resp = self.client.request(req).await.map_err(|e| anyhow!("cannot reach the Verge server at {}: {e}; is it running? (set --server or VERGE_SERVER)", self.base))?;
+        let resp =
+            self.client.request(req).await.map_err(|e| {
+                anyhow!("cannot reach the Verge server at {}: {e}; is it running? (set --server or VERGE_SERVER)", self.base)
+            })?;
         let status = resp.status();
         let body = resp.into_body().collect().await.context("reading the server's answer")?.to_bytes();
         let value: Value = serde_json::from_slice(&body).unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&body).into_owned()));

@@ -55,7 +55,10 @@ pub async fn node_ls(api: &Api, json: bool) -> Result<()> {
             ]
         })
         .collect();
-    print(&["ID", "TYPE", "TIER", "CITY", "LIFECYCLE", "HEALTH", "CPU ALLOC", "MEM ALLOC", "CPU USE", "WORKLOADS", "LAST HEARTBEAT"], &rows);
+    print(
+        &["ID", "TYPE", "TIER", "CITY", "LIFECYCLE", "HEALTH", "CPU ALLOC", "MEM ALLOC", "CPU USE", "WORKLOADS", "LAST HEARTBEAT"],
+        &rows,
+    );
     Ok(())
 }
 
@@ -69,14 +72,25 @@ pub async fn node_status(api: &Api, id: &str, json: bool) -> Result<()> {
     let m = &n["metrics"];
     println!("node        {}", cell(&n["id"]));
     println!("type/tier   {} / {}", cell(&n["type"]), cell(&n["tier"]));
-    println!("location    {}, {} ({}, {})", cell(&n["location"]["city"]), cell(&n["location"]["country"]), n["location"]["latitude"], n["location"]["longitude"]);
+    println!(
+        "location    {}, {} ({}, {})",
+        cell(&n["location"]["city"]),
+        cell(&n["location"]["country"]),
+        n["location"]["latitude"],
+        n["location"]["longitude"]
+    );
     println!("lifecycle   {}", cell(&n["lifecycle"]));
     println!("health      {} (score {})", cell(&n["health"]["status"]), cell(&n["health"]["score"]));
     for r in n["health"]["reasons"].as_array().into_iter().flatten() {
         println!("            - {}", cell(r));
     }
     println!("connected   {}, last heartbeat {}", n["connected"], age(now_ms(), &n["lastHeartbeatMs"]));
-    println!("capacity    {} cores, {} memory, {} storage", cell(&n["resources"]["cpu"]["cores"]), bytes(&n["resources"]["memory"]["total"]), bytes(&n["resources"]["storage"]["total"]));
+    println!(
+        "capacity    {} cores, {} memory, {} storage",
+        cell(&n["resources"]["cpu"]["cores"]),
+        bytes(&n["resources"]["memory"]["total"]),
+        bytes(&n["resources"]["storage"]["total"])
+    );
     println!("allocated   {} cores, {} memory", cell(&n["allocated"]["cpu"]), bytes(&n["allocated"]["memory"]));
     if !m.is_null() {
         println!("cpu use     {:.1}%  load {}", m["cpuPercent"].as_f64().unwrap_or(0.0), cell(&m["load"]));
@@ -176,7 +190,11 @@ pub async fn workload_status(api: &Api, id: &str, json: bool) -> Result<()> {
         return Ok(());
     }
     println!("workload    {}", cell(&w["id"]));
-    println!("command     {} {}", cell(&w["spec"]["command"]), w["spec"]["args"].as_array().map_or(String::new(), |a| a.iter().map(cell).collect::<Vec<_>>().join(" ")));
+    println!(
+        "command     {} {}",
+        cell(&w["spec"]["command"]),
+        w["spec"]["args"].as_array().map_or(String::new(), |a| a.iter().map(cell).collect::<Vec<_>>().join(" "))
+    );
     println!("needs       {} cores, {} memory", cell(&w["requirements"]["cpu"]), bytes(&w["requirements"]["memory"]));
     println!("strategy    {}", cell(&w["strategy"]));
     println!("node        {}", cell(&w["node"]));

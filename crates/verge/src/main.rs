@@ -235,7 +235,9 @@ async fn run(cli: Cli) -> Result<()> {
                 WorkloadCmd::Migrate { id, to } => commands::workload_migrate(&c, &id, to.as_deref(), api.json).await,
             }
         }
-        Cmd::Logs { workload, tail, follow, stderr, api } => commands::logs(&client::Api::new(&api.server), &workload, tail, follow, stderr).await,
+        Cmd::Logs { workload, tail, follow, stderr, api } => {
+            commands::logs(&client::Api::new(&api.server), &workload, tail, follow, stderr).await
+        }
     }
 }
 
@@ -244,7 +246,11 @@ fn main() -> std::process::ExitCode {
     let daemon = matches!(cli.cmd, Cmd::Server(_) | Cmd::Agent(_));
     init_logging(if daemon { "info" } else { "warn" });
     // The agent is mostly idle: one thread keeps its footprint small.
-    let mut builder = if matches!(cli.cmd, Cmd::Agent(_)) { tokio::runtime::Builder::new_current_thread() } else { tokio::runtime::Builder::new_multi_thread() };
+    let mut builder = if matches!(cli.cmd, Cmd::Agent(_)) {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
     let rt = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {

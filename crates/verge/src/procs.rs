@@ -50,7 +50,11 @@ fn command(exe: &Path, log: &Path) -> Result<Command> {
 /// `data_dir.log`; returns it with its API and gateway addresses.
 pub async fn spawn_server(exe: &Path, data_dir: &Path, api_addr: &str, extra: &[&str]) -> Result<(Proc, String, String)> {
     let mut cmd = command(exe, &data_dir.with_extension("log"))?;
-    cmd.arg("server").args(["--api-addr", api_addr, "--gateway-addr", "127.0.0.1:0", "--data-dir"]).arg(data_dir).args(extra).stdout(Stdio::piped());
+    cmd.arg("server")
+        .args(["--api-addr", api_addr, "--gateway-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(data_dir)
+        .args(extra)
+        .stdout(Stdio::piped());
     let mut child = cmd.spawn().context("cannot start verge server")?;
     let stdout = child.stdout.take().ok_or_else(|| anyhow!("server stdout not captured"))?;
     let mut lines = BufReader::new(stdout).lines();

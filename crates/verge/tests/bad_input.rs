@@ -18,20 +18,70 @@ fn assert_error(c: &Cluster, method: &str, path: &str, body: &[u8], want_status:
     assert!(message.contains(want_in_message), "{method} {path}: {message:?} should mention {want_in_message:?}");
 }
 
-const NODE: &str = r#"{"id":"n1","type":"compute","location":{"latitude":1,"longitude":2},"resources":{"cpu":{"cores":4},"memory":{"total":1024}}}"#;
+const NODE: &str =
+    r#"{"id":"n1","type":"compute","location":{"latitude":1,"longitude":2},"resources":{"cpu":{"cores":4},"memory":{"total":1024}}}"#;
 
 #[test]
 fn the_api_refuses_bad_requests_clearly_and_keeps_serving() {
     let c = Cluster::start();
     assert_error(&c, "POST", "/api/v1/workloads", b"{\"id\": ", 400, "not valid JSON");
     assert_error(&c, "POST", "/api/v1/workloads", b"", 400, "empty");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":"four","memory":1},"spec":{"command":"x"}}"#, 422, "requirements.cpu");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":-2,"memory":1},"spec":{"command":"x"}}"#, 422, "requirements.cpu");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":1e300,"memory":1},"spec":{"command":"x"}}"#, 422, "requirements.cpu");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":1,"memory":-5},"spec":{"command":"x"}}"#, 422, "requirements.memory");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":1,"memory":"9000TiB"},"spec":{"command":"x"}}"#, 422, "requirements.memory");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":1,"memory":1},"spec":{"command":"x","restart":"sometimes"}}"#, 422, "spec.restart");
-    assert_error(&c, "POST", "/api/v1/workloads", br#"{"requirements":{"cpu":1,"memory":1},"spec":{"command":"x"},"bogus":1}"#, 422, "bogus");
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":"four","memory":1},"spec":{"command":"x"}}"#,
+        422,
+        "requirements.cpu",
+    );
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":-2,"memory":1},"spec":{"command":"x"}}"#,
+        422,
+        "requirements.cpu",
+    );
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":1e300,"memory":1},"spec":{"command":"x"}}"#,
+        422,
+        "requirements.cpu",
+    );
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":1,"memory":-5},"spec":{"command":"x"}}"#,
+        422,
+        "requirements.memory",
+    );
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":1,"memory":"9000TiB"},"spec":{"command":"x"}}"#,
+        422,
+        "requirements.memory",
+    );
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":1,"memory":1},"spec":{"command":"x","restart":"sometimes"}}"#,
+        422,
+        "spec.restart",
+    );
+    assert_error(
+        &c,
+        "POST",
+        "/api/v1/workloads",
+        br#"{"requirements":{"cpu":1,"memory":1},"spec":{"command":"x"},"bogus":1}"#,
+        422,
+        "bogus",
+    );
     assert_error(&c, "POST", "/api/v1/nodes", NODE.replace("compute", "toaster").as_bytes(), 422, "toaster");
     assert_error(&c, "POST", "/api/v1/nodes", NODE.replace("\"cores\":4", "\"cores\":-4").as_bytes(), 422, "resources.cpu.cores");
     assert_error(&c, "POST", "/api/v1/nodes", NODE.replace("\"latitude\":1", "\"latitude\":100").as_bytes(), 422, "location.latitude");
@@ -66,7 +116,14 @@ fn agent_with_config(yaml: &str) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("edge-config.yaml");
     std::fs::write(&path, yaml).unwrap();
-    let out = Command::new(VERGE).args(["agent", "--config"]).arg(&path).arg("--data-dir").arg(dir.path().join("data")).env_remove("VERGE_SERVER").output().unwrap();
+    let out = Command::new(VERGE)
+        .args(["agent", "--config"])
+        .arg(&path)
+        .arg("--data-dir")
+        .arg(dir.path().join("data"))
+        .env_remove("VERGE_SERVER")
+        .output()
+        .unwrap();
     (out.status.success(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 

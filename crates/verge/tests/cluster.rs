@@ -59,9 +59,12 @@ fn constrained_workload_runs_on_the_right_node_and_fails_over_after_kill_9() {
     let (status, w) = api(&c.api, "POST", "/api/v1/workloads", &spec.to_string());
     assert_eq!(status, 201, "{w}");
     assert_eq!(w["node"], "fra", "{w}");
-    let written = wait_until(Duration::from_secs(10), "the workload to write its file on fra", || std::fs::read_to_string(out.join("fra")).ok());
+    let written =
+        wait_until(Duration::from_secs(10), "the workload to write its file on fra", || std::fs::read_to_string(out.join("fra")).ok());
     assert_eq!(written.trim(), "fra");
-    wait_until(Duration::from_secs(10), "the workload to report running", || (c.get("/api/v1/workloads/paris-api")["state"] == "running").then_some(()));
+    wait_until(Duration::from_secs(10), "the workload to report running", || {
+        (c.get("/api/v1/workloads/paris-api")["state"] == "running").then_some(())
+    });
 
     let killed = Instant::now();
     c.kill_agent("fra");
@@ -113,7 +116,9 @@ fn server_kill_9_and_restart_keeps_every_node_and_workload() {
     let w = c.get("/api/v1/workloads/keeper");
     assert_eq!(w["node"], "fra");
     // The agent reconnects and the workload is the same process: nothing restarted.
-    wait_until(Duration::from_secs(15), "the agent to reconnect", || (node(&c.get("/api/v1/nodes"), "fra")["connected"] == true).then_some(()));
+    wait_until(Duration::from_secs(15), "the agent to reconnect", || {
+        (node(&c.get("/api/v1/nodes"), "fra")["connected"] == true).then_some(())
+    });
     let w = wait_until(Duration::from_secs(10), "keeper's status", || {
         let w = c.get("/api/v1/workloads/keeper");
         (w["state"] == "running").then_some(w)

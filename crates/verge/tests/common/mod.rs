@@ -35,7 +35,10 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
 pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let head = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
     s.write_all(head.as_bytes()).unwrap();
     // The server may answer (413) and close before taking a huge body.
     let _ = s.write_all(body);
@@ -169,7 +172,8 @@ impl Cluster {
     pub fn wait_active(&self, ids: &[&str]) {
         wait_until(Duration::from_secs(20), "nodes to become active", || {
             let nodes = self.get("/api/v1/nodes");
-            let active = nodes.as_array()?.iter().filter(|n| n["lifecycle"] == "active" && ids.contains(&n["id"].as_str().unwrap_or(""))).count();
+            let active =
+                nodes.as_array()?.iter().filter(|n| n["lifecycle"] == "active" && ids.contains(&n["id"].as_str().unwrap_or(""))).count();
             (active == ids.len()).then_some(())
         });
     }
