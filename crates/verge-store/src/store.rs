@@ -1,11 +1,12 @@
 //! The durable store: [`State`] persisted in redb, one transaction per command.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use redb::{Database, ReadableTable, TableDefinition};
 use verge_core::{NodeId, WorkloadId};
 
-use crate::state::{Command, Key, NodeRecord, State, StateError, WorkloadRecord};
+use crate::state::{Command, Key, State, StateError};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
@@ -89,27 +90,32 @@ fn encode<T: serde::Serialize>(v: &T) -> Vec<u8> {
 }
 
 fn load(db: &Database) -> Result<State, StoreError> {
-    let mut state = State::default();
     let tx = db.begin_write().map_err(db_err)?;
-    {
-        // Opening in a write transaction creates the tables on first start.
-        let nodes = tx.open_table(NODES).map_err(db_err)?;
-        for row in nodes.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: NodeRecord = decode("nodes", k.value(), v.value())?;
-            let id = NodeId::new(k.value()).map_err(|e| corrupt("nodes", k.value(), e))?;
-            state.nodes.insert(id, rec);
-        }
-        let workloads = tx.open_table(WORKLOADS).map_err(db_err)?;
-        for row in workloads.iter().map_err(db_err)? {
-            let (k, v) = row.map_err(db_err)?;
-            let rec: WorkloadRecord = decode("workloads", k.value(), v.value())?;
-            let id = WorkloadId::new(k.value()).map_err(|e| corrupt("workloads", k.value(), e))?;
-            state.workloads.insert(id, rec);
-        }
-    }
+    // Opening in a write transaction creates the tables on first start.
+    let state = State {
+        nodes: load_table(&tx, NODES, "nodes", NodeId::new)?,
+        workloads: load_table(&tx, WORKLOADS, "workloads", WorkloadId::new)?,
+    };
     tx.commit().map_err(db_err)?;
     Ok(state)
+}
+
+/// Every record of one table, keyed by its validated id.
+fn load_table<K: Ord, R: serde::de::DeserializeOwned>(
+    tx: &redb::WriteTransaction,
+    def: TableDefinition<&str, &[u8]>,
+    name: &'static str,
+    parse_key: impl Fn(String) -> Result<K, verge_core::ValidationError>,
+) -> Result<BTreeMap<K, R>, StoreError> {
+    let table = tx.open_table(def).map_err(db_err)?;
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        let rec: R = decode(name, k.value(), v.value())?;
+        let id = parse_key(k.value().to_string()).map_err(|e| corrupt(name, k.value(), e))?;
+        out.insert(id, rec);
+    }
+    Ok(out)
 }
 
 fn corrupt(table: &'static str, key: &str, err: impl std::fmt::Display) -> StoreError {
@@ -127,10 +133,8 @@ mod tests {
 
     #[test]
     fn state_survives_reopen_and_refused_commands_change_nothing() {
-        let dir = std::env::temp_dir().join(format!("verge-store-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("state.redb");
-        let _ = std::fs::remove_file(&path);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("state.redb");
         {
             let mut s = Store::open(&path).unwrap();
             s.apply(Command::RegisterNode { spec: node("n1"), now_ms: 5 }).unwrap();
@@ -150,6 +154,5 @@ mod tests {
         assert_eq!(s.state().nodes.len(), 1);
         assert_eq!(s.state().workloads.len(), 1);
         assert_eq!(s.state().workloads[&WorkloadId::new("w1").unwrap()].node, Some(NodeId::new("n1").unwrap()));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -190,3 +190,40 @@ fn migrate_moves_a_running_workload_to_the_named_node() {
     // fra stopped its copy: nothing of mover is left there.
     wait_until(Duration::from_secs(15), "fra to forget mover", || (!c.path("fra/data/workloads/mover").exists()).then_some(()));
 }
+
+fn alive(pid: u64) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
+        && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
+}
+
+#[test]
+fn a_restarted_agent_re_adopts_its_workload_and_a_returning_node_gives_up_moved_work() {
+    let mut c = Cluster::start();
+    c.add_agent(&FRANKFURT);
+    c.add_agent(&NEW_YORK);
+    c.wait_active(&["fra", "nyc"]);
+    let spec = r#"{"id":"steady","requirements":{"cpu":0.1,"memory":"16MiB"},"constraints":{"geoProximity":{"latitude":50,"longitude":8}},"spec":{"command":"sleep","args":["600"]}}"#;
+    assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).1["node"], "fra");
+    let running = |c: &Cluster| {
+        let w = c.get("/api/v1/workloads/steady");
+        (w["state"] == "running").then(|| (w["node"].as_str().unwrap().to_string(), w["status"]["pid"].as_u64().unwrap()))
+    };
+    let (_, pid) = wait_until(Duration::from_secs(10), "steady to run", || running(&c));
+
+    // A quick agent restart (within the lease): the same process is adopted, nothing moves.
+    c.kill_agent("fra");
+    assert!(alive(pid), "a workload must outlive its agent");
+    c.restart_agent("fra");
+    wait_until(Duration::from_secs(10), "fra to reconnect", || (node(&c.get("/api/v1/nodes"), "fra")["connected"] == true).then_some(()));
+    let (n, p) = wait_until(Duration::from_secs(10), "steady's status after the restart", || running(&c));
+    assert_eq!((n.as_str(), p), ("fra", pid), "re-adopted, not restarted");
+
+    // A long absence: the workload fails over; when fra returns it stops its stale copy.
+    c.kill_agent("fra");
+    wait_until(Duration::from_millis(LEASE_MS + 2_000), "failover to nyc", || running(&c).filter(|(n, _)| n == "nyc"));
+    assert!(alive(pid), "the orphan keeps running while its agent is away");
+    c.restart_agent("fra");
+    wait_until(Duration::from_secs(20), "fra to stop its stale copy", || (!alive(pid)).then_some(()));
+    c.wait_active(&["fra", "nyc"]);
+    assert_eq!(c.get("/api/v1/workloads/steady")["node"], "nyc");
+}

@@ -139,19 +139,15 @@ impl Cluster {
             lon = site.lon,
             city = site.city,
         );
-        let path = dir.join("edge-config.yaml");
-        std::fs::write(&path, cfg).unwrap();
-        let child = Command::new(VERGE)
-            .args(["agent", "--config"])
-            .arg(&path)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(dir.join("agent.log")).unwrap())
-            .env_remove("VERGE_SERVER")
-            .spawn()
-            .expect("start verge agent");
+        std::fs::write(dir.join("edge-config.yaml"), cfg).unwrap();
+        let child = spawn_agent(&dir);
         self.agents.push(Agent { id: site.id.to_string(), child, dir });
+    }
+
+    /// Starts a killed agent again on the same config and data.
+    pub fn restart_agent(&mut self, id: &str) {
+        let a = self.agents.iter_mut().find(|a| a.id == id).expect("agent");
+        a.child = spawn_agent(&a.dir);
     }
 
     /// Kills an agent with SIGKILL; its workloads keep running.
@@ -188,6 +184,21 @@ impl Cluster {
     pub fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
+}
+
+/// Starts `verge agent` on `dir/edge-config.yaml`, appending to `dir/agent.log`.
+fn spawn_agent(dir: &Path) -> Child {
+    let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
+    Command::new(VERGE)
+        .args(["agent", "--config"])
+        .arg(dir.join("edge-config.yaml"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .stdout(Stdio::null())
+        .stderr(log)
+        .env_remove("VERGE_SERVER")
+        .spawn()
+        .expect("start verge agent")
 }
 
 /// Kills the process group of every workload with a pid file under `dir`.
