@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::{mpsc, watch};
 use tokio_tungstenite::tungstenite::Message;
 use verge_core::{Bytes, NodeSpec, WorkloadId, WorkloadSpec, WorkloadStatus};
-use verge_proto::{decode, encode, AgentMessage, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
+use verge_proto::{decode, encode, AgentMessage, RttSample, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
 
 use crate::assignments::Assignments;
 use crate::collector::Collector;
@@ -224,6 +224,8 @@ async fn connect(
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut seq = 0u64;
     let mut welcomed = false;
+    let epoch = Instant::now();
+    let mut last_rtt: Option<f64> = None;
     loop {
         tokio::select! {
             _ = shutdown.wait_for(|s| *s) => {
@@ -233,8 +235,12 @@ async fn connect(
             _ = ticker.tick(), if welcomed => {
                 seq += 1;
                 let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
-                let hb = AgentMessage::Heartbeat { seq, sent_ms, metrics: collector.sample(), workloads: workloads.statuses() };
+                let rtts = last_rtt.take().map(|rtt_ms| RttSample { peer: None, rtt_ms }).into_iter().collect();
+                let hb = AgentMessage::Heartbeat { seq, sent_ms, metrics: collector.sample(), workloads: workloads.statuses(), rtts };
                 sink.send(Message::text(encode(&hb))).await.map_err(|e| e.to_string())?;
+                // The pong's answer measures the RTT to the server for the next heartbeat.
+                let sent = (epoch.elapsed().as_nanos() as u64).to_be_bytes();
+                sink.send(Message::Ping(sent.to_vec().into())).await.map_err(|e| e.to_string())?;
             }
             Some(status) = events.recv() => {
                 if welcomed {
@@ -244,6 +250,13 @@ async fn connect(
             frame = stream.next() => {
                 let text = match frame {
                     Some(Ok(Message::Text(t))) => t,
+                    Some(Ok(Message::Pong(p))) => {
+                        if let Ok(sent) = <[u8; 8]>::try_from(p.as_ref()) {
+                            let rtt_ns = (epoch.elapsed().as_nanos() as u64).saturating_sub(u64::from_be_bytes(sent));
+                            last_rtt = Some(rtt_ns as f64 / 1e6);
+                        }
+                        continue;
+                    }
                     Some(Ok(Message::Close(_))) | None => return if welcomed { Ok(()) } else { Err("server closed the connection".into()) },
                     Some(Ok(_)) => continue,
                     Some(Err(e)) => return Err(e.to_string()),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{check_range, ValidationError};
 use crate::geo::GeoPoint;
 use crate::id::WorkloadId;
-use crate::node::NodeType;
+use crate::node::{NodeType, Tier};
 use crate::units::Bytes;
 
 /// Resources a workload reserves on its node.
@@ -46,6 +46,46 @@ pub struct Constraints {
     /// Furthest a node may be from `geoProximity`, in kilometres.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_distance_km: Option<f64>,
+    /// More places where users are, by city name or coordinates; latency and
+    /// distance constraints must hold for every one of them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub users: Vec<UserSite>,
+    /// Countries (the node's `location.country`) or regions (its `region`
+    /// label) the workload's data may live in; empty means anywhere.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub data_residency: Vec<String>,
+    /// Tiers allowed; empty means any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<Tier>,
+}
+
+/// Where some users are: a city name, or coordinates, or both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct UserSite {
+    /// City name, matched case-insensitively against known cities.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub city: Option<String>,
+    /// Latitude in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latitude: Option<f64>,
+    /// Longitude in degrees.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub longitude: Option<f64>,
+}
+
+impl UserSite {
+    /// The coordinates, when both are given.
+    pub fn point(&self) -> Option<GeoPoint> {
+        Some(GeoPoint { latitude: self.latitude?, longitude: self.longitude? })
+    }
+}
+
+impl Constraints {
+    /// Whether the workload says where its users are.
+    pub fn has_users(&self) -> bool {
+        self.geo_proximity.is_some() || !self.users.is_empty()
+    }
 }
 
 /// How to weigh candidate nodes against each other.
@@ -164,23 +204,48 @@ impl WorkloadSpec {
         if let Some(p) = c.geo_proximity {
             p.validate("constraints.geoProximity")?;
         }
+        for (i, u) in c.users.iter().enumerate() {
+            let field = format!("constraints.users[{i}]");
+            match (u.latitude, u.longitude) {
+                (Some(_), Some(_)) => u.point().map_or(Ok(()), |p| p.validate(&field))?,
+                (None, None) if u.city.as_deref().is_some_and(|c| !c.trim().is_empty()) => {}
+                _ => return Err(ValidationError::new(field, "give a city, or both latitude and longitude")),
+            }
+        }
         if let Some(d) = c.max_distance_km {
             check_range("constraints.maxDistanceKm", d, 0.0, MAX_DISTANCE_KM)?;
-            if c.geo_proximity.is_none() {
+            if !c.has_users() {
                 return Err(ValidationError::new(
                     "constraints.maxDistanceKm",
-                    "needs constraints.geoProximity: the distance is measured from there",
+                    "needs constraints.geoProximity or constraints.users: the distance is measured from the users",
                 ));
+            }
+            let points: Vec<GeoPoint> = c.geo_proximity.into_iter().chain(c.users.iter().filter_map(UserSite::point)).collect();
+            for (i, a) in points.iter().enumerate() {
+                for b in &points[i + 1..] {
+                    let apart = crate::geo::haversine_km(*a, *b);
+                    if apart > 2.0 * d {
+                        return Err(ValidationError::new(
+                            "constraints.maxDistanceKm",
+                            format!(
+                                "users {apart:.0} km apart cannot all be within {d} km of one node; raise the limit or split the workload"
+                            ),
+                        ));
+                    }
+                }
             }
         }
         if let Some(l) = c.max_latency_ms {
             check_range("constraints.maxLatencyMs", l, 0.001, 60_000.0)?;
-            if c.geo_proximity.is_none() {
+            if !c.has_users() {
                 return Err(ValidationError::new(
                     "constraints.maxLatencyMs",
-                    "needs constraints.geoProximity: the latency is measured from the users there",
+                    "needs constraints.geoProximity or constraints.users: the latency is measured from the users",
                 ));
             }
+        }
+        if let Some(r) = c.data_residency.iter().find(|r| r.trim().is_empty()) {
+            return Err(ValidationError::new("constraints.dataResidency", format!("empty country or region {r:?}")));
         }
         if c.anti_affinity.iter().any(|a| a == self.id.as_str() || Some(a) == self.group.as_ref()) {
             return Err(ValidationError::new("constraints.antiAffinity", "a workload cannot be anti-affine to itself or its own group"));
@@ -286,5 +351,38 @@ mod tests {
         assert!(e.contains("toaster"), "{e}");
         let e = spec(r#"{"requirements":{"cpu":1,"memory":1},"spec":{"command":" "}}"#).unwrap_err();
         assert!(e.starts_with("spec.command"), "{e}");
+    }
+}
+
+#[cfg(test)]
+mod constraint_tests {
+    use super::*;
+
+    fn check(constraints: serde_json::Value) -> Result<(), String> {
+        let w: WorkloadSpec = serde_json::from_value(serde_json::json!({
+            "requirements": {"cpu": 1, "memory": 1}, "constraints": constraints, "spec": {"command": "x"}
+        }))
+        .map_err(|e| e.to_string())?;
+        w.validate().map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn users_by_city_or_coordinates() {
+        assert!(check(serde_json::json!({"users": [{"city": "Paris"}, {"latitude": 1, "longitude": 2}], "maxLatencyMs": 20})).is_ok());
+        assert!(check(serde_json::json!({"users": [{"latitude": 1}]})).unwrap_err().starts_with("constraints.users[0]"));
+        assert!(check(serde_json::json!({"users": [{"city": " "}]})).unwrap_err().starts_with("constraints.users[0]"));
+    }
+
+    #[test]
+    fn contradictory_distances_are_refused_naming_the_field() {
+        let paris_tokyo = serde_json::json!({
+            "geoProximity": {"latitude": 48.85, "longitude": 2.35},
+            "users": [{"latitude": 35.68, "longitude": 139.69}],
+            "maxDistanceKm": 500
+        });
+        let e = check(paris_tokyo).unwrap_err();
+        assert!(e.starts_with("constraints.maxDistanceKm: users 9") && e.contains("km apart"), "{e}");
+        assert!(check(serde_json::json!({"dataResidency": [""]})).unwrap_err().starts_with("constraints.dataResidency"));
+        assert!(check(serde_json::json!({"tiers": ["orbit"]})).unwrap_err().contains("orbit"));
     }
 }

@@ -40,6 +40,9 @@ pub enum AgentMessage {
         metrics: NodeMetrics,
         /// Every workload's state.
         workloads: Vec<WorkloadStatus>,
+        /// Round-trip times measured since the last heartbeat.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        rtts: Vec<RttSample>,
     },
     /// Sent as soon as a workload changes state, between heartbeats.
     WorkloadStatus(WorkloadStatus),
@@ -55,6 +58,17 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+}
+
+/// One measured round-trip time.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RttSample {
+    /// The node measured to; `None` is the server.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub peer: Option<NodeId>,
+    /// Round-trip time, ms.
+    pub rtt_ms: f64,
 }
 
 /// What the server sends to an agent.
@@ -188,7 +202,13 @@ mod tests {
             exit_code: None,
             message: String::new(),
         };
-        let m = AgentMessage::Heartbeat { seq: 7, sent_ms: 1, metrics: NodeMetrics::default(), workloads: vec![status.clone()] };
+        let m = AgentMessage::Heartbeat {
+            seq: 7,
+            sent_ms: 1,
+            metrics: NodeMetrics::default(),
+            workloads: vec![status.clone()],
+            rtts: vec![RttSample { peer: None, rtt_ms: 1.5 }],
+        };
         let text = encode(&m);
         assert!(text.contains("\"v\":1"), "{text}");
         assert_eq!(decode::<AgentMessage>(&text).unwrap(), m);

@@ -5,8 +5,12 @@
 
 mod latency;
 mod place;
+pub mod rttdata;
 mod view;
+pub mod vivaldi;
 
-pub use latency::estimate_rtt_ms;
-pub use place::{place, Placement, Unplaceable};
-pub use view::{Capacity, ClusterView, NodeView};
+pub use latency::{estimate_rtt_ms, LatencyModel};
+pub use place::{fits, place, Placement, Unplaceable};
+pub use rttdata::{parse_cities, City, RttDataError, RttMatrix};
+pub use view::{Capacity, ClusterView, NodeView, Site};
+pub use vivaldi::{distance_ms, Coordinate, VivaldiClient, VivaldiConfig, VivaldiError};

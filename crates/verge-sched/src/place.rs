@@ -1,24 +1,29 @@
-//! The first placement: filter nodes by hard constraints, score the rest by
-//! distance to the users and free resources, pick the best.
+//! Placement: filter nodes by hard constraints, rank the rest by the
+//! workload's strategy, pick the best, or explain why nothing fits.
+//!
+//! Scoring follows the seeds: resource 25 %, latency 25 %, capability 20 %,
+//! tier 15 %, availability 15 % (the balanced strategy). Latency-first,
+//! data-locality and geo-proximity rank by predicted latency (1 ms buckets)
+//! or distance (10 km buckets) first and use that score only to break ties;
+//! they walk sites nearest-first and stop as soon as no farther site can win.
 
 use std::collections::BTreeMap;
 use std::fmt;
 
-use verge_core::{haversine_km, NodeId, Strategy, WorkloadSpec};
+use verge_core::{haversine_km, GeoPoint, NodeId, Strategy, Tier, WorkloadSpec};
 
-use crate::latency::estimate_rtt_ms;
 use crate::view::{Capacity, ClusterView, NodeView};
-
-/// Furthest two points on earth are apart, km; normalises distance scores.
-const HALF_CIRCUMFERENCE_KM: f64 = 20_040.0;
+use crate::vivaldi::distance_ms;
 
 /// Where a workload should run and why.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Placement {
     /// The chosen node.
     pub node: NodeId,
-    /// Its score, 0-1.
+    /// Its composite score, 0-1.
     pub score: f64,
+    /// Predicted RTT to the farthest user, ms, when users are known.
+    pub latency_ms: Option<f64>,
     /// Why, for people.
     pub reason: String,
 }
@@ -30,10 +35,15 @@ pub struct Unplaceable {
     pub nodes: usize,
     /// Number of nodes excluded per reason.
     pub excluded: BTreeMap<&'static str, usize>,
+    /// A user city no node or known city matches.
+    pub unknown_city: Option<String>,
 }
 
 impl fmt::Display for Unplaceable {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(c) = &self.unknown_city {
+            return write!(f, "unknown user city {c:?}: no node or known city has that name");
+        }
         if self.nodes == 0 {
             return f.write_str("no nodes registered");
         }
@@ -45,7 +55,40 @@ impl fmt::Display for Unplaceable {
     }
 }
 
-/// The first hard constraint `node` violates for `w`, if any.
+/// A user place resolved against the view.
+struct User {
+    point: GeoPoint,
+    site: Option<usize>,
+}
+
+fn resolve_users(view: &ClusterView, w: &WorkloadSpec) -> Result<Vec<User>, String> {
+    let c = &w.constraints;
+    let mut users: Vec<User> = c.geo_proximity.map(|p| User { point: p, site: None }).into_iter().collect();
+    for u in &c.users {
+        let site = u.city.as_deref().and_then(|c| view.site_of_city(c));
+        let point = match (u.point(), &u.city) {
+            (Some(p), _) => p,
+            (None, Some(city)) => view.city_point(city).ok_or_else(|| city.clone())?,
+            (None, None) => continue,
+        };
+        users.push(User { point, site });
+    }
+    Ok(users)
+}
+
+/// Predicted RTT between a user and a site: network coordinates where both
+/// ends have them, else the calibrated distance model.
+fn predict_ms(view: &ClusterView, u: &User, site: usize) -> f64 {
+    let sites = view.sites();
+    let coords = u.site.and_then(|us| sites[us].coordinate.as_ref()).zip(sites[site].coordinate.as_ref());
+    match coords {
+        Some((a, b)) => distance_ms(a, b),
+        None => view.model.estimate_ms(haversine_km(u.point, sites[site].point)),
+    }
+}
+
+/// The first per-node hard constraint `node` violates for `w`, if any.
+/// Distance and latency are checked per site.
 fn exclusion(node: &NodeView, w: &WorkloadSpec) -> Option<&'static str> {
     if let Some(reason) = node.unavailable {
         return Some(reason);
@@ -65,102 +108,166 @@ fn exclusion(node: &NodeView, w: &WorkloadSpec) -> Option<&'static str> {
     if !c.node_types.is_empty() && !c.node_types.contains(&node.node_type) {
         return Some("node type not allowed");
     }
+    if !c.tiers.is_empty() && !c.tiers.contains(&node.tier) {
+        return Some("tier not allowed");
+    }
     if c.required_labels.iter().any(|(k, v)| node.labels.get(k) != Some(v)) {
         return Some("missing required labels");
+    }
+    if !c.data_residency.is_empty() {
+        let region = node.labels.get("region");
+        let allowed =
+            c.data_residency.iter().any(|r| r.eq_ignore_ascii_case(&node.country) || region.is_some_and(|g| r.eq_ignore_ascii_case(g)));
+        if !allowed {
+            return Some("outside data residency");
+        }
     }
     if c.anti_affinity.iter().any(|a| node.residents.contains(a)) {
         return Some("anti-affinity");
     }
-    if let Some(users) = c.geo_proximity {
-        let km = haversine_km(users, node.location);
-        if c.max_distance_km.is_some_and(|max| km > max) {
-            return Some("too far from users");
-        }
-        if c.max_latency_ms.is_some_and(|max| estimate_rtt_ms(km) > max) {
-            return Some("latency above maxLatencyMs");
-        }
-    }
     None
 }
 
-/// Weights of (proximity, free resources) per strategy.
-fn weights(s: Strategy) -> (f64, f64) {
-    match s {
-        Strategy::LatencyFirst | Strategy::GeoProximity => (0.9, 0.1),
-        Strategy::ResourceFirst => (0.1, 0.9),
-        Strategy::Balanced | Strategy::DataLocality | Strategy::Cost => (0.5, 0.5),
+/// How much the edge platform prefers each tier, 0-1.
+fn tier_score(t: Tier) -> f64 {
+    match t {
+        Tier::Metro => 1.0,
+        Tier::Access => 0.9,
+        Tier::Regional => 0.8,
+        Tier::Device => 0.6,
+        Tier::Cloud => 0.5,
     }
 }
 
-/// Score in 0-1 of a feasible node, and the distance to the users if known.
-fn score(node: &NodeView, w: &WorkloadSpec) -> (f64, Option<f64>) {
-    let km = w.constraints.geo_proximity.map(|u| haversine_km(u, node.location));
-    let proximity = km.map_or(0.5, |d| 1.0 - (d / HALF_CIRCUMFERENCE_KM).min(1.0));
+/// Latency scores reach 0 at this RTT.
+const WORST_LATENCY_MS: f64 = 300.0;
+
+/// The composite score of a feasible node, 0-1, by the strategy's weights.
+fn composite(node: &NodeView, w: &WorkloadSpec, latency_ms: Option<f64>) -> f64 {
     let need = Capacity::of(w);
     let free = node.free();
     let frac = |free: f64, need: f64, cap: f64| if cap > 0.0 { ((free - need) / cap).clamp(0.0, 1.0) } else { 0.0 };
-    let resources =
+    let spread =
         (frac(free.cpu, need.cpu, node.capacity.cpu) + frac(free.memory as f64, need.memory as f64, node.capacity.memory as f64)) / 2.0;
-    let (wp, wr) = weights(w.strategy);
-    (wp * proximity + wr * resources, km)
+    let latency = latency_ms.map_or(0.5, |ms| 1.0 - (ms / WORST_LATENCY_MS).min(1.0));
+    let types = &w.constraints.node_types;
+    let capability = types.iter().position(|t| *t == node.node_type).map_or(1.0, |p| 1.0 - 0.1 * p as f64);
+    let tier = tier_score(node.tier);
+    let avail = node.availability.clamp(0.0, 1.0);
+    match w.strategy {
+        Strategy::ResourceFirst => 0.6 * (1.0 - spread) + 0.1 * (latency + capability + tier + avail),
+        Strategy::Cost => 0.6 / (1.0 + node.cost()) + 0.1 * (latency + capability + tier + avail),
+        _ => 0.25 * spread + 0.25 * latency + 0.20 * capability + 0.15 * tier + 0.15 * avail,
+    }
 }
 
-/// Picks the best node for `w`, or explains why none fits. Ties go to the
-/// smaller node id so that the answer is deterministic.
+/// The ranking key of a site for strategies that go nearest-first.
+fn primary(w: &WorkloadSpec, ms: f64, km: f64) -> Option<i64> {
+    match w.strategy {
+        Strategy::LatencyFirst | Strategy::DataLocality => Some(ms.floor() as i64),
+        Strategy::GeoProximity => Some((km / 10.0).floor() as i64),
+        _ => None,
+    }
+}
+
+/// A candidate during the search: (primary bucket, score, node index).
+type Best = (i64, f64, usize);
+
+fn better(a: Best, b: Best, nodes: &[NodeView]) -> bool {
+    a.0 < b.0 || (a.0 == b.0 && (a.1 > b.1 || (a.1 == b.1 && nodes[a.2].id < nodes[b.2].id)))
+}
+
+/// Picks the best node for `w`, or explains why none fits. Deterministic:
+/// ties go to the smaller node id.
 pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplaceable> {
-    let mut why = Unplaceable { nodes: view.nodes.len(), excluded: BTreeMap::new() };
-    let mut best: Option<(&NodeView, f64, Option<f64>)> = None;
-    for node in &view.nodes {
-        if let Some(reason) = exclusion(node, w) {
-            *why.excluded.entry(reason).or_default() += 1;
-            continue;
-        }
-        let (s, km) = score(node, w);
-        let better = match best {
-            None => true,
-            Some((b, bs, _)) => s > bs || (s == bs && node.id < b.id),
-        };
-        if better {
-            best = Some((node, s, km));
+    let nodes = view.nodes();
+    let mut why = Unplaceable { nodes: nodes.len(), ..Default::default() };
+    let users = resolve_users(view, w).map_err(|city| Unplaceable { unknown_city: Some(city), ..why.clone() })?;
+    let c = &w.constraints;
+    let mut order: Vec<(Option<i64>, usize, f64, f64)> = Vec::with_capacity(view.sites().len());
+    for (s, site) in view.sites().iter().enumerate() {
+        let (ms, km) =
+            users.iter().fold((0.0f64, 0.0f64), |(ms, km), u| (ms.max(predict_ms(view, u, s)), km.max(haversine_km(u.point, site.point))));
+        if c.max_distance_km.is_some_and(|max| km > max) {
+            *why.excluded.entry("too far from users").or_default() += site.nodes.len();
+        } else if c.max_latency_ms.is_some_and(|max| ms > max) {
+            *why.excluded.entry("latency above maxLatencyMs").or_default() += site.nodes.len();
+        } else {
+            order.push((primary(w, ms, km).filter(|_| !users.is_empty()), s, ms, km));
         }
     }
-    let (node, score, km) = best.ok_or(why)?;
-    let reason = match km {
-        Some(km) => {
-            format!("best of {} nodes by {} strategy, {km:.0} km from users (~{:.0} ms)", view.nodes.len(), w.strategy, estimate_rtt_ms(km))
+    order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let mut best: Option<(Best, f64, f64)> = None;
+    for (bucket, s, ms, km) in order {
+        let bucket = bucket.unwrap_or(0);
+        if best.is_some_and(|(b, _, _)| bucket > b.0) {
+            break;
         }
-        None => format!("best of {} nodes by {} strategy, most free resources", view.nodes.len(), w.strategy),
+        for &i in &view.sites()[s].nodes {
+            if let Some(reason) = exclusion(&nodes[i], w) {
+                *why.excluded.entry(reason).or_default() += 1;
+                continue;
+            }
+            let cand = (bucket, composite(&nodes[i], w, (!users.is_empty()).then_some(ms)), i);
+            if best.is_none_or(|(b, _, _)| better(cand, b, nodes)) {
+                best = Some((cand, ms, km));
+            }
+        }
+    }
+    let ((_, score, i), ms, km) = best.ok_or(why)?;
+    let reason = if users.is_empty() {
+        format!("{} strategy: best score {score:.3} among {} nodes", w.strategy, nodes.len())
+    } else {
+        format!("{} strategy: ~{ms:.0} ms and {km:.0} km to users, score {score:.3}, among {} nodes", w.strategy, nodes.len())
     };
-    Ok(Placement { node: node.id.clone(), score, reason })
+    Ok(Placement { node: nodes[i].id.clone(), score, latency_ms: (!users.is_empty()).then_some(ms), reason })
+}
+
+/// Whether `w` may run on `node` as the view stands: every hard constraint,
+/// resources included. Used to re-validate a plan before it is committed.
+pub fn fits(view: &ClusterView, node: &NodeId, w: &WorkloadSpec) -> Result<(), Unplaceable> {
+    let only = view.filtered(|n| &n.id == node);
+    place(&only, w).map(drop)
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
-    use verge_core::{GeoPoint, NodeType, Tier};
+    use std::collections::HashMap;
+    use verge_core::NodeType;
 
-    fn node(id: &str, lat: f64, lon: f64, cpu: f64) -> NodeView {
+    pub fn node(id: &str, city: &str, lat: f64, lon: f64, cpu: f64) -> NodeView {
         NodeView {
             id: NodeId::new(id).unwrap(),
             node_type: NodeType::Compute,
             tier: Tier::Metro,
             location: GeoPoint { latitude: lat, longitude: lon },
+            city: city.into(),
+            country: String::new(),
             labels: Default::default(),
             capacity: Capacity { cpu, memory: 8 << 30, storage: 0 },
             used: Capacity::default(),
             residents: vec![],
             unavailable: None,
+            coordinate: None,
+            availability: 1.0,
         }
     }
 
-    fn fleet() -> ClusterView {
-        ClusterView {
-            nodes: vec![node("new-york", 40.71, -74.0, 4.0), node("frankfurt", 50.11, 8.68, 4.0), node("tokyo", 35.68, 139.69, 4.0)],
-        }
+    pub fn view(nodes: Vec<NodeView>) -> ClusterView {
+        ClusterView::new(nodes, HashMap::new(), Default::default())
     }
 
-    fn workload(json: serde_json::Value) -> WorkloadSpec {
+    fn fleet_nodes() -> Vec<NodeView> {
+        vec![
+            node("new-york", "New York", 40.71, -74.0, 4.0),
+            node("frankfurt", "Frankfurt", 50.11, 8.68, 4.0),
+            node("tokyo", "Tokyo", 35.68, 139.69, 4.0),
+        ]
+    }
+
+    pub fn workload(json: serde_json::Value) -> WorkloadSpec {
         let mut base = serde_json::json!({"id": "w", "requirements": {"cpu": 1, "memory": 1024}, "spec": {"command": "true"}});
         base.as_object_mut().unwrap().extend(json.as_object().unwrap().clone());
         serde_json::from_value(base).unwrap()
@@ -170,18 +277,27 @@ mod tests {
     fn users_in_paris_get_frankfurt() {
         let w =
             workload(serde_json::json!({"constraints": {"geoProximity": {"latitude": 48.85, "longitude": 2.35}, "maxDistanceKm": 1000}}));
-        let p = place(&fleet(), &w).unwrap();
+        let p = place(&view(fleet_nodes()), &w).unwrap();
         assert_eq!(p.node.as_str(), "frankfurt");
-        assert!(p.reason.contains("km from users"), "{}", p.reason);
+        assert!(p.reason.contains("km to users"), "{}", p.reason);
+    }
+
+    #[test]
+    fn users_by_city_name_resolve_through_sites() {
+        let w = workload(serde_json::json!({"strategy": "latency-first", "constraints": {"users": [{"city": "tokyo"}]}}));
+        assert_eq!(place(&view(fleet_nodes()), &w).unwrap().node.as_str(), "tokyo");
+        let w = workload(serde_json::json!({"constraints": {"users": [{"city": "Atlantis"}]}}));
+        let e = place(&view(fleet_nodes()), &w).unwrap_err();
+        assert_eq!(e.to_string(), "unknown user city \"Atlantis\": no node or known city has that name");
     }
 
     #[test]
     fn unplaceable_explains_each_exclusion() {
-        let mut view = fleet();
-        view.nodes[0].unavailable = Some("node draining");
+        let mut nodes = fleet_nodes();
+        nodes[0].unavailable = Some("node draining");
+        nodes[1].capacity.cpu = 1.0;
         let w = workload(serde_json::json!({"requirements": {"cpu": 2, "memory": 1024}, "constraints": {"nodeTypes": ["gateway"]}}));
-        view.nodes[1].capacity.cpu = 1.0;
-        let e = place(&view, &w).unwrap_err();
+        let e = place(&view(nodes), &w).unwrap_err();
         assert_eq!(e.excluded["node draining"], 1);
         assert_eq!(e.excluded["insufficient cpu"], 1);
         assert_eq!(e.excluded["node type not allowed"], 1);
@@ -189,38 +305,92 @@ mod tests {
     }
 
     #[test]
-    fn anti_affinity_and_labels_are_hard_constraints() {
-        let mut view = fleet();
-        view.nodes[1].residents.push("db".into());
-        view.nodes[2].labels.insert("gpu".into(), "nvidia".into());
+    fn anti_affinity_labels_residency_and_tiers_are_hard_constraints() {
+        let mut nodes = fleet_nodes();
+        nodes[1].residents.push("db".into());
+        nodes[2].labels.insert("gpu".into(), "nvidia".into());
+        nodes[2].country = "JP".into();
+        nodes[2].tier = Tier::Access;
+        let v = view(nodes);
         let w =
             workload(serde_json::json!({"constraints": {"antiAffinity": ["db"], "geoProximity": {"latitude": 50.0, "longitude": 8.0}}}));
-        assert_eq!(place(&view, &w).unwrap().node.as_str(), "new-york");
+        assert_eq!(place(&v, &w).unwrap().node.as_str(), "new-york");
         let w = workload(serde_json::json!({"constraints": {"requiredLabels": {"gpu": "nvidia"}}}));
-        assert_eq!(place(&view, &w).unwrap().node.as_str(), "tokyo");
+        assert_eq!(place(&v, &w).unwrap().node.as_str(), "tokyo");
+        let w = workload(serde_json::json!({"constraints": {"dataResidency": ["jp"]}}));
+        assert_eq!(place(&v, &w).unwrap().node.as_str(), "tokyo");
+        let w = workload(serde_json::json!({"constraints": {"tiers": ["access"]}}));
+        assert_eq!(place(&v, &w).unwrap().node.as_str(), "tokyo");
     }
 
     #[test]
     fn max_latency_filters_far_nodes() {
         let w = workload(serde_json::json!({"constraints": {"geoProximity": {"latitude": 35.0, "longitude": 139.0}, "maxLatencyMs": 20}}));
-        assert_eq!(place(&fleet(), &w).unwrap().node.as_str(), "tokyo");
+        assert_eq!(place(&view(fleet_nodes()), &w).unwrap().node.as_str(), "tokyo");
         let w = workload(serde_json::json!({"constraints": {"geoProximity": {"latitude": -33.9, "longitude": 151.2}, "maxLatencyMs": 20}}));
-        assert_eq!(place(&fleet(), &w).unwrap_err().excluded["latency above maxLatencyMs"], 3);
+        assert_eq!(place(&view(fleet_nodes()), &w).unwrap_err().excluded["latency above maxLatencyMs"], 3);
     }
+
+    #[test]
+    fn resource_first_packs_and_balanced_spreads() {
+        let mut nodes = vec![node("a", "X", 0.0, 0.0, 4.0), node("b", "Y", 0.0, 1.0, 4.0)];
+        nodes[0].used.cpu = 2.0;
+        let v = view(nodes);
+        assert_eq!(place(&v, &workload(serde_json::json!({"strategy": "resource-first"}))).unwrap().node.as_str(), "a");
+        assert_eq!(place(&v, &workload(serde_json::json!({"strategy": "balanced"}))).unwrap().node.as_str(), "b");
+    }
+
+    #[test]
+    fn fits_rechecks_one_node() {
+        let v = view(fleet_nodes());
+        let w = workload(serde_json::json!({"requirements": {"cpu": 3, "memory": 1}}));
+        assert!(fits(&v, &NodeId::new("tokyo").unwrap(), &w).is_ok());
+        let w = workload(serde_json::json!({"requirements": {"cpu": 5, "memory": 1}}));
+        assert_eq!(fits(&v, &NodeId::new("tokyo").unwrap(), &w).unwrap_err().excluded["insufficient cpu"], 1);
+    }
+
+    fn arbitrary_fleet() -> impl Strategy<Value = Vec<NodeView>> {
+        proptest::collection::vec((-60.0f64..60.0, -180.0f64..180.0, 0.5f64..8.0, 0usize..3, 0usize..4), 1..30).prop_map(|v| {
+            v.into_iter()
+                .enumerate()
+                .map(|(i, (lat, lon, cpu, t, city))| {
+                    let mut n = node(&format!("n{i:02}"), &format!("c{city}"), lat, lon, cpu);
+                    n.node_type = [NodeType::Compute, NodeType::Storage, NodeType::Gateway][t];
+                    n.country = ["DE", "FR", "JP"][t].into();
+                    n
+                })
+                .collect()
+        })
+    }
+
+    use proptest::strategy::Strategy;
 
     proptest! {
         #[test]
-        fn never_overcommits_and_is_deterministic(cpus in proptest::collection::vec(0.1f64..3.0, 1..40)) {
-            let mut view = fleet();
-            for (i, cpu) in cpus.iter().enumerate() {
-                let mut w = workload(serde_json::json!({"requirements": {"cpu": cpu, "memory": 1 << 28}}));
-                w.id = verge_core::WorkloadId::new(format!("w{i}")).unwrap();
-                let first = place(&view, &w);
-                prop_assert_eq!(&first, &place(&view, &w));
+        fn placement_is_deterministic_never_overcommits_and_never_violates_constraints(
+            fleet in arbitrary_fleet(),
+            asks in proptest::collection::vec((0.1f64..3.0, 0usize..4, -60.0f64..60.0, -180.0f64..180.0, 500.0f64..8000.0), 1..40),
+        ) {
+            let mut v = view(fleet);
+            let strategies = ["latency-first", "balanced", "resource-first", "geo-proximity"];
+            for (i, (cpu, s, lat, lon, km)) in asks.into_iter().enumerate() {
+                let w = workload(serde_json::json!({
+                    "id": format!("w{i}"), "strategy": strategies[s], "requirements": {"cpu": cpu, "memory": 1 << 26},
+                    "constraints": {"geoProximity": {"latitude": lat, "longitude": lon}, "maxDistanceKm": km,
+                                    "nodeTypes": ["compute", "gateway"], "dataResidency": ["DE", "JP"]}
+                }));
+                let first = place(&v, &w);
+                prop_assert_eq!(&first, &place(&v, &w));
                 if let Ok(p) = first {
-                    view.reserve(&p.node, &w);
+                    let n = v.node(&p.node).unwrap();
+                    prop_assert!(n.node_type != NodeType::Storage);
+                    prop_assert!(n.country != "FR");
+                    let site = v.sites().iter().find(|s| s.nodes.iter().any(|&i| v.nodes()[i].id == p.node)).unwrap();
+                    let users = GeoPoint { latitude: lat, longitude: lon };
+                    prop_assert!(haversine_km(users, site.point) <= km);
+                    v.reserve(&p.node, &w);
                 }
-                for n in &view.nodes {
+                for n in v.nodes() {
                     prop_assert!(n.used.cpu <= n.capacity.cpu + 1e-9);
                     prop_assert!(n.used.memory <= n.capacity.memory);
                 }

@@ -1,8 +1,12 @@
-//! The scheduler's snapshot of the cluster: what each node offers and holds.
+//! The scheduler's snapshot of the cluster: what each node offers and holds,
+//! grouped into sites (cities) so that latency is computed once per site.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 
 use verge_core::{GeoPoint, NodeId, NodeType, Tier, WorkloadSpec};
+
+use crate::latency::LatencyModel;
+use crate::vivaldi::Coordinate;
 
 /// Amounts of the resources the scheduler accounts for.
 #[derive(Debug, Clone, Copy, PartialEq, Default)]
@@ -33,7 +37,11 @@ pub struct NodeView {
     pub tier: Tier,
     /// Where it is.
     pub location: GeoPoint,
-    /// Its labels.
+    /// Its city; nodes of one city form a site.
+    pub city: String,
+    /// Its country, for data residency.
+    pub country: String,
+    /// Its labels (`region` counts for data residency, `cost` is its price per core-hour).
     pub labels: BTreeMap<String, String>,
     /// Schedulable capacity.
     pub capacity: Capacity,
@@ -43,6 +51,10 @@ pub struct NodeView {
     pub residents: Vec<String>,
     /// Why the node takes no new work (draining, unhealthy, offline), if it does not.
     pub unavailable: Option<&'static str>,
+    /// Its network coordinate, learned from measured RTTs.
+    pub coordinate: Option<Coordinate>,
+    /// Health score as a share, 0-1.
+    pub availability: f64,
 }
 
 impl NodeView {
@@ -54,20 +66,106 @@ impl NodeView {
             storage: self.capacity.storage.saturating_sub(self.used.storage),
         }
     }
+
+    /// Price per core-hour from the `cost` label; 0 when unpriced.
+    pub fn cost(&self) -> f64 {
+        self.labels.get("cost").and_then(|c| c.parse::<f64>().ok()).filter(|c| c.is_finite() && *c >= 0.0).unwrap_or(0.0)
+    }
+
+    /// The key of the node's site: its city, or its rounded position.
+    fn site_key(&self) -> String {
+        let city = self.city.trim().to_lowercase();
+        if city.is_empty() {
+            format!("{:.2},{:.2}", self.location.latitude, self.location.longitude)
+        } else {
+            city
+        }
+    }
 }
 
-/// The scheduler's snapshot of every node.
+/// Nodes that share a city: latency to users is a property of the site.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Site {
+    /// City (lowercase) or rounded position.
+    pub key: String,
+    /// Where it is (its first node's location).
+    pub point: GeoPoint,
+    /// The coordinate of its node with the smallest id that has one.
+    pub coordinate: Option<Coordinate>,
+    /// Indices of its nodes in [`ClusterView::nodes`], in id order.
+    pub nodes: Vec<usize>,
+}
+
+/// The scheduler's snapshot of every node, indexed by site.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
-    /// All nodes, in a stable order.
-    pub nodes: Vec<NodeView>,
+    nodes: Vec<NodeView>,
+    sites: Vec<Site>,
+    by_id: HashMap<NodeId, usize>,
+    site_by_city: HashMap<String, usize>,
+    cities: HashMap<String, GeoPoint>,
+    /// Latency model for pairs without coordinates.
+    pub model: LatencyModel,
 }
 
 impl ClusterView {
+    /// A view of `nodes`; `cities` adds known city positions (lowercase
+    /// names) for users in cities without nodes.
+    pub fn new(mut nodes: Vec<NodeView>, cities: HashMap<String, GeoPoint>, model: LatencyModel) -> ClusterView {
+        nodes.sort_by(|a, b| a.id.cmp(&b.id));
+        let mut sites: Vec<Site> = Vec::new();
+        let mut site_by_city = HashMap::new();
+        for (i, n) in nodes.iter().enumerate() {
+            let key = n.site_key();
+            let s = *site_by_city.entry(key.clone()).or_insert_with(|| {
+                sites.push(Site { key, point: n.location, coordinate: None, nodes: Vec::new() });
+                sites.len() - 1
+            });
+            sites[s].nodes.push(i);
+            if sites[s].coordinate.is_none() {
+                sites[s].coordinate = n.coordinate.clone();
+            }
+        }
+        let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
+        ClusterView { nodes, sites, by_id, site_by_city, cities, model }
+    }
+
+    /// Every node, in id order.
+    pub fn nodes(&self) -> &[NodeView] {
+        &self.nodes
+    }
+
+    /// Every site.
+    pub fn sites(&self) -> &[Site] {
+        &self.sites
+    }
+
+    /// One node by id.
+    pub fn node(&self, id: &NodeId) -> Option<&NodeView> {
+        self.by_id.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// The site of a city with nodes, by name (any case).
+    pub fn site_of_city(&self, city: &str) -> Option<usize> {
+        self.site_by_city.get(&city.trim().to_lowercase()).copied()
+    }
+
+    /// Where a city is: a site's position, else the known-cities table.
+    pub fn city_point(&self, city: &str) -> Option<GeoPoint> {
+        let key = city.trim().to_lowercase();
+        self.site_by_city.get(&key).map(|&s| self.sites[s].point).or_else(|| self.cities.get(&key).copied())
+    }
+
+    /// A view with only the nodes `keep` accepts (same cities and model).
+    pub fn filtered(&self, keep: impl Fn(&NodeView) -> bool) -> ClusterView {
+        ClusterView::new(self.nodes.iter().filter(|n| keep(n)).cloned().collect(), self.cities.clone(), self.model)
+    }
+
     /// Records that `w` now lives on `node`, so later decisions in the same
     /// pass see its reservation.
     pub fn reserve(&mut self, node: &NodeId, w: &WorkloadSpec) {
-        if let Some(n) = self.nodes.iter_mut().find(|n| &n.id == node) {
+        if let Some(&i) = self.by_id.get(node) {
+            let n = &mut self.nodes[i];
             let c = Capacity::of(w);
             n.used.cpu += c.cpu;
             n.used.memory += c.memory;
@@ -79,7 +177,8 @@ impl ClusterView {
 
     /// Records that `w` left `node`.
     pub fn release(&mut self, node: &NodeId, w: &WorkloadSpec) {
-        if let Some(n) = self.nodes.iter_mut().find(|n| &n.id == node) {
+        if let Some(&i) = self.by_id.get(node) {
+            let n = &mut self.nodes[i];
             let c = Capacity::of(w);
             n.used.cpu = (n.used.cpu - c.cpu).max(0.0);
             n.used.memory = n.used.memory.saturating_sub(c.memory);

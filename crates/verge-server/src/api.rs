@@ -16,7 +16,7 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, ValidationError, WorkloadId, WorkloadSpec, WorkloadState};
 use verge_proto::LogStream;
-use verge_sched::{place, Capacity, ClusterView};
+use verge_sched::{place, Capacity};
 use verge_store::{Command, NodeRecord, WorkloadRecord};
 
 use crate::control::{Control, Inner};
@@ -116,7 +116,7 @@ fn node_json(c: &Control, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
         o.insert("lifecycle".into(), json!(rec.lifecycle));
         o.insert("lifecycleSinceMs".into(), json!(rec.lifecycle_since_ms));
         o.insert("registeredMs".into(), json!(rec.registered_ms));
-        o.insert("health".into(), json!(node_health(&c.policy(), rec, soft, now)));
+        o.insert("health".into(), json!(node_health(&c.policy(&inner), rec, soft, now)));
         o.insert("connected".into(), json!(soft.is_some_and(|s| s.connected)));
         o.insert("lastHeartbeatMs".into(), json!(soft.and_then(|s| s.last_heartbeat_ms)));
         o.insert("metrics".into(), json!(soft.and_then(|s| s.metrics.as_ref())));
@@ -192,7 +192,7 @@ async fn get_health(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
     let now = c.clock.now_ms();
     let inner = c.lock();
     let rec = node_or_404(&inner, &id)?;
-    ok(StatusCode::OK, json!(node_health(&c.policy(), rec, inner.soft.get(&id), now)))
+    ok(StatusCode::OK, json!(node_health(&c.policy(&inner), rec, inner.soft.get(&id), now)))
 }
 
 async fn put_health(State(c): Ctl, IdPath(id): IdPath<NodeId>, ApiJson(report): ApiJson<HealthReport>) -> ApiResult {
@@ -201,7 +201,7 @@ async fn put_health(State(c): Ctl, IdPath(id): IdPath<NodeId>, ApiJson(report): 
     let mut inner = c.lock();
     inner.apply(Command::ReportHealth { id: id.clone(), report, now_ms: now })?;
     let rec = node_or_404(&inner, &id)?;
-    let health = node_health(&c.policy(), rec, inner.soft.get(&id), now);
+    let health = node_health(&c.policy(&inner), rec, inner.soft.get(&id), now);
     drop(inner);
     c.wake.notify_one();
     ok(StatusCode::OK, json!(health))
@@ -229,10 +229,34 @@ async fn get_workload(State(c): Ctl, IdPath(id): IdPath<WorkloadId>) -> ApiResul
     ok(StatusCode::OK, workload_json(&inner, workload_or_404(&inner, &id)?))
 }
 
+/// Refuses user cities that neither a node nor the known-cities list names.
+fn check_user_cities(c: &Control, inner: &Inner, spec: &WorkloadSpec) -> Result<(), ApiError> {
+    for (i, u) in spec.constraints.users.iter().enumerate() {
+        let Some(city) = u.city.as_deref().filter(|_| u.point().is_none()) else { continue };
+        let key = city.trim().to_lowercase();
+        let known =
+            c.cfg.cities.contains_key(&key) || inner.store.state().nodes.values().any(|n| n.spec.location.city.to_lowercase() == key);
+        if !known {
+            return Err(ValidationError::new(
+                format!("constraints.users[{i}].city"),
+                format!(
+                    "unknown city {city:?}: no node is there and the server's --cities list does not name it; give latitude and longitude"
+                ),
+            )
+            .into());
+        }
+    }
+    Ok(())
+}
+
 async fn submit_workload(State(c): Ctl, ApiJson(spec): ApiJson<WorkloadSpec>) -> ApiResult {
     spec.validate()?;
     let id = spec.id.clone();
-    c.lock().apply(Command::SubmitWorkload { spec, now_ms: c.clock.now_ms() })?;
+    {
+        let mut inner = c.lock();
+        check_user_cities(&c, &inner, &spec)?;
+        inner.apply(Command::SubmitWorkload { spec, now_ms: c.clock.now_ms() })?;
+    }
     c.reconcile_once();
     let inner = c.lock();
     ok(StatusCode::CREATED, workload_json(&inner, workload_or_404(&inner, &id)?))
@@ -262,17 +286,11 @@ async fn migrate(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, ApiJson(req): Ap
             return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("workload {id} already runs on {t}")));
         }
     }
-    let mut view = cluster_view(&c.policy(), inner.store.state(), &inner.soft, &BTreeMap::new(), now);
+    let mut view = cluster_view(&c.policy(&inner), inner.store.state(), &inner.soft, &BTreeMap::new(), now);
     if let Some(from) = &rec.node {
         view.release(from, &rec.spec);
     }
-    let candidates = ClusterView {
-        nodes: view
-            .nodes
-            .into_iter()
-            .filter(|n| req.target_node.as_ref().map_or(Some(&n.id) != rec.node.as_ref(), |t| &n.id == t))
-            .collect(),
-    };
+    let candidates = view.filtered(|n| req.target_node.as_ref().map_or(Some(&n.id) != rec.node.as_ref(), |t| &n.id == t));
     let p = place(&candidates, &rec.spec)
         .map_err(|e| ApiError::new(StatusCode::CONFLICT, "unschedulable", format!("cannot move workload {id} there: {e}")))?;
     let reason = format!("migrated by operator{}: {}", rec.node.as_ref().map(|n| format!(" from {n}")).unwrap_or_default(), p.reason);

@@ -1,11 +1,13 @@
 //! Server configuration: addresses, timings and health checks, read from
 //! flags and an optional YAML file.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
-use verge_core::Millis;
+use verge_core::{GeoPoint, Millis};
 
 use crate::health::{default_checks, HealthCheck};
 
@@ -24,6 +26,8 @@ pub struct ServerConfig {
     pub lease_ms: u64,
     /// Health thresholds.
     pub health_checks: Vec<HealthCheck>,
+    /// Known cities (lowercase name → position), for users named by city.
+    pub cities: Arc<HashMap<String, GeoPoint>>,
 }
 
 /// The YAML file's shape; every key optional.
@@ -55,7 +59,15 @@ pub enum ServerConfigError {
 impl ServerConfig {
     /// A config with the documented defaults.
     pub fn new(api_addr: SocketAddr, gateway_addr: SocketAddr, data_dir: PathBuf) -> Self {
-        ServerConfig { api_addr, gateway_addr, data_dir, heartbeat_interval_ms: 1_000, lease_ms: 5_000, health_checks: default_checks() }
+        ServerConfig {
+            api_addr,
+            gateway_addr,
+            data_dir,
+            heartbeat_interval_ms: 1_000,
+            lease_ms: 5_000,
+            health_checks: default_checks(),
+            cities: Default::default(),
+        }
     }
 
     /// Applies a YAML config file on top.
@@ -73,6 +85,17 @@ impl ServerConfig {
         if let Some(c) = file.health_checks {
             self.health_checks = c;
         }
+        Ok(())
+    }
+
+    /// Loads a `City,Lat,Long,Population` file of known cities.
+    pub fn load_cities(&mut self, path: &Path) -> Result<(), ServerConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|err| ServerConfigError::Read { path: path.display().to_string(), err })?;
+        let cities = verge_sched::parse_cities(&text)
+            .map_err(|e| ServerConfigError::Parse { path: path.display().to_string(), err: e.to_string() })?;
+        self.cities = Arc::new(
+            cities.into_iter().map(|c| (c.name.to_lowercase(), GeoPoint { latitude: c.latitude, longitude: c.longitude })).collect(),
+        );
         Ok(())
     }
 

@@ -3,14 +3,16 @@
 //! them. Every state change goes through [`Inner::apply`], which also tells
 //! the affected agents.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
+use std::hash::{Hash, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use tokio::sync::{mpsc, oneshot, watch, Notify};
-use verge_core::{Clock, Lifecycle, NodeId, WorkloadId};
-use verge_proto::{LogStream, ServerMessage};
+use verge_core::{haversine_km, Clock, Lifecycle, NodeId, WorkloadId};
+use verge_proto::{LogStream, RttSample, ServerMessage};
+use verge_sched::{LatencyModel, VivaldiClient, VivaldiConfig};
 use verge_store::{Command, Store, StoreError};
 
 use crate::config::ServerConfig;
@@ -34,9 +36,63 @@ pub struct Inner {
     pub soft: HashMap<NodeId, NodeSoft>,
     /// Open agent connections by node.
     pub agents: HashMap<NodeId, AgentConn>,
+    /// The server's own network coordinate: agents measure their RTT to it.
+    pub server_vivaldi: VivaldiClient,
+    /// Recent (distance km, RTT ms) pairs between nodes, for calibration.
+    pub calibration: VecDeque<(f64, f64)>,
+    /// The latency model fitted to `calibration`.
+    pub model: LatencyModel,
+}
+
+/// Most calibration samples kept.
+const CALIBRATION_SAMPLES: usize = 4096;
+/// The model is refitted after this many new samples.
+const REFIT_EVERY: usize = 256;
+
+/// A node's own Vivaldi client, seeded from its id so runs are reproducible.
+fn new_vivaldi(id: &str) -> VivaldiClient {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    id.hash(&mut h);
+    VivaldiClient::new(VivaldiConfig::default(), h.finish()).expect("the default Vivaldi config is valid")
 }
 
 impl Inner {
+    /// Learns from one RTT that `node` measured: both ends' coordinates move,
+    /// and node-to-node samples calibrate the distance model.
+    pub fn record_rtt(&mut self, node: &NodeId, sample: &RttSample) {
+        let rtt = sample.rtt_ms;
+        let known_peer = sample.peer.as_ref().is_none_or(|p| p != node && self.store.state().nodes.contains_key(p));
+        if !(rtt.is_finite() && rtt > 0.0 && rtt < 10_000.0) || !known_peer {
+            return;
+        }
+        let other = match &sample.peer {
+            None => self.server_vivaldi.coordinate().clone(),
+            Some(p) => self.soft.entry(p.clone()).or_default().vivaldi.get_or_insert_with(|| new_vivaldi(p.as_str())).coordinate().clone(),
+        };
+        let client = self.soft.entry(node.clone()).or_default().vivaldi.get_or_insert_with(|| new_vivaldi(node.as_str()));
+        if client.update(&other, rtt).is_err() {
+            return;
+        }
+        let mine = client.coordinate().clone();
+        match &sample.peer {
+            None => {
+                let _ = self.server_vivaldi.update(&mine, rtt);
+            }
+            Some(p) => {
+                let nodes = &self.store.state().nodes;
+                if let (Some(a), Some(b)) = (nodes.get(node), nodes.get(p)) {
+                    self.calibration.push_back((haversine_km(a.spec.location.point(), b.spec.location.point()), rtt));
+                    if self.calibration.len() > CALIBRATION_SAMPLES {
+                        self.calibration.pop_front();
+                    }
+                    if self.calibration.len() % REFIT_EVERY == 0 {
+                        self.model = LatencyModel::fit(self.calibration.make_contiguous());
+                    }
+                }
+            }
+        }
+    }
+
     /// Sends `msg` to the agent of `node`, if connected.
     pub fn send(&self, node: &NodeId, msg: ServerMessage) {
         if let Some(a) = self.agents.get(node) {
@@ -110,7 +166,14 @@ impl Control {
             }
         }
         Control {
-            inner: Mutex::new(Inner { store, soft, agents: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                store,
+                soft,
+                agents: HashMap::new(),
+                server_vivaldi: new_vivaldi("verge-server"),
+                calibration: VecDeque::new(),
+                model: LatencyModel::default(),
+            }),
             clock,
             cfg,
             telemetry: Telemetry::new(),
@@ -136,9 +199,14 @@ impl Control {
         self.lock().store.state().nodes.len()
     }
 
-    /// The decision policy from the config.
-    pub fn policy(&self) -> Policy {
-        Policy { warmup_ms: self.cfg.warmup_ms(), checks: self.cfg.health_checks.clone() }
+    /// The decision policy: the config plus what the server learned.
+    pub fn policy(&self, inner: &Inner) -> Policy {
+        Policy {
+            warmup_ms: self.cfg.warmup_ms(),
+            checks: self.cfg.health_checks.clone(),
+            cities: self.cfg.cities.clone(),
+            model: inner.model,
+        }
     }
 
     /// Asks the agent of `node` for a workload's log and waits for the answer.
@@ -182,8 +250,8 @@ impl Control {
     /// One reconcile pass: decide, then apply each decision.
     pub fn reconcile_once(&self) {
         let now = self.clock.now_ms();
-        let policy = self.policy();
         let mut inner = self.lock();
+        let policy = self.policy(&inner);
         let cmds = reconcile(&policy, inner.store.state(), &inner.soft, now);
         for cmd in cmds {
             match &cmd {

@@ -139,7 +139,7 @@ fn register(
 /// Handles one message; `false` closes the connection.
 fn handle(c: &Control, id: &NodeId, msg: AgentMessage) -> bool {
     match msg {
-        AgentMessage::Heartbeat { metrics, workloads, .. } => {
+        AgentMessage::Heartbeat { metrics, workloads, rtts, .. } => {
             let now = c.clock.now_ms();
             let lease = c.cfg.lease_ms;
             let mut inner = c.lock();
@@ -152,6 +152,9 @@ fn handle(c: &Control, id: &NodeId, msg: AgentMessage) -> bool {
             soft.metrics = Some(metrics);
             soft.statuses = workloads.into_iter().map(|s| (s.id.clone(), s)).collect();
             soft.heartbeats += 1;
+            for r in &rtts {
+                inner.record_rtt(id, r);
+            }
             c.telemetry.heartbeats.inc();
         }
         AgentMessage::WorkloadStatus(s) => {

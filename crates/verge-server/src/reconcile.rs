@@ -3,21 +3,26 @@
 //! placement of pending work. The loop that calls it does the I/O.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 
-use verge_core::{Health, Lifecycle, NodeId};
-use verge_sched::{place, Capacity, ClusterView, NodeView};
+use verge_core::{GeoPoint, Health, Lifecycle, NodeId};
+use verge_sched::{place, Capacity, ClusterView, LatencyModel, NodeView};
 use verge_store::{Command, NodeRecord, State};
 
 use crate::health::{assess, Assessment, HealthCheck};
 use crate::soft::NodeSoft;
 
-/// The parts of the server config decisions depend on.
+/// The parts of the server config and learned state decisions depend on.
 #[derive(Debug, Clone)]
 pub struct Policy {
     /// How long a node warms up before it takes work, ms.
     pub warmup_ms: u64,
     /// Health thresholds.
     pub checks: Vec<HealthCheck>,
+    /// Known cities (lowercase name → position) for users in cities without nodes.
+    pub cities: Arc<HashMap<String, GeoPoint>>,
+    /// The latency model calibrated from measured RTTs.
+    pub model: LatencyModel,
 }
 
 /// A node's health now, from its soft state and last report.
@@ -69,28 +74,32 @@ pub fn cluster_view(
     lifecycles: &BTreeMap<NodeId, Lifecycle>,
     now_ms: u64,
 ) -> ClusterView {
-    let mut view = ClusterView {
-        nodes: state
-            .nodes
-            .iter()
-            .map(|(id, rec)| {
-                let s = soft.get(id);
-                let lifecycle = lifecycles.get(id).copied().unwrap_or(rec.lifecycle);
-                let r = &rec.spec.resources;
-                NodeView {
-                    id: id.clone(),
-                    node_type: rec.spec.node_type,
-                    tier: rec.spec.tier,
-                    location: rec.spec.location.point(),
-                    labels: rec.spec.labels.clone(),
-                    capacity: Capacity { cpu: r.cpu.cores, memory: r.memory.total.0, storage: r.storage.total.0 },
-                    used: Capacity::default(),
-                    residents: Vec::new(),
-                    unavailable: unavailable(lifecycle, node_health(policy, rec, s, now_ms).status),
-                }
-            })
-            .collect(),
-    };
+    let nodes = state
+        .nodes
+        .iter()
+        .map(|(id, rec)| {
+            let s = soft.get(id);
+            let lifecycle = lifecycles.get(id).copied().unwrap_or(rec.lifecycle);
+            let health = node_health(policy, rec, s, now_ms);
+            let r = &rec.spec.resources;
+            NodeView {
+                id: id.clone(),
+                node_type: rec.spec.node_type,
+                tier: rec.spec.tier,
+                location: rec.spec.location.point(),
+                city: rec.spec.location.city.clone(),
+                country: rec.spec.location.country.clone(),
+                labels: rec.spec.labels.clone(),
+                capacity: Capacity { cpu: r.cpu.cores, memory: r.memory.total.0, storage: r.storage.total.0 },
+                used: Capacity::default(),
+                residents: Vec::new(),
+                unavailable: unavailable(lifecycle, health.status),
+                coordinate: s.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate().clone()),
+                availability: health.score / 100.0,
+            }
+        })
+        .collect();
+    let mut view = ClusterView::new(nodes, (*policy.cities).clone(), policy.model);
     for w in state.workloads.values() {
         if let Some(n) = &w.node {
             view.reserve(n, &w.spec);
@@ -156,7 +165,7 @@ mod tests {
     const LEASE: u64 = 5_000;
 
     fn policy() -> Policy {
-        Policy { warmup_ms: 2_000, checks: default_checks() }
+        Policy { warmup_ms: 2_000, checks: default_checks(), cities: Default::default(), model: LatencyModel::default() }
     }
 
     fn node(id: &str, lat: f64, lon: f64) -> verge_core::NodeSpec {

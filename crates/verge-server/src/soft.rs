@@ -4,9 +4,10 @@
 use std::collections::BTreeMap;
 
 use verge_core::{NodeMetrics, WorkloadId, WorkloadStatus};
+use verge_sched::VivaldiClient;
 
 /// What the server last heard from a node.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub struct NodeSoft {
     /// When the last heartbeat (or hello) arrived, ms.
     pub last_heartbeat_ms: Option<u64>,
@@ -20,6 +21,8 @@ pub struct NodeSoft {
     pub connected: bool,
     /// Heartbeats received since this server started.
     pub heartbeats: u64,
+    /// The node's network coordinate, learned from the RTTs it measures.
+    pub vivaldi: Option<VivaldiClient>,
 }
 
 impl NodeSoft {

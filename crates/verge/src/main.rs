@@ -134,6 +134,10 @@ struct ServerArgs {
     /// YAML file with `heartbeat_interval`, `lease` and `health_checks`.
     #[arg(long, env = "VERGE_CONFIG")]
     config: Option<PathBuf>,
+    /// Known cities (`City,Lat,Long,Population`), for workloads whose users
+    /// are named by a city without nodes.
+    #[arg(long, env = "VERGE_CITIES")]
+    cities: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -175,6 +179,9 @@ async fn server(args: ServerArgs) -> Result<()> {
     let mut cfg = verge_server::ServerConfig::new(args.api_addr, args.gateway_addr, args.data_dir);
     if let Some(path) = &args.config {
         cfg.load_file(path)?;
+    }
+    if let Some(path) = &args.cities {
+        cfg.load_cities(path)?;
     }
     if let Some(h) = args.heartbeat_interval {
         cfg.heartbeat_interval_ms = h.0;
