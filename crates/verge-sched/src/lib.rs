@@ -13,4 +13,4 @@ pub use latency::{estimate_rtt_ms, LatencyModel};
 pub use place::{fits, place, Placement, Unplaceable};
 pub use rttdata::{parse_cities, City, RttDataError, RttMatrix};
 pub use view::{Capacity, ClusterView, NodeView, Site};
-pub use vivaldi::{distance_ms, Coordinate, VivaldiClient, VivaldiConfig, VivaldiError};
+pub use vivaldi::{distance_ms, Coordinate, SplitMix64, VivaldiClient, VivaldiConfig, VivaldiError};

@@ -76,9 +76,13 @@ fn resolve_users(view: &ClusterView, w: &WorkloadSpec) -> Result<Vec<User>, Stri
     Ok(users)
 }
 
-/// Predicted RTT between a user and a site: network coordinates where both
-/// ends have them, else the calibrated distance model.
+/// Predicted RTT between a user and a site: none within the users' own
+/// city, network coordinates where both ends have them, else the calibrated
+/// distance model.
 fn predict_ms(view: &ClusterView, u: &User, site: usize) -> f64 {
+    if u.site == Some(site) {
+        return 0.0;
+    }
     let sites = view.sites();
     let coords = u.site.and_then(|us| sites[us].coordinate.as_ref()).zip(sites[site].coordinate.as_ref());
     match coords {
@@ -155,7 +159,12 @@ fn composite(node: &NodeView, w: &WorkloadSpec, latency_ms: Option<f64>) -> f64 
     let tier = tier_score(node.tier);
     let avail = node.availability.clamp(0.0, 1.0);
     match w.strategy {
-        Strategy::ResourceFirst => 0.6 * (1.0 - spread) + 0.1 * (latency + capability + tier + avail),
+        Strategy::ResourceFirst => {
+            // Best fit on the roomier dimension: what is left after placing is as small as possible.
+            let left =
+                frac(free.cpu, need.cpu, node.capacity.cpu).max(frac(free.memory as f64, need.memory as f64, node.capacity.memory as f64));
+            0.9 * (1.0 - left) + 0.025 * (latency + capability + tier + avail)
+        }
         Strategy::Cost => 0.6 / (1.0 + node.cost()) + 0.1 * (latency + capability + tier + avail),
         _ => 0.25 * spread + 0.25 * latency + 0.20 * capability + 0.15 * tier + 0.15 * avail,
     }
@@ -170,11 +179,19 @@ fn primary(w: &WorkloadSpec, ms: f64, km: f64) -> Option<i64> {
     }
 }
 
-/// A candidate during the search: (primary bucket, score, node index).
-type Best = (i64, f64, usize);
+/// A candidate during the search: (primary bucket, the node's own delay in
+/// 0.25 ms steps for latency strategies, score, node index).
+type Best = (i64, i64, f64, usize);
 
 fn better(a: Best, b: Best, nodes: &[NodeView]) -> bool {
-    a.0 < b.0 || (a.0 == b.0 && (a.1 > b.1 || (a.1 == b.1 && nodes[a.2].id < nodes[b.2].id)))
+    (a.0, a.1).cmp(&(b.0, b.1)).then(b.2.total_cmp(&a.2)).then_with(|| nodes[a.3].id.cmp(&nodes[b.3].id)).is_lt()
+}
+
+/// What tells nodes of one site apart by latency: their smoothed RTT to the
+/// control plane. Within a site the path beyond the metro is shared, so the
+/// difference is the node's own last mile.
+fn own_delay_ms(node: &NodeView) -> f64 {
+    node.server_rtt_ms.unwrap_or(0.0)
 }
 
 /// Picks the best node for `w`, or explains why none fits. Deterministic:
@@ -208,13 +225,14 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
                 *why.excluded.entry(reason).or_default() += 1;
                 continue;
             }
-            let cand = (bucket, composite(&nodes[i], w, (!users.is_empty()).then_some(ms)), i);
+            let fine = if users.is_empty() || primary(w, ms, km).is_none() { 0 } else { (own_delay_ms(&nodes[i]) * 4.0).floor() as i64 };
+            let cand = (bucket, fine, composite(&nodes[i], w, (!users.is_empty()).then_some(ms)), i);
             if best.is_none_or(|(b, _, _)| better(cand, b, nodes)) {
                 best = Some((cand, ms, km));
             }
         }
     }
-    let ((_, score, i), ms, km) = best.ok_or(why)?;
+    let ((_, _, score, i), ms, km) = best.ok_or(why)?;
     let reason = if users.is_empty() {
         format!("{} strategy: best score {score:.3} among {} nodes", w.strategy, nodes.len())
     } else {
@@ -251,6 +269,7 @@ pub(crate) mod tests {
             residents: vec![],
             unavailable: None,
             coordinate: None,
+            server_rtt_ms: None,
             availability: 1.0,
         }
     }

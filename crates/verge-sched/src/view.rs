@@ -53,6 +53,8 @@ pub struct NodeView {
     pub unavailable: Option<&'static str>,
     /// Its network coordinate, learned from measured RTTs.
     pub coordinate: Option<Coordinate>,
+    /// Its smoothed measured RTT to the control plane, ms.
+    pub server_rtt_ms: Option<f64>,
     /// Health score as a share, 0-1.
     pub availability: f64,
 }

@@ -304,11 +304,11 @@ fn magnitude(v: &[f64; DIMENSIONS]) -> f64 {
 /// SplitMix64 (Steele, Lea, Flood 2014): a tiny seeded generator, enough for
 /// tie-breaking directions and for test workloads; not for anything secret.
 #[derive(Debug, Clone)]
-struct SplitMix64(u64);
+pub struct SplitMix64(pub u64);
 
 impl SplitMix64 {
     /// The next 64 uniformly distributed bits.
-    fn next_u64(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
         let mut z = self.0;
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
@@ -317,7 +317,7 @@ impl SplitMix64 {
     }
 
     /// Uniform in [0, 1), from the top 53 bits.
-    fn next_f64(&mut self) -> f64 {
+    pub fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 }

@@ -94,6 +94,7 @@ async fn metrics(State(c): Ctl) -> Response {
         c.telemetry.workloads.get_or_create(&vec![("state".into(), "placed".into())]).set(placed as i64);
         c.telemetry.workloads.get_or_create(&vec![("state".into(), "pending".into())]).set(pending as i64);
     }
+    c.telemetry.sample_process();
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], c.telemetry.render()).into_response()
 }
 
@@ -120,6 +121,7 @@ fn node_json(c: &Control, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
         o.insert("connected".into(), json!(soft.is_some_and(|s| s.connected)));
         o.insert("lastHeartbeatMs".into(), json!(soft.and_then(|s| s.last_heartbeat_ms)));
         o.insert("metrics".into(), json!(soft.and_then(|s| s.metrics.as_ref())));
+        o.insert("coordinate".into(), json!(soft.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate())));
         o.insert("allocated".into(), json!({"cpu": used.cpu, "memory": used.memory, "storage": used.storage}));
         o.insert("workloads".into(), json!(workloads));
     }

@@ -42,10 +42,14 @@ pub struct Inner {
     pub calibration: VecDeque<(f64, f64)>,
     /// The latency model fitted to `calibration`.
     pub model: LatencyModel,
+    /// Samples added since the model was last fitted.
+    pub unfitted: usize,
 }
 
 /// Most calibration samples kept.
 const CALIBRATION_SAMPLES: usize = 4096;
+/// Weight of a new sample in the smoothed RTT to the server.
+const RTT_SMOOTHING: f64 = 0.3;
 /// The model is refitted after this many new samples.
 const REFIT_EVERY: usize = 256;
 
@@ -69,7 +73,11 @@ impl Inner {
             None => self.server_vivaldi.coordinate().clone(),
             Some(p) => self.soft.entry(p.clone()).or_default().vivaldi.get_or_insert_with(|| new_vivaldi(p.as_str())).coordinate().clone(),
         };
-        let client = self.soft.entry(node.clone()).or_default().vivaldi.get_or_insert_with(|| new_vivaldi(node.as_str()));
+        let soft = self.soft.entry(node.clone()).or_default();
+        if sample.peer.is_none() {
+            soft.server_rtt_ms = Some(soft.server_rtt_ms.map_or(rtt, |old| old + RTT_SMOOTHING * (rtt - old)));
+        }
+        let client = soft.vivaldi.get_or_insert_with(|| new_vivaldi(node.as_str()));
         if client.update(&other, rtt).is_err() {
             return;
         }
@@ -85,7 +93,9 @@ impl Inner {
                     if self.calibration.len() > CALIBRATION_SAMPLES {
                         self.calibration.pop_front();
                     }
-                    if self.calibration.len() % REFIT_EVERY == 0 {
+                    self.unfitted += 1;
+                    if self.unfitted >= REFIT_EVERY {
+                        self.unfitted = 0;
                         self.model = LatencyModel::fit(self.calibration.make_contiguous());
                     }
                 }
@@ -173,6 +183,7 @@ impl Control {
                 server_vivaldi: new_vivaldi("verge-server"),
                 calibration: VecDeque::new(),
                 model: LatencyModel::default(),
+                unfitted: 0,
             }),
             clock,
             cfg,

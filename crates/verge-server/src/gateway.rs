@@ -19,6 +19,9 @@ use verge_store::Command;
 
 use crate::control::{AgentConn, Control, LogChunk};
 
+/// Read and write buffer of each agent connection, bytes.
+const WS_BUFFER: usize = 8 << 10;
+
 /// How long a new connection may take to say `Hello`.
 const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -28,7 +31,11 @@ pub fn router(control: Arc<Control>) -> Router {
 }
 
 async fn upgrade(State(c): State<Arc<Control>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
-    ws.max_message_size(MAX_FRAME_BYTES).on_upgrade(move |sock| session(c, sock, peer))
+    // Small buffers: a server holds one connection per node, 10,000 or more.
+    ws.max_message_size(MAX_FRAME_BYTES)
+        .read_buffer_size(WS_BUFFER)
+        .write_buffer_size(WS_BUFFER)
+        .on_upgrade(move |sock| session(c, sock, peer))
 }
 
 async fn refuse(sock: &mut WebSocket, reason: String) {

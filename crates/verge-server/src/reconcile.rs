@@ -95,6 +95,7 @@ pub fn cluster_view(
                 residents: Vec::new(),
                 unavailable: unavailable(lifecycle, health.status),
                 coordinate: s.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate().clone()),
+                server_rtt_ms: s.and_then(|s| s.server_rtt_ms),
                 availability: health.score / 100.0,
             }
         })
@@ -118,6 +119,13 @@ pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft
             cmds.push(Command::SetLifecycle { id: id.clone(), lifecycle: l, now_ms });
         }
         lifecycles.insert(id.clone(), next.unwrap_or(rec.lifecycle));
+    }
+    let needs_placement = state
+        .workloads
+        .values()
+        .any(|w| w.node.as_ref().is_none_or(|n| matches!(lifecycles.get(n), None | Some(Lifecycle::Terminated | Lifecycle::Draining))));
+    if !needs_placement {
+        return cmds;
     }
     let mut view = cluster_view(policy, state, soft, &lifecycles, now_ms);
     for (wid, w) in &state.workloads {

@@ -23,6 +23,8 @@ pub struct NodeSoft {
     pub heartbeats: u64,
     /// The node's network coordinate, learned from the RTTs it measures.
     pub vivaldi: Option<VivaldiClient>,
+    /// Its measured RTT to this server, smoothed, ms.
+    pub server_rtt_ms: Option<f64>,
 }
 
 impl NodeSoft {

@@ -23,12 +23,16 @@ pub struct Telemetry {
     pub workloads: Family<Labels, Gauge>,
     /// Agents with an open gateway connection.
     pub agents_connected: Gauge,
+    /// CPU seconds this process used (user + system), set at scrape time.
+    process_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// Resident memory of this process, set at scrape time.
+    process_rss: Gauge,
 }
 
 impl Telemetry {
-    /// Registers every metric.
+    /// Registers every metric: Verge's under `verge_`, the process's under
+    /// the conventional `process_` names.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("verge");
         let t = Telemetry {
             heartbeats: Counter::default(),
             placements: Counter::default(),
@@ -36,15 +40,29 @@ impl Telemetry {
             nodes: Family::default(),
             workloads: Family::default(),
             agents_connected: Gauge::default(),
+            process_cpu: Gauge::default(),
+            process_rss: Gauge::default(),
             registry: Registry::default(),
         };
-        registry.register("heartbeats", "Heartbeats received from agents", t.heartbeats.clone());
-        registry.register("placements", "Workload placements committed", t.placements.clone());
-        registry.register("failovers", "Workloads moved off nodes whose lease expired", t.failovers.clone());
-        registry.register("nodes", "Nodes by lifecycle state", t.nodes.clone());
-        registry.register("workloads", "Workloads by state", t.workloads.clone());
-        registry.register("agents_connected", "Agents with an open gateway connection", t.agents_connected.clone());
+        let mut registry = Registry::default();
+        registry.register("process_cpu_seconds", "CPU time used by this process (user + system)", t.process_cpu.clone());
+        registry.register("process_resident_memory_bytes", "Resident memory of this process", t.process_rss.clone());
+        let verge = registry.sub_registry_with_prefix("verge");
+        verge.register("heartbeats", "Heartbeats received from agents", t.heartbeats.clone());
+        verge.register("placements", "Workload placements committed", t.placements.clone());
+        verge.register("failovers", "Workloads moved off nodes whose lease expired", t.failovers.clone());
+        verge.register("nodes", "Nodes by lifecycle state", t.nodes.clone());
+        verge.register("workloads", "Workloads by state", t.workloads.clone());
+        verge.register("agents_connected", "Agents with an open gateway connection", t.agents_connected.clone());
         Telemetry { registry, ..t }
+    }
+
+    /// Reads this process's CPU time and resident memory from `/proc/self`.
+    pub fn sample_process(&self) {
+        if let Some((cpu, rss)) = process_usage() {
+            self.process_cpu.set(cpu);
+            self.process_rss.set(rss as i64);
+        }
     }
 
     /// The Prometheus text exposition.
@@ -54,4 +72,15 @@ impl Telemetry {
         let _ = encode(&mut out, &self.registry);
         out
     }
+}
+
+/// (CPU seconds, resident bytes) of this process, from `/proc/self`.
+fn process_usage() -> Option<(f64, u64)> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+    let ticks: u64 = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    let rss_pages: u64 = fields.get(21)?.parse().ok()?;
+    // SAFETY: sysconf has no memory effects.
+    let (hz, page) = unsafe { (libc::sysconf(libc::_SC_CLK_TCK), libc::sysconf(libc::_SC_PAGESIZE)) };
+    (hz > 0 && page > 0).then(|| (ticks as f64 / hz as f64, rss_pages * page as u64))
 }

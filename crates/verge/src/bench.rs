@@ -7,8 +7,8 @@ use anyhow::{anyhow, Context, Result};
 use clap::Subcommand;
 use serde_json::json;
 
-use crate::client::Api;
 use crate::procs::{reap_workloads, spawn_agent, spawn_server, wait_for, Site};
+use verge_client::Api;
 
 /// The benchmarks.
 #[derive(Subcommand)]

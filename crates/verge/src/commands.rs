@@ -6,11 +6,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use hyper::Method;
 use serde_json::{json, Value};
+use verge_client::Method;
 
-use crate::client::Api;
 use crate::table::{bytes, cell, print};
+use verge_client::Api;
 
 /// How long `workload run` waits for its workload to be placed and running.
 const RUN_WAIT: Duration = Duration::from_secs(10);

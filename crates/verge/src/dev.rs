@@ -6,11 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use hyper::Method;
 use serde_json::json;
+use verge_client::Method;
 
-use crate::client::Api;
 use crate::procs::{reap_workloads, spawn_agent, spawn_server, wait_for, Proc, Site};
+use verge_client::Api;
 
 /// Options of `verge dev`.
 #[derive(Args)]

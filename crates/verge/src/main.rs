@@ -1,10 +1,10 @@
 //! The `verge` binary: argument parsing and wiring, nothing else.
 
 mod bench;
-mod client;
 mod commands;
 mod dev;
 mod procs;
+mod sim;
 mod table;
 
 use std::net::SocketAddr;
@@ -61,6 +61,9 @@ enum Cmd {
         #[command(flatten)]
         api: ApiArgs,
     },
+    /// Run N simulated agents on the real protocol against a real server and
+    /// print what it sustains: heartbeats, failover, placement quality.
+    Sim(sim::SimArgs),
     /// Benchmarks that print Verge's figures beside their targets.
     Bench {
         #[command(subcommand)]
@@ -223,8 +226,9 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Agent(a) => agent(a).await,
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Bench { cmd } => bench::run(cmd).await,
+        Cmd::Sim(a) => sim::run(a).await,
         Cmd::Node { cmd, api } => {
-            let c = client::Api::new(&api.server);
+            let c = verge_client::Api::new(&api.server);
             match cmd {
                 NodeCmd::Ls => commands::node_ls(&c, api.json).await,
                 NodeCmd::Status { id } => commands::node_status(&c, &id, api.json).await,
@@ -233,7 +237,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Workload { cmd, api } => {
-            let c = client::Api::new(&api.server);
+            let c = verge_client::Api::new(&api.server);
             match cmd {
                 WorkloadCmd::Run { file } => commands::workload_run(&c, &file, api.json).await,
                 WorkloadCmd::Ls => commands::workload_ls(&c, api.json).await,
@@ -243,13 +247,29 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Logs { workload, tail, follow, stderr, api } => {
-            commands::logs(&client::Api::new(&api.server), &workload, tail, follow, stderr).await
+            commands::logs(&verge_client::Api::new(&api.server), &workload, tail, follow, stderr).await
+        }
+    }
+}
+
+/// Raises the open-file limit to its hard limit: a server holds one socket
+/// per node, and `verge sim` one per simulated node.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
     }
 }
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    if matches!(cli.cmd, Cmd::Server(_) | Cmd::Sim(_)) {
+        raise_fd_limit();
+    }
     let daemon = matches!(cli.cmd, Cmd::Server(_) | Cmd::Agent(_));
     init_logging(if daemon { "info" } else { "warn" });
     // The agent is mostly idle: one thread keeps its footprint small.
