@@ -13,7 +13,7 @@ use tokio::sync::{mpsc, oneshot, watch, Notify};
 use verge_core::{haversine_km, Clock, Lifecycle, NodeId, WorkloadId};
 use verge_proto::{LogStream, RttSample, ServerMessage};
 use verge_sched::{LatencyModel, VivaldiClient, VivaldiConfig};
-use verge_store::{Command, Store, StoreError};
+use verge_store::{Command, Durability, StateError, Store, StoreError};
 
 use crate::config::ServerConfig;
 use crate::reconcile::{reconcile, Policy};
@@ -112,15 +112,30 @@ impl Inner {
 
     /// Applies a command durably and tells the agents whose assignments changed.
     pub fn apply(&mut self, cmd: Command) -> Result<(), StoreError> {
+        let mut outcomes = self.apply_batch(vec![cmd], Durability::Durable)?;
+        outcomes.pop().unwrap_or(Ok(())).map_err(StoreError::State)
+    }
+
+    /// Applies commands in one transaction and tells the agents whose
+    /// assignments changed; each command's own outcome is returned.
+    pub fn apply_batch(&mut self, cmds: Vec<Command>, durability: Durability) -> Result<Vec<Result<(), StateError>>, StoreError> {
         let state = self.store.state();
-        let touched: Vec<WorkloadId> = match &cmd {
-            Command::Place { id, .. } | Command::Unplace { id, .. } | Command::DeleteWorkload { id } => vec![id.clone()],
-            Command::RemoveNode { id, .. } => state.workloads_on(id).map(|w| w.spec.id.clone()).collect(),
-            _ => Vec::new(),
-        };
-        let before: Vec<Option<NodeId>> = touched.iter().map(|w| state.workloads.get(w).and_then(|r| r.node.clone())).collect();
-        self.store.apply(cmd)?;
-        for (wid, old) in touched.into_iter().zip(before) {
+        let mut before: Vec<(WorkloadId, Option<NodeId>)> = Vec::new();
+        for cmd in &cmds {
+            let touched: Vec<WorkloadId> = match cmd {
+                Command::Place { id, .. } | Command::Unplace { id, .. } | Command::DeleteWorkload { id } => vec![id.clone()],
+                Command::RemoveNode { id, .. } => state.workloads_on(id).map(|w| w.spec.id.clone()).collect(),
+                _ => Vec::new(),
+            };
+            for w in touched {
+                if !before.iter().any(|(b, _)| *b == w) {
+                    let node = state.workloads.get(&w).and_then(|r| r.node.clone());
+                    before.push((w, node));
+                }
+            }
+        }
+        let outcomes = self.store.apply_batch(cmds, durability)?;
+        for (wid, old) in before {
             let rec = self.store.state().workloads.get(&wid);
             let new = rec.and_then(|r| r.node.clone());
             if old == new {
@@ -136,7 +151,7 @@ impl Inner {
                 self.send(&new, ServerMessage::Assign { workload: Box::new(rec.spec.clone()) });
             }
         }
-        Ok(())
+        Ok(outcomes)
     }
 }
 
@@ -264,12 +279,13 @@ impl Control {
         let mut inner = self.lock();
         let policy = self.policy(&inner);
         let cmds = reconcile(&policy, inner.store.state(), &inner.soft, now);
-        for cmd in cmds {
-            match &cmd {
+        for cmd in &cmds {
+            match cmd {
                 Command::Place { id, reason, .. } | Command::Unplace { id, reason } => {
                     let state = inner.store.state();
                     let from = state.workloads.get(id).and_then(|w| w.node.as_ref());
-                    if from.and_then(|n| state.nodes.get(n)).is_some_and(|n| n.lifecycle == Lifecycle::Terminated) {
+                    let dead = from.and_then(|n| state.nodes.get(n)).is_some_and(|n| n.lifecycle == Lifecycle::Terminated);
+                    if dead || cmds.iter().any(|c| matches!(c, Command::SetLifecycle { id: n, lifecycle: Lifecycle::Terminated, .. } if Some(n) == from)) {
                         self.telemetry.failovers.inc();
                     }
                     tracing::info!(workload = %id, reason, "placement decision");
@@ -277,14 +293,25 @@ impl Control {
                 Command::SetLifecycle { id, lifecycle, .. } => tracing::info!(node = %id, %lifecycle, "node lifecycle"),
                 _ => {}
             }
-            let placed = matches!(cmd, Command::Place { .. });
-            match inner.apply(cmd) {
-                Ok(()) if placed => {
-                    self.telemetry.placements.inc();
+        }
+        if cmds.is_empty() {
+            return;
+        }
+        // Lifecycle moves alone are recomputed from heartbeats after a crash;
+        // placements must survive one.
+        let durability = if cmds.iter().any(|c| matches!(c, Command::Place { .. } | Command::Unplace { .. })) { Durability::Durable } else { Durability::Deferred };
+        let placed: Vec<bool> = cmds.iter().map(|c| matches!(c, Command::Place { .. })).collect();
+        match inner.apply_batch(cmds, durability) {
+            Ok(outcomes) => {
+                for (outcome, placed) in outcomes.iter().zip(placed) {
+                    if let Err(e) = outcome {
+                        tracing::warn!(error = %e, "reconcile command refused");
+                    } else if placed {
+                        self.telemetry.placements.inc();
+                    }
                 }
-                Ok(()) => {}
-                Err(e) => tracing::warn!(error = %e, "reconcile command refused"),
             }
+            Err(e) => tracing::error!(error = %e, "cannot write reconcile decisions"),
         }
     }
 }

@@ -15,7 +15,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use verge_core::{Lifecycle, NodeId, NodeSpec, WorkloadStatus};
 use verge_proto::{decode, encode, AgentMessage, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
-use verge_store::Command;
+use verge_store::{Command, Durability};
 
 use crate::control::{AgentConn, Control, LogChunk};
 
@@ -119,7 +119,11 @@ fn register(
     let mut inner = c.lock();
     let fresh = inner.store.state().nodes.get(&id).is_none_or(|r| r.spec != node || r.lifecycle == Lifecycle::Terminated);
     if fresh {
-        inner.apply(Command::RegisterNode { spec: node, now_ms: now })?;
+        // Deferred: an agent declares itself again on every connect, so a
+        // registration lost to a crash comes back with the next hello.
+        if let Some(Err(e)) = inner.apply_batch(vec![Command::RegisterNode { spec: node, now_ms: now }], Durability::Deferred)?.pop() {
+            return Err(e.into());
+        }
     }
     let _ =
         tx.send(ServerMessage::Welcome { node: id.clone(), heartbeat_interval_ms: c.cfg.heartbeat_interval_ms, lease_ms: c.cfg.lease_ms });

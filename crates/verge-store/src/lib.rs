@@ -10,4 +10,4 @@ mod state;
 mod store;
 
 pub use state::{Command, Key, NodeRecord, State, StateError, WorkloadRecord};
-pub use store::{Store, StoreError};
+pub use store::{Durability, Store, StoreError};

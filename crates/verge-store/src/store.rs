@@ -29,6 +29,16 @@ fn db_err(e: impl std::fmt::Display) -> StoreError {
     StoreError::Db(e.to_string())
 }
 
+/// How hard a commit waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// Synced before the call returns: survives `kill -9` and power loss.
+    Durable,
+    /// Made durable by the next durable commit; lost if the process dies
+    /// first. For state that agents send again on every connect.
+    Deferred,
+}
+
 /// The control plane's state, backed by a redb file.
 pub struct Store {
     db: Database,
@@ -51,7 +61,22 @@ impl Store {
     /// Applies `cmd` and makes the change durable before returning.
     pub fn apply(&mut self, cmd: Command) -> Result<(), StoreError> {
         let keys = self.state.apply(cmd)?;
-        if let Err(e) = self.persist(&keys) {
+        self.persist_or_reload(&keys, Durability::Durable)
+    }
+
+    /// Applies several commands in one transaction: one disk sync for all.
+    /// Returns each command's own outcome (a refused command changes nothing
+    /// and does not stop the others), or an error if the batch could not be
+    /// written, in which case none of it happened.
+    pub fn apply_batch(&mut self, cmds: Vec<Command>, durability: Durability) -> Result<Vec<Result<(), StateError>>, StoreError> {
+        let mut keys = Vec::new();
+        let outcomes = cmds.into_iter().map(|c| self.state.apply(c).map(|k| keys.extend(k))).collect();
+        self.persist_or_reload(&keys, durability)?;
+        Ok(outcomes)
+    }
+
+    fn persist_or_reload(&mut self, keys: &[Key], durability: Durability) -> Result<(), StoreError> {
+        if let Err(e) = self.persist(keys, durability) {
             // Memory and disk disagree now; the disk is the truth.
             if let Ok(state) = load(&self.db) {
                 self.state = state;
@@ -61,8 +86,11 @@ impl Store {
         Ok(())
     }
 
-    fn persist(&self, keys: &[Key]) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(db_err)?;
+    fn persist(&self, keys: &[Key], durability: Durability) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(db_err)?;
+        if durability == Durability::Deferred {
+            tx.set_durability(redb::Durability::None);
+        }
         {
             let mut nodes = tx.open_table(NODES).map_err(db_err)?;
             let mut workloads = tx.open_table(WORKLOADS).map_err(db_err)?;
@@ -149,6 +177,19 @@ mod tests {
             s.apply(Command::SubmitWorkload { spec: workload("w2"), now_ms: 8 }).unwrap();
             s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).unwrap();
             assert!(s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).is_err());
+        }
+        {
+            let mut s = Store::open(&path).unwrap();
+            let cmds = vec![
+                Command::SubmitWorkload { spec: workload("w3"), now_ms: 9 },
+                Command::DeleteWorkload { id: WorkloadId::new("nope").unwrap() },
+                Command::SubmitWorkload { spec: workload("w4"), now_ms: 9 },
+            ];
+            let outcomes = s.apply_batch(cmds, Durability::Durable).unwrap();
+            assert!(outcomes[0].is_ok() && outcomes[1].is_err() && outcomes[2].is_ok());
+            s.apply_batch(vec![Command::DeleteWorkload { id: WorkloadId::new("w4").unwrap() }], Durability::Deferred).unwrap();
+            // A durable commit carries the deferred one with it.
+            s.apply(Command::DeleteWorkload { id: WorkloadId::new("w3").unwrap() }).unwrap();
         }
         let s = Store::open(&path).unwrap();
         assert_eq!(s.state().nodes.len(), 1);
