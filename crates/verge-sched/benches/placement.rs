@@ -37,7 +37,7 @@ fn fleet(cities: &[City]) -> ClusterView {
     let nodes = (0..NODES)
         .map(|i| {
             let c = &cities[pick(cities, &mut rng)];
-            let big = rng.next_u64() % 4 == 0;
+            let big = rng.next_u64().is_multiple_of(4);
             NodeView {
                 id: NodeId::new(format!("n{i:05}")).expect("valid id"),
                 node_type: if big { NodeType::Hybrid } else { NodeType::Compute },
@@ -52,6 +52,8 @@ fn fleet(cities: &[City]) -> ClusterView {
                 unavailable: None,
                 coordinate: None,
                 server_rtt_ms: Some(20.0 + 2.0 * rng.next_f64()),
+                pressure: 0.0,
+                temperature_c: None,
                 availability: 1.0,
             }
         })
@@ -80,7 +82,9 @@ fn bench(c: &mut Criterion) {
     let cities = cities();
     let view = fleet(&cities);
     let mut group = c.benchmark_group("place_10k_nodes");
-    for (name, strategy, users) in [("latency-first users-by-city", "latency-first", true), ("balanced no-users full-scan", "balanced", false)] {
+    for (name, strategy, users) in
+        [("latency-first users-by-city", "latency-first", true), ("balanced no-users full-scan", "balanced", false)]
+    {
         let ws = workloads(&cities, strategy, users, 1024);
         let mut k = 0;
         group.bench_function(name, |b| {
@@ -98,7 +102,9 @@ fn summary() {
     let cities = cities();
     let view = fleet(&cities);
     println!("\nplacement on {NODES} nodes, one core          decisions/s     p50        p99    goal: >= 50,000/s, p99 < 1 ms; k8s 810/s, Nomad ~3,750/s");
-    for (name, strategy, users) in [("latency-first, users by city", "latency-first", true), ("balanced, no users (full scan)", "balanced", false)] {
+    for (name, strategy, users) in
+        [("latency-first, users by city", "latency-first", true), ("balanced, no users (full scan)", "balanced", false)]
+    {
         let ws = workloads(&cities, strategy, users, 20_000);
         let mut times: Vec<f64> = Vec::with_capacity(ws.len());
         let start = Instant::now();

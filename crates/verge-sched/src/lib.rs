@@ -4,13 +4,15 @@
 //! commits it.
 
 mod latency;
+mod migrate;
 mod place;
 pub mod rttdata;
 mod view;
 pub mod vivaldi;
 
 pub use latency::{estimate_rtt_ms, LatencyModel};
-pub use place::{fits, place, Placement, Unplaceable};
+pub use migrate::{plan_migrations, Migration, MigrationPolicy, Resident};
+pub use place::{fits, latency_to, place, Placement, Unplaceable};
 pub use rttdata::{parse_cities, City, RttDataError, RttMatrix};
 pub use view::{Capacity, ClusterView, NodeView, Site};
 pub use vivaldi::{distance_ms, Coordinate, SplitMix64, VivaldiClient, VivaldiConfig, VivaldiError};

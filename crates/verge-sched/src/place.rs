@@ -241,6 +241,13 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
     Ok(Placement { node: nodes[i].id.clone(), score, latency_ms: (!users.is_empty()).then_some(ms), reason })
 }
 
+/// Predicted RTT from `w`'s farthest user to `node`, ms; `None` without users.
+pub fn latency_to(view: &ClusterView, w: &WorkloadSpec, node: &NodeId) -> Option<f64> {
+    let site = view.site_of_node(node)?;
+    let users = resolve_users(view, w).ok()?;
+    users.iter().map(|u| predict_ms(view, u, site)).reduce(f64::max)
+}
+
 /// Whether `w` may run on `node` as the view stands: every hard constraint,
 /// resources included. Used to re-validate a plan before it is committed.
 pub fn fits(view: &ClusterView, node: &NodeId, w: &WorkloadSpec) -> Result<(), Unplaceable> {
@@ -270,6 +277,8 @@ pub(crate) mod tests {
             unavailable: None,
             coordinate: None,
             server_rtt_ms: None,
+            pressure: 0.0,
+            temperature_c: None,
             availability: 1.0,
         }
     }

@@ -55,6 +55,10 @@ pub struct NodeView {
     pub coordinate: Option<Coordinate>,
     /// Its smoothed measured RTT to the control plane, ms.
     pub server_rtt_ms: Option<f64>,
+    /// Its measured CPU or memory use, whichever is higher, as a share, 0-1.
+    pub pressure: f64,
+    /// Its hottest thermal zone, °C, where it reports one.
+    pub temperature_c: Option<f64>,
     /// Health score as a share, 0-1.
     pub availability: f64,
 }
@@ -103,6 +107,7 @@ pub struct Site {
 pub struct ClusterView {
     nodes: Vec<NodeView>,
     sites: Vec<Site>,
+    site_of: Vec<usize>,
     by_id: HashMap<NodeId, usize>,
     site_by_city: HashMap<String, usize>,
     cities: HashMap<String, GeoPoint>,
@@ -117,6 +122,7 @@ impl ClusterView {
         nodes.sort_by(|a, b| a.id.cmp(&b.id));
         let mut sites: Vec<Site> = Vec::new();
         let mut site_by_city = HashMap::new();
+        let mut site_of = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.iter().enumerate() {
             let key = n.site_key();
             let s = *site_by_city.entry(key.clone()).or_insert_with(|| {
@@ -124,12 +130,13 @@ impl ClusterView {
                 sites.len() - 1
             });
             sites[s].nodes.push(i);
+            site_of.push(s);
             if sites[s].coordinate.is_none() {
                 sites[s].coordinate = n.coordinate.clone();
             }
         }
         let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
-        ClusterView { nodes, sites, by_id, site_by_city, cities, model }
+        ClusterView { nodes, sites, site_of, by_id, site_by_city, cities, model }
     }
 
     /// Every node, in id order.
@@ -145,6 +152,28 @@ impl ClusterView {
     /// One node by id.
     pub fn node(&self, id: &NodeId) -> Option<&NodeView> {
         self.by_id.get(id).map(|&i| &self.nodes[i])
+    }
+
+    /// The site a node belongs to.
+    pub fn site_of_node(&self, id: &NodeId) -> Option<usize> {
+        self.by_id.get(id).map(|&i| self.site_of[i])
+    }
+
+    /// Marks a node as taking no new work (or takes the mark off), returning
+    /// the previous mark; planners use it to look for somewhere else.
+    pub fn set_unavailable(&mut self, id: &NodeId, reason: Option<&'static str>) -> Option<&'static str> {
+        match self.by_id.get(id) {
+            Some(&i) => std::mem::replace(&mut self.nodes[i].unavailable, reason),
+            None => None,
+        }
+    }
+
+    /// Sets a node's measured pressure and temperature.
+    pub fn set_condition(&mut self, id: &NodeId, pressure: f64, temperature_c: Option<f64>) {
+        if let Some(&i) = self.by_id.get(id) {
+            self.nodes[i].pressure = pressure;
+            self.nodes[i].temperature_c = temperature_c;
+        }
     }
 
     /// The site of a city with nodes, by name (any case).

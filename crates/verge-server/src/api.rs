@@ -117,7 +117,7 @@ fn node_json(c: &Control, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
         o.insert("lifecycle".into(), json!(rec.lifecycle));
         o.insert("lifecycleSinceMs".into(), json!(rec.lifecycle_since_ms));
         o.insert("registeredMs".into(), json!(rec.registered_ms));
-        o.insert("health".into(), json!(node_health(&c.policy(&inner), rec, soft, now)));
+        o.insert("health".into(), json!(node_health(&c.policy(inner), rec, soft, now)));
         o.insert("connected".into(), json!(soft.is_some_and(|s| s.connected)));
         o.insert("lastHeartbeatMs".into(), json!(soft.and_then(|s| s.last_heartbeat_ms)));
         o.insert("metrics".into(), json!(soft.and_then(|s| s.metrics.as_ref())));
@@ -216,7 +216,7 @@ async fn drain_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
         node_or_404(&inner, &id)?;
         inner.apply(Command::SetLifecycle { id: id.clone(), lifecycle: Lifecycle::Draining, now_ms: now })?;
     }
-    c.reconcile_once();
+    wait_for_placement_pass(&c).await;
     let inner = c.lock();
     ok(StatusCode::OK, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
 }
@@ -251,6 +251,16 @@ fn check_user_cities(c: &Control, inner: &Inner, spec: &WorkloadSpec) -> Result<
     Ok(())
 }
 
+/// Wakes the reconciler and waits (briefly) until a pass that started after
+/// this call has finished, so the answer shows the placement. Concurrent
+/// submissions share passes: one view and one disk sync place them all.
+async fn wait_for_placement_pass(c: &Control) {
+    let mut passes = c.passes.subscribe();
+    let seen = *passes.borrow_and_update();
+    c.wake.notify_one();
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), passes.wait_for(|n| *n >= seen + 2)).await;
+}
+
 async fn submit_workload(State(c): Ctl, ApiJson(spec): ApiJson<WorkloadSpec>) -> ApiResult {
     spec.validate()?;
     let id = spec.id.clone();
@@ -259,7 +269,7 @@ async fn submit_workload(State(c): Ctl, ApiJson(spec): ApiJson<WorkloadSpec>) ->
         check_user_cities(&c, &inner, &spec)?;
         inner.apply(Command::SubmitWorkload { spec, now_ms: c.clock.now_ms() })?;
     }
-    c.reconcile_once();
+    wait_for_placement_pass(&c).await;
     let inner = c.lock();
     ok(StatusCode::CREATED, workload_json(&inner, workload_or_404(&inner, &id)?))
 }

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use serde::Deserialize;
 use verge_core::{GeoPoint, Millis};
+use verge_sched::MigrationPolicy;
 
 use crate::health::{default_checks, HealthCheck};
 
@@ -28,6 +29,10 @@ pub struct ServerConfig {
     pub health_checks: Vec<HealthCheck>,
     /// Known cities (lowercase name → position), for users named by city.
     pub cities: Arc<HashMap<String, GeoPoint>>,
+    /// When placed workloads move.
+    pub migration: MigrationPolicy,
+    /// Automatic provisioning, when configured.
+    pub provisioning: Option<Provisioning>,
 }
 
 /// The YAML file's shape; every key optional.
@@ -40,6 +45,34 @@ pub struct ServerFile {
     pub lease: Option<Millis>,
     /// The seed's `health_checks` list.
     pub health_checks: Option<Vec<HealthCheck>>,
+    /// Migration thresholds.
+    pub migration: Option<MigrationPolicy>,
+    /// Automatic provisioning.
+    pub provisioning: Option<Provisioning>,
+}
+
+/// Asking for more nodes when the fleet runs full: a command the server
+/// runs with `VERGE_PROVISION_TYPE` and `VERGE_PROVISION_REASON` set (use
+/// `curl` in it for a webhook).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provisioning {
+    /// Allocated share of the active nodes' CPU that triggers a request.
+    #[serde(default = "default_threshold")]
+    pub threshold: f64,
+    /// The command, run with `sh -c`.
+    pub command: String,
+    /// Least time between two requests.
+    #[serde(default = "default_cooldown")]
+    pub cooldown: Millis,
+}
+
+fn default_threshold() -> f64 {
+    0.85
+}
+
+fn default_cooldown() -> Millis {
+    Millis(300_000)
 }
 
 /// Why a server config is unusable.
@@ -67,6 +100,8 @@ impl ServerConfig {
             lease_ms: 5_000,
             health_checks: default_checks(),
             cities: Default::default(),
+            migration: MigrationPolicy::default(),
+            provisioning: None,
         }
     }
 
@@ -84,6 +119,18 @@ impl ServerConfig {
         }
         if let Some(c) = file.health_checks {
             self.health_checks = c;
+        }
+        if let Some(m) = file.migration {
+            self.migration = m;
+        }
+        if let Some(p) = file.provisioning {
+            if !(p.threshold > 0.0 && p.threshold <= 1.0) || p.command.trim().is_empty() {
+                return Err(ServerConfigError::Parse {
+                    path: path.display().to_string(),
+                    err: "provisioning: threshold must be in (0, 1] and command must not be empty".into(),
+                });
+            }
+            self.provisioning = Some(p);
         }
         Ok(())
     }

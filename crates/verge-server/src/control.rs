@@ -16,7 +16,7 @@ use verge_sched::{LatencyModel, VivaldiClient, VivaldiConfig};
 use verge_store::{Command, Durability, StateError, Store, StoreError};
 
 use crate::config::ServerConfig;
-use crate::reconcile::{reconcile, Policy};
+use crate::reconcile::{provision_request, reconcile, Policy, ProvisionRequest};
 use crate::soft::NodeSoft;
 use crate::telemetry::Telemetry;
 
@@ -66,7 +66,7 @@ impl Inner {
     pub fn record_rtt(&mut self, node: &NodeId, sample: &RttSample) {
         let rtt = sample.rtt_ms;
         let known_peer = sample.peer.as_ref().is_none_or(|p| p != node && self.store.state().nodes.contains_key(p));
-        if !(rtt.is_finite() && rtt > 0.0 && rtt < 10_000.0) || !known_peer {
+        if !(rtt.is_finite() && rtt > 0.0 && rtt < 10_000.0 && known_peer) {
             return;
         }
         let other = match &sample.peer {
@@ -174,6 +174,8 @@ pub struct Control {
     pub telemetry: Telemetry,
     /// Wakes the reconciler before its next tick.
     pub wake: Notify,
+    /// Counts finished reconcile passes, so a request can wait for the next one.
+    pub passes: watch::Sender<u64>,
     next_id: AtomicU64,
     pending_logs: Mutex<HashMap<u64, oneshot::Sender<Result<LogChunk, String>>>>,
 }
@@ -204,6 +206,7 @@ impl Control {
             cfg,
             telemetry: Telemetry::new(),
             wake: Notify::new(),
+            passes: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             pending_logs: Mutex::new(HashMap::new()),
         }
@@ -232,6 +235,7 @@ impl Control {
             checks: self.cfg.health_checks.clone(),
             cities: self.cfg.cities.clone(),
             model: inner.model,
+            migration: self.cfg.migration.clone(),
         }
     }
 
@@ -273,19 +277,24 @@ impl Control {
         }
     }
 
-    /// One reconcile pass: decide, then apply each decision.
-    pub fn reconcile_once(&self) {
+    /// One reconcile pass: decide, then apply the decisions in one batch.
+    /// With `plan_moves` the pass also plans migrations.
+    pub fn reconcile_once(&self, plan_moves: bool) {
         let now = self.clock.now_ms();
         let mut inner = self.lock();
         let policy = self.policy(&inner);
-        let cmds = reconcile(&policy, inner.store.state(), &inner.soft, now);
+        let cmds = reconcile(&policy, inner.store.state(), &inner.soft, now, plan_moves);
         for cmd in &cmds {
             match cmd {
                 Command::Place { id, reason, .. } | Command::Unplace { id, reason } => {
                     let state = inner.store.state();
                     let from = state.workloads.get(id).and_then(|w| w.node.as_ref());
                     let dead = from.and_then(|n| state.nodes.get(n)).is_some_and(|n| n.lifecycle == Lifecycle::Terminated);
-                    if dead || cmds.iter().any(|c| matches!(c, Command::SetLifecycle { id: n, lifecycle: Lifecycle::Terminated, .. } if Some(n) == from)) {
+                    if dead
+                        || cmds
+                            .iter()
+                            .any(|c| matches!(c, Command::SetLifecycle { id: n, lifecycle: Lifecycle::Terminated, .. } if Some(n) == from))
+                    {
                         self.telemetry.failovers.inc();
                     }
                     tracing::info!(workload = %id, reason, "placement decision");
@@ -299,7 +308,11 @@ impl Control {
         }
         // Lifecycle moves alone are recomputed from heartbeats after a crash;
         // placements must survive one.
-        let durability = if cmds.iter().any(|c| matches!(c, Command::Place { .. } | Command::Unplace { .. })) { Durability::Durable } else { Durability::Deferred };
+        let durability = if cmds.iter().any(|c| matches!(c, Command::Place { .. } | Command::Unplace { .. })) {
+            Durability::Durable
+        } else {
+            Durability::Deferred
+        };
         let placed: Vec<bool> = cmds.iter().map(|c| matches!(c, Command::Place { .. })).collect();
         match inner.apply_batch(cmds, durability) {
             Ok(outcomes) => {
@@ -316,18 +329,57 @@ impl Control {
     }
 }
 
+/// Runs the configured provisioner for one request and logs how it went.
+async fn run_provisioner(command: String, r: ProvisionRequest) {
+    tracing::info!(node_type = ?r.node_type, reason = %r.reason, %command, "asking the provisioner for a node");
+    let node_type = serde_json::to_value(r.node_type).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default();
+    let out = tokio::process::Command::new("sh")
+        .arg("-c")
+        .arg(&command)
+        .env("VERGE_PROVISION_TYPE", node_type)
+        .env("VERGE_PROVISION_REASON", &r.reason)
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await;
+    match out {
+        Ok(o) if o.status.success() => tracing::info!("provisioner accepted the request"),
+        Ok(o) => tracing::warn!(status = %o.status, stderr = %String::from_utf8_lossy(&o.stderr), "provisioner failed"),
+        Err(e) => tracing::warn!(error = %e, "cannot run the provisioner"),
+    }
+}
+
+/// How often migrations are planned.
+const MIGRATION_PERIOD: Duration = Duration::from_secs(10);
+
 /// Runs reconcile passes every quarter heartbeat interval (at most 250 ms
 /// apart) and whenever something wakes it, until `stop` turns true.
 pub async fn run_reconciler(control: Arc<Control>, mut stop: watch::Receiver<bool>) {
     let period = Duration::from_millis((control.cfg.heartbeat_interval_ms / 4).clamp(10, 250));
     let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_plan = tokio::time::Instant::now();
+    let mut last_provision = None;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
             _ = control.wake.notified() => {}
             _ = stop.wait_for(|s| *s) => return,
         }
-        control.reconcile_once();
+        let plan = last_plan.elapsed() >= MIGRATION_PERIOD;
+        if plan {
+            last_plan = tokio::time::Instant::now();
+        }
+        control.reconcile_once(plan);
+        control.passes.send_modify(|n| *n += 1);
+        if let Some(p) = &control.cfg.provisioning {
+            if last_provision.is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_millis(p.cooldown.0)) {
+                let request = provision_request(control.lock().store.state(), p.threshold);
+                if let Some(r) = request {
+                    last_provision = Some(tokio::time::Instant::now());
+                    control.telemetry.provision_requests.inc();
+                    tokio::spawn(run_provisioner(p.command.clone(), r));
+                }
+            }
+        }
     }
 }

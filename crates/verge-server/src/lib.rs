@@ -19,7 +19,7 @@ use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 
-pub use config::{ServerConfig, ServerConfigError};
+pub use config::{Provisioning, ServerConfig, ServerConfigError};
 pub use soft::NodeSoft;
 
 use control::Control;

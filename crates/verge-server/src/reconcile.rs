@@ -5,8 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use verge_core::{GeoPoint, Health, Lifecycle, NodeId};
-use verge_sched::{place, Capacity, ClusterView, LatencyModel, NodeView};
+use verge_core::{GeoPoint, Health, Lifecycle, NodeId, NodeType, WorkloadId};
+use verge_sched::{place, plan_migrations, Capacity, ClusterView, LatencyModel, MigrationPolicy, NodeView, Resident};
 use verge_store::{Command, NodeRecord, State};
 
 use crate::health::{assess, Assessment, HealthCheck};
@@ -23,6 +23,8 @@ pub struct Policy {
     pub cities: Arc<HashMap<String, GeoPoint>>,
     /// The latency model calibrated from measured RTTs.
     pub model: LatencyModel,
+    /// When placed workloads move.
+    pub migration: MigrationPolicy,
 }
 
 /// A node's health now, from its soft state and last report.
@@ -42,7 +44,7 @@ fn next_lifecycle(policy: &Policy, rec: &NodeRecord, soft: Option<&NodeSoft>, no
     let heard = soft.is_some_and(|s| s.last_heartbeat_ms.is_some());
     let alive = soft.is_some_and(|s| s.alive(now_ms));
     match rec.lifecycle {
-        Lifecycle::Initialized if heard && alive => Some(Lifecycle::Warming),
+        Lifecycle::Initialized | Lifecycle::Terminated if heard && alive => Some(Lifecycle::Warming),
         Lifecycle::Warming | Lifecycle::Active | Lifecycle::Draining if !alive => Some(Lifecycle::Terminated),
         Lifecycle::Warming if now_ms.saturating_sub(rec.lifecycle_since_ms) >= policy.warmup_ms => {
             (node_health(policy, rec, soft, now_ms).status != Health::Unhealthy).then_some(Lifecycle::Active)
@@ -96,6 +98,10 @@ pub fn cluster_view(
                 unavailable: unavailable(lifecycle, health.status),
                 coordinate: s.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate().clone()),
                 server_rtt_ms: s.and_then(|s| s.server_rtt_ms),
+                pressure: s
+                    .and_then(|s| s.metrics.as_ref())
+                    .map_or(0.0, |m| (m.cpu_percent.max(m.memory_percent()) / 100.0).clamp(0.0, 1.0)),
+                temperature_c: s.and_then(|s| s.metrics.as_ref()).and_then(|m| m.temperature_c),
                 availability: health.score / 100.0,
             }
         })
@@ -110,7 +116,8 @@ pub fn cluster_view(
 }
 
 /// Everything the control plane should change now, in order.
-pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft>, now_ms: u64) -> Vec<Command> {
+/// With `plan_moves`, it also plans migrations (latency, pressure, heat).
+pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft>, now_ms: u64, plan_moves: bool) -> Vec<Command> {
     let mut cmds = Vec::new();
     let mut lifecycles = BTreeMap::new();
     for (id, rec) in &state.nodes {
@@ -124,7 +131,7 @@ pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft
         .workloads
         .values()
         .any(|w| w.node.as_ref().is_none_or(|n| matches!(lifecycles.get(n), None | Some(Lifecycle::Terminated | Lifecycle::Draining))));
-    if !needs_placement {
+    if !needs_placement && !plan_moves {
         return cmds;
     }
     let mut view = cluster_view(policy, state, soft, &lifecycles, now_ms);
@@ -161,7 +168,73 @@ pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft
             }
         }
     }
+    if plan_moves {
+        let moving: std::collections::HashSet<&WorkloadId> = cmds
+            .iter()
+            .filter_map(|c| if let Command::Place { id, .. } | Command::Unplace { id, .. } = c { Some(id) } else { None })
+            .collect();
+        let residents: Vec<Resident> = state
+            .workloads
+            .values()
+            .filter(|w| !moving.contains(&w.spec.id))
+            .filter_map(|w| {
+                let node = w.node.as_ref()?;
+                (lifecycles.get(node) == Some(&Lifecycle::Active)).then_some(Resident {
+                    spec: &w.spec,
+                    node,
+                    placed_ms: w.placed_ms.unwrap_or(0),
+                })
+            })
+            .collect();
+        for m in plan_migrations(&mut view, &residents, &policy.migration, now_ms) {
+            cmds.push(Command::Place { id: m.workload, node: m.to, reason: format!("migration from {}: {}", m.from, m.reason), now_ms });
+        }
+    }
     cmds
+}
+
+/// A request for one more node, and why.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProvisionRequest {
+    /// The type of node that is short.
+    pub node_type: NodeType,
+    /// Why, for people and the provisioner.
+    pub reason: String,
+}
+
+/// Whether the fleet needs another node: the active nodes' allocated CPU
+/// share passed `threshold`, or workloads wait for lack of resources. The
+/// type asked for is the one the waiting workloads want most (compute when
+/// they do not say).
+pub fn provision_request(state: &State, threshold: f64) -> Option<ProvisionRequest> {
+    let active: Vec<&NodeId> = state.nodes.iter().filter(|(_, n)| n.lifecycle == Lifecycle::Active).map(|(id, _)| id).collect();
+    let capacity: f64 = active.iter().filter_map(|id| state.nodes.get(*id)).map(|n| n.spec.resources.cpu.cores).sum();
+    let allocated: f64 =
+        state.workloads.values().filter(|w| w.node.as_ref().is_some_and(|n| active.contains(&n))).map(|w| w.spec.requirements.cpu).sum();
+    let starved: Vec<_> = state
+        .workloads
+        .values()
+        .filter(|w| {
+            w.node.is_none()
+                && (w.reason.contains("insufficient") || w.reason.contains("node type not allowed") || w.reason == "no nodes registered")
+        })
+        .collect();
+    let mut wanted: BTreeMap<NodeType, usize> = BTreeMap::new();
+    for w in &starved {
+        *wanted.entry(w.spec.constraints.node_types.first().copied().unwrap_or_default()).or_default() += 1;
+    }
+    let node_type = wanted.iter().max_by_key(|(t, n)| (**n, std::cmp::Reverse(**t))).map_or(NodeType::Compute, |(t, _)| *t);
+    let share = if capacity > 0.0 { allocated / capacity } else { 0.0 };
+    if !starved.is_empty() {
+        Some(ProvisionRequest { node_type, reason: format!("{} workloads wait for resources", starved.len()) })
+    } else if share >= threshold {
+        Some(ProvisionRequest {
+            node_type,
+            reason: format!("{:.0} % of active CPU allocated (threshold {:.0} %)", share * 100.0, threshold * 100.0),
+        })
+    } else {
+        None
+    }
 }
 
 #[cfg(test)]
@@ -173,7 +246,13 @@ mod tests {
     const LEASE: u64 = 5_000;
 
     fn policy() -> Policy {
-        Policy { warmup_ms: 2_000, checks: default_checks(), cities: Default::default(), model: LatencyModel::default() }
+        Policy {
+            warmup_ms: 2_000,
+            checks: default_checks(),
+            cities: Default::default(),
+            model: LatencyModel::default(),
+            migration: MigrationPolicy::default(),
+        }
     }
 
     fn node(id: &str, lat: f64, lon: f64) -> verge_core::NodeSpec {
@@ -194,7 +273,7 @@ mod tests {
     fn settle(state: &mut State, soft: &HashMap<NodeId, NodeSoft>, now: u64) -> Vec<Command> {
         let mut all = Vec::new();
         for _ in 0..5 {
-            let cmds = reconcile(&policy(), state, soft, now);
+            let cmds = reconcile(&policy(), state, soft, now, true);
             if cmds.is_empty() {
                 break;
             }
@@ -254,6 +333,39 @@ mod tests {
     }
 
     #[test]
+    fn a_terminated_node_that_heartbeats_again_warms_up_again() {
+        let (mut state, mut soft) = cluster();
+        let fra = NodeId::new("fra").unwrap();
+        heartbeat(&mut soft, "nyc", 7_000);
+        settle(&mut state, &soft, 7_600);
+        assert_eq!(state.nodes[&fra].lifecycle, Lifecycle::Terminated);
+        heartbeat(&mut soft, "fra", 8_000);
+        settle(&mut state, &soft, 8_000);
+        assert_eq!(state.nodes[&fra].lifecycle, Lifecycle::Warming);
+    }
+
+    #[test]
+    fn provisioning_asks_for_the_type_that_is_short() {
+        let (mut state, soft) = cluster();
+        assert_eq!(provision_request(&state, 0.85), None);
+        let mut big = workload("big");
+        big.requirements.cpu = 3.0;
+        big.constraints.node_types = vec![NodeType::Inference];
+        state.apply(Command::SubmitWorkload { spec: big, now_ms: 2_500 }).unwrap();
+        settle(&mut state, &soft, 2_600);
+        let r = provision_request(&state, 0.85).unwrap();
+        assert_eq!(r.node_type, NodeType::Inference);
+        assert_eq!(r.reason, "1 workloads wait for resources");
+        state.apply(Command::DeleteWorkload { id: WorkloadId::new("big").unwrap() }).unwrap();
+        for i in 0..7 {
+            state.apply(Command::SubmitWorkload { spec: workload(&format!("w{i}")), now_ms: 2_700 }).unwrap();
+        }
+        settle(&mut state, &soft, 2_800);
+        let r = provision_request(&state, 0.85).unwrap();
+        assert!(r.reason.starts_with("88 % of active CPU"), "{}", r.reason);
+    }
+
+    #[test]
     fn unplaceable_work_stays_pending_with_an_explanation_and_is_stable() {
         let (mut state, soft) = cluster();
         let mut big = workload("big");
@@ -263,7 +375,7 @@ mod tests {
         let w = &state.workloads[&WorkloadId::new("big").unwrap()];
         assert!(w.node.is_none());
         assert_eq!(w.reason, "no node fits (2 considered: 2 insufficient cpu)");
-        assert!(reconcile(&policy(), &state, &soft, 2_700).is_empty());
+        assert!(reconcile(&policy(), &state, &soft, 2_700, true).is_empty());
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub struct Telemetry {
     pub placements: Counter,
     /// Workloads moved off nodes whose lease expired.
     pub failovers: Counter,
+    /// Requests made to the provisioner for more nodes.
+    pub provision_requests: Counter,
     /// Nodes by lifecycle state.
     pub nodes: Family<Labels, Gauge>,
     /// Workloads by state.
@@ -37,6 +39,7 @@ impl Telemetry {
             heartbeats: Counter::default(),
             placements: Counter::default(),
             failovers: Counter::default(),
+            provision_requests: Counter::default(),
             nodes: Family::default(),
             workloads: Family::default(),
             agents_connected: Gauge::default(),
@@ -51,6 +54,7 @@ impl Telemetry {
         verge.register("heartbeats", "Heartbeats received from agents", t.heartbeats.clone());
         verge.register("placements", "Workload placements committed", t.placements.clone());
         verge.register("failovers", "Workloads moved off nodes whose lease expired", t.failovers.clone());
+        verge.register("provision_requests", "Requests made to the provisioner for more nodes", t.provision_requests.clone());
         verge.register("nodes", "Nodes by lifecycle state", t.nodes.clone());
         verge.register("workloads", "Workloads by state", t.workloads.clone());
         verge.register("agents_connected", "Agents with an open gateway connection", t.agents_connected.clone());

@@ -316,6 +316,8 @@ pub fn utilisation(fleet: &Fleet, rng: &mut SplitMix64) -> (f64, f64, f64) {
             unavailable: None,
             coordinate: None,
             server_rtt_ms: None,
+            pressure: 0.0,
+            temperature_c: None,
             availability: 1.0,
         })
         .collect();

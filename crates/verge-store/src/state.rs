@@ -109,7 +109,11 @@ fn transition_allowed(from: Lifecycle, to: Lifecycle) -> bool {
     use Lifecycle::*;
     matches!(
         (from, to),
-        (Initialized, Warming) | (Warming, Active) | (Initialized | Warming | Active, Draining) | (Draining, Active) | (_, Terminated)
+        (Initialized | Terminated, Warming)
+            | (Warming, Active)
+            | (Initialized | Warming | Active, Draining)
+            | (Draining, Active)
+            | (_, Terminated)
     ) && from != to
 }
 

@@ -58,7 +58,7 @@ fn constrained_workload_runs_on_the_right_node_and_fails_over_after_kill_9() {
     });
     let (status, w) = api(&c.api, "POST", "/api/v1/workloads", &spec.to_string());
     assert_eq!(status, 201, "{w}");
-    assert_eq!(w["node"], "fra", "{w}");
+    assert_eq!(c.wait_placed("paris-api")["node"], "fra");
     let written =
         wait_until(Duration::from_secs(10), "the workload to write its file on fra", || std::fs::read_to_string(out.join("fra")).ok());
     assert_eq!(written.trim(), "fra");
@@ -178,8 +178,8 @@ fn migrate_moves_a_running_workload_to_the_named_node() {
     c.add_agent(&TOKYO);
     c.wait_active(&["fra", "tyo"]);
     let spec = r#"{"id":"mover","requirements":{"cpu":0.1,"memory":"16MiB"},"constraints":{"geoProximity":{"latitude":50,"longitude":8}},"spec":{"command":"sleep","args":["600"]}}"#;
-    let (_, w) = api(&c.api, "POST", "/api/v1/workloads", spec);
-    assert_eq!(w["node"], "fra");
+    assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).0, 201);
+    assert_eq!(c.wait_placed("mover")["node"], "fra");
     let (status, w) = api(&c.api, "POST", "/api/v1/workloads/mover/migrate", r#"{"targetNode":"tyo"}"#);
     assert_eq!(status, 200, "{w}");
     assert_eq!(w["node"], "tyo");
@@ -203,7 +203,8 @@ fn a_restarted_agent_re_adopts_its_workload_and_a_returning_node_gives_up_moved_
     c.add_agent(&NEW_YORK);
     c.wait_active(&["fra", "nyc"]);
     let spec = r#"{"id":"steady","requirements":{"cpu":0.1,"memory":"16MiB"},"constraints":{"geoProximity":{"latitude":50,"longitude":8}},"spec":{"command":"sleep","args":["600"]}}"#;
-    assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).1["node"], "fra");
+    assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).0, 201);
+    assert_eq!(c.wait_placed("steady")["node"], "fra");
     let running = |c: &Cluster| {
         let w = c.get("/api/v1/workloads/steady");
         (w["state"] == "running").then(|| (w["node"].as_str().unwrap().to_string(), w["status"]["pid"].as_u64().unwrap()))

@@ -82,6 +82,8 @@ pub struct Cluster {
     pub api: String,
     pub gateway: String,
     pub agents: Vec<Agent>,
+    /// Extra server flags, kept for restarts.
+    pub server_args: Vec<String>,
 }
 
 /// Reads the server's `listening` line and returns (api, gateway) host:port.
@@ -96,8 +98,19 @@ fn read_addresses(child: &mut Child) -> (String, String) {
 impl Cluster {
     /// Starts a server on free ports.
     pub fn start() -> Cluster {
+        Cluster::start_with(None)
+    }
+
+    /// Starts a server on free ports with a `--config` file of this YAML.
+    pub fn start_with(config_yaml: Option<&str>) -> Cluster {
         let tmp = tempfile::tempdir().unwrap();
-        let mut c = Cluster { tmp, server: None, api: String::new(), gateway: String::new(), agents: Vec::new() };
+        let mut server_args = Vec::new();
+        if let Some(yaml) = config_yaml {
+            let path = tmp.path().join("server.yaml");
+            std::fs::write(&path, yaml).unwrap();
+            server_args = vec!["--config".to_string(), path.display().to_string()];
+        }
+        let mut c = Cluster { tmp, server: None, api: String::new(), gateway: String::new(), agents: Vec::new(), server_args };
         c.start_server("127.0.0.1:0", "127.0.0.1:0");
         c
     }
@@ -107,6 +120,7 @@ impl Cluster {
         let mut child = Command::new(VERGE)
             .args(["server", "--api-addr", api, "--gateway-addr", gateway, "--heartbeat-interval", HEARTBEAT, "--lease"])
             .arg(format!("{LEASE_MS}ms"))
+            .args(&self.server_args)
             .arg("--data-dir")
             .arg(self.tmp.path().join("server"))
             .stdout(Stdio::piped())
@@ -162,6 +176,14 @@ impl Cluster {
         let (status, v) = api(&self.api, "GET", path, "");
         assert_eq!(status, 200, "GET {path}: {v}");
         v
+    }
+
+    /// Waits until a workload is placed on some node and returns it.
+    pub fn wait_placed(&self, id: &str) -> Value {
+        wait_until(Duration::from_secs(10), "the workload to be placed", || {
+            let w = self.get(&format!("/api/v1/workloads/{id}"));
+            (!w["node"].is_null()).then_some(w)
+        })
     }
 
     /// Waits until every listed node is active.
