@@ -12,7 +12,7 @@ use std::fmt;
 
 use verge_core::{haversine_km, GeoPoint, NodeId, Strategy, Tier, WorkloadSpec};
 
-use crate::view::{Capacity, ClusterView, NodeView};
+use crate::view::{Capacity, ClusterView, NodeView, SiteRank};
 use crate::vivaldi::distance_ms;
 
 /// Where a workload should run and why.
@@ -55,6 +55,10 @@ impl fmt::Display for Unplaceable {
     }
 }
 
+/// The smallest possible RTT per km of distance: light in fibre covers
+/// about 200 km per ms, there and back.
+const LIGHT_IN_FIBRE_RTT_MS_PER_KM: f64 = 0.01;
+
 /// A user place resolved against the view.
 struct User {
     point: GeoPoint,
@@ -84,10 +88,13 @@ fn predict_ms(view: &ClusterView, u: &User, site: usize) -> f64 {
         return 0.0;
     }
     let sites = view.sites();
+    let km = haversine_km(u.point, sites[site].point);
     let coords = u.site.and_then(|us| sites[us].coordinate.as_ref()).zip(sites[site].coordinate.as_ref());
     match coords {
-        Some((a, b)) => distance_ms(a, b),
-        None => view.model.estimate_ms(haversine_km(u.point, sites[site].point)),
+        // Coordinates never beat light in fibre between the declared places
+        // (they can, on a lab network where every node is one hop away).
+        Some((a, b)) => distance_ms(a, b).max(km * LIGHT_IN_FIBRE_RTT_MS_PER_KM),
+        None => view.model.estimate_ms(km),
     }
 }
 
@@ -194,6 +201,55 @@ fn own_delay_ms(node: &NodeView) -> f64 {
     node.server_rtt_ms.unwrap_or(0.0)
 }
 
+/// What ranking sites depends on: the users' places and whether the
+/// strategy ranks by latency, by distance, or not at all.
+fn ranking_key(users: &[User], w: &WorkloadSpec) -> String {
+    let kind = match primary(w, 0.0, 0.0) {
+        None => "none",
+        Some(_) if w.strategy == Strategy::GeoProximity => "geo",
+        Some(_) => "latency",
+    };
+    let mut key = String::from(kind);
+    for u in users {
+        key.push_str(&format!("|{},{},{:?}", u.point.latitude, u.point.longitude, u.site));
+    }
+    key
+}
+
+/// Every site with its latency and distance to the users, best first for
+/// strategies that rank nearest-first.
+fn rank_sites(view: &ClusterView, users: &[User], w: &WorkloadSpec) -> Vec<SiteRank> {
+    let mut order: Vec<SiteRank> = view
+        .sites()
+        .iter()
+        .enumerate()
+        .map(|(s, site)| {
+            let (ms, km) = users
+                .iter()
+                .fold((0.0f64, 0.0f64), |(ms, km), u| (ms.max(predict_ms(view, u, s)), km.max(haversine_km(u.point, site.point))));
+            SiteRank { bucket: primary(w, ms, km).filter(|_| !users.is_empty()), site: s, ms, km }
+        })
+        .collect();
+    order.sort_by(|a, b| a.bucket.cmp(&b.bucket).then(a.ms.total_cmp(&b.ms)).then(a.site.cmp(&b.site)));
+    order
+}
+
+/// Feasible nodes scored at most for strategies that weigh everything
+/// together (balanced, cost), as Kubernetes' percentageOfNodesToScore and
+/// Nomad's limit iterator do: the nearest sites first, or, without users,
+/// a start that depends on the workload so load spreads.
+const SCORE_LIMIT: usize = 100;
+
+fn limited(w: &WorkloadSpec) -> bool {
+    matches!(w.strategy, Strategy::Balanced | Strategy::Cost)
+}
+
+/// Where a scan without users starts, from the workload id.
+fn start_site(w: &WorkloadSpec, sites: usize) -> usize {
+    let h = w.id.as_str().bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3));
+    (h % sites.max(1) as u64) as usize
+}
+
 /// Picks the best node for `w`, or explains why none fits. Deterministic:
 /// ties go to the smaller node id.
 pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplaceable> {
@@ -201,21 +257,23 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
     let mut why = Unplaceable { nodes: nodes.len(), ..Default::default() };
     let users = resolve_users(view, w).map_err(|city| Unplaceable { unknown_city: Some(city), ..why.clone() })?;
     let c = &w.constraints;
-    let mut order: Vec<(Option<i64>, usize, f64, f64)> = Vec::with_capacity(view.sites().len());
-    for (s, site) in view.sites().iter().enumerate() {
-        let (ms, km) =
-            users.iter().fold((0.0f64, 0.0f64), |(ms, km), u| (ms.max(predict_ms(view, u, s)), km.max(haversine_km(u.point, site.point))));
-        if c.max_distance_km.is_some_and(|max| km > max) {
-            *why.excluded.entry("too far from users").or_default() += site.nodes.len();
-        } else if c.max_latency_ms.is_some_and(|max| ms > max) {
-            *why.excluded.entry("latency above maxLatencyMs").or_default() += site.nodes.len();
-        } else {
-            order.push((primary(w, ms, km).filter(|_| !users.is_empty()), s, ms, km));
-        }
-    }
-    order.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+    let key = ranking_key(&users, w);
+    let order = view.ranking(&key, || rank_sites(view, &users, w));
     let mut best: Option<(Best, f64, f64)> = None;
-    for (bucket, s, ms, km) in order {
+    let mut scored = 0;
+    let start = if users.is_empty() { start_site(w, order.len()) } else { 0 };
+    for &SiteRank { bucket, site: s, ms, km } in order[start..].iter().chain(&order[..start]) {
+        if limited(w) && scored >= SCORE_LIMIT {
+            break;
+        }
+        if c.max_distance_km.is_some_and(|max| km > max) {
+            *why.excluded.entry("too far from users").or_default() += view.sites()[s].nodes.len();
+            continue;
+        }
+        if c.max_latency_ms.is_some_and(|max| ms > max) {
+            *why.excluded.entry("latency above maxLatencyMs").or_default() += view.sites()[s].nodes.len();
+            continue;
+        }
         let bucket = bucket.unwrap_or(0);
         if best.is_some_and(|(b, _, _)| bucket > b.0) {
             break;
@@ -225,6 +283,7 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
                 *why.excluded.entry(reason).or_default() += 1;
                 continue;
             }
+            scored += 1;
             let fine = if users.is_empty() || primary(w, ms, km).is_none() { 0 } else { (own_delay_ms(&nodes[i]) * 4.0).floor() as i64 };
             let cand = (bucket, fine, composite(&nodes[i], w, (!users.is_empty()).then_some(ms)), i);
             if best.is_none_or(|(b, _, _)| better(cand, b, nodes)) {

@@ -2,6 +2,7 @@
 //! grouped into sites (cities) so that latency is computed once per site.
 
 use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
 
 use verge_core::{GeoPoint, NodeId, NodeType, Tier, WorkloadSpec};
 
@@ -102,9 +103,44 @@ pub struct Site {
     pub nodes: Vec<usize>,
 }
 
+/// A site's place in a ranking for some users: its primary bucket (when the
+/// strategy ranks nearest-first), predicted latency and distance.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct SiteRank {
+    /// Latency (1 ms) or distance (10 km) bucket, for nearest-first strategies.
+    pub bucket: Option<i64>,
+    /// Index into [`ClusterView::sites`].
+    pub site: usize,
+    /// Predicted RTT to the farthest user, ms.
+    pub ms: f64,
+    /// Distance to the farthest user, km.
+    pub km: f64,
+}
+
+/// Most rankings remembered by one view.
+const RANKINGS_KEPT: usize = 4096;
+
+/// Site rankings already computed for a set of users. They depend only on
+/// the sites, so a view computes each once; clones start empty.
+#[derive(Debug, Default)]
+struct RankCache(Mutex<HashMap<String, Arc<Vec<SiteRank>>>>);
+
+impl Clone for RankCache {
+    fn clone(&self) -> Self {
+        RankCache::default()
+    }
+}
+
+impl PartialEq for RankCache {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
 /// The scheduler's snapshot of every node, indexed by site.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ClusterView {
+    rankings: RankCache,
     nodes: Vec<NodeView>,
     sites: Vec<Site>,
     site_of: Vec<usize>,
@@ -136,7 +172,22 @@ impl ClusterView {
             }
         }
         let by_id = nodes.iter().enumerate().map(|(i, n)| (n.id.clone(), i)).collect();
-        ClusterView { nodes, sites, site_of, by_id, site_by_city, cities, model }
+        ClusterView { rankings: RankCache::default(), nodes, sites, site_of, by_id, site_by_city, cities, model }
+    }
+
+    /// The site ranking for `key`, computed by `rank` the first time.
+    pub(crate) fn ranking(&self, key: &str, rank: impl FnOnce() -> Vec<SiteRank>) -> Arc<Vec<SiteRank>> {
+        if let Some(r) = self.rankings.0.lock().ok().and_then(|m| m.get(key).cloned()) {
+            return r;
+        }
+        let r = Arc::new(rank());
+        if let Ok(mut m) = self.rankings.0.lock() {
+            if m.len() >= RANKINGS_KEPT {
+                m.clear();
+            }
+            m.insert(key.to_string(), r.clone());
+        }
+        r
     }
 
     /// Every node, in id order.
