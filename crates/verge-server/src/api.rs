@@ -255,10 +255,10 @@ fn check_user_cities(c: &Control, inner: &Inner, spec: &WorkloadSpec) -> Result<
 /// this call has finished, so the answer shows the placement. Concurrent
 /// submissions share passes: one view and one disk sync place them all.
 async fn wait_for_placement_pass(c: &Control) {
+    let target = c.pass_started.load(std::sync::atomic::Ordering::SeqCst) + 1;
     let mut passes = c.passes.subscribe();
-    let seen = *passes.borrow_and_update();
     c.wake.notify_one();
-    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), passes.wait_for(|n| *n >= seen + 2)).await;
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(2), passes.wait_for(|n| *n >= target)).await;
 }
 
 async fn submit_workload(State(c): Ctl, ApiJson(spec): ApiJson<WorkloadSpec>) -> ApiResult {

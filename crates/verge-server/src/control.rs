@@ -174,7 +174,10 @@ pub struct Control {
     pub telemetry: Telemetry,
     /// Wakes the reconciler before its next tick.
     pub wake: Notify,
-    /// Counts finished reconcile passes, so a request can wait for the next one.
+    /// Number of the last reconcile pass that started.
+    pub pass_started: AtomicU64,
+    /// Number of the last reconcile pass that finished, so a request can wait
+    /// for a pass that started after it.
     pub passes: watch::Sender<u64>,
     next_id: AtomicU64,
     pending_logs: Mutex<HashMap<u64, oneshot::Sender<Result<LogChunk, String>>>>,
@@ -206,6 +209,7 @@ impl Control {
             cfg,
             telemetry: Telemetry::new(),
             wake: Notify::new(),
+            pass_started: AtomicU64::new(0),
             passes: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             pending_logs: Mutex::new(HashMap::new()),
@@ -369,8 +373,9 @@ pub async fn run_reconciler(control: Arc<Control>, mut stop: watch::Receiver<boo
         if plan {
             last_plan = tokio::time::Instant::now();
         }
+        let pass = control.pass_started.fetch_add(1, Ordering::SeqCst) + 1;
         control.reconcile_once(plan);
-        control.passes.send_modify(|n| *n += 1);
+        control.passes.send_replace(pass);
         if let Some(p) = &control.cfg.provisioning {
             if last_provision.is_none_or(|t: tokio::time::Instant| t.elapsed() >= Duration::from_millis(p.cooldown.0)) {
                 let request = provision_request(control.lock().store.state(), p.threshold);

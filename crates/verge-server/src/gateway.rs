@@ -13,7 +13,7 @@ use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
-use verge_core::{Lifecycle, NodeId, NodeSpec, WorkloadStatus};
+use verge_core::{NodeId, NodeSpec, WorkloadStatus};
 use verge_proto::{decode, encode, AgentMessage, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
 use verge_store::{Command, Durability};
 
@@ -117,7 +117,9 @@ fn register(
     let now = c.clock.now_ms();
     let id = node.id.clone();
     let mut inner = c.lock();
-    let fresh = inner.store.state().nodes.get(&id).is_none_or(|r| r.spec != node || r.lifecycle == Lifecycle::Terminated);
+    // A known node coming back unchanged needs no write: the reconciler moves
+    // it from terminated to warming, for a whole reconnecting fleet in one batch.
+    let fresh = inner.store.state().nodes.get(&id).is_none_or(|r| r.spec != node);
     if fresh {
         // Deferred: an agent declares itself again on every connect, so a
         // registration lost to a crash comes back with the next hello.

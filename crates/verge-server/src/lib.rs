@@ -41,17 +41,27 @@ pub enum ServerError {
     Serve(std::io::Error),
 }
 
+/// Connections a listener queues before accepting them: a fleet that comes
+/// back from a partition reconnects all at once.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds a listener with a deep accept queue.
+fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServerError> {
+    let err = |err| ServerError::Bind { addr: addr.to_string(), err };
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }.map_err(err)?;
+    socket.set_reuseaddr(true).map_err(err)?;
+    socket.bind(addr).map_err(err)?;
+    socket.listen(LISTEN_BACKLOG).map_err(err)
+}
+
 /// Runs the control plane until `shutdown` resolves. Prints the bound
 /// addresses on one stdout line, so callers that asked for port 0 can read
 /// them: `verge server listening api=http://… gateway=ws://…`.
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
     std::fs::create_dir_all(&cfg.data_dir).map_err(|err| ServerError::DataDir { path: cfg.data_dir.display().to_string(), err })?;
     let store = verge_store::Store::open(&cfg.data_dir.join("state.redb"))?;
-    let bind = |addr: std::net::SocketAddr| async move {
-        tokio::net::TcpListener::bind(addr).await.map_err(|err| ServerError::Bind { addr: addr.to_string(), err })
-    };
-    let api_listener = bind(cfg.api_addr).await?;
-    let gw_listener = bind(cfg.gateway_addr).await?;
+    let api_listener = bind(cfg.api_addr)?;
+    let gw_listener = bind(cfg.gateway_addr)?;
     let api_addr = api_listener.local_addr().map_err(ServerError::Serve)?;
     let gw_addr = gw_listener.local_addr().map_err(ServerError::Serve)?;
 

@@ -16,7 +16,7 @@ pub struct Report {
     pub server_cpu_cores: f64,
     /// The server's resident memory afterwards, MB.
     pub server_rss_mb: f64,
-    /// Workloads placed through the API, per second (one client, in sequence).
+    /// Workloads submitted and placed through the API per second (32 requests in flight).
     pub placements_per_s_api: f64,
     /// Real RTT from the users' city to the chosen node minus the best node's, median, ms.
     pub placement_regret_ms_median: f64,
