@@ -181,9 +181,19 @@ pub struct WorkloadSpec {
     /// Placement strategy.
     #[serde(default)]
     pub strategy: Strategy,
+    /// Higher-priority work may evict lower-priority work when nothing fits.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub priority: i32,
     /// What to run.
     pub spec: ExecSpec,
 }
+
+fn is_zero(p: &i32) -> bool {
+    *p == 0
+}
+
+/// Priorities run from -1000 to 1000.
+const MAX_PRIORITY: i32 = 1000;
 
 /// Largest single workload accepted (cores), to catch typos.
 const MAX_CPU: f64 = 4096.0;
@@ -196,6 +206,12 @@ impl WorkloadSpec {
     /// Checks every field that the type system cannot, naming the field.
     pub fn validate(&self) -> Result<(), ValidationError> {
         check_range("requirements.cpu", self.requirements.cpu, 0.001, MAX_CPU)?;
+        if self.priority.abs() > MAX_PRIORITY {
+            return Err(ValidationError::new(
+                "priority",
+                format!("must be between -{MAX_PRIORITY} and {MAX_PRIORITY}, got {}", self.priority),
+            ));
+        }
         let mem = self.requirements.memory.0;
         if mem == 0 || mem > MAX_MEMORY {
             return Err(ValidationError::new("requirements.memory", format!("must be between 1 byte and 64 TiB, got {mem}")));

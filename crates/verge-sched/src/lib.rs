@@ -6,6 +6,7 @@
 mod latency;
 mod migrate;
 mod place;
+mod preempt;
 pub mod rttdata;
 mod view;
 pub mod vivaldi;
@@ -13,6 +14,7 @@ pub mod vivaldi;
 pub use latency::{estimate_rtt_ms, LatencyModel};
 pub use migrate::{plan_migrations, Migration, MigrationPolicy, Resident};
 pub use place::{fits, latency_to, place, Placement, Unplaceable};
+pub use preempt::{plan_preemption, Preemption};
 pub use rttdata::{parse_cities, City, RttDataError, RttMatrix};
 pub use view::{Capacity, ClusterView, NodeView, Site};
 pub use vivaldi::{distance_ms, Coordinate, SplitMix64, VivaldiClient, VivaldiConfig, VivaldiError};
