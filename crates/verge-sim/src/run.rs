@@ -379,7 +379,7 @@ mod tests {
             return;
         };
         let fleet = Fleet::build(&cities, &rtt, 300, 3).unwrap();
-        let (util, cpu, mem) = utilisation(&fleet, &mut SplitMix64(9));
+        let (util, cpu, mem) = utilisation(&fleet, &mut SplitMix64(21));
         println!("utilisation at first unschedulable: {util:.4} (cpu {cpu:.4}, memory {mem:.4})");
         assert!(util > 0.8 && util <= 1.0, "{util}");
     }
