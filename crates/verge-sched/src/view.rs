@@ -4,7 +4,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use verge_core::{GeoPoint, NodeId, NodeType, Tier, WorkloadSpec};
+use verge_core::{GeoPoint, NodeId, NodeSpec, NodeType, Tier, WorkloadSpec};
 
 use crate::latency::LatencyModel;
 use crate::vivaldi::Coordinate;
@@ -65,6 +65,29 @@ pub struct NodeView {
 }
 
 impl NodeView {
+    /// A node as declared, empty, available and with nothing measured yet.
+    pub fn from_spec(spec: &NodeSpec) -> NodeView {
+        let r = &spec.resources;
+        NodeView {
+            id: spec.id.clone(),
+            node_type: spec.node_type,
+            tier: spec.tier,
+            location: spec.location.point(),
+            city: spec.location.city.clone(),
+            country: spec.location.country.clone(),
+            labels: spec.labels.clone(),
+            capacity: Capacity { cpu: r.cpu.cores, memory: r.memory.total.0, storage: r.storage.total.0 },
+            used: Capacity::default(),
+            residents: Vec::new(),
+            unavailable: None,
+            coordinate: None,
+            server_rtt_ms: None,
+            pressure: 0.0,
+            temperature_c: None,
+            availability: 1.0,
+        }
+    }
+
     /// Capacity left after what is reserved.
     pub fn free(&self) -> Capacity {
         Capacity {

@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use verge_core::{GeoPoint, Health, Lifecycle, NodeId, NodeType, WorkloadId};
-use verge_sched::{place, plan_migrations, plan_preemption, Capacity, ClusterView, LatencyModel, MigrationPolicy, NodeView, Resident};
+use verge_sched::{place, plan_migrations, plan_preemption, ClusterView, LatencyModel, MigrationPolicy, NodeView, Resident};
 use verge_store::{Command, NodeRecord, State};
 
 use crate::health::{assess, Assessment, HealthCheck};
@@ -83,26 +83,15 @@ pub fn cluster_view(
             let s = soft.get(id);
             let lifecycle = lifecycles.get(id).copied().unwrap_or(rec.lifecycle);
             let health = node_health(policy, rec, s, now_ms);
-            let r = &rec.spec.resources;
+            let metrics = s.and_then(|s| s.metrics.as_ref());
             NodeView {
-                id: id.clone(),
-                node_type: rec.spec.node_type,
-                tier: rec.spec.tier,
-                location: rec.spec.location.point(),
-                city: rec.spec.location.city.clone(),
-                country: rec.spec.location.country.clone(),
-                labels: rec.spec.labels.clone(),
-                capacity: Capacity { cpu: r.cpu.cores, memory: r.memory.total.0, storage: r.storage.total.0 },
-                used: Capacity::default(),
-                residents: Vec::new(),
                 unavailable: unavailable(lifecycle, health.status),
                 coordinate: s.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate().clone()),
                 server_rtt_ms: s.and_then(|s| s.server_rtt_ms),
-                pressure: s
-                    .and_then(|s| s.metrics.as_ref())
-                    .map_or(0.0, |m| (m.cpu_percent.max(m.memory_percent()) / 100.0).clamp(0.0, 1.0)),
-                temperature_c: s.and_then(|s| s.metrics.as_ref()).and_then(|m| m.temperature_c),
+                pressure: metrics.map_or(0.0, |m| (m.cpu_percent.max(m.memory_percent()) / 100.0).clamp(0.0, 1.0)),
+                temperature_c: metrics.and_then(|m| m.temperature_c),
                 availability: health.score / 100.0,
+                ..NodeView::from_spec(&rec.spec)
             }
         })
         .collect();

@@ -50,6 +50,8 @@ pub struct Fleet {
     pub nodes: Vec<SimNode>,
     /// Node index by id.
     pub index: HashMap<NodeId, usize>,
+    /// Node indices by city.
+    pub by_city: HashMap<usize, Vec<usize>>,
     matrix: RttMatrix,
     cumulative: Vec<f64>,
     /// The city the server is taken to be in, for agent-to-server RTTs.
@@ -105,7 +107,8 @@ impl Fleet {
         });
         let cumulative: Vec<f64> = cumulative.collect();
         let server_city = cities.iter().position(|c| c.name == "Frankfurt").unwrap_or(0);
-        let mut fleet = Fleet { cities, nodes: Vec::with_capacity(n), index: HashMap::new(), matrix, cumulative, server_city };
+        let mut fleet =
+            Fleet { cities, nodes: Vec::with_capacity(n), index: HashMap::new(), by_city: HashMap::new(), matrix, cumulative, server_city };
         let mut rng = SplitMix64(seed);
         let total_share: u32 = PROFILES.iter().map(|p| p.4).sum();
         for i in 0..n {
@@ -139,6 +142,7 @@ impl Fleet {
                 labels,
             };
             fleet.index.insert(id, i);
+            fleet.by_city.entry(city).or_default().push(i);
             fleet.nodes.push(SimNode { spec, city, access_ms: 0.5 + 1.5 * rng.next_f64() });
         }
         Ok(fleet)

@@ -15,7 +15,8 @@ use verge_sched::SplitMix64;
 
 use crate::fleet::Fleet;
 
-/// Peers each node measures per heartbeat.
+/// Peers each node measures per heartbeat: half in its own city (where the
+/// fine differences that matter for placement are), half anywhere.
 const PEERS_PER_HEARTBEAT: usize = 8;
 /// Buffer size of each simulated connection: thousands live in one process.
 const WS_BUFFER: usize = 8 << 10;
@@ -89,8 +90,13 @@ async fn session(fleet: &Fleet, i: usize, gateway: &str, ctl: &NodeCtl, interval
                 }
                 seq += 1;
                 let mut rtts = vec![RttSample { peer: None, rtt_ms: fleet.server_rtt_ms(i) }];
-                for _ in 0..PEERS_PER_HEARTBEAT {
-                    let p = (rng.next_u64() % fleet.nodes.len() as u64) as usize;
+                let neighbours = fleet.by_city.get(&fleet.nodes[i].city).map_or(&[][..], Vec::as_slice);
+                for k in 0..PEERS_PER_HEARTBEAT {
+                    let p = if k % 2 == 0 && neighbours.len() > 1 {
+                        neighbours[(rng.next_u64() % neighbours.len() as u64) as usize]
+                    } else {
+                        (rng.next_u64() % fleet.nodes.len() as u64) as usize
+                    };
                     if p != i {
                         rtts.push(RttSample { peer: Some(fleet.nodes[p].spec.id.clone()), rtt_ms: fleet.node_rtt_ms(i, p) });
                     }

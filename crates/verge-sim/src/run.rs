@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::json;
 use verge_client::{Api, Method};
-use verge_core::{GeoPoint, NodeId, WorkloadSpec};
-use verge_sched::{distance_ms, place, Capacity, ClusterView, Coordinate, NodeView, SplitMix64};
+use verge_core::{NodeId, WorkloadSpec};
+use verge_sched::{distance_ms, place, ClusterView, Coordinate, NodeView, SplitMix64};
 
 use crate::fleet::{Fleet, SimError};
 use crate::node::{run_node, NodeCtl};
@@ -311,32 +311,7 @@ async fn failover(
 /// strategy until the first workload does not fit. Returns (binding share,
 /// cpu share, memory share) of capacity in use then.
 pub fn utilisation(fleet: &Fleet, rng: &mut SplitMix64) -> (f64, f64, f64) {
-    let nodes: Vec<NodeView> = fleet
-        .nodes
-        .iter()
-        .map(|n| NodeView {
-            id: n.spec.id.clone(),
-            node_type: n.spec.node_type,
-            tier: n.spec.tier,
-            location: GeoPoint { latitude: n.spec.location.latitude, longitude: n.spec.location.longitude },
-            city: n.spec.location.city.clone(),
-            country: String::new(),
-            labels: n.spec.labels.clone(),
-            capacity: Capacity {
-                cpu: n.spec.resources.cpu.cores,
-                memory: n.spec.resources.memory.total.0,
-                storage: n.spec.resources.storage.total.0,
-            },
-            used: Capacity::default(),
-            residents: Vec::new(),
-            unavailable: None,
-            coordinate: None,
-            server_rtt_ms: None,
-            pressure: 0.0,
-            temperature_c: None,
-            availability: 1.0,
-        })
-        .collect();
+    let nodes: Vec<NodeView> = fleet.nodes.iter().map(|n| NodeView::from_spec(&n.spec)).collect();
     let total_cpu: f64 = nodes.iter().map(|n| n.capacity.cpu).sum();
     let total_mem: f64 = nodes.iter().map(|n| n.capacity.memory as f64).sum();
     let mut view = ClusterView::new(nodes, HashMap::new(), Default::default());
