@@ -21,4 +21,6 @@ pub use node::{
     CpuResources, Health, HealthReport, Lifecycle, Location, MemoryResources, NodeSpec, NodeType, Resources, StorageResources, Tier,
 };
 pub use units::{Bytes, Millis};
-pub use workload::{Constraints, ExecSpec, Requirements, RestartPolicy, Strategy, UserSite, WorkloadSpec, WorkloadState, WorkloadStatus};
+pub use workload::{
+    Constraints, ExecSpec, Requirements, RestartPolicy, Spread, Strategy, UserSite, WorkloadSpec, WorkloadState, WorkloadStatus,
+};

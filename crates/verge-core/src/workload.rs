@@ -57,6 +57,25 @@ pub struct Constraints {
     /// Tiers allowed; empty means any.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tiers: Vec<Tier>,
+    /// Spread the workload's group evenly over a topology domain.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spread: Option<Spread>,
+}
+
+/// Topology spread, as Kubernetes' `topologySpreadConstraints`: members of
+/// one group may differ by at most `maxSkew` between domains.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Spread {
+    /// The domain: `city`, `country`, `node`, or a node label such as `region`.
+    pub key: String,
+    /// Largest allowed difference between the fullest and the emptiest domain.
+    #[serde(default = "one")]
+    pub max_skew: u32,
+}
+
+fn one() -> u32 {
+    1
 }
 
 /// Where some users are: a city name, or coordinates, or both.
@@ -258,6 +277,17 @@ impl WorkloadSpec {
                     "constraints.maxLatencyMs",
                     "needs constraints.geoProximity or constraints.users: the latency is measured from the users",
                 ));
+            }
+        }
+        if let Some(sp) = &c.spread {
+            if self.group.is_none() {
+                return Err(ValidationError::new(
+                    "constraints.spread",
+                    "needs group: spreading counts the members of the workload's group",
+                ));
+            }
+            if sp.key.trim().is_empty() || sp.max_skew == 0 {
+                return Err(ValidationError::new("constraints.spread", "needs a key and a maxSkew of at least 1"));
             }
         }
         if let Some(r) = c.data_residency.iter().find(|r| r.trim().is_empty()) {

@@ -1,15 +1,17 @@
 //! Migration planning: which placed workloads should move, where, and why.
 //!
 //! Triggers: the node is overheating, the node is under resource pressure,
-//! or a node with clearly lower latency to the workload's users exists
-//! (`(current − new) / current > threshold`, and by at least a few ms).
+//! a node with clearly lower latency to the workload's users exists
+//! (`(current − new) / current > threshold`, and by at least a few ms), or,
+//! for cost-strategy workloads, a clearly cheaper node exists. Maintenance
+//! drains are handled by the reconciler itself.
 //! Hysteresis comes from the threshold and the minimum gain; a cooldown
 //! after every move keeps workloads from flapping. Pure: the caller commits
 //! each migration as a command carrying its reason.
 
 use std::collections::HashSet;
 
-use verge_core::{NodeId, WorkloadId, WorkloadSpec};
+use verge_core::{NodeId, Strategy, WorkloadId, WorkloadSpec};
 
 use crate::place::{latency_to, place};
 use crate::view::ClusterView;
@@ -90,6 +92,7 @@ pub fn plan_migrations(view: &mut ClusterView, residents: &[Resident], policy: &
                 view.set_unavailable(r.node, was);
                 p.ok().map(|p| (p.node, format!("{why}; {}", p.reason)))
             }
+            None if r.spec.strategy == Strategy::Cost => cost_move(view, r, policy),
             None => latency_move(view, r, policy),
         };
         match planned {
@@ -102,6 +105,17 @@ pub fn plan_migrations(view: &mut ClusterView, residents: &[Resident], policy: &
         }
     }
     moves
+}
+
+/// A clearly cheaper node for a cost-strategy workload, if there is one
+/// (cheaper by more than `latency_gain`, the same hysteresis); the workload
+/// is already released from its node in `view`.
+fn cost_move(view: &ClusterView, r: &Resident, policy: &MigrationPolicy) -> Option<(NodeId, String)> {
+    let current = view.node(r.node)?.cost();
+    let p = place(view, r.spec).ok()?;
+    let new = view.node(&p.node)?.cost();
+    (p.node != *r.node && current > 0.0 && (current - new) / current > policy.latency_gain)
+        .then(|| (p.node, format!("cost: {current:.3} → {new:.3} per core-hour")))
 }
 
 /// A clearly better node for the workload's users, if there is one; the
@@ -142,6 +156,21 @@ mod tests {
         assert!(m[0].reason.starts_with("latency: ~"), "{}", m[0].reason);
         let fra = NodeId::new("frankfurt").unwrap();
         assert!(plan_migrations(&mut v, &residents(&w, &fra, 0), &p, 400_000).is_empty(), "no flapping back");
+    }
+
+    #[test]
+    fn cost_workloads_move_to_clearly_cheaper_nodes() {
+        let mut nodes = vec![node("pricey", "A", 0.0, 0.0, 4.0), node("cheap", "B", 0.0, 1.0, 4.0), node("similar", "C", 0.0, 2.0, 4.0)];
+        for (n, c) in nodes.iter_mut().zip(["1.0", "0.5", "0.9"]) {
+            n.labels.insert("cost".into(), c.into());
+        }
+        let mut v = view(nodes);
+        let w = workload(serde_json::json!({"strategy": "cost"}));
+        let pricey = NodeId::new("pricey").unwrap();
+        v.reserve(&pricey, &w);
+        let m = plan_migrations(&mut v, &residents(&w, &pricey, 0), &MigrationPolicy::default(), 200_000);
+        assert_eq!(m.len(), 1);
+        assert_eq!((m[0].to.as_str(), m[0].reason.as_str()), ("cheap", "cost: 1.000 → 0.500 per core-hour"));
     }
 
     #[test]

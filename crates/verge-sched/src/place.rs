@@ -98,6 +98,46 @@ fn predict_ms(view: &ClusterView, u: &User, site: usize) -> f64 {
     }
 }
 
+/// Group members per spread domain among the nodes that take work, and the
+/// smallest count, for a workload with a spread constraint.
+struct SpreadCounts {
+    counts: std::collections::HashMap<String, usize>,
+    min: usize,
+}
+
+/// The spread domain of a node for `key`, if it has one.
+fn domain(node: &NodeView, key: &str) -> Option<String> {
+    match key {
+        "city" => Some(node.city.to_lowercase()).filter(|c| !c.is_empty()),
+        "country" => Some(node.country.to_lowercase()).filter(|c| !c.is_empty()),
+        "node" => Some(node.id.to_string()),
+        label => node.labels.get(label).cloned(),
+    }
+}
+
+fn spread_counts(view: &ClusterView, w: &WorkloadSpec) -> Option<SpreadCounts> {
+    let (spread, group) = (w.constraints.spread.as_ref()?, w.group.as_ref()?);
+    let mut counts = std::collections::HashMap::new();
+    for n in view.nodes().iter().filter(|n| n.unavailable.is_none()) {
+        if let Some(d) = domain(n, &spread.key) {
+            *counts.entry(d).or_insert(0) += n.residents.iter().filter(|r| *r == group).count();
+        }
+    }
+    let min = counts.values().copied().min().unwrap_or(0);
+    Some(SpreadCounts { counts, min })
+}
+
+/// Whether placing one more group member on `node` keeps the skew allowed.
+fn spread_allows(node: &NodeView, w: &WorkloadSpec, counts: &SpreadCounts) -> Result<(), &'static str> {
+    let Some(spread) = &w.constraints.spread else { return Ok(()) };
+    let d = domain(node, &spread.key).ok_or("missing spread domain")?;
+    let here = counts.counts.get(&d).copied().unwrap_or(0);
+    if here + 1 > counts.min + spread.max_skew as usize {
+        return Err("topology spread");
+    }
+    Ok(())
+}
+
 /// The first per-node hard constraint `node` violates for `w`, if any.
 /// Distance and latency are checked per site.
 fn exclusion(node: &NodeView, w: &WorkloadSpec) -> Option<&'static str> {
@@ -263,6 +303,7 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
     let mut why = Unplaceable { nodes: nodes.len(), ..Default::default() };
     let users = resolve_users(view, w).map_err(|city| Unplaceable { unknown_city: Some(city), ..why.clone() })?;
     let c = &w.constraints;
+    let spread = spread_counts(view, w);
     let key = ranking_key(&users, w);
     let order = view.ranking(&key, || rank_sites(view, &users, w));
     let mut best: Option<(Best, f64, f64)> = None;
@@ -285,7 +326,8 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
             break;
         }
         for &i in &view.sites()[s].nodes {
-            if let Some(reason) = exclusion(&nodes[i], w) {
+            let spread = spread.as_ref().map_or(Ok(()), |s| spread_allows(&nodes[i], w, s));
+            if let Some(reason) = exclusion(&nodes[i], w).or(spread.err()) {
                 *why.excluded.entry(reason).or_default() += 1;
                 continue;
             }
@@ -437,6 +479,39 @@ pub(crate) mod tests {
         nodes[0].used = Capacity { cpu: 3.0, memory: 0, storage: 0 };
         let cpu_only = workload(serde_json::json!({"strategy": "resource-first", "requirements": {"cpu": 1, "memory": "2GiB"}}));
         assert_eq!(place(&view(nodes), &cpu_only).unwrap().node.as_str(), "b");
+    }
+
+    #[test]
+    fn a_group_spreads_over_regions_within_the_skew() {
+        let mut nodes = vec![
+            node("a1", "A", 0.0, 0.0, 8.0),
+            node("a2", "A", 0.0, 0.0, 8.0),
+            node("b1", "B", 0.0, 5.0, 8.0),
+            node("x", "C", 0.0, 9.0, 8.0),
+        ];
+        for (n, r) in nodes.iter_mut().zip(["eu", "eu", "us", ""]) {
+            if !r.is_empty() {
+                n.labels.insert("region".into(), r.into());
+            }
+        }
+        let mut v = view(nodes);
+        let mut regions = Vec::new();
+        for i in 0..4 {
+            let w = workload(
+                serde_json::json!({"id": format!("web{i}"), "group": "web", "strategy": "resource-first", "constraints": {"spread": {"key": "region"}}}),
+            );
+            let p = place(&v, &w).unwrap();
+            regions.push(v.node(&p.node).unwrap().labels["region"].clone());
+            v.reserve(&p.node, &w);
+        }
+        regions.sort();
+        assert_eq!(regions, ["eu", "eu", "us", "us"], "packing alone would put them all together");
+        let w = workload(
+            serde_json::json!({"id": "web9", "group": "web", "constraints": {"spread": {"key": "region"}, "requiredLabels": {"region": "eu"}}}),
+        );
+        v.reserve(&NodeId::new("a1").unwrap(), &workload(serde_json::json!({"id": "web5", "group": "web"})));
+        let e = place(&v, &w).unwrap_err();
+        assert_eq!(e.excluded["topology spread"], 2, "{e}");
     }
 
     #[test]
