@@ -93,6 +93,9 @@ pub enum StateError {
     /// The target node cannot take workloads.
     #[error("node {id} is {lifecycle}; it takes no workloads")]
     NodeUnavailable { id: NodeId, lifecycle: Lifecycle },
+    /// The placement would give a node more than it has.
+    #[error("node {id} has too little {resource} left for workload {workload}")]
+    Overcommitted { id: NodeId, workload: WorkloadId, resource: &'static str },
 }
 
 /// Every node and workload the control plane knows.
@@ -121,6 +124,27 @@ impl State {
     /// The workloads assigned to `node`.
     pub fn workloads_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a WorkloadRecord> + 'a {
         self.workloads.values().filter(move |w| w.node.as_ref() == Some(node))
+    }
+
+    /// The resource `node` lacks to take `w` on top of what it holds, if any:
+    /// the last check of every placement, whoever planned it.
+    fn shortfall(&self, node: &NodeId, w: &WorkloadSpec) -> Option<&'static str> {
+        let cap = &self.nodes.get(node)?.spec.resources;
+        let (mut cpu, mut mem, mut disk) = (w.requirements.cpu, w.requirements.memory.0, w.requirements.storage.0);
+        for r in self.workloads_on(node) {
+            cpu += r.spec.requirements.cpu;
+            mem += r.spec.requirements.memory.0;
+            disk += r.spec.requirements.storage.0;
+        }
+        if cpu > cap.cpu.cores + 1e-9 {
+            Some("cpu")
+        } else if mem > cap.memory.total.0 {
+            Some("memory")
+        } else if disk > cap.storage.total.0 {
+            Some("storage")
+        } else {
+            None
+        }
     }
 
     /// Applies a command, returning the records it changed; on error nothing changed.
@@ -200,6 +224,12 @@ impl State {
                 if matches!(n.lifecycle, Lifecycle::Draining | Lifecycle::Terminated) {
                     return Err(StateError::NodeUnavailable { id: node, lifecycle: n.lifecycle });
                 }
+                let w = self.workloads.get(&id).ok_or_else(|| StateError::WorkloadNotFound(id.clone()))?;
+                if w.node.as_ref() != Some(&node) {
+                    if let Some(resource) = self.shortfall(&node, &w.spec) {
+                        return Err(StateError::Overcommitted { id: node, workload: id, resource });
+                    }
+                }
                 let w = self.workloads.get_mut(&id).ok_or_else(|| StateError::WorkloadNotFound(id.clone()))?;
                 if w.node.is_some() && w.node.as_ref() != Some(&node) {
                     w.moves += 1;
@@ -276,5 +306,22 @@ pub(crate) mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(s.workloads[&w].node, None);
         assert!(s.apply(Command::Place { id: w, node: NodeId::new("b").unwrap(), reason: "r".into(), now_ms: 3 }).is_err());
+    }
+
+    #[test]
+    fn a_placement_that_overcommits_is_refused_whoever_planned_it() {
+        let mut s = State::default();
+        s.apply(Command::RegisterNode { spec: node("a"), now_ms: 0 }).unwrap();
+        let a = NodeId::new("a").unwrap();
+        for i in 0..4 {
+            s.apply(Command::SubmitWorkload { spec: workload(&format!("w{i}")), now_ms: 0 }).unwrap();
+            s.apply(Command::Place { id: WorkloadId::new(format!("w{i}")).unwrap(), node: a.clone(), reason: "r".into(), now_ms: 1 })
+                .unwrap();
+        }
+        s.apply(Command::SubmitWorkload { spec: workload("w4"), now_ms: 0 }).unwrap();
+        let e = s.apply(Command::Place { id: WorkloadId::new("w4").unwrap(), node: a.clone(), reason: "r".into(), now_ms: 1 }).unwrap_err();
+        assert_eq!(e.to_string(), "node a has too little cpu left for workload w4");
+        // Placing a workload again where it already is stays allowed.
+        s.apply(Command::Place { id: WorkloadId::new("w0").unwrap(), node: a, reason: "again".into(), now_ms: 2 }).unwrap();
     }
 }
