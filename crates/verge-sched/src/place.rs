@@ -233,7 +233,7 @@ fn primary(w: &WorkloadSpec, ms: f64, km: f64) -> Option<i64> {
 }
 
 /// A candidate during the search: (primary bucket, the node's own delay in
-/// 0.25 ms steps for latency strategies, score, node index).
+/// 0.01 ms steps for latency strategies, score, node index).
 type Best = (i64, i64, f64, usize);
 
 fn better(a: Best, b: Best, nodes: &[NodeView]) -> bool {
@@ -332,7 +332,7 @@ pub fn place(view: &ClusterView, w: &WorkloadSpec) -> Result<Placement, Unplacea
                 continue;
             }
             scored += 1;
-            let fine = if users.is_empty() || primary(w, ms, km).is_none() { 0 } else { (own_delay_ms(&nodes[i]) * 4.0).floor() as i64 };
+            let fine = if users.is_empty() || primary(w, ms, km).is_none() { 0 } else { (own_delay_ms(&nodes[i]) * 100.0).floor() as i64 };
             let cand = (bucket, fine, composite(&nodes[i], w, (!users.is_empty()).then_some(ms)), i);
             if best.is_none_or(|(b, _, _)| better(cand, b, nodes)) {
                 best = Some((cand, ms, km));
