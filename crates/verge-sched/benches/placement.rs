@@ -82,9 +82,7 @@ fn bench(c: &mut Criterion) {
     let cities = cities();
     let view = fleet(&cities);
     let mut group = c.benchmark_group("place_10k_nodes");
-    for (name, strategy, users) in
-        [("latency-first users-by-city", "latency-first", true), ("balanced no-users", "balanced", false)]
-    {
+    for (name, strategy, users) in [("latency-first users-by-city", "latency-first", true), ("balanced no-users", "balanced", false)] {
         let ws = workloads(&cities, strategy, users, 1024);
         let mut k = 0;
         group.bench_function(name, |b| {

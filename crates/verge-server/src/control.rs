@@ -352,6 +352,9 @@ async fn run_provisioner(command: String, r: ProvisionRequest) {
     }
 }
 
+/// How long a woken reconciler waits for more submissions before its pass.
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
+
 /// How often migrations are planned.
 const MIGRATION_PERIOD: Duration = Duration::from_secs(10);
 
@@ -364,10 +367,15 @@ pub async fn run_reconciler(control: Arc<Control>, mut stop: watch::Receiver<boo
     let mut last_plan = tokio::time::Instant::now();
     let mut last_provision = None;
     loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = control.wake.notified() => {}
+        let woken = tokio::select! {
+            _ = tick.tick() => false,
+            _ = control.wake.notified() => true,
             _ = stop.wait_for(|s| *s) => return,
+        };
+        if woken {
+            // Let submissions that arrive together land before the pass
+            // takes the lock, so one pass places them all.
+            tokio::time::sleep(BATCH_WINDOW).await;
         }
         let plan = last_plan.elapsed() >= MIGRATION_PERIOD;
         if plan {
