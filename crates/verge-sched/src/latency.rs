@@ -50,11 +50,6 @@ impl LatencyModel {
     }
 }
 
-/// Estimated RTT in ms between two points `distance_km` apart, by the default model.
-pub fn estimate_rtt_ms(distance_km: f64) -> f64 {
-    LatencyModel::default().estimate_ms(distance_km)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -62,7 +57,7 @@ mod tests {
     #[test]
     fn transatlantic_estimate_is_in_the_real_range() {
         // New York - Frankfurt is ~6,200 km; measured RTTs are ~80-100 ms.
-        let rtt = estimate_rtt_ms(6200.0);
+        let rtt = LatencyModel::default().estimate_ms(6200.0);
         assert!((75.0..110.0).contains(&rtt), "{rtt}");
     }
 

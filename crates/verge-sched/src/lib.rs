@@ -11,9 +11,9 @@ pub mod rttdata;
 mod view;
 pub mod vivaldi;
 
-pub use latency::{estimate_rtt_ms, LatencyModel};
+pub use latency::LatencyModel;
 pub use migrate::{plan_migrations, Migration, MigrationPolicy, Resident};
-pub use place::{fits, latency_to, place, Placement, Unplaceable};
+pub use place::{latency_to, place, Placement, Unplaceable};
 pub use preempt::{plan_preemption, Preemption};
 pub use rttdata::{parse_cities, City, RttDataError, RttMatrix};
 pub use view::{Capacity, ClusterView, NodeView, Site};

@@ -355,13 +355,6 @@ pub fn latency_to(view: &ClusterView, w: &WorkloadSpec, node: &NodeId) -> Option
     users.iter().map(|u| predict_ms(view, u, site)).reduce(f64::max)
 }
 
-/// Whether `w` may run on `node` as the view stands: every hard constraint,
-/// resources included. Used to re-validate a plan before it is committed.
-pub fn fits(view: &ClusterView, node: &NodeId, w: &WorkloadSpec) -> Result<(), Unplaceable> {
-    let only = view.filtered(|n| &n.id == node);
-    place(&only, w).map(drop)
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -512,15 +505,6 @@ pub(crate) mod tests {
         v.reserve(&NodeId::new("a1").unwrap(), &workload(serde_json::json!({"id": "web5", "group": "web"})));
         let e = place(&v, &w).unwrap_err();
         assert_eq!(e.excluded["topology spread"], 2, "{e}");
-    }
-
-    #[test]
-    fn fits_rechecks_one_node() {
-        let v = view(fleet_nodes());
-        let w = workload(serde_json::json!({"requirements": {"cpu": 3, "memory": 1}}));
-        assert!(fits(&v, &NodeId::new("tokyo").unwrap(), &w).is_ok());
-        let w = workload(serde_json::json!({"requirements": {"cpu": 5, "memory": 1}}));
-        assert_eq!(fits(&v, &NodeId::new("tokyo").unwrap(), &w).unwrap_err().excluded["insufficient cpu"], 1);
     }
 
     fn arbitrary_fleet() -> impl Strategy<Value = Vec<NodeView>> {

@@ -243,7 +243,8 @@ impl ClusterView {
     }
 
     /// Sets a node's measured pressure and temperature.
-    pub fn set_condition(&mut self, id: &NodeId, pressure: f64, temperature_c: Option<f64>) {
+    #[cfg(test)]
+    pub(crate) fn set_condition(&mut self, id: &NodeId, pressure: f64, temperature_c: Option<f64>) {
         if let Some(&i) = self.by_id.get(id) {
             self.nodes[i].pressure = pressure;
             self.nodes[i].temperature_c = temperature_c;

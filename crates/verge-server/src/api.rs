@@ -21,7 +21,7 @@ use verge_store::{Command, NodeRecord, WorkloadRecord};
 
 use crate::control::{Control, Inner};
 use crate::error::{ApiError, ApiJson};
-use crate::reconcile::{cluster_view, node_health};
+use crate::reconcile::{cluster_view, node_health, Policy};
 
 /// Largest request body accepted.
 const BODY_LIMIT: usize = 1 << 20;
@@ -99,7 +99,7 @@ async fn metrics(State(c): Ctl) -> Response {
 }
 
 /// A node as the API shows it: its spec plus lifecycle, health, metrics and load.
-fn node_json(c: &Control, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
+fn node_json(policy: &Policy, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
     let id = &rec.spec.id;
     let soft = inner.soft.get(id);
     let state = inner.store.state();
@@ -117,7 +117,7 @@ fn node_json(c: &Control, inner: &Inner, rec: &NodeRecord, now: u64) -> Value {
         o.insert("lifecycle".into(), json!(rec.lifecycle));
         o.insert("lifecycleSinceMs".into(), json!(rec.lifecycle_since_ms));
         o.insert("registeredMs".into(), json!(rec.registered_ms));
-        o.insert("health".into(), json!(node_health(&c.policy(inner), rec, soft, now)));
+        o.insert("health".into(), json!(node_health(policy, rec, soft, now)));
         o.insert("connected".into(), json!(soft.is_some_and(|s| s.connected)));
         o.insert("lastHeartbeatMs".into(), json!(soft.and_then(|s| s.last_heartbeat_ms)));
         o.insert("metrics".into(), json!(soft.and_then(|s| s.metrics.as_ref())));
@@ -160,13 +160,14 @@ fn workload_or_404<'a>(inner: &'a Inner, id: &WorkloadId) -> Result<&'a Workload
 async fn list_nodes(State(c): Ctl) -> Json<Value> {
     let now = c.clock.now_ms();
     let inner = c.lock();
-    Json(Value::Array(inner.store.state().nodes.values().map(|r| node_json(&c, &inner, r, now)).collect()))
+    let policy = c.policy(&inner);
+    Json(Value::Array(inner.store.state().nodes.values().map(|r| node_json(&policy, &inner, r, now)).collect()))
 }
 
 async fn get_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
     let now = c.clock.now_ms();
     let inner = c.lock();
-    ok(StatusCode::OK, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
+    ok(StatusCode::OK, node_json(&c.policy(&inner), &inner, node_or_404(&inner, &id)?, now))
 }
 
 async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiResult {
@@ -177,7 +178,7 @@ async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiRe
     let existed = inner.store.state().nodes.contains_key(&id);
     inner.apply(Command::RegisterNode { spec, now_ms: now })?;
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
-    ok(status, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
+    ok(status, node_json(&c.policy(&inner), &inner, node_or_404(&inner, &id)?, now))
 }
 
 async fn remove_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
@@ -218,7 +219,7 @@ async fn drain_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
     }
     wait_for_placement_pass(&c).await;
     let inner = c.lock();
-    ok(StatusCode::OK, node_json(&c, &inner, node_or_404(&inner, &id)?, now))
+    ok(StatusCode::OK, node_json(&c.policy(&inner), &inner, node_or_404(&inner, &id)?, now))
 }
 
 async fn list_workloads(State(c): Ctl) -> Json<Value> {

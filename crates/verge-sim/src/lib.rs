@@ -14,4 +14,4 @@ mod run;
 
 pub use fleet::{Fleet, SimError};
 pub use report::Report;
-pub use run::{run, utilisation, SimOptions};
+pub use run::{run, SimOptions};
