@@ -1,0 +1,1 @@
+//! Verge edge cache.

@@ -1,0 +1,1 @@
+//! Verge data synchronisation.
