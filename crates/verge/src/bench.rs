@@ -23,12 +23,16 @@ pub enum BenchCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Cache eviction policies replayed over a trace, side by side with
+    /// moka, quick_cache and the lru crate.
+    Cache(crate::bench_cache::CacheBenchArgs),
 }
 
 /// Runs a benchmark.
 pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Agent { duration, json } => agent(duration, json).await,
+        BenchCmd::Cache(args) => crate::bench_cache::run(args),
     }
 }
 

@@ -1,6 +1,7 @@
 //! The `verge` binary: argument parsing and wiring, nothing else.
 
 mod bench;
+mod bench_cache;
 mod commands;
 mod dev;
 mod procs;
