@@ -1,1 +1,23 @@
-//! Verge data synchronisation.
+//! Verge data synchronisation: keeps trees of files in step between edge
+//! nodes over slow, costly links.
+//!
+//! - [`manifest`]: what a tree holds, with change detection by size, mtime and inode;
+//! - [`signature`], [`rollsum`], [`delta`]: rsync-style block matching;
+//! - [`base`]: zstd patch-from against a version the receiver acknowledged;
+//! - [`transfer`]: the offer / request / bundle protocol, pure over bytes;
+//! - [`diff`]: the protocol run locally to report what a transfer would send;
+//! - [`fsio`]: atomic, durable writes.
+
+pub mod bandwidth;
+pub mod base;
+pub mod delta;
+pub mod diff;
+pub mod error;
+pub mod fsio;
+pub mod manifest;
+pub mod rollsum;
+pub mod signature;
+pub mod transfer;
+pub mod wire;
+
+pub use error::{Result, SyncError};

@@ -6,6 +6,7 @@ mod commands;
 mod dev;
 mod procs;
 mod sim;
+mod sync;
 mod table;
 
 use std::net::SocketAddr;
@@ -65,6 +66,11 @@ enum Cmd {
     /// Run N simulated agents on the real protocol against a real server and
     /// print what it sustains: heartbeats, failover, placement quality.
     Sim(sim::SimArgs),
+    /// Delta synchronisation of files and directories.
+    Sync {
+        #[command(subcommand)]
+        cmd: sync::SyncCmd,
+    },
     /// Benchmarks that print Verge's figures beside their targets.
     Bench {
         #[command(subcommand)]
@@ -228,6 +234,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Dev(a) => dev::run(a).await,
         Cmd::Bench { cmd } => bench::run(cmd).await,
         Cmd::Sim(a) => sim::run(a).await,
+        Cmd::Sync { cmd } => sync::run(cmd).await,
         Cmd::Node { cmd, api } => {
             let c = verge_client::Api::new(&api.server);
             match cmd {

@@ -1,0 +1,609 @@
+//! The transfer protocol between a sender and a receiver, as pure
+//! functions over bytes so it runs the same over HTTP, in a test or in
+//! `verge sync diff`:
+//!
+//! 1. the sender **offers** its tree: paths, sizes, modes, mtimes, content
+//!    hashes, and for each path the hash of the version it knows this
+//!    receiver last acknowledged;
+//! 2. the receiver **requests** what it lacks: a whole file, a delta
+//!    against its copy (with that copy's block signature), or a delta
+//!    against the acknowledged base when it still has exactly that;
+//! 3. the sender answers with one compressed **bundle** of payloads; the
+//!    receiver rebuilds each file, checks its hash and writes it atomically.
+
+use std::io::Read;
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::base;
+use crate::delta;
+use crate::error::{Result, SyncError};
+use crate::fsio::{sync_dir, write_atomic};
+use crate::manifest::{check_path, hash, join, Entry, Hash, Manifest, HASH_LEN};
+use crate::signature::{Signature, MAX_FILE_LEN};
+use crate::wire::{put_bytes, put_varint, Reader};
+
+/// Most entries one offer may list.
+const MAX_ENTRIES: u64 = 10_000_000;
+/// Largest decompressed offer or request.
+const MAX_MESSAGE: u64 = 1 << 30;
+/// A delta whose literals exceed this share of the file is sent whole.
+pub const WHOLE_THRESHOLD: f64 = 0.9;
+
+/// The sender's memory of what each path's receiver last acknowledged.
+pub trait Bases {
+    /// The hash of the version the receiver last acknowledged at `path`.
+    fn known(&self, path: &str) -> Option<Hash>;
+    /// That version's content, if the sender still has it.
+    fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>>;
+}
+
+/// A sender that remembers nothing: every change goes by block delta.
+pub struct NoBases;
+
+impl Bases for NoBases {
+    fn known(&self, _: &str) -> Option<Hash> {
+        None
+    }
+    fn load(&self, _: &str, _: &Hash) -> Option<Vec<u8>> {
+        None
+    }
+}
+
+/// One offered file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OfferEntry {
+    /// The sender's file.
+    pub entry: Entry,
+    /// The version of this path the sender knows the receiver has.
+    pub base: Option<Hash>,
+}
+
+/// Step 1: the sender's tree.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Offer {
+    /// Files, sorted by path.
+    pub files: Vec<OfferEntry>,
+    /// Directories, sorted.
+    pub dirs: Vec<String>,
+    /// Delete receiver files the sender does not have.
+    pub mirror: bool,
+}
+
+/// Offer base flags: no known base, the base is the offered version
+/// itself (unchanged since acknowledged), or another version whose hash follows.
+const BASE_NONE: u8 = 0;
+const BASE_SAME: u8 = 1;
+const BASE_OTHER: u8 = 2;
+
+fn compress(raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    zstd::bulk::compress(raw, level).map_err(|e| SyncError::io("zstd compression", e))
+}
+
+/// Compresses an offer or request: they are small next to the data, so
+/// the strongest level is worth it up to a megabyte.
+fn compress_message(raw: &[u8]) -> Result<Vec<u8>> {
+    compress(raw, if raw.len() <= 1 << 20 { 19 } else { 3 })
+}
+
+/// Decompresses at most `max` bytes of a zstd stream.
+fn decompress(what: &'static str, data: &[u8], max: u64) -> Result<Vec<u8>> {
+    let dec = zstd::stream::read::Decoder::new(data).map_err(|e| SyncError::corrupt(what, e.to_string()))?;
+    let mut out = Vec::new();
+    dec.take(max.saturating_add(1)).read_to_end(&mut out).map_err(|e| SyncError::corrupt(what, e.to_string()))?;
+    if out.len() as u64 > max {
+        return Err(SyncError::corrupt(what, format!("decompresses beyond {max} bytes")));
+    }
+    Ok(out)
+}
+
+fn put_path(out: &mut Vec<u8>, prev: &str, path: &str) {
+    let common = prev.bytes().zip(path.bytes()).take_while(|(a, b)| a == b).count();
+    let common = (0..=common).rev().find(|&c| path.is_char_boundary(c)).unwrap_or(0);
+    put_varint(out, common as u64);
+    put_bytes(out, &path.as_bytes()[common..]);
+}
+
+fn read_path(r: &mut Reader<'_>, prev: &str, allow_root: bool) -> Result<String> {
+    let common = r.varint_max(prev.len() as u64, "shared path prefix")?;
+    let rest = r.string(4096, "path")?;
+    let prefix = prev.get(..common).ok_or_else(|| r.error("path prefix splits a character"))?;
+    let path = format!("{prefix}{rest}");
+    if !(allow_root && path.is_empty()) {
+        check_path(&path)?;
+    }
+    Ok(path)
+}
+
+impl Offer {
+    /// The offer of tree `m` to a receiver whose acknowledged versions `bases` knows.
+    pub fn new(m: &Manifest, bases: &dyn Bases, mirror: bool) -> Self {
+        let files = m.files.iter().map(|e| OfferEntry { base: bases.known(&e.path), entry: e.clone() }).collect();
+        Offer { files, dirs: m.dirs.clone(), mirror }
+    }
+
+    /// The compressed wire form.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut raw = Vec::new();
+        raw.push(u8::from(self.mirror));
+        put_varint(&mut raw, self.dirs.len() as u64);
+        let mut prev = "";
+        for d in &self.dirs {
+            put_path(&mut raw, prev, d);
+            prev = d;
+        }
+        put_varint(&mut raw, self.files.len() as u64);
+        let mut prev = "";
+        for f in &self.files {
+            let e = &f.entry;
+            put_path(&mut raw, prev, &e.path);
+            prev = &e.path;
+            put_varint(&mut raw, e.size);
+            raw.extend_from_slice(&e.hash);
+            put_varint(&mut raw, u64::from(e.mode));
+            put_varint(&mut raw, e.mtime as u64);
+            match &f.base {
+                Some(b) if *b == e.hash => raw.push(BASE_SAME),
+                Some(b) => {
+                    raw.push(BASE_OTHER);
+                    raw.extend_from_slice(b);
+                }
+                None => raw.push(BASE_NONE),
+            }
+        }
+        compress_message(&raw)
+    }
+
+    /// Reads an offer, checking every path and size.
+    pub fn decode(data: &[u8]) -> Result<Self> {
+        let raw = decompress("offer", data, MAX_MESSAGE)?;
+        let mut r = Reader::new(&raw, "offer");
+        let mirror = match r.u8()? {
+            0 => false,
+            1 => true,
+            b => return Err(r.error(format!("mirror flag {b}"))),
+        };
+        let ndirs = r.varint_max(MAX_ENTRIES, "directory count")?;
+        let mut dirs = Vec::with_capacity(ndirs.min(1 << 16));
+        let mut prev = String::new();
+        for _ in 0..ndirs {
+            let d = read_path(&mut r, &prev, false)?;
+            if d <= prev && !dirs.is_empty() {
+                return Err(r.error("directories not sorted"));
+            }
+            prev.clone_from(&d);
+            dirs.push(d);
+        }
+        let nfiles = r.varint_max(MAX_ENTRIES, "file count")?;
+        let mut files: Vec<OfferEntry> = Vec::with_capacity(nfiles.min(1 << 16));
+        let mut prev = String::new();
+        for i in 0..nfiles {
+            let path = read_path(&mut r, &prev, nfiles == 1)?;
+            if i > 0 && path <= prev {
+                return Err(r.error("files not sorted"));
+            }
+            let size = r.varint()?;
+            if size > MAX_FILE_LEN {
+                return Err(r.error(format!("{path}: size {size} exceeds {MAX_FILE_LEN}")));
+            }
+            let hash = r.array::<HASH_LEN>()?;
+            let mode = (r.varint()? & 0o7777) as u32;
+            let mtime = r.varint()? as i64;
+            let base = match r.u8()? {
+                BASE_NONE => None,
+                BASE_SAME => Some(hash),
+                BASE_OTHER => Some(r.array::<HASH_LEN>()?),
+                b => return Err(r.error(format!("base flag {b}"))),
+            };
+            prev.clone_from(&path);
+            files.push(OfferEntry { entry: Entry { path, size, hash, mode, mtime }, base });
+        }
+        r.finish()?;
+        Ok(Offer { files, dirs, mirror })
+    }
+}
+
+/// What the receiver asks for one offered file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Need {
+    /// It has nothing like it: send the whole file.
+    Whole,
+    /// Send a block delta against its copy, whose signature this is.
+    Delta(Signature),
+    /// It holds exactly the acknowledged base: send a delta against that.
+    Base,
+}
+
+/// Step 2: what the receiver lacks.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Request {
+    /// Offered file index and what it needs, by increasing index.
+    pub needs: Vec<(usize, Need)>,
+    /// Receiver paths the offer does not list (deleted when mirroring).
+    pub extraneous: Vec<String>,
+}
+
+const NEED_WHOLE: u8 = 0;
+const NEED_DELTA: u8 = 1;
+const NEED_BASE: u8 = 2;
+
+impl Request {
+    /// The receiver's answer to `offer` for the tree at `root`, whose current state is `have`.
+    pub fn build(offer: &Offer, root: &Path, have: &Manifest) -> Result<Self> {
+        let mut needs = Vec::new();
+        for (i, f) in offer.files.iter().enumerate() {
+            let need = match have.get(&f.entry.path) {
+                Some(mine) if mine.hash == f.entry.hash => continue,
+                Some(mine) if f.base == Some(mine.hash) => Need::Base,
+                Some(_) => {
+                    let path = join(root, &f.entry.path);
+                    let data = std::fs::read(&path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
+                    Need::Delta(Signature::of(&data))
+                }
+                None => Need::Whole,
+            };
+            needs.push((i, need));
+        }
+        let offered: std::collections::HashSet<&str> = offer.files.iter().map(|f| f.entry.path.as_str()).collect();
+        let extraneous = have.files.iter().map(|e| e.path.clone()).filter(|p| !offered.contains(p.as_str())).collect();
+        Ok(Request { needs, extraneous })
+    }
+
+    /// The compressed wire form.
+    pub fn encode(&self) -> Result<Vec<u8>> {
+        let mut raw = Vec::new();
+        put_varint(&mut raw, self.needs.len() as u64);
+        let mut next = 0usize;
+        for (i, need) in &self.needs {
+            put_varint(&mut raw, (i - next) as u64);
+            next = i + 1;
+            match need {
+                Need::Whole => raw.push(NEED_WHOLE),
+                Need::Base => raw.push(NEED_BASE),
+                Need::Delta(sig) => {
+                    raw.push(NEED_DELTA);
+                    sig.encode(&mut raw);
+                }
+            }
+        }
+        put_varint(&mut raw, self.extraneous.len() as u64);
+        let mut prev = "";
+        for p in &self.extraneous {
+            put_path(&mut raw, prev, p);
+            prev = p;
+        }
+        compress_message(&raw)
+    }
+
+    /// Reads a request for `offer`, checking indexes and signatures.
+    pub fn decode(data: &[u8], offer: &Offer) -> Result<Self> {
+        let raw = decompress("request", data, MAX_MESSAGE)?;
+        let mut r = Reader::new(&raw, "request");
+        let n = r.varint_max(offer.files.len() as u64, "need count")?;
+        let mut needs = Vec::with_capacity(n);
+        let mut next = 0usize;
+        for _ in 0..n {
+            let skip = r.varint_max((offer.files.len() - next.min(offer.files.len())) as u64, "file index")?;
+            let i = next + skip;
+            if i >= offer.files.len() {
+                return Err(r.error(format!("file index {i} beyond the offer")));
+            }
+            next = i + 1;
+            let need = match r.u8()? {
+                NEED_WHOLE => Need::Whole,
+                NEED_BASE => Need::Base,
+                NEED_DELTA => Need::Delta(Signature::decode(&mut r)?),
+                t => return Err(r.error(format!("need kind {t}"))),
+            };
+            needs.push((i, need));
+        }
+        let nx = r.varint_max(MAX_ENTRIES, "extraneous count")?;
+        let mut extraneous = Vec::with_capacity(nx.min(1 << 16));
+        let mut prev = String::new();
+        for _ in 0..nx {
+            let p = read_path(&mut r, &prev, false)?;
+            prev.clone_from(&p);
+            extraneous.push(p);
+        }
+        r.finish()?;
+        Ok(Request { needs, extraneous })
+    }
+}
+
+/// How one file travels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The whole file, compressed with the bundle.
+    Whole,
+    /// Block matches against the receiver's copy plus literals.
+    Delta,
+    /// zstd against the acknowledged base (patch-from).
+    Base,
+}
+
+/// Bundle entry tags: a whole file, a block delta, a file in the joint
+/// frame with a base, a whole file in the joint frame (no base of its own,
+/// but it may match the other files' bases).
+const TAG_WHOLE: u8 = 0;
+const TAG_DELTA: u8 = 1;
+const TAG_BASE: u8 = 2;
+const TAG_JOINT_WHOLE: u8 = 3;
+
+/// What the sender did for one file.
+#[derive(Clone, Debug, Serialize)]
+pub struct FileReport {
+    /// Relative path.
+    pub path: String,
+    /// How it was sent.
+    pub strategy: Strategy,
+    /// Size of the new version.
+    pub size: u64,
+    /// Bytes sent as literals (before bundle compression); the payload size for `base`.
+    pub literal_bytes: u64,
+    /// Bytes the receiver rebuilds from its own copy.
+    pub matched_bytes: u64,
+}
+
+fn read_file(root: &Path, rel: &str) -> Result<Vec<u8>> {
+    let path = join(root, rel);
+    std::fs::read(&path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))
+}
+
+/// Step 3 (sender): the compressed bundle answering `req`, read from the
+/// tree at `root`, with zstd `level` (chosen from the link speed). Files
+/// with a known base travel together as one patch-from frame of their
+/// concatenation against their bases' concatenation, so similar content
+/// across files is found too.
+pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases, level: i32) -> Result<(Vec<u8>, Vec<FileReport>)> {
+    let mut raw = Vec::new();
+    let mut reports = Vec::with_capacity(req.needs.len());
+    let (mut joint_base, mut joint_new) = (Vec::new(), Vec::new());
+    let mut joint_reports = Vec::new();
+    let any_base = req.needs.iter().any(|(_, n)| *n == Need::Base);
+    put_varint(&mut raw, req.needs.len() as u64);
+    let mut next = 0usize;
+    for (i, need) in &req.needs {
+        let f = &offer.files[*i];
+        let data = read_file(root, &f.entry.path)?;
+        if hash(&data) != f.entry.hash {
+            return Err(SyncError::io(format!("{}: changed since it was offered", f.entry.path), std::io::ErrorKind::Other.into()));
+        }
+        let mut report = FileReport {
+            path: f.entry.path.clone(),
+            strategy: Strategy::Whole,
+            size: data.len() as u64,
+            literal_bytes: data.len() as u64,
+            matched_bytes: 0,
+        };
+        let mut payload = None;
+        let mut tag = TAG_WHOLE;
+        match need {
+            Need::Base => {
+                if let Some(old) = f.base.and_then(|b| bases.load(&f.entry.path, &b)) {
+                    joint_base.extend_from_slice(&old);
+                    joint_new.extend_from_slice(&data);
+                    report.strategy = Strategy::Base;
+                    joint_reports.push(reports.len());
+                    payload = Some(Vec::new());
+                    tag = TAG_BASE;
+                }
+            }
+            Need::Delta(sig) => {
+                let d = delta::compute(sig, &data);
+                if (d.literal_bytes as f64) <= WHOLE_THRESHOLD * data.len() as f64 {
+                    let mut enc = Vec::new();
+                    d.encode(sig.block_size, &data, &mut enc);
+                    payload = Some(enc);
+                    report.strategy = Strategy::Delta;
+                    report.literal_bytes = d.literal_bytes;
+                    report.matched_bytes = d.matched_bytes;
+                    tag = TAG_DELTA;
+                }
+            }
+            Need::Whole => {}
+        }
+        if tag == TAG_WHOLE && any_base {
+            joint_new.extend_from_slice(&data);
+            joint_reports.push(reports.len());
+            payload = Some(Vec::new());
+            tag = TAG_JOINT_WHOLE;
+        }
+        put_varint(&mut raw, (i - next) as u64);
+        next = i + 1;
+        raw.push(tag);
+        put_bytes(&mut raw, payload.as_deref().unwrap_or(&data));
+        reports.push(report);
+    }
+    let joint = if joint_reports.is_empty() { Vec::new() } else { base::encode(&joint_base, &joint_new, level)? };
+    for &r in &joint_reports {
+        reports[r].literal_bytes = (joint.len() as u64 * reports[r].size) / (joint_new.len() as u64).max(1);
+    }
+    let mut bundle = compress(&raw, level)?;
+    let mut out = Vec::with_capacity(bundle.len() + joint.len() + 10);
+    put_varint(&mut out, bundle.len() as u64);
+    out.append(&mut bundle);
+    out.extend_from_slice(&joint);
+    Ok((out, reports))
+}
+
+/// One decoded bundle entry.
+pub struct Part<'a> {
+    /// Index into the offer.
+    pub index: usize,
+    /// Its tag (`TAG_*`).
+    tag: u8,
+    /// The payload (empty for entries in the joint frame).
+    pub payload: &'a [u8],
+}
+
+/// A bundle taken apart: the decompressed entries and the joint
+/// known-base frame, bounded by what the request asked for.
+pub struct Unpacked<'a> {
+    raw: Vec<u8>,
+    joint: &'a [u8],
+}
+
+/// Splits a received bundle into its entries and its joint frame.
+pub fn unpack<'a>(offer: &Offer, req: &Request, bundle: &'a [u8]) -> Result<Unpacked<'a>> {
+    let mut r = Reader::new(bundle, "bundle");
+    let compressed = r.bytes(bundle.len() as u64, "entry section")?;
+    let joint = r.take(r.remaining())?;
+    let max: u64 = req.needs.iter().map(|(i, _)| offer.files[*i].entry.size.saturating_mul(2).saturating_add(1024)).sum::<u64>() + 64;
+    Ok(Unpacked { raw: decompress("bundle", compressed, max)?, joint })
+}
+
+impl Unpacked<'_> {
+    /// The entries, each checked to answer a request.
+    pub fn parts(&self, offer: &Offer, req: &Request) -> Result<Vec<Part<'_>>> {
+        let mut r = Reader::new(&self.raw, "bundle");
+        let n = r.varint_max(req.needs.len() as u64, "entry count")?;
+        let mut parts = Vec::with_capacity(n);
+        let mut next = 0usize;
+        for _ in 0..n {
+            let index = next + r.varint_max(offer.files.len() as u64, "file index")?;
+            if index >= offer.files.len() || req.needs.binary_search_by_key(&index, |(i, _)| *i).is_err() {
+                return Err(r.error(format!("file index {index} was not requested")));
+            }
+            next = index + 1;
+            let tag = r.u8()?;
+            if tag > TAG_JOINT_WHOLE {
+                return Err(r.error(format!("entry tag {tag}")));
+            }
+            let payload = r.bytes(MAX_FILE_LEN, "payload")?;
+            if matches!(tag, TAG_BASE | TAG_JOINT_WHOLE) && !payload.is_empty() {
+                return Err(r.error("a joint-frame entry with its own payload"));
+            }
+            parts.push(Part { index, tag, payload });
+        }
+        r.finish()?;
+        Ok(parts)
+    }
+
+    /// Rebuilds every file and hands each to `each` with its offer index:
+    /// whole files as sent, deltas against the receiver's copy, and the
+    /// known-base group from one joint frame. Each result is checked
+    /// against the offered length and hash.
+    pub fn rebuild(
+        &self,
+        offer: &Offer,
+        req: &Request,
+        current: impl Fn(&str) -> Result<Vec<u8>>,
+        mut each: impl FnMut(usize, Result<Vec<u8>>),
+    ) -> Result<()> {
+        let parts = self.parts(offer, req)?;
+        let check = |index: usize, data: Vec<u8>| {
+            let e = &offer.files[index].entry;
+            if data.len() as u64 != e.size || hash(&data) != e.hash {
+                return Err(SyncError::HashMismatch { path: e.path.clone() });
+            }
+            Ok(data)
+        };
+        let in_joint = |p: &&Part<'_>| matches!(p.tag, TAG_BASE | TAG_JOINT_WHOLE);
+        let group: Vec<usize> = parts.iter().filter(in_joint).map(|p| p.index).collect();
+        if !group.is_empty() {
+            let joint = (|| {
+                let mut bases = Vec::new();
+                for p in parts.iter().filter(|p| p.tag == TAG_BASE) {
+                    bases.extend_from_slice(&current(&offer.files[p.index].entry.path)?);
+                }
+                let total = group.iter().map(|&i| offer.files[i].entry.size).sum();
+                base::decode(&bases, self.joint, total)
+            })();
+            match joint {
+                Ok(all) => {
+                    let mut at = 0usize;
+                    for &i in &group {
+                        let n = offer.files[i].entry.size as usize;
+                        each(i, check(i, all[at..at + n].to_vec()));
+                        at += n;
+                    }
+                }
+                Err(e) => {
+                    for &i in &group {
+                        each(i, Err(SyncError::corrupt("known-base group", e.to_string())));
+                    }
+                }
+            }
+        } else if !self.joint.is_empty() {
+            return Err(SyncError::corrupt("bundle", "a joint frame without known-base entries"));
+        }
+        for part in parts.iter().filter(|p| !in_joint(p)) {
+            let rebuilt = match part.tag {
+                TAG_DELTA => current(&offer.files[part.index].entry.path)
+                    .and_then(|cur| delta::apply(&cur, part.payload, offer.files[part.index].entry.size)),
+                _ => Ok(part.payload.to_vec()),
+            };
+            each(part.index, rebuilt.and_then(|d| check(part.index, d)));
+        }
+        Ok(())
+    }
+}
+
+/// What applying a bundle did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct ApplyReport {
+    /// Files written.
+    pub written: Vec<String>,
+    /// Files removed (mirror mode).
+    pub removed: Vec<String>,
+    /// Files that failed, with the reason; the old content stays in place.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Step 3 (receiver): applies a bundle to the tree at `root`. Each file is
+/// rebuilt, verified and renamed into place on its own, so a bad file
+/// leaves its old version and the others still land.
+pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result<ApplyReport> {
+    let unpacked = unpack(offer, req, bundle)?;
+    let single_file = offer.files.len() == 1 && offer.files[0].entry.path.is_empty();
+    if !single_file {
+        std::fs::create_dir_all(root).map_err(|e| SyncError::io(format!("creating {}", root.display()), e))?;
+        for d in &offer.dirs {
+            let p = join(root, d);
+            std::fs::create_dir_all(&p).map_err(|e| SyncError::io(format!("creating {}", p.display()), e))?;
+        }
+    }
+    let mut report = ApplyReport::default();
+    unpacked.rebuild(
+        offer,
+        req,
+        |rel| read_file(root, rel),
+        |index, rebuilt| {
+            let e = &offer.files[index].entry;
+            let target = join(root, &e.path);
+            let result = rebuilt.and_then(|data| {
+                if let Some(parent) = target.parent() {
+                    std::fs::create_dir_all(parent).map_err(|err| SyncError::io(format!("creating {}", parent.display()), err))?;
+                }
+                write_atomic(&target, &data)?;
+                set_metadata(&target, e)
+            });
+            match result {
+                Ok(()) => report.written.push(e.path.clone()),
+                Err(err) => report.failed.push((e.path.clone(), err.to_string())),
+            }
+        },
+    )?;
+    if offer.mirror {
+        for p in &req.extraneous {
+            let path = join(root, p);
+            if std::fs::remove_file(&path).is_ok() {
+                report.removed.push(p.clone());
+                if let Some(parent) = path.parent() {
+                    sync_dir(parent)?;
+                }
+            }
+        }
+    }
+    Ok(report)
+}
+
+fn set_metadata(path: &Path, e: &Entry) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |err| SyncError::io(format!("setting metadata of {}", path.display()), err);
+    let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
+    std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(when)).map_err(io)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(e.mode)).map_err(io)
+}
