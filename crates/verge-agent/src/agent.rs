@@ -42,6 +42,23 @@ pub struct AgentOptions {
     /// Stop workloads when the agent exits (for `verge dev`); by default they
     /// keep running and the next agent re-adopts them.
     pub stop_workloads_on_exit: bool,
+    /// Where the data port listens (`None`: no data port).
+    pub data_addr: Option<std::net::SocketAddr>,
+    /// The data port address to advertise, when not the bound one.
+    pub advertise_addr: Option<String>,
+}
+
+/// Where synced trees live on this node: remote paths are relative to it.
+pub fn sync_root(data_dir: &std::path::Path) -> PathBuf {
+    data_dir.join("files")
+}
+
+/// The agent's channels besides the workloads': messages to send to the
+/// server (sync job statuses) and the data port's bound address.
+struct Link {
+    outbox_tx: mpsc::UnboundedSender<AgentMessage>,
+    outbox: mpsc::UnboundedReceiver<AgentMessage>,
+    data_port: Option<std::net::SocketAddr>,
 }
 
 /// Why the agent could not run.
@@ -50,6 +67,9 @@ pub enum AgentError {
     /// The data directory is unusable.
     #[error("data directory {path}: {err}")]
     DataDir { path: String, err: std::io::Error },
+    /// The data port cannot listen.
+    #[error("data port {addr}: {err} (set network.data_addr)")]
+    DataPort { addr: String, err: std::io::Error },
 }
 
 /// Turns the config's `server:` value into the gateway URL.
@@ -179,11 +199,17 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
         tracing::info!(workload = %spec.id, "restoring workload from local state");
         workloads.start(spec);
     }
+    let data_port = match opts.data_addr {
+        Some(addr) => Some(serve_data_port(addr, &opts.data_dir, shutdown.clone()).await?),
+        None => None,
+    };
+    let (outbox_tx, outbox) = mpsc::unbounded_channel();
+    let mut link = Link { outbox_tx, outbox, data_port };
     let mut collector = Collector::new(&opts.data_dir);
     let mut backoff = MIN_BACKOFF;
     let mut announced = false;
     while !*shutdown.borrow() {
-        match connect(&opts, &mut workloads, &mut collector, &mut events, &mut shutdown, started, &mut announced).await {
+        match connect(&opts, &mut workloads, &mut collector, &mut events, &mut link, &mut shutdown, started, &mut announced).await {
             Ok(()) => backoff = MIN_BACKOFF,
             Err(e) => {
                 tracing::warn!(server = %opts.server_url, error = %e, retry_in_ms = backoff.as_millis() as u64, "server unreachable; workloads keep running")
@@ -199,13 +225,69 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     Ok(())
 }
 
+/// Binds the data port and serves it until shutdown; returns the bound address.
+async fn serve_data_port(
+    addr: std::net::SocketAddr,
+    data_dir: &std::path::Path,
+    mut shutdown: watch::Receiver<bool>,
+) -> Result<std::net::SocketAddr, AgentError> {
+    let err = |err| AgentError::DataPort { addr: addr.to_string(), err };
+    // With port 0 the agent keeps the port it had last time when it is still
+    // free, so senders that were cut off by a restart can resume.
+    let port_file = data_dir.join("sync").join("data-port");
+    let previous = std::fs::read_to_string(&port_file).ok().and_then(|p| p.trim().parse::<u16>().ok()).filter(|_| addr.port() == 0);
+    let listener = match previous {
+        Some(p) => match tokio::net::TcpListener::bind(std::net::SocketAddr::new(addr.ip(), p)).await {
+            Ok(l) => l,
+            Err(_) => tokio::net::TcpListener::bind(addr).await.map_err(err)?,
+        },
+        None => tokio::net::TcpListener::bind(addr).await.map_err(err)?,
+    };
+    let bound = listener.local_addr().map_err(err)?;
+    if addr.port() == 0 {
+        let _ = std::fs::create_dir_all(data_dir.join("sync"));
+        let _ = verge_sync::fsio::write_atomic(&port_file, bound.port().to_string().as_bytes());
+    }
+    let root = sync_root(data_dir);
+    std::fs::create_dir_all(&root).map_err(|err| AgentError::DataDir { path: root.display().to_string(), err })?;
+    let removed = verge_sync::fsio::clean_temporaries(&root);
+    if removed > 0 {
+        tracing::info!(removed, "removed temporary files an interrupted sync left behind");
+    }
+    let port = crate::dataport::DataPort { root, state: data_dir.join("sync") };
+    tokio::spawn(async move {
+        let served = axum::serve(listener, port.router()).with_graceful_shutdown(async move {
+            let _ = shutdown.wait_for(|s| *s).await;
+        });
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "data port stopped");
+        }
+    });
+    tracing::info!(%bound, "data port listening");
+    Ok(bound)
+}
+
+/// The data port address other nodes should use: the configured one, or
+/// the bound port on the address this agent reaches the server from.
+fn advertised(opts: &AgentOptions, bound: std::net::SocketAddr, local: Option<std::net::SocketAddr>) -> String {
+    if let Some(a) = &opts.advertise_addr {
+        return a.clone();
+    }
+    match local {
+        Some(l) if bound.ip().is_unspecified() => std::net::SocketAddr::new(l.ip(), bound.port()).to_string(),
+        _ => bound.to_string(),
+    }
+}
+
 /// One connection's life: hello, welcome, then heartbeats and commands until
 /// it drops. `Ok` means it was established and later closed.
+#[allow(clippy::too_many_arguments)]
 async fn connect(
     opts: &AgentOptions,
     workloads: &mut Workloads,
     collector: &mut Collector,
     events: &mut mpsc::UnboundedReceiver<WorkloadStatus>,
+    link: &mut Link,
     shutdown: &mut watch::Receiver<bool>,
     started: Instant,
     announced: &mut bool,
@@ -215,9 +297,14 @@ async fn connect(
         .max_frame_size(Some(MAX_FRAME_BYTES));
     let (ws, _) =
         tokio_tungstenite::connect_async_with_config(opts.server_url.as_str(), Some(config), true).await.map_err(|e| e.to_string())?;
+    let local = match ws.get_ref() {
+        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
+        _ => None,
+    };
     let (mut sink, mut stream) = ws.split();
-    let hello =
-        AgentMessage::Hello { node: opts.node.clone(), agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses() };
+    let mut node = opts.node.clone();
+    node.data_addr = link.data_port.map(|bound| advertised(opts, bound, local));
+    let hello = AgentMessage::Hello { node, agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses() };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut interval = DEFAULT_HEARTBEAT;
     let mut ticker = tokio::time::interval(interval);
@@ -246,6 +333,9 @@ async fn connect(
                 if welcomed {
                     sink.send(Message::text(encode(&AgentMessage::WorkloadStatus(status)))).await.map_err(|e| e.to_string())?;
                 }
+            }
+            Some(msg) = link.outbox.recv() => {
+                sink.send(Message::text(encode(&msg))).await.map_err(|e| e.to_string())?;
             }
             frame = stream.next() => {
                 let text = match frame {
@@ -286,6 +376,10 @@ async fn connect(
                             Err(e) => AgentMessage::Logs { request, data: String::new(), next_offset: 0, error: Some(e.to_string()) },
                         };
                         sink.send(Message::text(encode(&reply))).await.map_err(|e| e.to_string())?;
+                    }
+                    ServerMessage::SyncPush { job, path, target_addr, target_path, mirror, limit_bps } => {
+                        let job = crate::syncjobs::SyncJob { job, path, target_addr, target_path, mirror, limit_bps };
+                        crate::syncjobs::start(job, &opts.data_dir, link.outbox_tx.clone());
                     }
                     ServerMessage::Refused { reason } => return Err(format!("server refused this agent: {reason}")),
                 }

@@ -108,12 +108,29 @@ pub struct Interface {
 }
 
 /// `network:`.
-#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct NetworkSection {
     /// The node's interfaces.
     #[serde(default)]
     pub interfaces: Vec<Interface>,
+    /// Where the data port (sync, cache) listens; port 0 picks a free port.
+    #[serde(default = "default_data_addr")]
+    pub data_addr: std::net::SocketAddr,
+    /// The `host:port` other nodes use to reach the data port, when it
+    /// differs from the bound address (NAT, 0.0.0.0 binds).
+    #[serde(default)]
+    pub advertise_addr: Option<String>,
+}
+
+impl Default for NetworkSection {
+    fn default() -> Self {
+        NetworkSection { interfaces: Vec::new(), data_addr: default_data_addr(), advertise_addr: None }
+    }
+}
+
+fn default_data_addr() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([0, 0, 0, 0], 8092))
 }
 
 /// `security:` — read for the seed's shape; enforced by the zero-trust work
@@ -174,6 +191,8 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("resources.storage.cache", false),
     ("resources.storage.type", true),
     ("resources.storage.iops", false),
+    ("network.data_addr", true),
+    ("network.advertise_addr", true),
     ("security.attestation", false),
     ("security.encryption", false),
 ];
@@ -258,6 +277,7 @@ impl EdgeConfig {
                 },
             },
             labels: self.node.labels.clone(),
+            data_addr: None,
         };
         spec.validate().map_err(|e| {
             let field = if e.field.starts_with("location") { format!("node.{}", e.field) } else { e.field.clone() };

@@ -70,6 +70,34 @@ impl Api {
         Ok(text)
     }
 
+    /// Sends raw bytes and returns the answer's bytes and the value of
+    /// `header` if present (binary protocols such as the sync data port).
+    pub async fn call_bytes(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        header: &str,
+    ) -> Result<(Vec<u8>, Option<String>), ClientError> {
+        let uri = format!("{}{}", self.base, path);
+        let req = Request::builder()
+            .method(method)
+            .uri(&uri)
+            .header("content-type", "application/octet-stream")
+            .body(Full::new(Bytes::from(body)))
+            .map_err(|_| ClientError::Request(uri.clone()))?;
+        let resp = self.client.request(req).await.map_err(|e| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() })?;
+        let status = resp.status();
+        let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
+        if !status.is_success() {
+            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
+            return Err(ClientError::Api { status: status.as_u16(), message });
+        }
+        Ok((body.to_vec(), value))
+    }
+
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path, None).await

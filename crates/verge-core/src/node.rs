@@ -161,6 +161,10 @@ pub struct NodeSpec {
     /// Free-form labels matched by `requiredLabels`.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `host:port` of the agent's data port (sync, cache), where other
+    /// nodes and `verge sync` reach it; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_addr: Option<String>,
 }
 
 impl NodeSpec {

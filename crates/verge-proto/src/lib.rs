@@ -58,6 +58,23 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Progress or outcome of a [`ServerMessage::SyncPush`].
+    SyncStatus {
+        /// The job.
+        job: u64,
+        /// `running`, `done` or `failed`.
+        state: String,
+        /// Bundle bytes uploaded so far.
+        bytes_sent: u64,
+        /// Bundle bytes in all.
+        bytes_total: u64,
+        /// Files written on the target, when done.
+        #[serde(default)]
+        files_written: u64,
+        /// Why it failed.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+    },
 }
 
 /// One measured round-trip time.
@@ -107,6 +124,23 @@ pub enum ServerMessage {
         offset: Option<u64>,
         /// With no offset: how many lines from the end.
         tail: u32,
+    },
+    /// Push the tree at `path` (under this agent's sync root) to another
+    /// agent's data port.
+    SyncPush {
+        /// The job, echoed in [`AgentMessage::SyncStatus`].
+        job: u64,
+        /// Local path under the sync root.
+        path: String,
+        /// The target agent's data port, `host:port`.
+        target_addr: String,
+        /// Path under the target's sync root.
+        target_path: String,
+        /// Delete target files this tree lacks.
+        mirror: bool,
+        /// Upload limit, bytes per second.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        limit_bps: Option<u64>,
     },
     /// The server refuses the connection; the agent should log and retry later.
     Refused {

@@ -45,6 +45,8 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/api/v1/workloads/{id}", get(get_workload).delete(delete_workload))
         .route("/api/v1/workloads/{id}/migrate", post(migrate))
         .route("/api/v1/workloads/{id}/logs", get(logs))
+        .route("/api/v1/sync", get(list_sync).post(start_sync))
+        .route("/api/v1/sync/{id}", get(get_sync))
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -342,6 +344,24 @@ async fn logs(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, q: Result<Query<Log
         .await
         .map_err(|e| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e))?;
     ok(StatusCode::OK, json!({"node": node, "data": chunk.data, "nextOffset": chunk.next_offset}))
+}
+
+async fn start_sync(State(c): Ctl, ApiJson(req): ApiJson<crate::syncjobs::SyncRequest>) -> ApiResult {
+    let job = c.start_sync(req)?;
+    ok(StatusCode::ACCEPTED, serde_json::to_value(job).unwrap_or_default())
+}
+
+async fn list_sync(State(c): Ctl) -> ApiResult {
+    let jobs: Vec<Value> =
+        c.sync_jobs.lock().unwrap_or_else(|p| p.into_inner()).values().map(|j| serde_json::to_value(j).unwrap_or_default()).collect();
+    ok(StatusCode::OK, json!(jobs))
+}
+
+async fn get_sync(State(c): Ctl, Path(id): Path<String>) -> ApiResult {
+    let n: u64 = id.parse().map_err(|_| ApiError::bad_request(format!("sync job id {id:?} is not a number")))?;
+    let job = c.sync_jobs.lock().unwrap_or_else(|p| p.into_inner()).get(&n).cloned();
+    let job = job.ok_or_else(|| ApiError::not_found(format!("sync job {n} not found")))?;
+    ok(StatusCode::OK, serde_json::to_value(job).unwrap_or_default())
 }
 
 #[cfg(test)]

@@ -181,6 +181,8 @@ pub struct Control {
     pub passes: watch::Sender<u64>,
     next_id: AtomicU64,
     pending_logs: Mutex<HashMap<u64, oneshot::Sender<Result<LogChunk, String>>>>,
+    /// Sync jobs by id.
+    pub sync_jobs: Mutex<std::collections::BTreeMap<u64, crate::syncjobs::SyncJob>>,
 }
 
 impl Control {
@@ -213,6 +215,7 @@ impl Control {
             passes: watch::channel(0).0,
             next_id: AtomicU64::new(1),
             pending_logs: Mutex::new(HashMap::new()),
+            sync_jobs: Mutex::new(std::collections::BTreeMap::new()),
         }
     }
 
@@ -272,6 +275,75 @@ impl Control {
         };
         self.pending_logs.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
         answer
+    }
+
+    /// Starts a sync job: checks both ends and tells the source agent to push.
+    pub fn start_sync(&self, req: crate::syncjobs::SyncRequest) -> Result<crate::syncjobs::SyncJob, crate::error::ApiError> {
+        use crate::error::ApiError;
+        use crate::syncjobs::{Endpoint, SyncJob};
+        use axum::http::StatusCode;
+        let source = Endpoint::parse("source", &req.source)?;
+        let target = Endpoint::parse("target", &req.target)?;
+        if source.node == target.node {
+            return Err(ApiError::bad_request("source and target must be different nodes"));
+        }
+        let id = self.next_id();
+        let now = self.clock.now_ms();
+        {
+            let inner = self.lock();
+            let state = inner.store.state();
+            let target_rec = state.nodes.get(&target.node).ok_or_else(|| ApiError::not_found(format!("node {} not found", target.node)))?;
+            if !state.nodes.contains_key(&source.node) {
+                return Err(ApiError::not_found(format!("node {} not found", source.node)));
+            }
+            let target_addr = target_rec.spec.data_addr.clone().ok_or_else(|| {
+                ApiError::new(StatusCode::CONFLICT, "no_data_port", format!("node {} advertises no data port", target.node))
+            })?;
+            let agent = inner
+                .agents
+                .get(&source.node)
+                .ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "not_connected", format!("node {} is not connected", source.node)))?;
+            let msg = ServerMessage::SyncPush {
+                job: id,
+                path: source.path.clone(),
+                target_addr,
+                target_path: target.path.clone(),
+                mirror: req.mirror,
+                limit_bps: req.limit_bps,
+            };
+            if agent.tx.send(msg).is_err() {
+                return Err(ApiError::new(StatusCode::CONFLICT, "not_connected", format!("node {} just disconnected", source.node)));
+            }
+        }
+        let job = SyncJob {
+            id,
+            source,
+            target,
+            mirror: req.mirror,
+            state: "running".into(),
+            bytes_sent: 0,
+            bytes_total: 0,
+            files_written: 0,
+            error: None,
+            created_ms: now,
+            updated_ms: now,
+        };
+        self.sync_jobs.lock().unwrap_or_else(|p| p.into_inner()).insert(id, job.clone());
+        Ok(job)
+    }
+
+    /// Records a source agent's report on one of its jobs.
+    pub fn update_sync(&self, from: &NodeId, report: verge_proto::AgentMessage) {
+        let verge_proto::AgentMessage::SyncStatus { job, state, bytes_sent, bytes_total, files_written, error } = report else { return };
+        let mut jobs = self.sync_jobs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(j) = jobs.get_mut(&job).filter(|j| &j.source.node == from) {
+            j.state = state;
+            j.bytes_sent = bytes_sent;
+            j.bytes_total = bytes_total;
+            j.files_written = files_written;
+            j.error = error;
+            j.updated_ms = self.clock.now_ms();
+        }
     }
 
     /// Hands an agent's answer to the request waiting for it.

@@ -179,6 +179,7 @@ fn handle(c: &Control, id: &NodeId, msg: AgentMessage) -> bool {
         AgentMessage::Logs { request, data, next_offset, error } => {
             c.complete_logs(request, error.map_or(Ok(LogChunk { data, next_offset }), Err));
         }
+        report @ AgentMessage::SyncStatus { .. } => c.update_sync(id, report),
         AgentMessage::Hello { .. } => tracing::warn!(node = %id, "second hello on one connection ignored"),
     }
     true

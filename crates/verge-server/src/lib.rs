@@ -13,6 +13,7 @@ mod gateway;
 pub mod health;
 pub mod reconcile;
 mod soft;
+mod syncjobs;
 mod telemetry;
 
 use std::future::Future;

@@ -140,6 +140,7 @@ impl Fleet {
                     storage: StorageResources { total: Bytes(500 << 30), kind: "SSD".into(), iops: Some(50_000) },
                 },
                 labels,
+                data_addr: None,
             };
             fleet.index.insert(id, i);
             fleet.by_city.entry(city).or_default().push(i);

@@ -127,6 +127,14 @@ async fn session(fleet: &Fleet, i: usize, gateway: &str, ctl: &NodeCtl, interval
                         None
                     }
                     ServerMessage::FetchLogs { request, .. } => Some(AgentMessage::Logs { request, data: String::new(), next_offset: 0, error: None }),
+                    ServerMessage::SyncPush { job, .. } => Some(AgentMessage::SyncStatus {
+                        job,
+                        state: "failed".into(),
+                        bytes_sent: 0,
+                        bytes_total: 0,
+                        files_written: 0,
+                        error: Some("simulated nodes hold no data".into()),
+                    }),
                     ServerMessage::Welcome { .. } => None,
                     ServerMessage::Refused { reason } => return Err(reason),
                 };

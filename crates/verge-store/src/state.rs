@@ -266,6 +266,7 @@ pub(crate) mod tests {
                 storage: Default::default(),
             },
             labels: Default::default(),
+            data_addr: None,
         }
     }
 

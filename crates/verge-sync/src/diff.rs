@@ -70,7 +70,8 @@ pub fn diff(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool)
     run(old, new, known_base, level, verbose, false)
 }
 
-/// Like [`diff`], but writes the result into `old`, as a receiver would.
+/// Like [`diff`], but writes the result into `old`, as a receiver would,
+/// deleting files NEW lacks so `old` becomes an exact copy.
 pub fn sync_local(old: &Path, new: &Path, known_base: bool, level: i32) -> Result<DiffReport> {
     run(old, new, known_base, level, false, true)
 }
@@ -84,7 +85,7 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
         return Err(SyncError::io("OLD and NEW must both be files or both be directories", std::io::ErrorKind::InvalidInput.into()));
     }
     let bases: Box<dyn Bases> = if known_base { Box::new(TreeBases::new(old, old_m.clone())) } else { Box::new(NoBases) };
-    let offer = Offer::new(&new_m, bases.as_ref(), false);
+    let offer = Offer::new(&new_m, bases.as_ref(), write);
     let offer_wire = offer.encode()?;
     let offer_rx = Offer::decode(&offer_wire)?;
     let request = Request::build(&offer_rx, old, &old_m)?;

@@ -17,6 +17,7 @@ pub mod fsio;
 pub mod manifest;
 pub mod rollsum;
 pub mod signature;
+pub mod store;
 pub mod transfer;
 pub mod wire;
 

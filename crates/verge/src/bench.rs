@@ -26,6 +26,9 @@ pub enum BenchCmd {
     /// Cache eviction policies replayed over a trace, side by side with
     /// moka, quick_cache and the lru crate.
     Cache(crate::bench_cache::CacheBenchArgs),
+    /// Delta sync beside rsync -z, rdiff and zstd on the same data: bytes on
+    /// the wire and CPU of both ends.
+    Sync(crate::bench_sync::SyncBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -33,6 +36,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
     match cmd {
         BenchCmd::Agent { duration, json } => agent(duration, json).await,
         BenchCmd::Cache(args) => crate::bench_cache::run(args),
+        BenchCmd::Sync(args) => tokio::task::spawn_blocking(move || crate::bench_sync::run(args)).await?,
     }
 }
 

@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_cache;
+mod bench_sync;
 mod commands;
 mod dev;
 mod procs;
@@ -170,7 +171,7 @@ fn init_logging(default: &str) {
 }
 
 /// A channel that turns true on SIGINT or SIGTERM.
-fn shutdown_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
+pub(crate) fn shutdown_signal() -> Result<tokio::sync::watch::Receiver<bool>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut int = signal(SignalKind::interrupt()).context("installing SIGINT handler")?;
     let mut term = signal(SignalKind::terminate()).context("installing SIGTERM handler")?;
@@ -222,6 +223,8 @@ async fn agent(args: AgentArgs) -> Result<()> {
         server_url: verge_agent::agent::gateway_url(&cfg.server),
         data_dir,
         stop_workloads_on_exit: args.stop_workloads_on_exit,
+        data_addr: Some(cfg.network.data_addr),
+        advertise_addr: cfg.network.advertise_addr.clone(),
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())

@@ -1,9 +1,38 @@
 //! `verge sync …`: delta synchronisation of files and directories.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
-use anyhow::Result;
-use clap::Subcommand;
+use anyhow::{anyhow, bail, Context, Result};
+use clap::{Args, Subcommand};
+use verge_agent::syncclient::{pull, push, PushOptions, PushReport};
+use verge_client::Api;
+use verge_sync::bandwidth::level_for_link;
+
+/// Where the sync commands find the server (to resolve node names).
+#[derive(Args, Clone)]
+pub struct ServerArg {
+    /// The server's API URL.
+    #[arg(long, env = "VERGE_SERVER", default_value = "http://127.0.0.1:8080")]
+    server: String,
+}
+
+/// How to send.
+#[derive(Args, Clone)]
+pub struct SendArgs {
+    /// Delete remote files the local tree lacks.
+    #[arg(long)]
+    mirror: bool,
+    /// Upload limit, e.g. `1MiB` (per second).
+    #[arg(long)]
+    bwlimit: Option<verge_core::Bytes>,
+    /// Link speed in Mbit/s, which picks the compression level.
+    #[arg(long, default_value_t = 100)]
+    link_mbps: u64,
+    /// Print the report as JSON.
+    #[arg(long)]
+    json: bool,
+}
 
 /// The sync commands.
 #[derive(Subcommand)]
@@ -28,11 +57,168 @@ pub enum SyncCmd {
         #[arg(long)]
         json: bool,
     },
+    /// Push a local file or directory to a node: `--to NODE:PATH`, PATH
+    /// relative to the node's sync root.
+    Push {
+        /// Local file or directory.
+        dir: PathBuf,
+        /// `NODE:PATH`.
+        #[arg(long)]
+        to: String,
+        #[command(flatten)]
+        send: SendArgs,
+        #[command(flatten)]
+        api: ServerArg,
+    },
+    /// Pull `NODE:PATH` from a node into a local file or directory.
+    Pull {
+        /// `NODE:PATH`.
+        from: String,
+        /// Local file or directory.
+        dir: PathBuf,
+        /// Delete local files the node lacks.
+        #[arg(long)]
+        mirror: bool,
+        /// Print the report as JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        api: ServerArg,
+    },
+    /// Push a directory to a node now and again after every change, until Ctrl-C.
+    Watch {
+        /// Local directory.
+        dir: PathBuf,
+        /// `NODE:PATH`.
+        #[arg(long)]
+        to: String,
+        /// Quiet time after a change before pushing, e.g. `300ms`.
+        #[arg(long, default_value = "300ms")]
+        debounce: verge_core::Millis,
+        #[command(flatten)]
+        send: SendArgs,
+        #[command(flatten)]
+        api: ServerArg,
+    },
+}
+
+/// Splits `NODE:PATH` and looks up the node's data port.
+async fn resolve(server: &str, target: &str) -> Result<(String, String)> {
+    let (node, path) = target.split_once(':').ok_or_else(|| anyhow!("{target:?} is not NODE:PATH"))?;
+    verge_sync::manifest::check_path(path)?;
+    let n = Api::new(server).get(&format!("/api/v1/nodes/{node}")).await.with_context(|| format!("looking up node {node}"))?;
+    let addr = n["data_addr"].as_str().ok_or_else(|| anyhow!("node {node} advertises no data port (is its agent connected?)"))?;
+    Ok((addr.to_string(), path.to_string()))
+}
+
+fn print_push(r: &PushReport, json: bool) -> Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(r)?);
+    } else {
+        println!(
+            "{} files, {} sent ({} bytes on the wire in {} chunks, {} resumed), {} written, {} removed, {} ms",
+            r.files,
+            r.sent.len(),
+            r.bytes_sent,
+            r.chunks,
+            r.chunks_resumed,
+            r.applied.written.len(),
+            r.applied.removed.len(),
+            r.elapsed_ms
+        );
+    }
+    if let Some((p, why)) = r.applied.failed.first() {
+        bail!("{} files failed on the node; first: {p}: {why}", r.applied.failed.len());
+    }
+    Ok(())
+}
+
+async fn push_once(addr: &str, dir: &Path, path: &str, send: &SendArgs) -> Result<PushReport> {
+    let bases = state_dir()?.join("sync-bases");
+    let opts = PushOptions {
+        mirror: send.mirror,
+        level: level_for_link(send.link_mbps * 1_000_000),
+        limit_bps: send.bwlimit.map(|b| b.0),
+        bases_dir: Some(bases),
+        ..PushOptions::default()
+    };
+    let bar = indicatif::ProgressBar::new(0);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+    );
+    let report = push(addr, dir, path, &opts, |sent, total| {
+        if total >= 1 << 20 {
+            bar.set_length(total);
+            bar.set_position(sent);
+        }
+    })
+    .await;
+    bar.finish_and_clear();
+    Ok(report?)
+}
+
+/// Where the CLI keeps what nodes acknowledged, for known-base deltas.
+fn state_dir() -> Result<PathBuf> {
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/state")));
+    Ok(base.ok_or_else(|| anyhow!("set HOME or XDG_STATE_HOME"))?.join("verge"))
+}
+
+async fn watch(dir: PathBuf, to: String, debounce: Duration, send: SendArgs, server: String) -> Result<()> {
+    use notify::Watcher;
+    let (addr, path) = resolve(&server, &to).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if ev.is_ok() {
+            let _ = tx.send(());
+        }
+    })?;
+    watcher.watch(&dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
+    let mut stop = crate::shutdown_signal()?;
+    loop {
+        match push_once(&addr, &dir, &path, &send).await {
+            Ok(r) => print_push(&r, send.json)?,
+            Err(e) => eprintln!("verge: push failed, will retry on the next change: {e:#}"),
+        }
+        tokio::select! {
+            _ = stop.wait_for(|s| *s) => return Ok(()),
+            got = rx.recv() => if got.is_none() { return Ok(()) },
+        }
+        // Wait for a quiet period so a burst of writes becomes one push.
+        loop {
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return Ok(()),
+                _ = tokio::time::sleep(debounce) => break,
+                got = rx.recv() => if got.is_none() { return Ok(()) },
+            }
+        }
+    }
 }
 
 /// Runs a sync command.
 pub async fn run(cmd: SyncCmd) -> Result<()> {
     match cmd {
+        SyncCmd::Push { dir, to, send, api } => {
+            let (addr, path) = resolve(&api.server, &to).await?;
+            let r = push_once(&addr, &dir, &path, &send).await?;
+            print_push(&r, send.json)
+        }
+        SyncCmd::Pull { from, dir, mirror, json, api } => {
+            let (addr, path) = resolve(&api.server, &from).await?;
+            let r = pull(&addr, &path, &dir, mirror, Duration::from_secs(60)).await?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+            } else {
+                println!("{} written, {} removed", r.written.len(), r.removed.len());
+            }
+            if let Some((p, why)) = r.failed.first() {
+                bail!("{} files failed; first: {p}: {why}", r.failed.len());
+            }
+            Ok(())
+        }
+        SyncCmd::Watch { dir, to, debounce, send, api } => watch(dir, to, Duration::from_millis(debounce.0), send, api.server).await,
         SyncCmd::Diff { old, new, known_base, level, verbose, json } => {
             anyhow::ensure!((1..=19).contains(&level), "--level must be between 1 and 19, got {level}");
             let report = tokio::task::spawn_blocking(move || verge_sync::diff::diff(&old, &new, known_base, level, verbose)).await??;
@@ -51,7 +237,15 @@ pub async fn run(cmd: SyncCmd) -> Result<()> {
             if let Some(detail) = &report.detail {
                 let rows: Vec<Vec<String>> = detail
                     .iter()
-                    .map(|f| vec![f.path.clone(), format!("{:?}", f.strategy).to_lowercase(), f.size.to_string(), f.literal_bytes.to_string(), f.matched_bytes.to_string()])
+                    .map(|f| {
+                        vec![
+                            f.path.clone(),
+                            format!("{:?}", f.strategy).to_lowercase(),
+                            f.size.to_string(),
+                            f.literal_bytes.to_string(),
+                            f.matched_bytes.to_string(),
+                        ]
+                    })
                     .collect();
                 crate::table::print(&["PATH", "STRATEGY", "SIZE", "LITERAL", "MATCHED"], &rows);
             }

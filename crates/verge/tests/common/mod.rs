@@ -146,7 +146,7 @@ impl Cluster {
         let dir = self.tmp.path().join(site.id);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
-            "server: {gw}\nnode:\n  id: {id}\n  type: compute\n  location: {{latitude: {lat}, longitude: {lon}, city: \"{city}\", country: \"\"}}\n  labels: {{site: {id}}}\nresources:\n  cpu: {{cores: 2, reserved: 0.5}}\n  memory: {{total: 2GiB, reserved: 256MiB}}\n",
+            "server: {gw}\nnode:\n  id: {id}\n  type: compute\n  location: {{latitude: {lat}, longitude: {lon}, city: \"{city}\", country: \"\"}}\n  labels: {{site: {id}}}\nresources:\n  cpu: {{cores: 2, reserved: 0.5}}\n  memory: {{total: 2GiB, reserved: 256MiB}}\nnetwork: {{data_addr: \"127.0.0.1:0\"}}\n",
             gw = self.gateway,
             id = site.id,
             lat = site.lat,

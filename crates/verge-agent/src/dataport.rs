@@ -1,0 +1,241 @@
+//! The agent's data port: the receiving end of `verge sync push` and the
+//! sending end of `verge sync pull`, over HTTP. Transfers are staged on
+//! disk chunk by chunk, so a sender that lost its connection (or a
+//! receiver that restarted) resumes without resending finished chunks;
+//! files land only after their hash is verified.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use axum::{Json, Router};
+use serde::Deserialize;
+use verge_sync::manifest::{check_path, hex, HashIndex, Manifest};
+use verge_sync::transfer::{apply, build_bundle, Offer, Request};
+use verge_sync::SyncError;
+
+/// Header carrying a new transfer's id.
+pub const TRANSFER_HEADER: &str = "x-verge-transfer";
+/// Largest chunk a sender may upload.
+pub const MAX_CHUNK: usize = 4 << 20;
+/// Largest offer or request body.
+const MAX_MESSAGE: usize = 64 << 20;
+
+/// Where the data port keeps files and state.
+#[derive(Clone)]
+pub struct DataPort {
+    /// Synced trees live under here; remote paths are relative to it.
+    pub root: PathBuf,
+    /// Transfer staging and change-detection indexes.
+    pub state: PathBuf,
+}
+
+/// An error answer: `{"error":{"code","message"}}`.
+struct PortError(StatusCode, &'static str, String);
+
+impl IntoResponse for PortError {
+    fn into_response(self) -> Response {
+        (self.0, Json(serde_json::json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+    }
+}
+
+impl From<SyncError> for PortError {
+    fn from(e: SyncError) -> Self {
+        match e {
+            SyncError::Io { .. } => PortError(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
+            _ => PortError(StatusCode::BAD_REQUEST, "bad_data", e.to_string()),
+        }
+    }
+}
+
+fn bad(message: impl Into<String>) -> PortError {
+    PortError(StatusCode::BAD_REQUEST, "bad_request", message.into())
+}
+
+type PortResult<T> = Result<T, PortError>;
+
+#[derive(Deserialize)]
+struct PathQuery {
+    path: String,
+    #[serde(default)]
+    mirror: bool,
+}
+
+#[derive(Deserialize)]
+struct CommitQuery {
+    chunks: u32,
+    blake3: String,
+}
+
+impl DataPort {
+    /// The HTTP routes.
+    pub fn router(self) -> Router {
+        Router::new()
+            .route("/sync/v1/offer", post(offer))
+            .route("/sync/v1/transfers/{id}", get(status))
+            .route("/sync/v1/transfers/{id}/chunks/{n}", put(chunk))
+            .route("/sync/v1/transfers/{id}/commit", post(commit))
+            .route("/sync/v1/pull/offer", post(pull_offer))
+            .route("/sync/v1/pull/bundle", post(pull_bundle))
+            .layer(DefaultBodyLimit::max(MAX_MESSAGE))
+            .with_state(Arc::new(self))
+    }
+
+    /// The tree a remote path names.
+    fn tree(&self, rel: &str) -> PortResult<PathBuf> {
+        check_path(rel).map_err(|e| bad(e.to_string()))?;
+        Ok(self.root.join(rel))
+    }
+
+    fn index_file(&self, rel: &str) -> PathBuf {
+        self.state.join(format!("index-{}.json", hex(&verge_sync::manifest::hash(rel.as_bytes()))))
+    }
+
+    fn staging(&self, id: &str) -> PortResult<PathBuf> {
+        if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
+            return Err(bad(format!("unknown transfer {id:?}")));
+        }
+        let dir = self.state.join("staging").join(id);
+        if !dir.is_dir() {
+            return Err(PortError(StatusCode::NOT_FOUND, "not_found", format!("no transfer {id}")));
+        }
+        Ok(dir)
+    }
+
+    /// Scans a tree, reusing and updating its change-detection index.
+    fn scan(&self, rel: &str, tree: &Path) -> Result<Manifest, SyncError> {
+        let index_file = self.index_file(rel);
+        let mut index = HashIndex::load(&index_file);
+        let m = Manifest::scan(tree, Some(&mut index))?;
+        std::fs::create_dir_all(&self.state).map_err(|e| SyncError::io("creating the sync state directory", e))?;
+        index.save(&index_file)?;
+        Ok(m)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PortResult<T> + Send + 'static) -> PortResult<T> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| PortError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+}
+
+/// Step 1 of a push: takes the sender's offer, answers with the request
+/// and a transfer id, and stages both for the chunks that follow.
+async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Response> {
+    blocking(move || {
+        let tree = port.tree(&q.path)?;
+        let offer = Offer::decode(&body)?;
+        let have = port.scan(&q.path, &tree)?;
+        let request = Request::build(&offer, &tree, &have)?;
+        let wire = request.encode()?;
+        let mut raw = [0u8; 16];
+        getrandom::fill(&mut raw).map_err(|e| PortError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
+        let id = hex(&raw);
+        let dir = port.state.join("staging").join(&id);
+        std::fs::create_dir_all(&dir).map_err(|e| SyncError::io(format!("creating {}", dir.display()), e))?;
+        verge_sync::fsio::write_atomic(&dir.join("offer"), &body)?;
+        verge_sync::fsio::write_atomic(&dir.join("request"), &wire)?;
+        verge_sync::fsio::write_atomic(&dir.join("path"), q.path.as_bytes())?;
+        let mut headers = HeaderMap::new();
+        headers.insert(TRANSFER_HEADER, HeaderValue::from_str(&id).map_err(|e| bad(e.to_string()))?);
+        Ok((headers, wire).into_response())
+    })
+    .await
+}
+
+/// The chunks of a transfer already staged, so a sender can resume.
+async fn status(State(port): State<Arc<DataPort>>, UrlPath(id): UrlPath<String>) -> PortResult<Json<serde_json::Value>> {
+    let dir = port.staging(&id)?;
+    let mut chunks: Vec<u32> = std::fs::read_dir(&dir)
+        .map_err(|e| SyncError::io(format!("listing {}", dir.display()), e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("chunk-")?.parse().ok())
+        .collect();
+    chunks.sort_unstable();
+    Ok(Json(serde_json::json!({"id": id, "chunks": chunks})))
+}
+
+/// Stages one chunk of the bundle.
+async fn chunk(State(port): State<Arc<DataPort>>, UrlPath((id, n)): UrlPath<(String, u32)>, body: Bytes) -> PortResult<StatusCode> {
+    if body.len() > MAX_CHUNK {
+        return Err(PortError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("chunk of {} bytes exceeds {MAX_CHUNK}", body.len())));
+    }
+    let dir = port.staging(&id)?;
+    blocking(move || Ok(verge_sync::fsio::write_atomic(&dir.join(format!("chunk-{n}")), &body)?)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+/// Assembles the staged chunks, checks the bundle's hash, and applies it.
+async fn commit(
+    State(port): State<Arc<DataPort>>,
+    UrlPath(id): UrlPath<String>,
+    Query(q): Query<CommitQuery>,
+) -> PortResult<Json<serde_json::Value>> {
+    let dir = port.staging(&id)?;
+    blocking(move || {
+        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| SyncError::io(format!("reading staged {name}"), e));
+        let rel = String::from_utf8(read("path")?).map_err(|_| bad("staged path is not UTF-8"))?;
+        let tree = port.tree(&rel)?;
+        let offer = Offer::decode(&read("offer")?)?;
+        let request = Request::decode(&read("request")?, &offer)?;
+        let mut bundle = Vec::new();
+        for n in 0..q.chunks {
+            let part = read(&format!("chunk-{n}"))
+                .map_err(|_| PortError(StatusCode::CONFLICT, "incomplete", format!("chunk {n} of {} is missing", q.chunks)))?;
+            bundle.extend_from_slice(&part);
+        }
+        if hex(blake3::hash(&bundle).as_bytes()) != q.blake3.to_ascii_lowercase() {
+            return Err(bad("the assembled bundle does not match its BLAKE3 hash; resend the chunks"));
+        }
+        let report = apply(&offer, &request, &bundle, &tree)?;
+        let _ = port.scan(&rel, &tree);
+        let _ = std::fs::remove_dir_all(&dir);
+        Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
+    })
+    .await
+}
+
+/// Step 1 of a pull: this agent is the sender and offers its tree.
+async fn pull_offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>) -> PortResult<Vec<u8>> {
+    blocking(move || {
+        let tree = port.tree(&q.path)?;
+        if !tree.exists() {
+            return Err(PortError(StatusCode::NOT_FOUND, "not_found", format!("{} does not exist on this node", q.path)));
+        }
+        let m = port.scan(&q.path, &tree)?;
+        Ok(Offer::new(&m, &verge_sync::transfer::NoBases, q.mirror).encode()?)
+    })
+    .await
+}
+
+/// Step 3 of a pull: the puller sends back the offer and its request; the
+/// bundle is built from this agent's files.
+async fn pull_bundle(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Vec<u8>> {
+    blocking(move || {
+        let tree = port.tree(&q.path)?;
+        let (offer_wire, request_wire) = split_pair(&body)?;
+        let offer = Offer::decode(offer_wire)?;
+        let request = Request::decode(request_wire, &offer)?;
+        let (bundle, _) = build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, 3)?;
+        Ok(bundle)
+    })
+    .await
+}
+
+/// Joins an offer and a request into one body: a varint length, then both.
+pub fn join_pair(offer: &[u8], request: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(offer.len() + request.len() + 10);
+    verge_sync::wire::put_varint(&mut out, offer.len() as u64);
+    out.extend_from_slice(offer);
+    out.extend_from_slice(request);
+    out
+}
+
+fn split_pair(body: &[u8]) -> Result<(&[u8], &[u8]), SyncError> {
+    let mut r = verge_sync::wire::Reader::new(body, "pull request");
+    let offer = r.bytes(body.len() as u64, "offer")?;
+    let rest = r.take(r.remaining())?;
+    Ok((offer, rest))
+}

@@ -1,0 +1,261 @@
+//! The other end of the data port: pushes a local tree to an agent, or
+//! pulls one from it. Used by `verge sync push|pull|watch` and by agents
+//! running sync jobs for the server. Chunks are paced by a token bucket
+//! and a lost connection resumes where the receiver's staging left off.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use verge_client::{Api, ClientError, Method};
+use verge_sync::bandwidth::TokenBucket;
+use verge_sync::manifest::{hex, HashIndex, Manifest};
+use verge_sync::store::BaseStore;
+use verge_sync::transfer::{apply, build_bundle, ApplyReport, FileReport, NoBases, Offer, Request};
+
+use crate::dataport::{join_pair, TRANSFER_HEADER};
+
+/// Why a push or pull failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SyncClientError {
+    /// The remote agent answered with an error or could not be reached in time.
+    #[error("{0}")]
+    Remote(#[from] ClientError),
+    /// Local data or the remote's bytes were bad.
+    #[error("{0}")]
+    Sync(#[from] verge_sync::SyncError),
+    /// The remote kept failing past the deadline.
+    #[error("gave up after {0:?}: {1}")]
+    GaveUp(Duration, String),
+}
+
+/// How to push.
+#[derive(Clone, Debug)]
+pub struct PushOptions {
+    /// Delete remote files the local tree lacks.
+    pub mirror: bool,
+    /// zstd level of the bundle.
+    pub level: i32,
+    /// Upload limit in bytes per second (`None`: unlimited).
+    pub limit_bps: Option<u64>,
+    /// Bundle chunk size.
+    pub chunk_bytes: usize,
+    /// How long to keep retrying a remote that went away.
+    pub retry_for: Duration,
+    /// Where to keep acknowledged versions for known-base deltas (`None`: block deltas only).
+    pub bases_dir: Option<PathBuf>,
+}
+
+impl Default for PushOptions {
+    fn default() -> Self {
+        PushOptions { mirror: false, level: 3, limit_bps: None, chunk_bytes: 1 << 20, retry_for: Duration::from_secs(60), bases_dir: None }
+    }
+}
+
+/// What a push did.
+#[derive(Clone, Debug, Serialize)]
+pub struct PushReport {
+    /// Files in the local tree.
+    pub files: usize,
+    /// Per-file strategy and sizes for the files sent.
+    pub sent: Vec<FileReport>,
+    /// Bytes on the wire: offer + request + bundle chunks uploaded.
+    pub bytes_sent: u64,
+    /// Bundle chunks.
+    pub chunks: u32,
+    /// Chunks found already staged on the receiver after a reconnect.
+    pub chunks_resumed: u32,
+    /// Chunk uploads attempted, retries included: `chunks` when nothing
+    /// was lost, one more per upload cut off mid-way.
+    pub chunk_uploads: u32,
+    /// What the receiver wrote and removed.
+    pub applied: ApplyReport,
+    /// Wall time.
+    pub elapsed_ms: u64,
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, verge_sync::SyncError> + Send + 'static) -> Result<T, SyncClientError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| SyncClientError::GaveUp(Duration::ZERO, e.to_string()))?.map_err(Into::into)
+}
+
+fn encode_query(v: &str) -> String {
+    v.bytes()
+        .map(|b| if b.is_ascii_alphanumeric() || b"-_./~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
+        .collect()
+}
+
+/// Retries `f` on connection failures (not on answers) until `deadline`.
+async fn retrying<T, F, Fut>(deadline: Instant, mut f: F) -> Result<T, SyncClientError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, ClientError>>,
+{
+    let mut wait = Duration::from_millis(50);
+    loop {
+        match f().await {
+            Err(e @ (ClientError::Unreachable { .. } | ClientError::Body(_))) => {
+                if Instant::now() + wait > deadline {
+                    return Err(SyncClientError::GaveUp(wait, e.to_string()));
+                }
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(2));
+            }
+            other => return other.map_err(Into::into),
+        }
+    }
+}
+
+/// Pushes the tree (or file) at `local` to `remote_path` on the agent whose
+/// data port is `addr` (`host:port`); `progress(sent, total)` follows the upload.
+pub async fn push(
+    addr: &str,
+    local: &Path,
+    remote_path: &str,
+    opts: &PushOptions,
+    progress: impl Fn(u64, u64),
+) -> Result<PushReport, SyncClientError> {
+    let started = Instant::now();
+    let deadline = started + opts.retry_for;
+    let api = Api::new(&format!("http://{addr}"));
+    let peer = format!("{addr}:{remote_path}");
+    let (local_owned, bases_dir, mirror) = (local.to_path_buf(), opts.bases_dir.clone(), opts.mirror);
+    let (manifest, offer, bases) = blocking(move || {
+        let m = Manifest::scan(&local_owned, None)?;
+        let bases = bases_dir.map(|d| BaseStore::open(&d, &peer)).transpose()?;
+        let offer = Offer::new(&m, bases.as_ref().map_or(&NoBases as &dyn verge_sync::transfer::Bases, |b| b), mirror);
+        Ok((m, offer, bases))
+    })
+    .await?;
+    let offer_wire = offer.encode()?;
+    let path_q = format!("/sync/v1/offer?path={}&mirror={}", encode_query(remote_path), opts.mirror);
+    let (request_wire, id) = retrying(deadline, || api.call_bytes(Method::POST, &path_q, offer_wire.clone(), TRANSFER_HEADER)).await?;
+    let id = id.ok_or_else(|| SyncClientError::GaveUp(Duration::ZERO, "the receiver returned no transfer id".into()))?;
+    let request = Request::decode(&request_wire, &offer)?;
+    let (local_owned, level) = (local.to_path_buf(), opts.level);
+    let (offer, request, bundle, sent, bases) = blocking(move || {
+        let (bundle, sent) = build_bundle(
+            &offer,
+            &request,
+            &local_owned,
+            bases.as_ref().map_or(&NoBases as &dyn verge_sync::transfer::Bases, |b| b),
+            level,
+        )?;
+        Ok((offer, request, bundle, sent, bases))
+    })
+    .await?;
+    let digest = hex(blake3::hash(&bundle).as_bytes());
+    let chunks: Vec<&[u8]> = if bundle.is_empty() { Vec::new() } else { bundle.chunks(opts.chunk_bytes.max(1)).collect() };
+    let total = bundle.len() as u64;
+    let mut bucket = opts.limit_bps.map(|r| TokenBucket::new(r, (opts.chunk_bytes as u64).min(r.max(1)), 0));
+    let (mut uploaded, mut resumed, mut uploads, mut done) = (0u64, 0u32, 0u32, vec![false; chunks.len()]);
+    let mut wire = (offer_wire.len() + request_wire.len()) as u64;
+    loop {
+        let mut failed = None;
+        for (n, chunk) in chunks.iter().enumerate() {
+            if done[n] {
+                continue;
+            }
+            if let Some(b) = bucket.as_mut() {
+                let wait = b.take(chunk.len() as u64, started.elapsed().as_millis() as u64);
+                tokio::time::sleep(Duration::from_millis(wait)).await;
+            }
+            uploads += 1;
+            match api.call_bytes(Method::PUT, &format!("/sync/v1/transfers/{id}/chunks/{n}"), chunk.to_vec(), "").await {
+                Ok(_) => {
+                    done[n] = true;
+                    uploaded += chunk.len() as u64;
+                    wire += chunk.len() as u64;
+                    progress(uploaded, total);
+                }
+                Err(e @ (ClientError::Unreachable { .. } | ClientError::Body(_))) => {
+                    failed = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        let Some(e) = failed else { break };
+        if Instant::now() > deadline {
+            return Err(SyncClientError::GaveUp(opts.retry_for, e.to_string()));
+        }
+        // The receiver may have restarted: ask which chunks it already holds.
+        let status_url = format!("/sync/v1/transfers/{id}");
+        let staged = retrying(deadline, || api.get(&status_url)).await?;
+        for n in staged["chunks"].as_array().into_iter().flatten().filter_map(|v| v.as_u64()) {
+            let n = n as usize;
+            if n < done.len() && !done[n] {
+                done[n] = true;
+                resumed += 1;
+                uploaded += chunks[n].len() as u64;
+                progress(uploaded, total);
+            }
+        }
+    }
+    let commit = format!("/sync/v1/transfers/{id}/commit?chunks={}&blake3={digest}", chunks.len());
+    let answer = retrying(deadline, || api.call(Method::POST, &commit, None)).await?;
+    let applied: ApplyReport =
+        serde_json::from_value(answer).map_err(|e| SyncClientError::GaveUp(Duration::ZERO, format!("unreadable commit answer: {e}")))?;
+    if let Some(mut bases) = bases {
+        let local_owned = local.to_path_buf();
+        let written = applied.written.clone();
+        let removed = applied.removed.clone();
+        blocking(move || {
+            for rel in &written {
+                if let Some(e) = offer.files.iter().find(|f| &f.entry.path == rel) {
+                    let data = std::fs::read(verge_sync::manifest::join(&local_owned, rel))
+                        .map_err(|err| verge_sync::SyncError::io(format!("reading {rel}"), err))?;
+                    if verge_sync::manifest::hash(&data) == e.entry.hash {
+                        bases.acknowledge(rel, &e.entry.hash, &data)?;
+                    }
+                }
+            }
+            for f in &offer.files {
+                if !request.needs.iter().any(|(i, _)| offer.files[*i].entry.path == f.entry.path) {
+                    if let Some(data) = std::fs::read(verge_sync::manifest::join(&local_owned, &f.entry.path))
+                        .ok()
+                        .filter(|d| verge_sync::manifest::hash(d) == f.entry.hash)
+                    {
+                        bases.acknowledge(&f.entry.path, &f.entry.hash, &data)?;
+                    }
+                }
+            }
+            for rel in &removed {
+                bases.forget(rel);
+            }
+            bases.save()
+        })
+        .await?;
+    }
+    Ok(PushReport {
+        files: manifest.files.len(),
+        sent,
+        bytes_sent: wire,
+        chunks: chunks.len() as u32,
+        chunks_resumed: resumed,
+        chunk_uploads: uploads,
+        applied,
+        elapsed_ms: started.elapsed().as_millis() as u64,
+    })
+}
+
+/// Pulls `remote_path` from the agent at `addr` into `local`.
+pub async fn pull(addr: &str, remote_path: &str, local: &Path, mirror: bool, retry_for: Duration) -> Result<ApplyReport, SyncClientError> {
+    let deadline = Instant::now() + retry_for;
+    let api = Api::new(&format!("http://{addr}"));
+    let q = format!("?path={}&mirror={mirror}", encode_query(remote_path));
+    let offer_url = format!("/sync/v1/pull/offer{q}");
+    let (offer_wire, _) = retrying(deadline, || api.call_bytes(Method::POST, &offer_url, Vec::new(), "")).await?;
+    let offer = Offer::decode(&offer_wire)?;
+    let (local_owned, offer_c) = (local.to_path_buf(), offer.clone());
+    let request = blocking(move || {
+        let mut index = HashIndex::default();
+        let have = Manifest::scan(&local_owned, Some(&mut index))?;
+        Request::build(&offer_c, &local_owned, &have)
+    })
+    .await?;
+    let body = join_pair(&offer_wire, &request.encode()?);
+    let bundle_url = format!("/sync/v1/pull/bundle{q}");
+    let (bundle, _) = retrying(deadline, || api.call_bytes(Method::POST, &bundle_url, body.clone(), "")).await?;
+    let local_owned = local.to_path_buf();
+    blocking(move || apply(&offer, &request, &bundle, &local_owned)).await
+}

@@ -1,0 +1,87 @@
+//! The sender's memory of what each receiver acknowledged: per peer, the
+//! hash each path had when the receiver confirmed it, and the content of
+//! those versions (content-addressed, shared between peers) so the next
+//! transfer can delta against exactly what the receiver holds.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::error::{Result, SyncError};
+use crate::fsio::write_atomic;
+use crate::manifest::{hex, Hash, HASH_LEN};
+use crate::transfer::Bases;
+
+/// Acknowledged versions for one (peer, remote path), kept under a directory.
+pub struct BaseStore {
+    objects: PathBuf,
+    acked_file: PathBuf,
+    acked: BTreeMap<String, String>,
+}
+
+impl BaseStore {
+    /// Opens the store at `dir` for the receiver named `peer` (any string:
+    /// it is hashed into a file name).
+    pub fn open(dir: &Path, peer: &str) -> Result<Self> {
+        let objects = dir.join("objects");
+        std::fs::create_dir_all(&objects).map_err(|e| SyncError::io(format!("creating {}", objects.display()), e))?;
+        let acked_file = dir.join(format!("acked-{}.json", hex(&crate::manifest::hash(peer.as_bytes()))));
+        let acked = std::fs::read(&acked_file).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default();
+        Ok(BaseStore { objects, acked_file, acked })
+    }
+
+    /// Records that the receiver now holds `data` (hash `h`) at `path`.
+    pub fn acknowledge(&mut self, path: &str, h: &Hash, data: &[u8]) -> Result<()> {
+        let object = self.objects.join(hex(h));
+        if !object.exists() {
+            write_atomic(&object, data)?;
+        }
+        self.acked.insert(path.to_string(), hex(h));
+        Ok(())
+    }
+
+    /// Forgets `path` (the receiver deleted it).
+    pub fn forget(&mut self, path: &str) {
+        self.acked.remove(path);
+    }
+
+    /// Writes the acknowledged map durably.
+    pub fn save(&self) -> Result<()> {
+        let json = serde_json::to_vec(&self.acked).map_err(|e| SyncError::io("encoding acknowledged versions", e.into()))?;
+        write_atomic(&self.acked_file, &json)
+    }
+}
+
+impl Bases for BaseStore {
+    fn known(&self, path: &str) -> Option<Hash> {
+        let h = self.acked.get(path)?;
+        let bytes: Vec<u8> = (0..h.len()).step_by(2).filter_map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
+        (bytes.len() == HASH_LEN).then(|| bytes.try_into().ok()).flatten()
+    }
+
+    fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>> {
+        if self.known(path).as_ref() != Some(hash) {
+            return None;
+        }
+        let data = std::fs::read(self.objects.join(hex(hash))).ok()?;
+        (crate::manifest::hash(&data) == *hash).then_some(data)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::hash;
+
+    #[test]
+    fn remembers_acknowledged_versions_across_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut s = BaseStore::open(dir.path(), "node-b:/data").unwrap();
+        s.acknowledge("a.txt", &hash(b"v1"), b"v1").unwrap();
+        s.save().unwrap();
+        let s = BaseStore::open(dir.path(), "node-b:/data").unwrap();
+        assert_eq!(s.known("a.txt"), Some(hash(b"v1")));
+        assert_eq!(s.load("a.txt", &hash(b"v1")).unwrap(), b"v1");
+        assert_eq!(s.load("a.txt", &hash(b"v2")), None);
+        assert_eq!(BaseStore::open(dir.path(), "other").unwrap().known("a.txt"), None);
+    }
+}
