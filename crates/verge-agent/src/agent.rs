@@ -379,7 +379,7 @@ async fn connect(
                     }
                     ServerMessage::SyncPush { job, path, target_addr, target_path, mirror, limit_bps } => {
                         let job = crate::syncjobs::SyncJob { job, path, target_addr, target_path, mirror, limit_bps };
-                        crate::syncjobs::start(job, &opts.data_dir, link.outbox_tx.clone());
+                        crate::syncjobs::start(job, opts.node.id.as_str(), &opts.data_dir, link.outbox_tx.clone());
                     }
                     ServerMessage::Refused { reason } => return Err(format!("server refused this agent: {reason}")),
                 }

@@ -205,7 +205,8 @@ async fn pull_offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery
             return Err(PortError(StatusCode::NOT_FOUND, "not_found", format!("{} does not exist on this node", q.path)));
         }
         let m = port.scan(&q.path, &tree)?;
-        Ok(Offer::new(&m, &verge_sync::transfer::NoBases, q.mirror).encode()?)
+        let opts = verge_sync::transfer::OfferOptions { mirror: q.mirror, ..Default::default() };
+        Ok(Offer::new(&m, &verge_sync::transfer::NoBases, opts).encode()?)
     })
     .await
 }

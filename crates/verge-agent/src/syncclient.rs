@@ -34,6 +34,12 @@ pub enum SyncClientError {
 pub struct PushOptions {
     /// Delete remote files the local tree lacks.
     pub mirror: bool,
+    /// Send every file whole (full sync) instead of deltas.
+    pub full: bool,
+    /// How the receiver settles files it changed since our last push.
+    pub conflict: verge_sync::conflict::Strategy,
+    /// Our name, for files the receiver keeps side by side.
+    pub sender: String,
     /// zstd level of the bundle.
     pub level: i32,
     /// Upload limit in bytes per second (`None`: unlimited).
@@ -48,7 +54,17 @@ pub struct PushOptions {
 
 impl Default for PushOptions {
     fn default() -> Self {
-        PushOptions { mirror: false, level: 3, limit_bps: None, chunk_bytes: 1 << 20, retry_for: Duration::from_secs(60), bases_dir: None }
+        PushOptions {
+            mirror: false,
+            full: false,
+            conflict: verge_sync::conflict::Strategy::default(),
+            sender: "verge".into(),
+            level: 3,
+            limit_bps: None,
+            chunk_bytes: 1 << 20,
+            retry_for: Duration::from_secs(60),
+            bases_dir: None,
+        }
     }
 }
 
@@ -118,11 +134,13 @@ pub async fn push(
     let deadline = started + opts.retry_for;
     let api = Api::new(&format!("http://{addr}"));
     let peer = format!("{addr}:{remote_path}");
-    let (local_owned, bases_dir, mirror) = (local.to_path_buf(), opts.bases_dir.clone(), opts.mirror);
+    let offer_opts =
+        verge_sync::transfer::OfferOptions { mirror: opts.mirror, full: opts.full, conflict: opts.conflict, sender: opts.sender.clone() };
+    let (local_owned, bases_dir) = (local.to_path_buf(), opts.bases_dir.clone());
     let (manifest, offer, bases) = blocking(move || {
         let m = Manifest::scan(&local_owned, None)?;
         let bases = bases_dir.map(|d| BaseStore::open(&d, &peer)).transpose()?;
-        let offer = Offer::new(&m, bases.as_ref().map_or(&NoBases as &dyn verge_sync::transfer::Bases, |b| b), mirror);
+        let offer = Offer::new(&m, bases.as_ref().map_or(&NoBases as &dyn verge_sync::transfer::Bases, |b| b), offer_opts);
         Ok((m, offer, bases))
     })
     .await?;

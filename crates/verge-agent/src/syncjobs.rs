@@ -27,9 +27,10 @@ pub struct SyncJob {
 }
 
 /// Starts `job` in the background; statuses go to `outbox`.
-pub fn start(job: SyncJob, data_dir: &Path, outbox: mpsc::UnboundedSender<AgentMessage>) {
+pub fn start(job: SyncJob, node: &str, data_dir: &Path, outbox: mpsc::UnboundedSender<AgentMessage>) {
     let root = crate::agent::sync_root(data_dir);
     let bases = data_dir.join("sync").join("bases");
+    let sender = node.to_string();
     tokio::spawn(async move {
         let status = |state: &str, sent: u64, total: u64, written: u64, error: Option<String>| AgentMessage::SyncStatus {
             job: job.job,
@@ -46,7 +47,7 @@ pub fn start(job: SyncJob, data_dir: &Path, outbox: mpsc::UnboundedSender<AgentM
                 return;
             }
         };
-        let opts = PushOptions { mirror: job.mirror, limit_bps: job.limit_bps, bases_dir: Some(bases), ..PushOptions::default() };
+        let opts = PushOptions { mirror: job.mirror, limit_bps: job.limit_bps, bases_dir: Some(bases), sender, ..PushOptions::default() };
         let last = std::sync::Mutex::new(Instant::now());
         let progress = |sent: u64, total: u64| {
             let mut last = last.lock().unwrap_or_else(|p| p.into_inner());

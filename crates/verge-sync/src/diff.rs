@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Result, SyncError};
 use crate::manifest::{join, Hash, Manifest};
-use crate::transfer::{apply, build_bundle, unpack, Bases, FileReport, NoBases, Offer, Request, Strategy};
+use crate::transfer::{apply, build_bundle, unpack, Bases, FileReport, NoBases, Offer, OfferOptions, Request, Strategy};
 
 /// A sender whose acknowledged base for each path is the receiver's tree
 /// itself (`--known-base`: the sender kept what it sent last time).
@@ -85,7 +85,7 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
         return Err(SyncError::io("OLD and NEW must both be files or both be directories", std::io::ErrorKind::InvalidInput.into()));
     }
     let bases: Box<dyn Bases> = if known_base { Box::new(TreeBases::new(old, old_m.clone())) } else { Box::new(NoBases) };
-    let offer = Offer::new(&new_m, bases.as_ref(), write);
+    let offer = Offer::new(&new_m, bases.as_ref(), OfferOptions { mirror: write, ..OfferOptions::default() });
     let offer_wire = offer.encode()?;
     let offer_rx = Offer::decode(&offer_wire)?;
     let request = Request::build(&offer_rx, old, &old_m)?;

@@ -10,6 +10,7 @@
 
 pub mod bandwidth;
 pub mod base;
+pub mod conflict;
 pub mod delta;
 pub mod diff;
 pub mod error;

@@ -17,6 +17,7 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::base;
+use crate::conflict::{side_by_side_name, Resolution, Strategy as ConflictStrategy};
 use crate::delta;
 use crate::error::{Result, SyncError};
 use crate::fsio::{sync_dir, write_atomic};
@@ -67,9 +68,31 @@ pub struct Offer {
     pub files: Vec<OfferEntry>,
     /// Directories, sorted.
     pub dirs: Vec<String>,
+    /// How the receiver should treat the offer.
+    pub opts: OfferOptions,
+}
+
+/// The sync mode an offer asks for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OfferOptions {
     /// Delete receiver files the sender does not have.
     pub mirror: bool,
+    /// Full sync: send every file whole, whatever the receiver holds.
+    pub full: bool,
+    /// What to do when the receiver changed a file since it last
+    /// acknowledged the sender's version (a concurrent write).
+    pub conflict: ConflictStrategy,
+    /// The sender's name, for files kept side by side.
+    pub sender: String,
 }
+
+const STRATEGIES: [ConflictStrategy; 5] = [
+    ConflictStrategy::LatestWins,
+    ConflictStrategy::SourceWins,
+    ConflictStrategy::TargetWins,
+    ConflictStrategy::Merge,
+    ConflictStrategy::VersionVector,
+];
 
 /// Offer base flags: no known base, the base is the offered version
 /// itself (unchanged since acknowledged), or another version whose hash follows.
@@ -118,15 +141,17 @@ fn read_path(r: &mut Reader<'_>, prev: &str, allow_root: bool) -> Result<String>
 
 impl Offer {
     /// The offer of tree `m` to a receiver whose acknowledged versions `bases` knows.
-    pub fn new(m: &Manifest, bases: &dyn Bases, mirror: bool) -> Self {
+    pub fn new(m: &Manifest, bases: &dyn Bases, opts: OfferOptions) -> Self {
         let files = m.files.iter().map(|e| OfferEntry { base: bases.known(&e.path), entry: e.clone() }).collect();
-        Offer { files, dirs: m.dirs.clone(), mirror }
+        Offer { files, dirs: m.dirs.clone(), opts }
     }
 
     /// The compressed wire form.
     pub fn encode(&self) -> Result<Vec<u8>> {
         let mut raw = Vec::new();
-        raw.push(u8::from(self.mirror));
+        raw.push(u8::from(self.opts.mirror) | (u8::from(self.opts.full) << 1));
+        raw.push(STRATEGIES.iter().position(|s| *s == self.opts.conflict).unwrap_or(0) as u8);
+        put_bytes(&mut raw, self.opts.sender.as_bytes());
         put_varint(&mut raw, self.dirs.len() as u64);
         let mut prev = "";
         for d in &self.dirs {
@@ -159,11 +184,14 @@ impl Offer {
     pub fn decode(data: &[u8]) -> Result<Self> {
         let raw = decompress("offer", data, MAX_MESSAGE)?;
         let mut r = Reader::new(&raw, "offer");
-        let mirror = match r.u8()? {
-            0 => false,
-            1 => true,
-            b => return Err(r.error(format!("mirror flag {b}"))),
-        };
+        let flags = r.u8()?;
+        if flags > 3 {
+            return Err(r.error(format!("mode flags {flags}")));
+        }
+        let strategy = r.u8()?;
+        let conflict = *STRATEGIES.get(usize::from(strategy)).ok_or_else(|| r.error(format!("conflict strategy {strategy}")))?;
+        let sender = r.string(256, "sender")?.to_string();
+        let opts = OfferOptions { mirror: flags & 1 != 0, full: flags & 2 != 0, conflict, sender };
         let ndirs = r.varint_max(MAX_ENTRIES, "directory count")?;
         let mut dirs = Vec::with_capacity(ndirs.min(1 << 16));
         let mut prev = String::new();
@@ -200,7 +228,7 @@ impl Offer {
             files.push(OfferEntry { entry: Entry { path, size, hash, mode, mtime }, base });
         }
         r.finish()?;
-        Ok(Offer { files, dirs, mirror })
+        Ok(Offer { files, dirs, opts })
     }
 }
 
@@ -215,6 +243,19 @@ pub enum Need {
     Base,
 }
 
+/// What the receiver does with a file both sides changed, knowing only the
+/// two versions' metadata: `latest-wins` compares modification times; with
+/// no common base at hand, `merge` and `version-vector` keep both.
+fn decide_conflict(strategy: ConflictStrategy, offered: &Entry, mine: &Entry) -> Resolution {
+    match strategy {
+        ConflictStrategy::SourceWins => Resolution::Source,
+        ConflictStrategy::TargetWins => Resolution::Target,
+        ConflictStrategy::LatestWins if offered.mtime > mine.mtime => Resolution::Source,
+        ConflictStrategy::LatestWins => Resolution::Target,
+        ConflictStrategy::Merge | ConflictStrategy::VersionVector => Resolution::Both,
+    }
+}
+
 /// Step 2: what the receiver lacks.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Request {
@@ -222,6 +263,8 @@ pub struct Request {
     pub needs: Vec<(usize, Need)>,
     /// Receiver paths the offer does not list (deleted when mirroring).
     pub extraneous: Vec<String>,
+    /// Offered files the receiver changed concurrently, with what it decided.
+    pub conflicts: Vec<(usize, Resolution)>,
 }
 
 const NEED_WHOLE: u8 = 0;
@@ -232,8 +275,26 @@ impl Request {
     /// The receiver's answer to `offer` for the tree at `root`, whose current state is `have`.
     pub fn build(offer: &Offer, root: &Path, have: &Manifest) -> Result<Self> {
         let mut needs = Vec::new();
+        let mut conflicts = Vec::new();
         for (i, f) in offer.files.iter().enumerate() {
-            let need = match have.get(&f.entry.path) {
+            let mine = have.get(&f.entry.path);
+            if offer.opts.full {
+                needs.push((i, Need::Whole));
+                continue;
+            }
+            // The receiver holds neither the new version nor the one the
+            // sender knows it acknowledged: both sides wrote since.
+            if let (Some(mine), Some(base)) = (mine, f.base) {
+                if mine.hash != f.entry.hash && mine.hash != base {
+                    let decision = decide_conflict(offer.opts.conflict, &f.entry, mine);
+                    let keep_target = decision == Resolution::Target;
+                    conflicts.push((i, decision));
+                    if keep_target {
+                        continue;
+                    }
+                }
+            }
+            let need = match mine {
                 Some(mine) if mine.hash == f.entry.hash => continue,
                 Some(mine) if f.base == Some(mine.hash) => Need::Base,
                 Some(_) => {
@@ -247,7 +308,7 @@ impl Request {
         }
         let offered: std::collections::HashSet<&str> = offer.files.iter().map(|f| f.entry.path.as_str()).collect();
         let extraneous = have.files.iter().map(|e| e.path.clone()).filter(|p| !offered.contains(p.as_str())).collect();
-        Ok(Request { needs, extraneous })
+        Ok(Request { needs, extraneous, conflicts })
     }
 
     /// The compressed wire form.
@@ -272,6 +333,15 @@ impl Request {
         for p in &self.extraneous {
             put_path(&mut raw, prev, p);
             prev = p;
+        }
+        put_varint(&mut raw, self.conflicts.len() as u64);
+        for (i, r) in &self.conflicts {
+            put_varint(&mut raw, *i as u64);
+            raw.push(match r {
+                Resolution::Source => 0,
+                Resolution::Target => 1,
+                _ => 2,
+            });
         }
         compress_message(&raw)
     }
@@ -306,8 +376,20 @@ impl Request {
             prev.clone_from(&p);
             extraneous.push(p);
         }
+        let nc = r.varint_max(offer.files.len() as u64, "conflict count")?;
+        let mut conflicts = Vec::with_capacity(nc);
+        for _ in 0..nc {
+            let i = r.varint_max(offer.files.len().saturating_sub(1) as u64, "conflict index")?;
+            let decision = match r.u8()? {
+                0 => Resolution::Source,
+                1 => Resolution::Target,
+                2 => Resolution::Both,
+                t => return Err(r.error(format!("conflict decision {t}"))),
+            };
+            conflicts.push((i, decision));
+        }
         r.finish()?;
-        Ok(Request { needs, extraneous })
+        Ok(Request { needs, extraneous, conflicts })
     }
 }
 
@@ -551,6 +633,10 @@ pub struct ApplyReport {
     pub removed: Vec<String>,
     /// Files that failed, with the reason; the old content stays in place.
     pub failed: Vec<(String, String)>,
+    /// Files both sides changed, with how each was settled (`source`:
+    /// overwritten, `both`: the incoming version written next to it).
+    #[serde(default)]
+    pub conflicts: Vec<(String, String)>,
 }
 
 /// Step 3 (receiver): applies a bundle to the tree at `root`. Each file is
@@ -573,7 +659,8 @@ pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result
         |rel| read_file(root, rel),
         |index, rebuilt| {
             let e = &offer.files[index].entry;
-            let target = join(root, &e.path);
+            let both = req.conflicts.iter().any(|(i, r)| *i == index && *r == Resolution::Both);
+            let target = if both { join(root, &side_by_side_name(&e.path, &offer.opts.sender)) } else { join(root, &e.path) };
             let result = rebuilt.and_then(|data| {
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(|err| SyncError::io(format!("creating {}", parent.display()), err))?;
@@ -581,13 +668,21 @@ pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result
                 write_atomic(&target, &data)?;
                 set_metadata(&target, e)
             });
+            if let Some((_, r)) = req.conflicts.iter().find(|(i, _)| *i == index) {
+                report.conflicts.push((e.path.clone(), format!("{r:?}").to_lowercase()));
+            }
             match result {
                 Ok(()) => report.written.push(e.path.clone()),
                 Err(err) => report.failed.push((e.path.clone(), err.to_string())),
             }
         },
     )?;
-    if offer.mirror {
+    for (i, r) in &req.conflicts {
+        if *r == Resolution::Target {
+            report.conflicts.push((offer.files[*i].entry.path.clone(), "target".into()));
+        }
+    }
+    if offer.opts.mirror {
         for p in &req.extraneous {
             let path = join(root, p);
             if std::fs::remove_file(&path).is_ok() {
@@ -607,4 +702,94 @@ fn set_metadata(path: &Path, e: &Entry) -> Result<()> {
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);
     std::fs::File::options().write(true).open(path).and_then(|f| f.set_modified(when)).map_err(io)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(e.mode)).map_err(io)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::diff::TreeBases;
+    use proptest::prelude::*;
+
+    fn write(root: &Path, files: &[(&str, &[u8])]) {
+        for (p, d) in files {
+            let path = root.join(p);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(path, d).unwrap();
+        }
+    }
+
+    /// Runs one transfer from `src` to `dst`; `acked` is the tree the sender believes `dst` holds.
+    fn transfer(src: &Path, dst: &Path, acked: Option<&Path>, conflict: ConflictStrategy) -> ApplyReport {
+        let m = Manifest::scan(src, None).unwrap();
+        let bases: Box<dyn Bases> = match acked {
+            Some(a) => Box::new(TreeBases::new(a, Manifest::scan(a, None).unwrap())),
+            None => Box::new(NoBases),
+        };
+        let opts = OfferOptions { conflict, sender: "edge-a".into(), ..OfferOptions::default() };
+        let offer = Offer::decode(&Offer::new(&m, bases.as_ref(), opts).encode().unwrap()).unwrap();
+        let req = Request::build(&offer, dst, &Manifest::scan(dst, None).unwrap()).unwrap();
+        let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
+        let (bundle, _) = build_bundle(&offer, &req, src, bases.as_ref(), 3).unwrap();
+        apply(&offer, &req, &bundle, dst).unwrap()
+    }
+
+    #[test]
+    fn concurrent_changes_follow_the_strategy() {
+        for (strategy, expect_dst, side) in [
+            (ConflictStrategy::SourceWins, &b"sender v2"[..], false),
+            (ConflictStrategy::TargetWins, &b"receiver edit"[..], false),
+            (ConflictStrategy::Merge, &b"receiver edit"[..], true),
+        ] {
+            let dir = tempfile::tempdir().unwrap();
+            let (src, dst, acked) = (dir.path().join("src"), dir.path().join("dst"), dir.path().join("acked"));
+            write(&acked, &[("f.txt", b"v1")]);
+            write(&dst, &[("f.txt", b"receiver edit")]);
+            write(&src, &[("f.txt", b"sender v2")]);
+            let report = transfer(&src, &dst, Some(&acked), strategy);
+            assert_eq!(std::fs::read(dst.join("f.txt")).unwrap(), expect_dst, "{strategy:?}");
+            assert_eq!(report.conflicts.len(), 1, "{strategy:?}: {report:?}");
+            assert_eq!(dst.join("f.txt.conflict-edge-a").exists(), side, "{strategy:?}");
+            if side {
+                assert_eq!(std::fs::read(dst.join("f.txt.conflict-edge-a")).unwrap(), b"sender v2");
+            }
+        }
+    }
+
+    #[test]
+    fn trees_arrive_exactly_and_unchanged_files_are_not_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let big: Vec<u8> = (0..200_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        write(&src, &[("a/b.bin", &big), ("same", b"same"), ("new", b"new")]);
+        let mut old = big.clone();
+        old[100_000] ^= 0xff;
+        write(&dst, &[("a/b.bin", &old), ("same", b"same")]);
+        let report = transfer(&src, &dst, None, ConflictStrategy::default());
+        assert_eq!(report.written, ["a/b.bin", "new"]);
+        assert_eq!(std::fs::read(dst.join("a/b.bin")).unwrap(), big);
+        assert_eq!(std::fs::read(dst.join("new")).unwrap(), b"new");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+        #[test]
+        fn decoders_never_panic_on_garbage(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = Offer::decode(&bytes);
+            let compressed = zstd::bulk::compress(&bytes, 1).unwrap();
+            if let Ok(offer) = Offer::decode(&compressed) {
+                let _ = Request::decode(&compressed, &offer);
+            }
+            let offer = Offer {
+                files: vec![OfferEntry { entry: Entry { path: "f".into(), size: 10, hash: [0; HASH_LEN], mode: 0o644, mtime: 0 }, base: None }],
+                ..Offer::default()
+            };
+            let req = Request { needs: vec![(0, Need::Whole)], ..Request::default() };
+            let _ = Request::decode(&compressed, &offer);
+            for candidate in [&bytes, &compressed] {
+                if let Ok(u) = unpack(&offer, &req, candidate) {
+                    let _ = u.rebuild(&offer, &req, |_| Ok(vec![1, 2, 3]), |_, _| {});
+                }
+            }
+        }
+    }
 }

@@ -23,6 +23,13 @@ pub struct SendArgs {
     /// Delete remote files the local tree lacks.
     #[arg(long)]
     mirror: bool,
+    /// Full sync: send every file whole instead of deltas.
+    #[arg(long)]
+    full: bool,
+    /// How the node settles files it changed since our last push:
+    /// latest-wins, source-wins, target-wins, merge (keep both), version-vector (keep both).
+    #[arg(long, default_value = "latest-wins")]
+    conflict: verge_sync::conflict::Strategy,
     /// Upload limit, e.g. `1MiB` (per second).
     #[arg(long)]
     bwlimit: Option<verge_core::Bytes>,
@@ -116,7 +123,7 @@ fn print_push(r: &PushReport, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(r)?);
     } else {
         println!(
-            "{} files, {} sent ({} bytes on the wire in {} chunks, {} resumed), {} written, {} removed, {} ms",
+            "{} files, {} sent ({} bytes on the wire in {} chunks, {} resumed), {} written, {} removed, {} conflicts, {} ms",
             r.files,
             r.sent.len(),
             r.bytes_sent,
@@ -124,6 +131,7 @@ fn print_push(r: &PushReport, json: bool) -> Result<()> {
             r.chunks_resumed,
             r.applied.written.len(),
             r.applied.removed.len(),
+            r.applied.conflicts.len(),
             r.elapsed_ms
         );
     }
@@ -137,6 +145,9 @@ async fn push_once(addr: &str, dir: &Path, path: &str, send: &SendArgs) -> Resul
     let bases = state_dir()?.join("sync-bases");
     let opts = PushOptions {
         mirror: send.mirror,
+        full: send.full,
+        conflict: send.conflict,
+        sender: std::env::var("HOSTNAME").unwrap_or_else(|_| "cli".into()),
         level: level_for_link(send.link_mbps * 1_000_000),
         limit_bps: send.bwlimit.map(|b| b.0),
         bases_dir: Some(bases),
