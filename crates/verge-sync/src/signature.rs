@@ -47,7 +47,7 @@ pub fn choose_block_size(len: u64, head: &[u8]) -> u32 {
     if let Some(page) = sqlite_page_size(head) {
         return page.clamp(MIN_BLOCK, MAX_BLOCK);
     }
-    if len >= 1 << 20 && len % u64::from(PAGE_BLOCK) == 0 {
+    if len >= 1 << 20 && len & u64::from(PAGE_BLOCK - 1) == 0 {
         return PAGE_BLOCK;
     }
     let root = (len as f64).sqrt().max(1.0);
