@@ -140,6 +140,7 @@ fn banner(api: &str, dir: &std::path::Path, procs: &[Proc], node: &str) {
     println!("  verge workload ls");
     println!("  verge workload status hello-edge");
     println!("  verge logs hello-edge --follow");
+    println!("  verge sync push ./some-dir --to {node}:demo     # delta-sync a directory to the node");
     println!("  verge node drain {node}        # hello-edge moves to the next best node");
     if let Some(p) = procs.iter().find(|p| p.name == node) {
         println!("  kill -9 {}                 # the {node} agent dies; hello-edge fails over after the 5 s lease", p.pid());

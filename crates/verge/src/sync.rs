@@ -182,7 +182,8 @@ async fn watch(dir: PathBuf, to: String, debounce: Duration, send: SendArgs, ser
     let (addr, path) = resolve(&server, &to).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
-        if ev.is_ok() {
+        // Reads (ours included, while pushing) are not changes.
+        if ev.is_ok_and(|e| !matches!(e.kind, notify::EventKind::Access(_))) {
             let _ = tx.send(());
         }
     })?;
