@@ -46,6 +46,8 @@ pub struct AgentOptions {
     pub data_addr: Option<std::net::SocketAddr>,
     /// The data port address to advertise, when not the bound one.
     pub advertise_addr: Option<String>,
+    /// Bandwidth for sync jobs, all together and per peer, bytes per second.
+    pub sync_bandwidth: (Option<u64>, Option<u64>),
 }
 
 /// Where synced trees live on this node: remote paths are relative to it.
@@ -56,6 +58,7 @@ pub fn sync_root(data_dir: &std::path::Path) -> PathBuf {
 /// The agent's channels besides the workloads': messages to send to the
 /// server (sync job statuses) and the data port's bound address.
 struct Link {
+    budget: Arc<crate::syncjobs::Budget>,
     outbox_tx: mpsc::UnboundedSender<AgentMessage>,
     outbox: mpsc::UnboundedReceiver<AgentMessage>,
     data_port: Option<std::net::SocketAddr>,
@@ -204,7 +207,8 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
         None => None,
     };
     let (outbox_tx, outbox) = mpsc::unbounded_channel();
-    let mut link = Link { outbox_tx, outbox, data_port };
+    let budget = Arc::new(crate::syncjobs::Budget::new(opts.sync_bandwidth.0, opts.sync_bandwidth.1));
+    let mut link = Link { budget, outbox_tx, outbox, data_port };
     let mut collector = Collector::new(&opts.data_dir);
     let mut backoff = MIN_BACKOFF;
     let mut announced = false;
@@ -377,9 +381,9 @@ async fn connect(
                         };
                         sink.send(Message::text(encode(&reply))).await.map_err(|e| e.to_string())?;
                     }
-                    ServerMessage::SyncPush { job, path, target_addr, target_path, mirror, limit_bps } => {
-                        let job = crate::syncjobs::SyncJob { job, path, target_addr, target_path, mirror, limit_bps };
-                        crate::syncjobs::start(job, opts.node.id.as_str(), &opts.data_dir, link.outbox_tx.clone());
+                    ServerMessage::SyncPush { job, path, target_addr, target_path, mirror, limit_bps, priority } => {
+                        let job = crate::syncjobs::SyncJob { job, path, target_addr, target_path, mirror, limit_bps, priority };
+                        crate::syncjobs::start(job, opts.node.id.as_str(), &opts.data_dir, link.budget.clone(), link.outbox_tx.clone());
                     }
                     ServerMessage::Refused { reason } => return Err(format!("server refused this agent: {reason}")),
                 }

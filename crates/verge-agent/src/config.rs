@@ -168,6 +168,19 @@ pub struct EdgeConfig {
     /// Security settings.
     #[serde(default)]
     pub security: SecuritySection,
+    /// Data sync settings.
+    #[serde(default)]
+    pub sync: SyncSection,
+}
+
+/// `sync:` — the bandwidth sync jobs from this node may use, per second.
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SyncSection {
+    /// All jobs together, bytes per second (unlimited when absent).
+    pub bandwidth: Option<Bytes>,
+    /// Jobs to any one peer, bytes per second (unlimited when absent).
+    pub per_peer_bandwidth: Option<Bytes>,
 }
 
 /// Keys that environment variables can override, and whether the value is
@@ -193,6 +206,8 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("resources.storage.iops", false),
     ("network.data_addr", true),
     ("network.advertise_addr", true),
+    ("sync.bandwidth", false),
+    ("sync.per_peer_bandwidth", false),
     ("security.attestation", false),
     ("security.encryption", false),
 ];

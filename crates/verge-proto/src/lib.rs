@@ -141,6 +141,9 @@ pub enum ServerMessage {
         /// Upload limit, bytes per second.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         limit_bps: Option<u64>,
+        /// Higher goes first when the node's sync bandwidth is spent.
+        #[serde(default)]
+        priority: u8,
     },
     /// The server refuses the connection; the agent should log and retry later.
     Refused {

@@ -310,6 +310,7 @@ impl Control {
                 target_path: target.path.clone(),
                 mirror: req.mirror,
                 limit_bps: req.limit_bps,
+                priority: req.priority,
             };
             if agent.tx.send(msg).is_err() {
                 return Err(ApiError::new(StatusCode::CONFLICT, "not_connected", format!("node {} just disconnected", source.node)));

@@ -40,6 +40,9 @@ pub struct SyncRequest {
     /// Upload limit, bytes per second.
     #[serde(default)]
     pub limit_bps: Option<u64>,
+    /// Higher goes first when the source node's sync bandwidth is spent (0–255).
+    #[serde(default)]
+    pub priority: u8,
 }
 
 /// A job and what its source agent last reported.

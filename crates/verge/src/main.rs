@@ -225,6 +225,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         stop_workloads_on_exit: args.stop_workloads_on_exit,
         data_addr: Some(cfg.network.data_addr),
         advertise_addr: cfg.network.advertise_addr.clone(),
+        sync_bandwidth: (cfg.sync.bandwidth.map(|b| b.0), cfg.sync.per_peer_bandwidth.map(|b| b.0)),
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())
