@@ -1,1 +1,25 @@
-//! Verge edge cache.
+//! Verge edge cache: bounded caches with selectable eviction policies and an
+//! adaptive default that picks, from miniature simulations, whichever policy
+//! wins on the current workload.
+//!
+//! - [`Cache`]: single-threaded, capacity in entries and/or bytes, per-entry
+//!   TTL against an injected `now`.
+//! - [`SyncCache`]: the same, sharded behind mutexes, for many threads.
+//! - [`policy`]: LRU, LFU, FIFO, TTL, ARC, GDSF, S3-FIFO, SIEVE, W-TinyLFU,
+//!   LIRS and the adaptive default, behind the [`policy::Eviction`] trait.
+
+mod cache;
+mod error;
+mod ghost;
+mod list;
+pub mod policy;
+mod sketch;
+mod sync;
+
+pub use cache::{Cache, CacheConfig, CacheStats, EntryOptions};
+pub use error::CacheError;
+/// The fixed-seed hasher of [`Cache::with_seed`], for callers that want the same hashing.
+pub use foldhash::fast::FixedState;
+pub use policy::PolicyKind;
+pub use sketch::FrequencySketch;
+pub use sync::SyncCache;

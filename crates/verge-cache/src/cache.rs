@@ -1,0 +1,445 @@
+//! The single-threaded cache: a hash table of slab slots, a slab of
+//! entries, an eviction policy over slots, and an expiry heap for TTLs.
+
+use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Sizing};
+use crate::CacheError;
+use hashbrown::HashTable;
+use std::borrow::Borrow;
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::hash::{BuildHasher, Hash};
+
+/// Never expires.
+const NEVER: u64 = u64::MAX;
+
+/// How large a cache is and which policy evicts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CacheConfig {
+    /// Most entries held at once.
+    pub max_entries: usize,
+    /// Most bytes held at once (sum of the entries' `bytes`); `None` counts entries only.
+    pub max_bytes: Option<u64>,
+    /// The eviction policy.
+    pub policy: PolicyKind,
+}
+
+impl CacheConfig {
+    /// A cache of `max_entries` entries with the default (adaptive) policy.
+    pub fn entries(max_entries: usize) -> Self {
+        CacheConfig { max_entries, max_bytes: None, policy: PolicyKind::default() }
+    }
+}
+
+/// Per-entry options of [`Cache::insert_with`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryOptions {
+    /// Size in bytes, counted against `max_bytes`.
+    pub bytes: u64,
+    /// Time to live, in the units of `now` (`None`: until evicted).
+    pub ttl: Option<u64>,
+    /// Relative cost of fetching the entry again (cost-aware policies).
+    pub cost: u32,
+}
+
+impl Default for EntryOptions {
+    fn default() -> Self {
+        EntryOptions { bytes: 1, ttl: None, cost: 1 }
+    }
+}
+
+#[derive(Debug)]
+struct Entry<K, V> {
+    hash: u64,
+    key: K,
+    value: V,
+    bytes: u64,
+    expires_at: u64,
+}
+
+/// Hit and miss counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CacheStats {
+    /// Lookups that found a live entry.
+    pub hits: u64,
+    /// Lookups that found nothing (or an expired entry).
+    pub misses: u64,
+    /// Entries pushed out by the policy to make room.
+    pub evictions: u64,
+    /// Entries dropped because their TTL passed.
+    pub expirations: u64,
+}
+
+/// A bounded cache with a pluggable eviction policy (adaptive by default).
+///
+/// Time is injected: every call that may look at a TTL takes `now` (any
+/// monotonic unit, e.g. milliseconds); the cache reads no clock.
+pub struct Cache<K, V, S = foldhash::fast::RandomState> {
+    /// Slots, found by the key's hash and compared by the slab's key.
+    table: HashTable<u32>,
+    hasher: S,
+    slab: Vec<Option<Entry<K, V>>>,
+    free: Vec<u32>,
+    policy: AnyPolicy,
+    kind: PolicyKind,
+    max_entries: usize,
+    max_bytes: Option<u64>,
+    bytes: u64,
+    expiry: BinaryHeap<Reverse<(u64, u32)>>,
+    stats: CacheStats,
+}
+
+impl<K: Hash + Eq, V> Cache<K, V> {
+    /// A cache of `max_entries` entries with the adaptive policy.
+    pub fn new(max_entries: usize) -> Result<Self, CacheError> {
+        Self::with_config(CacheConfig::entries(max_entries))
+    }
+
+    /// A cache built from `config`, with a randomly seeded hasher.
+    pub fn with_config(config: CacheConfig) -> Result<Self, CacheError> {
+        Self::with_hasher(config, foldhash::fast::RandomState::default())
+    }
+}
+
+impl<K: Hash + Eq, V> Cache<K, V, foldhash::fast::FixedState> {
+    /// A cache built from `config` with a fixed hash seed: reproducible runs
+    /// (benchmarks, tests), at the price of predictable hashes.
+    pub fn with_seed(config: CacheConfig, seed: u64) -> Result<Self, CacheError> {
+        Self::with_hasher(config, foldhash::fast::FixedState::with_seed(seed))
+    }
+}
+
+impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
+    /// A cache built from `config` hashing with `hasher` (a fixed seed makes
+    /// runs reproducible, since sampling follows key hashes).
+    pub fn with_hasher(config: CacheConfig, hasher: S) -> Result<Self, CacheError> {
+        if config.max_entries == 0 {
+            return Err(CacheError::ZeroCapacity("max_entries"));
+        }
+        if config.max_bytes == Some(0) {
+            return Err(CacheError::ZeroCapacity("max_bytes"));
+        }
+        let sizing = match config.max_bytes {
+            Some(bytes) => Sizing { units: bytes, entries: config.max_entries.min((bytes / 1024).clamp(16, 1 << 22) as usize) },
+            None => Sizing { units: config.max_entries as u64, entries: config.max_entries },
+        };
+        Ok(Cache {
+            table: HashTable::with_capacity(config.max_entries.min(1 << 20)),
+            hasher,
+            slab: Vec::new(),
+            free: Vec::new(),
+            policy: AnyPolicy::new(config.policy, sizing),
+            kind: config.policy,
+            max_entries: config.max_entries,
+            max_bytes: config.max_bytes,
+            bytes: 0,
+            expiry: BinaryHeap::new(),
+            stats: CacheStats::default(),
+        })
+    }
+
+    /// The eviction policy in use.
+    pub fn policy(&self) -> PolicyKind {
+        self.kind
+    }
+
+    /// The policy evicting right now: for the adaptive default, the
+    /// candidate it currently serves with (for metrics and reports).
+    pub fn active_policy(&self) -> PolicyKind {
+        self.policy.active(self.kind)
+    }
+
+    /// Number of entries held (expired ones included until noticed).
+    pub fn len(&self) -> usize {
+        self.table.len()
+    }
+
+    /// True when the cache holds nothing.
+    pub fn is_empty(&self) -> bool {
+        self.table.is_empty()
+    }
+
+    /// Sum of the held entries' sizes.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Hit, miss, eviction and expiry counts since creation.
+    pub fn stats(&self) -> CacheStats {
+        self.stats
+    }
+
+    /// Looks `key` up and counts the access for the policy; `None` when
+    /// absent or expired at `now` (an expired entry is dropped).
+    #[inline]
+    pub fn get<Q>(&mut self, key: &Q, now: u64) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(slot) = self.find(key) else {
+            self.stats.misses += 1;
+            return None;
+        };
+        let expires_at = self.slab[slot as usize].as_ref().map_or(0, |e| e.expires_at);
+        if expires_at != NEVER && now >= expires_at {
+            self.stats.misses += 1;
+            self.stats.expirations += 1;
+            self.drop_slot(slot);
+            return None;
+        }
+        self.stats.hits += 1;
+        self.policy.on_hit(slot);
+        self.slab[slot as usize].as_ref().map(|e| &e.value)
+    }
+
+    /// Looks `key` up without telling the policy (no effect on eviction).
+    pub fn peek<Q>(&self, key: &Q, now: u64) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slot = self.find(key)?;
+        let e = self.slab[slot as usize].as_ref()?;
+        (e.expires_at == NEVER || now < e.expires_at).then_some(&e.value)
+    }
+
+    /// Inserts or replaces `key` with default options (1 byte, no TTL).
+    /// Returns whether the entry is held after eviction made room.
+    pub fn insert(&mut self, key: K, value: V, now: u64) -> Result<bool, CacheError> {
+        self.insert_with(key, value, EntryOptions::default(), now, |_, _| {})
+    }
+
+    /// Inserts or replaces `key`; entries pushed out to make room (or the
+    /// new one, when the policy refuses to admit it) are handed to `evicted`
+    /// (a tiered cache demotes them). Returns whether the entry is held.
+    pub fn insert_with(
+        &mut self,
+        key: K,
+        value: V,
+        options: EntryOptions,
+        now: u64,
+        mut evicted: impl FnMut(K, V),
+    ) -> Result<bool, CacheError> {
+        if let Some(max) = self.max_bytes {
+            if options.bytes > max {
+                return Err(CacheError::TooLarge { size: options.bytes, capacity: max });
+            }
+        }
+        let hash = self.hasher.hash_one(&key);
+        if let Some(old) = self.find_hashed(hash, &key) {
+            self.drop_slot(old);
+        }
+        let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
+        let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
+        let slot = match self.free.pop() {
+            Some(s) => s,
+            None => {
+                self.slab.push(None);
+                (self.slab.len() - 1) as u32
+            }
+        };
+        self.slab[slot as usize] = Some(Entry { hash, key, value, bytes: options.bytes, expires_at });
+        let slab = &self.slab;
+        self.table.insert_unique(hash, slot, |&s| slab[s as usize].as_ref().map_or(0, |e| e.hash));
+        self.bytes += options.bytes;
+        if expires_at != NEVER {
+            self.expiry.push(Reverse((expires_at, slot)));
+        }
+        self.policy.on_insert(slot, &Meta { hash, weight, expires_at, cost: options.cost });
+        let mut kept = true;
+        while self.over_budget() {
+            let victim = match self.pop_expired(now) {
+                Some(s) => s,
+                None => match self.policy.evict() {
+                    Some(s) => {
+                        self.stats.evictions += 1;
+                        s
+                    }
+                    None => break,
+                },
+            };
+            if victim == slot {
+                kept = false;
+            }
+            if let Some(e) = self.take_slot(victim) {
+                evicted(e.key, e.value);
+            }
+        }
+        Ok(kept)
+    }
+
+    /// Removes `key`, returning its value if it was held (even if expired).
+    pub fn remove<Q>(&mut self, key: &Q) -> Option<V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slot = self.find(key)?;
+        self.policy.on_remove(slot);
+        self.take_slot(slot).map(|e| e.value)
+    }
+
+    /// Drops every entry whose TTL passed by `now`; returns how many.
+    pub fn purge_expired(&mut self, now: u64) -> usize {
+        let mut n = 0;
+        while let Some(slot) = self.pop_expired(now) {
+            self.take_slot(slot);
+            n += 1;
+        }
+        n
+    }
+
+    #[inline]
+    fn find<Q>(&self, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        self.find_hashed(self.hasher.hash_one(key), key)
+    }
+
+    #[inline]
+    fn find_hashed<Q>(&self, hash: u64, key: &Q) -> Option<u32>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let slab = &self.slab;
+        self.table.find(hash, |&s| slab[s as usize].as_ref().is_some_and(|e| e.key.borrow() == key)).copied()
+    }
+
+    fn over_budget(&self) -> bool {
+        self.table.len() > self.max_entries || self.max_bytes.is_some_and(|max| self.bytes > max)
+    }
+
+    /// Pops the next entry expired at `now` from the expiry heap and tells
+    /// the policy it is gone; stale heap records are skipped.
+    fn pop_expired(&mut self, now: u64) -> Option<u32> {
+        while let Some(&Reverse((at, slot))) = self.expiry.peek() {
+            if at > now {
+                return None;
+            }
+            self.expiry.pop();
+            let live = self.slab[slot as usize].as_ref().is_some_and(|e| e.expires_at == at);
+            if live {
+                self.policy.on_remove(slot);
+                self.stats.expirations += 1;
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn drop_slot(&mut self, slot: u32) {
+        self.policy.on_remove(slot);
+        self.take_slot(slot);
+    }
+
+    /// Frees `slot` (the policy must already have forgotten it).
+    fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
+        let e = self.slab[slot as usize].take()?;
+        if let Ok(found) = self.table.find_entry(e.hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.bytes -= e.bytes;
+        self.free.push(slot);
+        if self.expiry.len() > 2 * self.table.len() + 64 {
+            let slab = &self.slab;
+            self.expiry.retain(|Reverse((at, s))| slab[*s as usize].as_ref().is_some_and(|e| e.expires_at == *at));
+        }
+        Some(e)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cache(policy: PolicyKind, max_entries: usize, max_bytes: Option<u64>) -> Cache<String, u32, foldhash::fast::FixedState> {
+        Cache::with_seed(CacheConfig { max_entries, max_bytes, policy }, 9).expect("valid config")
+    }
+
+    #[test]
+    fn rejects_zero_capacity_and_oversized_entries() {
+        assert_eq!(Cache::<u8, u8>::new(0).err(), Some(CacheError::ZeroCapacity("max_entries")));
+        let bad = CacheConfig { max_entries: 1, max_bytes: Some(0), policy: PolicyKind::Lru };
+        assert!(Cache::<u8, u8>::with_config(bad).is_err());
+        let mut c = cache(PolicyKind::Lru, 10, Some(100));
+        let big = EntryOptions { bytes: 101, ..EntryOptions::default() };
+        assert_eq!(c.insert_with("k".into(), 1, big, 0, |_, _| {}), Err(CacheError::TooLarge { size: 101, capacity: 100 }));
+        assert!(c.is_empty());
+    }
+
+    #[test]
+    fn replaces_values_and_tracks_bytes() {
+        let mut c = cache(PolicyKind::Adaptive, 10, Some(100));
+        let opts = |bytes| EntryOptions { bytes, ..EntryOptions::default() };
+        assert_eq!(c.insert_with("a".into(), 1, opts(30), 0, |_, _| {}), Ok(true));
+        assert_eq!(c.insert_with("a".into(), 2, opts(50), 0, |_, _| {}), Ok(true));
+        assert_eq!(c.get("a", 0), Some(&2));
+        assert_eq!((c.len(), c.bytes()), (1, 50));
+        assert_eq!(c.remove("a"), Some(2));
+        assert_eq!((c.len(), c.bytes()), (0, 0));
+    }
+
+    #[test]
+    fn byte_budget_evicts_to_fit_and_reports_victims() {
+        let mut c = cache(PolicyKind::Lru, 100, Some(100));
+        let opts = EntryOptions { bytes: 40, ..EntryOptions::default() };
+        let mut gone = Vec::new();
+        for k in ["a", "b", "c"] {
+            c.insert_with(k.into(), 0, opts, 0, |k, _| gone.push(k)).expect("fits");
+        }
+        assert_eq!(gone, vec!["a".to_string()]);
+        assert_eq!(c.bytes(), 80);
+        assert_eq!(c.stats().evictions, 1);
+    }
+
+    #[test]
+    fn ttl_expires_and_expired_entries_make_room_first() {
+        let mut c = cache(PolicyKind::Lru, 2, None);
+        let ttl = |t| EntryOptions { ttl: Some(t), ..EntryOptions::default() };
+        c.insert_with("short".into(), 1, ttl(10), 0, |_, _| {}).expect("fits");
+        c.insert_with("long".into(), 2, ttl(1000), 0, |_, _| {}).expect("fits");
+        assert_eq!(c.get("short", 9), Some(&1));
+        // "short" was used last, but it expired: it goes before "long".
+        c.insert("new".into(), 3, 10).expect("fits");
+        assert_eq!(c.peek("long", 10), Some(&2));
+        assert_eq!(c.get("short", 10), None);
+        assert_eq!(c.get("long", 1000), None);
+        assert_eq!(c.stats().expirations, 2);
+        assert_eq!(c.purge_expired(2000), 0);
+        assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn purge_drops_only_expired() {
+        let mut c = cache(PolicyKind::Ttl, 10, None);
+        for (i, t) in [5u64, 50, 500].into_iter().enumerate() {
+            c.insert_with(format!("k{i}"), 0, EntryOptions { ttl: Some(t), ..EntryOptions::default() }, 0, |_, _| {}).expect("fits");
+        }
+        c.insert("forever".into(), 0, 0).expect("fits");
+        assert_eq!(c.purge_expired(60), 2);
+        assert_eq!(c.len(), 2);
+    }
+
+    #[test]
+    fn every_policy_replays_a_mixed_trace() {
+        for kind in PolicyKind::ALL {
+            let mut c = cache(kind, 50, None);
+            let mut hits = 0;
+            for i in 0..20_000u32 {
+                let k = if i % 2 == 0 { (i / 2) % 10 } else { 10 + (i * 7919) % 5000 };
+                let key = k.to_string();
+                if c.get(key.as_str(), 0).is_some() {
+                    hits += 1;
+                } else {
+                    c.insert(key, k, 0).expect("fits");
+                }
+                assert!(c.len() <= 50);
+            }
+            assert!(hits > 7000, "{kind}: {hits} hits; the 10 hot keys should mostly hit");
+            assert_eq!(c.active_policy() == kind, kind != PolicyKind::Adaptive);
+        }
+    }
+}

@@ -1,0 +1,101 @@
+//! GreedyDual-Size-Frequency (Cherkasova): priority = L + frequency × cost / size.
+//!
+//! Small, often-used, expensive-to-fetch entries stay; `L` (the priority of
+//! the last victim) ages everything that is not used again. With unit
+//! sizes and costs this is LFU with dynamic aging.
+
+use super::{grow, Eviction, Meta};
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    /// Heap record that is current for this slot (0 = not resident).
+    stamp: u64,
+    freq: u32,
+    cost: u32,
+    weight: u64,
+}
+
+/// GDSF over a min-heap with lazy deletion.
+#[derive(Debug, Default)]
+pub struct Gdsf {
+    heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    entries: Vec<Entry>,
+    clock: f64,
+    next_stamp: u64,
+    live: usize,
+}
+
+impl Gdsf {
+    /// Pushes a fresh heap record for `slot` with its current priority.
+    fn push(&mut self, slot: u32) {
+        let e = &mut self.entries[slot as usize];
+        let priority = self.clock + f64::from(e.freq) * f64::from(e.cost.max(1)) / e.weight.max(1) as f64;
+        self.next_stamp += 1;
+        e.stamp = self.next_stamp;
+        // Non-negative floats order like their bit patterns.
+        self.heap.push(Reverse((priority.to_bits(), self.next_stamp, slot)));
+        if self.heap.len() > 2 * self.live + 64 {
+            let entries = &self.entries;
+            self.heap.retain(|Reverse((_, stamp, slot))| entries[*slot as usize].stamp == *stamp);
+        }
+    }
+}
+
+impl Eviction for Gdsf {
+    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+        grow(&mut self.entries, slot, Entry::default());
+        self.entries[slot as usize] = Entry { stamp: 0, freq: 1, cost: meta.cost, weight: meta.weight };
+        self.live += 1;
+        self.push(slot);
+    }
+
+    fn on_hit(&mut self, slot: u32) {
+        let e = &mut self.entries[slot as usize];
+        e.freq = e.freq.saturating_add(1);
+        self.push(slot);
+    }
+
+    fn evict(&mut self) -> Option<u32> {
+        while let Some(Reverse((priority, stamp, slot))) = self.heap.pop() {
+            let e = &mut self.entries[slot as usize];
+            if e.stamp == stamp {
+                e.stamp = 0;
+                self.live -= 1;
+                self.clock = f64::from_bits(priority);
+                return Some(slot);
+            }
+        }
+        None
+    }
+
+    fn on_remove(&mut self, slot: u32) {
+        self.entries[slot as usize].stamp = 0;
+        self.live -= 1;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefers_small_costly_frequent_entries() {
+        let mut p = Gdsf::default();
+        let meta = |weight, cost| Meta { hash: 0, weight, expires_at: u64::MAX, cost };
+        p.on_insert(0, &meta(100, 1)); // big, cheap: priority 0.01
+        p.on_insert(1, &meta(1, 1)); // small: 1
+        p.on_insert(2, &meta(100, 1000)); // big but costly: 10
+        p.on_insert(3, &meta(1, 1));
+        p.on_hit(3); // 2
+        assert_eq!(p.evict(), Some(0));
+        assert_eq!(p.evict(), Some(1));
+        // L is now 1: a new small entry starts at 2, ties with 3 (older goes first).
+        p.on_insert(4, &meta(1, 1));
+        assert_eq!(p.evict(), Some(3));
+        assert_eq!(p.evict(), Some(4));
+        assert_eq!(p.evict(), Some(2));
+        assert_eq!(p.evict(), None);
+    }
+}

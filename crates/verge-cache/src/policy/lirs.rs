@@ -1,0 +1,244 @@
+//! LIRS (Jiang & Zhang, SIGMETRICS'02): ranks entries by reuse distance
+//! (Inter-Reference Recency) instead of recency. LIR entries (short reuse
+//! distance) hold ~99 % of the space; the rest is a FIFO of resident HIR
+//! entries. Non-resident HIR entries stay in the recency stack as ghosts,
+//! so loops and scans larger than the cache still get hits.
+
+use super::{grow, Eviction, Meta, Sizing};
+use crate::list::{Links, List, NIL};
+use std::collections::HashMap;
+
+#[derive(Debug, Clone, Copy)]
+struct Node {
+    hash: u64,
+    slot: u32,
+    weight: u64,
+    lir: bool,
+    in_s: bool,
+}
+
+/// LIRS with a bounded number of non-resident ghosts.
+#[derive(Debug)]
+pub struct Lirs {
+    nodes: Vec<Node>,
+    free: Vec<u32>,
+    by_hash: HashMap<u64, u32, foldhash::fast::FixedState>,
+    node_of: Vec<u32>,
+    /// The LIRS stack S (head = top).
+    s_links: Links,
+    s: List,
+    /// Resident HIR queue Q (head = newest) and, on the same links, the
+    /// FIFO of non-resident ghosts (which are never in Q).
+    q_links: Links,
+    q: List,
+    ghosts: List,
+    lir_weight: u64,
+    lir_max: u64,
+    ghost_limit: usize,
+}
+
+impl Lirs {
+    /// LIRS with 1 % of the capacity for resident HIR entries.
+    pub fn new(sizing: Sizing) -> Self {
+        let units = sizing.units.max(1);
+        let hir = (units / 100).max(1).min(units);
+        Lirs {
+            nodes: Vec::new(),
+            free: Vec::new(),
+            by_hash: HashMap::default(),
+            node_of: Vec::new(),
+            s_links: Links::default(),
+            s: List::default(),
+            q_links: Links::default(),
+            q: List::default(),
+            ghosts: List::default(),
+            lir_weight: 0,
+            lir_max: units - hir,
+            ghost_limit: 2 * sizing.entries.max(1),
+        }
+    }
+
+    fn alloc(&mut self, node: Node) -> u32 {
+        match self.free.pop() {
+            Some(n) => {
+                self.nodes[n as usize] = node;
+                n
+            }
+            None => {
+                self.nodes.push(node);
+                (self.nodes.len() - 1) as u32
+            }
+        }
+    }
+
+    fn release(&mut self, n: u32) {
+        self.by_hash.remove(&self.nodes[n as usize].hash);
+        self.free.push(n);
+    }
+
+    /// Removes HIR entries from the bottom of S until an LIR one is there.
+    fn prune(&mut self) {
+        while self.s.tail != NIL {
+            let n = self.s.tail;
+            let node = self.nodes[n as usize];
+            if node.lir {
+                break;
+            }
+            self.s_links.unlink(&mut self.s, n);
+            self.nodes[n as usize].in_s = false;
+            if node.slot == NIL {
+                self.q_links.unlink(&mut self.ghosts, n);
+                self.release(n);
+            }
+        }
+    }
+
+    /// Turns bottom LIR entries into resident HIR ones while LIR is over budget.
+    fn demote_excess(&mut self) {
+        while self.lir_weight > self.lir_max {
+            self.prune();
+            let b = self.s.tail;
+            if b == NIL {
+                break;
+            }
+            self.s_links.unlink(&mut self.s, b);
+            let node = &mut self.nodes[b as usize];
+            node.in_s = false;
+            node.lir = false;
+            self.lir_weight -= node.weight;
+            self.q_links.push_front(&mut self.q, b);
+            self.prune();
+        }
+    }
+
+    fn make_lir(&mut self, n: u32) {
+        let node = &mut self.nodes[n as usize];
+        node.lir = true;
+        self.lir_weight += node.weight;
+        self.demote_excess();
+    }
+}
+
+impl Eviction for Lirs {
+    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+        grow(&mut self.node_of, slot, NIL);
+        let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
+        if let Some(&n) = self.by_hash.get(&meta.hash) {
+            // A ghost (non-resident HIR, always in S): its reuse distance is
+            // shorter than the bottom LIR's, so it becomes LIR.
+            self.q_links.unlink(&mut self.ghosts, n);
+            let node = &mut self.nodes[n as usize];
+            node.slot = slot;
+            node.weight = meta.weight;
+            self.node_of[slot as usize] = n;
+            self.s_links.move_to_front(&mut self.s, n);
+            self.make_lir(n);
+            return;
+        }
+        let n = self.alloc(Node { hash: meta.hash, slot, weight: meta.weight, lir: false, in_s: true });
+        self.by_hash.insert(meta.hash, n);
+        self.node_of[slot as usize] = n;
+        self.s_links.push_front(&mut self.s, n);
+        if fits_lir {
+            self.make_lir(n);
+        } else {
+            self.q_links.push_front(&mut self.q, n);
+            // Keeps an LIR entry at the bottom of S (S may have held no LIR).
+            self.prune();
+        }
+    }
+
+    fn on_hit(&mut self, slot: u32) {
+        let n = self.node_of[slot as usize];
+        let node = self.nodes[n as usize];
+        if node.lir {
+            let was_bottom = self.s.tail == n;
+            self.s_links.move_to_front(&mut self.s, n);
+            if was_bottom {
+                self.prune();
+            }
+        } else if node.in_s {
+            self.s_links.move_to_front(&mut self.s, n);
+            self.q_links.unlink(&mut self.q, n);
+            self.make_lir(n);
+        } else {
+            self.s_links.push_front(&mut self.s, n);
+            self.nodes[n as usize].in_s = true;
+            self.q_links.move_to_front(&mut self.q, n);
+        }
+    }
+
+    fn evict(&mut self) -> Option<u32> {
+        if let Some(n) = self.q_links.pop_back(&mut self.q) {
+            let node = &mut self.nodes[n as usize];
+            let slot = node.slot;
+            node.slot = NIL;
+            self.node_of[slot as usize] = NIL;
+            if node.in_s {
+                self.q_links.push_front(&mut self.ghosts, n);
+                while self.ghosts.len > self.ghost_limit {
+                    let Some(g) = self.q_links.pop_back(&mut self.ghosts) else { break };
+                    self.s_links.unlink(&mut self.s, g);
+                    self.release(g);
+                }
+            } else {
+                self.release(n);
+            }
+            return Some(slot);
+        }
+        // Only LIR entries are resident: evict the bottom one.
+        let n = self.s.tail;
+        if n == NIL {
+            return None;
+        }
+        self.s_links.unlink(&mut self.s, n);
+        let node = self.nodes[n as usize];
+        self.lir_weight -= node.weight;
+        self.node_of[node.slot as usize] = NIL;
+        self.release(n);
+        self.prune();
+        Some(node.slot)
+    }
+
+    fn on_remove(&mut self, slot: u32) {
+        let n = self.node_of[slot as usize];
+        self.node_of[slot as usize] = NIL;
+        let node = self.nodes[n as usize];
+        if node.lir {
+            self.lir_weight -= node.weight;
+        } else {
+            self.q_links.unlink(&mut self.q, n);
+        }
+        if node.in_s {
+            self.s_links.unlink(&mut self.s, n);
+        }
+        self.release(n);
+        self.prune();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{replay, units};
+    use super::*;
+
+    #[test]
+    fn loop_larger_than_cache_still_hits() {
+        // A loop over 12 keys with room for 10: LRU gets nothing, LIRS keeps
+        // most of the loop resident.
+        let keys: Vec<u64> = (0..1200).map(|i| i % 12).collect();
+        let (hits, _) = replay(&mut Lirs::new(units(10)), 10, &keys);
+        assert!(hits > 800, "hits {hits}");
+        let (lru_hits, _) = replay(&mut super::super::Lru::default(), 10, &keys);
+        assert_eq!(lru_hits, 0);
+    }
+
+    #[test]
+    fn ghost_reference_becomes_lir() {
+        let mut p = Lirs::new(units(3));
+        // 1, 2 become LIR; 3 is resident HIR; 4 evicts 3 (ghost in S); 3 again.
+        replay(&mut p, 3, &[1, 2, 3, 4, 3]);
+        let n = p.by_hash[&3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)];
+        assert!(p.nodes[n as usize].lir);
+    }
+}

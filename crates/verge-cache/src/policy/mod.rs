@@ -1,0 +1,331 @@
+//! Eviction policies, all behind one trait ([`Eviction`]).
+//!
+//! A policy sees slots (indices into the cache's slab), never keys or
+//! values: the cache tells it about inserts, hits and removals, and asks it
+//! for a victim while the cache is over budget. Capacity is counted in
+//! *units*: entries, or bytes when the cache has a byte budget (then an
+//! entry's unit weight is its size). Policies read no clock; TTLs arrive as
+//! absolute `expires_at` values in the entry's [`Meta`].
+
+mod adaptive;
+mod arc;
+mod fifo;
+mod gdsf;
+mod lfu;
+mod lirs;
+mod lru;
+mod s3fifo;
+mod sieve;
+mod ttl;
+mod wtinylfu;
+
+pub use adaptive::Adaptive;
+pub use arc::Arc;
+pub use fifo::Fifo;
+pub use gdsf::Gdsf;
+pub use lfu::Lfu;
+pub use lirs::Lirs;
+pub use lru::Lru;
+pub use s3fifo::S3Fifo;
+pub use sieve::Sieve;
+pub use ttl::Ttl;
+pub use wtinylfu::WTinyLfu;
+
+use crate::CacheError;
+use std::fmt;
+use std::str::FromStr;
+
+/// What a policy learns about an entry when it is inserted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Meta {
+    /// Hash of the key (frequency sketches, ghosts and sampling use it).
+    pub hash: u64,
+    /// Weight in capacity units (1 per entry, or the entry's bytes).
+    pub weight: u64,
+    /// Absolute expiry (same clock as the cache's `now`), `u64::MAX` for none.
+    pub expires_at: u64,
+    /// Relative cost of fetching the entry again (cost-aware policies).
+    pub cost: u32,
+}
+
+/// How large the cache a policy serves is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sizing {
+    /// Capacity in units (entries, or bytes).
+    pub units: u64,
+    /// About how many entries fit (sizes sketches and ghost lists).
+    pub entries: usize,
+}
+
+/// The interface between the cache and an eviction policy.
+pub trait Eviction {
+    /// A new entry now lives in `slot`.
+    fn on_insert(&mut self, slot: u32, meta: &Meta);
+    /// The entry in `slot` was read.
+    fn on_hit(&mut self, slot: u32);
+    /// Picks a victim, forgets it and returns its slot; `None` when empty.
+    /// May return the slot inserted last (an admission refusal).
+    fn evict(&mut self) -> Option<u32>;
+    /// The entry in `slot` left the cache for another reason (delete, expiry).
+    fn on_remove(&mut self, slot: u32);
+}
+
+/// Grows a per-slot vector so that `slot` is a valid index.
+#[inline]
+pub(crate) fn grow<T: Clone>(v: &mut Vec<T>, slot: u32, fill: T) {
+    let need = slot as usize + 1;
+    if v.len() < need {
+        v.resize(need.max(v.len() * 2), fill);
+    }
+}
+
+/// The selectable policies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub enum PolicyKind {
+    /// Least recently used.
+    Lru,
+    /// Least frequently used, ties broken by recency.
+    Lfu,
+    /// First in, first out.
+    Fifo,
+    /// Soonest expiring first, then oldest.
+    Ttl,
+    /// Adaptive Replacement Cache (Megiddo & Modha).
+    Arc,
+    /// GreedyDual-Size-Frequency: cost-, size- and frequency-aware.
+    Gdsf,
+    /// S3-FIFO (Yang et al., SOSP'23).
+    S3Fifo,
+    /// SIEVE (Zhang et al., NSDI'24).
+    Sieve,
+    /// W-TinyLFU with a hill-climbed window (Caffeine).
+    WTinyLfu,
+    /// LIRS (Jiang & Zhang).
+    Lirs,
+    /// The default: picks among the others from miniature simulations.
+    #[default]
+    Adaptive,
+}
+
+impl PolicyKind {
+    /// Every policy, the default last.
+    pub const ALL: [PolicyKind; 11] = [
+        PolicyKind::Lru,
+        PolicyKind::Lfu,
+        PolicyKind::Fifo,
+        PolicyKind::Ttl,
+        PolicyKind::Arc,
+        PolicyKind::Gdsf,
+        PolicyKind::S3Fifo,
+        PolicyKind::Sieve,
+        PolicyKind::WTinyLfu,
+        PolicyKind::Lirs,
+        PolicyKind::Adaptive,
+    ];
+
+    /// The name used on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            PolicyKind::Lru => "lru",
+            PolicyKind::Lfu => "lfu",
+            PolicyKind::Fifo => "fifo",
+            PolicyKind::Ttl => "ttl",
+            PolicyKind::Arc => "arc",
+            PolicyKind::Gdsf => "gdsf",
+            PolicyKind::S3Fifo => "s3fifo",
+            PolicyKind::Sieve => "sieve",
+            PolicyKind::WTinyLfu => "wtinylfu",
+            PolicyKind::Lirs => "lirs",
+            PolicyKind::Adaptive => "adaptive",
+        }
+    }
+}
+
+impl fmt::Display for PolicyKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for PolicyKind {
+    type Err = CacheError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let wanted = s.trim().to_ascii_lowercase().replace(['-', '_'], "");
+        PolicyKind::ALL.into_iter().find(|k| k.name() == wanted).ok_or_else(|| CacheError::UnknownPolicy(s.to_string()))
+    }
+}
+
+/// One of the fixed (non-adaptive) policies, dispatched without a vtable.
+#[derive(Debug)]
+pub(crate) enum Base {
+    Lru(Lru),
+    Lfu(Lfu),
+    Fifo(Fifo),
+    Ttl(Ttl),
+    Arc(Arc),
+    Gdsf(Gdsf),
+    S3Fifo(S3Fifo),
+    Sieve(Sieve),
+    WTinyLfu(WTinyLfu),
+    Lirs(Lirs),
+}
+
+macro_rules! dispatch {
+    ($self:expr, $p:ident => $e:expr) => {
+        match $self {
+            Base::Lru($p) => $e,
+            Base::Lfu($p) => $e,
+            Base::Fifo($p) => $e,
+            Base::Ttl($p) => $e,
+            Base::Arc($p) => $e,
+            Base::Gdsf($p) => $e,
+            Base::S3Fifo($p) => $e,
+            Base::Sieve($p) => $e,
+            Base::WTinyLfu($p) => $e,
+            Base::Lirs($p) => $e,
+        }
+    };
+}
+
+impl Base {
+    /// A fresh fixed policy; `None` for [`PolicyKind::Adaptive`].
+    pub fn new(kind: PolicyKind, sizing: Sizing) -> Option<Base> {
+        Some(match kind {
+            PolicyKind::Lru => Base::Lru(Lru::default()),
+            PolicyKind::Lfu => Base::Lfu(Lfu::default()),
+            PolicyKind::Fifo => Base::Fifo(Fifo::default()),
+            PolicyKind::Ttl => Base::Ttl(Ttl::default()),
+            PolicyKind::Arc => Base::Arc(Arc::new(sizing)),
+            PolicyKind::Gdsf => Base::Gdsf(Gdsf::default()),
+            PolicyKind::S3Fifo => Base::S3Fifo(S3Fifo::new(sizing)),
+            PolicyKind::Sieve => Base::Sieve(Sieve::default()),
+            PolicyKind::WTinyLfu => Base::WTinyLfu(WTinyLfu::new(sizing)),
+            PolicyKind::Lirs => Base::Lirs(Lirs::new(sizing)),
+            PolicyKind::Adaptive => return None,
+        })
+    }
+}
+
+impl Eviction for Base {
+    #[inline]
+    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+        dispatch!(self, p => p.on_insert(slot, meta))
+    }
+    #[inline]
+    fn on_hit(&mut self, slot: u32) {
+        dispatch!(self, p => p.on_hit(slot))
+    }
+    #[inline]
+    fn evict(&mut self) -> Option<u32> {
+        dispatch!(self, p => p.evict())
+    }
+    #[inline]
+    fn on_remove(&mut self, slot: u32) {
+        dispatch!(self, p => p.on_remove(slot))
+    }
+}
+
+/// Any policy, the adaptive one included: what a [`crate::Cache`] runs.
+/// One per cache, so the size difference costs nothing; boxing the fixed
+/// policies would add a pointer chase to every hit.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub(crate) enum AnyPolicy {
+    Base(Base),
+    Adaptive(Box<Adaptive>),
+}
+
+impl AnyPolicy {
+    /// A fresh policy of `kind` for a cache of `sizing`.
+    pub fn new(kind: PolicyKind, sizing: Sizing) -> AnyPolicy {
+        match Base::new(kind, sizing) {
+            Some(b) => AnyPolicy::Base(b),
+            None => AnyPolicy::Adaptive(Box::new(Adaptive::new(sizing))),
+        }
+    }
+}
+
+impl AnyPolicy {
+    /// The policy evicting right now (the adaptive one's current choice).
+    pub fn active(&self, configured: PolicyKind) -> PolicyKind {
+        match self {
+            AnyPolicy::Base(_) => configured,
+            AnyPolicy::Adaptive(a) => a.live_kind(),
+        }
+    }
+}
+
+impl Eviction for AnyPolicy {
+    #[inline]
+    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+        match self {
+            AnyPolicy::Base(p) => p.on_insert(slot, meta),
+            AnyPolicy::Adaptive(p) => p.on_insert(slot, meta),
+        }
+    }
+    #[inline]
+    fn on_hit(&mut self, slot: u32) {
+        match self {
+            AnyPolicy::Base(p) => p.on_hit(slot),
+            AnyPolicy::Adaptive(p) => p.on_hit(slot),
+        }
+    }
+    #[inline]
+    fn evict(&mut self) -> Option<u32> {
+        match self {
+            AnyPolicy::Base(p) => p.evict(),
+            AnyPolicy::Adaptive(p) => p.evict(),
+        }
+    }
+    #[inline]
+    fn on_remove(&mut self, slot: u32) {
+        match self {
+            AnyPolicy::Base(p) => p.on_remove(slot),
+            AnyPolicy::Adaptive(p) => p.on_remove(slot),
+        }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod testutil {
+    use super::*;
+
+    /// Replays `keys` (get, insert on miss, unit weights) against `policy`
+    /// with room for `cap` entries; returns the hit count and the final
+    /// resident keys (sorted).
+    pub fn replay(policy: &mut dyn Eviction, cap: usize, keys: &[u64]) -> (usize, Vec<u64>) {
+        let mut slot_of = std::collections::HashMap::new();
+        let mut key_of: Vec<Option<u64>> = Vec::new();
+        let mut free: Vec<u32> = Vec::new();
+        let mut hits = 0;
+        for &k in keys {
+            if let Some(&s) = slot_of.get(&k) {
+                hits += 1;
+                policy.on_hit(s);
+                continue;
+            }
+            let s = free.pop().unwrap_or(key_of.len() as u32);
+            if s as usize == key_of.len() {
+                key_of.push(None);
+            }
+            key_of[s as usize] = Some(k);
+            slot_of.insert(k, s);
+            policy.on_insert(s, &Meta { hash: k.wrapping_mul(0x9e37_79b9_7f4a_7c15), weight: 1, expires_at: u64::MAX, cost: 1 });
+            while slot_of.len() > cap {
+                let v = policy.evict().expect("over capacity means non-empty");
+                let key = key_of[v as usize].take().expect("victim is resident");
+                slot_of.remove(&key);
+                free.push(v);
+            }
+        }
+        let mut resident: Vec<u64> = slot_of.keys().copied().collect();
+        resident.sort_unstable();
+        (hits, resident)
+    }
+
+    /// Sizing for `n` unit-weight entries.
+    pub fn units(n: usize) -> Sizing {
+        Sizing { units: n as u64, entries: n }
+    }
+}

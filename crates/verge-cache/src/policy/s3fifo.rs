@@ -1,0 +1,123 @@
+//! S3-FIFO (Yang et al., SOSP'23): a small FIFO (10 %) filters one-hit
+//! wonders, a main FIFO with 2-bit counters and reinsertion keeps the rest,
+//! a ghost FIFO sends returning keys straight to main.
+
+use super::{grow, Eviction, Meta, Sizing};
+use crate::ghost::GhostList;
+use crate::list::{Links, List};
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    hash: u64,
+    weight: u64,
+    freq: u8,
+    in_main: bool,
+}
+
+/// S3-FIFO with weighted queues.
+#[derive(Debug)]
+pub struct S3Fifo {
+    links: Links,
+    small: List,
+    main: List,
+    small_weight: u64,
+    small_target: u64,
+    ghost: GhostList,
+    ghost_limit: u64,
+    entries: Vec<Entry>,
+}
+
+impl S3Fifo {
+    /// S3-FIFO for a cache of `sizing`.
+    pub fn new(sizing: Sizing) -> Self {
+        let units = sizing.units.max(1);
+        S3Fifo {
+            links: Links::default(),
+            small: List::default(),
+            main: List::default(),
+            small_weight: 0,
+            small_target: (units / 10).max(1),
+            ghost: GhostList::default(),
+            ghost_limit: units - units / 10,
+            entries: Vec::new(),
+        }
+    }
+}
+
+impl Eviction for S3Fifo {
+    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+        grow(&mut self.entries, slot, Entry::default());
+        let in_main = self.ghost.remove(meta.hash).is_some();
+        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, freq: 0, in_main };
+        if in_main {
+            self.links.push_front(&mut self.main, slot);
+        } else {
+            self.links.push_front(&mut self.small, slot);
+            self.small_weight += meta.weight;
+        }
+    }
+
+    #[inline]
+    fn on_hit(&mut self, slot: u32) {
+        let e = &mut self.entries[slot as usize];
+        e.freq = (e.freq + 1).min(3);
+    }
+
+    fn evict(&mut self) -> Option<u32> {
+        loop {
+            if !self.small.is_empty() && (self.small_weight >= self.small_target || self.main.is_empty()) {
+                let slot = self.links.pop_back(&mut self.small)?;
+                let e = &mut self.entries[slot as usize];
+                self.small_weight -= e.weight;
+                if e.freq > 0 {
+                    e.freq = 0;
+                    e.in_main = true;
+                    self.links.push_front(&mut self.main, slot);
+                    continue;
+                }
+                let (hash, weight) = (e.hash, e.weight);
+                self.ghost.push(hash, weight);
+                while self.ghost.weight() > self.ghost_limit && self.ghost.pop_oldest() {}
+                return Some(slot);
+            }
+            let slot = self.links.pop_back(&mut self.main)?;
+            let e = &mut self.entries[slot as usize];
+            if e.freq > 0 {
+                e.freq -= 1;
+                self.links.push_front(&mut self.main, slot);
+                continue;
+            }
+            return Some(slot);
+        }
+    }
+
+    fn on_remove(&mut self, slot: u32) {
+        let e = self.entries[slot as usize];
+        if e.in_main {
+            self.links.unlink(&mut self.main, slot);
+        } else {
+            self.links.unlink(&mut self.small, slot);
+            self.small_weight -= e.weight;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{replay, units};
+    use super::*;
+
+    #[test]
+    fn one_hit_wonders_leave_from_small_and_ghosts_return_to_main() {
+        let mut p = S3Fifo::new(units(10));
+        // 1 is hit while in small, so it moves to main when small overflows.
+        let mut keys = vec![1, 1];
+        keys.extend(2..=20);
+        keys.push(5); // a ghost: goes straight to main
+        let (hits, resident) = replay(&mut p, 10, &keys);
+        assert_eq!(hits, 1);
+        assert!(resident.contains(&1));
+        assert!(resident.contains(&5));
+        assert!(p.entries.iter().any(|e| e.in_main && e.hash == 5u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+    }
+}

@@ -1,0 +1,281 @@
+//! W-TinyLFU (Einziger et al.; Caffeine): a small LRU *window* admits every
+//! new entry; an entry leaving the window enters the segmented LRU *main*
+//! area (probation + protected) only if the frequency sketch says it is
+//! more popular than main's victim. A hill climber resizes the window from
+//! the hit rate of successive samples (Caffeine's `climb`), so the policy
+//! slides between LRU-like (large window) and LFU-like (small window).
+
+use super::{grow, Eviction, Meta, Sizing};
+use crate::list::{Links, List};
+use crate::sketch::FrequencySketch;
+
+const WINDOW: u8 = 0;
+const PROBATION: u8 = 1;
+const PROTECTED: u8 = 2;
+
+/// Step of the hill climber as a share of capacity (Caffeine: 6.25 %).
+const STEP_PERCENT: f64 = 0.0625;
+/// A hit-rate change this large restarts the climber with a full step.
+const RESTART_THRESHOLD: f64 = 0.05;
+/// Each step is this much smaller than the one before.
+const STEP_DECAY: f64 = 0.98;
+/// Candidates at least this popular may be admitted at random (hash-flooding defence).
+const HASHDOS_THRESHOLD: u8 = 6;
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Entry {
+    hash: u64,
+    weight: u64,
+    region: u8,
+}
+
+/// W-TinyLFU with a hill-climbed window.
+#[derive(Debug)]
+pub struct WTinyLfu {
+    links: Links,
+    lists: [List; 3],
+    weights: [u64; 3],
+    window_max: u64,
+    protected_max: u64,
+    capacity: u64,
+    sketch: FrequencySketch,
+    entries: Vec<Entry>,
+    climb: Option<Climber>,
+    rng: u64,
+}
+
+/// Caffeine's hill climber state.
+#[derive(Debug)]
+struct Climber {
+    hits: u64,
+    misses: u64,
+    sample: u64,
+    previous_rate: f64,
+    step: f64,
+}
+
+impl WTinyLfu {
+    /// W-TinyLFU with a 1 % window that the hill climber then tunes.
+    pub fn new(sizing: Sizing) -> Self {
+        Self::with_window(sizing, 0.01, true)
+    }
+
+    /// W-TinyLFU with a window of `window_share` of the capacity, tuned by the
+    /// hill climber only when `climb` is set.
+    pub(crate) fn with_window(sizing: Sizing, window_share: f64, climb: bool) -> Self {
+        let capacity = sizing.units.max(1);
+        let window_max = ((capacity as f64 * window_share) as u64).clamp(1, capacity);
+        let main = capacity - window_max;
+        WTinyLfu {
+            links: Links::default(),
+            lists: [List::default(); 3],
+            weights: [0; 3],
+            window_max,
+            protected_max: main * 4 / 5,
+            capacity,
+            sketch: FrequencySketch::new(sizing.entries),
+            entries: Vec::new(),
+            climb: climb.then(|| Climber {
+                hits: 0,
+                misses: 0,
+                sample: 10 * sizing.entries.max(16) as u64,
+                previous_rate: 0.0,
+                step: -STEP_PERCENT * capacity as f64,
+            }),
+            rng: 0x853c_49e6_748f_ea9b,
+        }
+    }
+
+    fn take(&mut self, slot: u32) {
+        let e = self.entries[slot as usize];
+        self.links.unlink(&mut self.lists[e.region as usize], slot);
+        self.weights[e.region as usize] -= e.weight;
+    }
+
+    fn put_front(&mut self, slot: u32, region: u8) {
+        let e = &mut self.entries[slot as usize];
+        e.region = region;
+        let w = e.weight;
+        self.links.push_front(&mut self.lists[region as usize], slot);
+        self.weights[region as usize] += w;
+    }
+
+    fn demote_protected(&mut self) {
+        while self.weights[PROTECTED as usize] > self.protected_max {
+            let Some(slot) = self.links.pop_back(&mut self.lists[PROTECTED as usize]) else { break };
+            self.weights[PROTECTED as usize] -= self.entries[slot as usize].weight;
+            self.put_front(slot, PROBATION);
+        }
+    }
+
+    fn admit(&mut self, candidate: u64, victim: u64) -> bool {
+        let c = self.sketch.frequency(candidate);
+        let v = self.sketch.frequency(victim);
+        if c > v {
+            return true;
+        }
+        if c >= HASHDOS_THRESHOLD {
+            // xorshift: deterministic, and unpredictable enough to break floods.
+            self.rng ^= self.rng << 13;
+            self.rng ^= self.rng >> 7;
+            self.rng ^= self.rng << 17;
+            return self.rng & 127 == 0;
+        }
+        false
+    }
+
+    /// Moves window overflow into probation while the cache is not full.
+    fn spill_window(&mut self) {
+        while self.weights[WINDOW as usize] > self.window_max && self.weights.iter().sum::<u64>() <= self.capacity {
+            let Some(slot) = self.links.pop_back(&mut self.lists[WINDOW as usize]) else { break };
+            self.weights[WINDOW as usize] -= self.entries[slot as usize].weight;
+            self.put_front(slot, PROBATION);
+        }
+    }
+
+    /// Caffeine's hill climbing: compare this sample's hit rate with the
+    /// last one and keep moving the window the same way while it helps.
+    fn maybe_climb(&mut self) {
+        let Some(c) = &mut self.climb else { return };
+        let requests = c.hits + c.misses;
+        if requests < c.sample {
+            return;
+        }
+        let rate = c.hits as f64 / requests as f64;
+        let change = rate - c.previous_rate;
+        let amount = if change >= 0.0 { c.step } else { -c.step };
+        c.step =
+            if change.abs() >= RESTART_THRESHOLD { STEP_PERCENT * self.capacity as f64 * amount.signum() } else { STEP_DECAY * amount };
+        c.previous_rate = rate;
+        c.hits = 0;
+        c.misses = 0;
+        let amount = amount as i64;
+        if amount > 0 {
+            self.grow_window(amount as u64);
+        } else if amount < 0 {
+            self.shrink_window(amount.unsigned_abs());
+        }
+    }
+
+    fn grow_window(&mut self, amount: u64) {
+        let quota = amount.min(self.protected_max);
+        self.protected_max -= quota;
+        self.window_max += quota;
+        self.demote_protected();
+        let mut moved = 0;
+        while moved < quota {
+            let from = if !self.lists[PROBATION as usize].is_empty() { PROBATION } else { PROTECTED };
+            let Some(slot) = self.links.pop_back(&mut self.lists[from as usize]) else { break };
+            let w = self.entries[slot as usize].weight;
+            self.weights[from as usize] -= w;
+            self.put_front(slot, WINDOW);
+            moved += w;
+        }
+    }
+
+    fn shrink_window(&mut self, amount: u64) {
+        let quota = amount.min(self.window_max.saturating_sub(1));
+        self.protected_max += quota;
+        self.window_max -= quota;
+        let mut moved = 0;
+        while moved < quota {
+            let Some(slot) = self.links.pop_back(&mut self.lists[WINDOW as usize]) else { break };
+            let w = self.entries[slot as usize].weight;
+            self.weights[WINDOW as usize] -= w;
+            self.put_front(slot, PROBATION);
+            moved += w;
+        }
+    }
+}
+
+impl Eviction for WTinyLfu {
+    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+        grow(&mut self.entries, slot, Entry::default());
+        self.sketch.increment(meta.hash);
+        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, region: WINDOW };
+        self.put_front(slot, WINDOW);
+        self.spill_window();
+        if let Some(c) = &mut self.climb {
+            c.misses += 1;
+            self.maybe_climb();
+        }
+    }
+
+    fn on_hit(&mut self, slot: u32) {
+        let e = self.entries[slot as usize];
+        self.sketch.increment(e.hash);
+        match e.region {
+            WINDOW => self.links.move_to_front(&mut self.lists[WINDOW as usize], slot),
+            PROBATION => {
+                self.take(slot);
+                self.put_front(slot, PROTECTED);
+                self.demote_protected();
+            }
+            _ => self.links.move_to_front(&mut self.lists[PROTECTED as usize], slot),
+        }
+        if let Some(c) = &mut self.climb {
+            c.hits += 1;
+            self.maybe_climb();
+        }
+    }
+
+    fn evict(&mut self) -> Option<u32> {
+        let main_victim = |s: &Self| [PROBATION, PROTECTED].into_iter().map(|r| s.lists[r as usize].tail).find(|&t| t != crate::list::NIL);
+        if self.weights[WINDOW as usize] > self.window_max {
+            let candidate = self.lists[WINDOW as usize].tail;
+            let Some(victim) = main_victim(self) else {
+                self.take(candidate);
+                return Some(candidate);
+            };
+            let (ch, vh) = (self.entries[candidate as usize].hash, self.entries[victim as usize].hash);
+            if self.admit(ch, vh) {
+                self.take(victim);
+                self.take(candidate);
+                self.put_front(candidate, PROBATION);
+                return Some(victim);
+            }
+            self.take(candidate);
+            return Some(candidate);
+        }
+        let victim = main_victim(self).or_else(|| {
+            let t = self.lists[WINDOW as usize].tail;
+            (t != crate::list::NIL).then_some(t)
+        })?;
+        self.take(victim);
+        Some(victim)
+    }
+
+    fn on_remove(&mut self, slot: u32) {
+        self.take(slot);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::testutil::{replay, units};
+    use super::*;
+
+    #[test]
+    fn popular_entries_are_not_displaced_by_a_scan() {
+        let mut keys = Vec::new();
+        for _ in 0..5 {
+            keys.extend([1, 2, 3, 4]);
+        }
+        keys.extend(100..200);
+        keys.extend([1, 2, 3, 4]);
+        let (hits, resident) = replay(&mut WTinyLfu::new(units(5)), 5, &keys);
+        assert_eq!(hits, 16 + 4);
+        for k in 1..=4 {
+            assert!(resident.contains(&k));
+        }
+    }
+
+    #[test]
+    fn climber_grows_the_window_for_recency_workloads() {
+        // A sliding working set: recent keys are reused, old ones never.
+        let keys: Vec<u64> = (0..200_000u64).map(|i| i / 4 + (i % 4) * 3).collect();
+        let mut p = WTinyLfu::new(units(100));
+        replay(&mut p, 100, &keys);
+        assert!(p.window_max > 1, "window {}", p.window_max);
+    }
+}
