@@ -190,7 +190,6 @@ async fn commit(
             return Err(bad("the assembled bundle does not match its BLAKE3 hash; resend the chunks"));
         }
         let report = apply(&offer, &request, &bundle, &tree)?;
-        let _ = port.scan(&rel, &tree);
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
     })

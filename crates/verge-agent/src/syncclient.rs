@@ -3,15 +3,17 @@
 //! running sync jobs for the server. Chunks are paced by a token bucket
 //! and a lost connection resumes where the receiver's staging left off.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use verge_client::{Api, ClientError, Method};
 use verge_sync::bandwidth::TokenBucket;
-use verge_sync::manifest::{hex, HashIndex, Manifest};
+use verge_sync::conflict::Resolution;
+use verge_sync::manifest::{hex, Manifest};
 use verge_sync::store::BaseStore;
-use verge_sync::transfer::{apply, build_bundle, ApplyReport, FileReport, NoBases, Offer, Request};
+use verge_sync::transfer::{apply, build_bundle, ApplyReport, Bases, FileReport, NoBases, Offer, Request};
 
 use crate::dataport::{join_pair, TRANSFER_HEADER};
 
@@ -140,7 +142,7 @@ pub async fn push(
     let (manifest, offer, bases) = blocking(move || {
         let m = Manifest::scan(&local_owned, None)?;
         let bases = bases_dir.map(|d| BaseStore::open(&d, &peer)).transpose()?;
-        let offer = Offer::new(&m, bases.as_ref().map_or(&NoBases as &dyn verge_sync::transfer::Bases, |b| b), offer_opts);
+        let offer = Offer::new(&m, bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b), offer_opts);
         Ok((m, offer, bases))
     })
     .await?;
@@ -151,13 +153,7 @@ pub async fn push(
     let request = Request::decode(&request_wire, &offer)?;
     let (local_owned, level) = (local.to_path_buf(), opts.level);
     let (offer, request, bundle, sent, bases) = blocking(move || {
-        let (bundle, sent) = build_bundle(
-            &offer,
-            &request,
-            &local_owned,
-            bases.as_ref().map_or(&NoBases as &dyn verge_sync::transfer::Bases, |b| b),
-            level,
-        )?;
+        let (bundle, sent) = build_bundle(&offer, &request, &local_owned, bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b), level)?;
         Ok((offer, request, bundle, sent, bases))
     })
     .await?;
@@ -215,26 +211,23 @@ pub async fn push(
         serde_json::from_value(answer).map_err(|e| SyncClientError::GaveUp(Duration::ZERO, format!("unreadable commit answer: {e}")))?;
     if let Some(mut bases) = bases {
         let local_owned = local.to_path_buf();
-        let written = applied.written.clone();
         let removed = applied.removed.clone();
+        let written: HashSet<String> = applied.written.iter().cloned().collect();
         blocking(move || {
-            for rel in &written {
-                if let Some(e) = offer.files.iter().find(|f| &f.entry.path == rel) {
-                    let data = std::fs::read(verge_sync::manifest::join(&local_owned, rel))
-                        .map_err(|err| verge_sync::SyncError::io(format!("reading {rel}"), err))?;
-                    if verge_sync::manifest::hash(&data) == e.entry.hash {
-                        bases.acknowledge(rel, &e.entry.hash, &data)?;
-                    }
+            // The receiver now holds the offered version of every file it wrote
+            // or did not need, except where a conflict kept its own version.
+            let needed: HashSet<usize> = request.needs.iter().map(|(i, _)| *i).collect();
+            let kept_own: HashSet<usize> = request.conflicts.iter().filter(|(_, r)| *r != Resolution::Source).map(|(i, _)| *i).collect();
+            for (i, f) in offer.files.iter().enumerate() {
+                let (rel, h) = (&f.entry.path, &f.entry.hash);
+                let holds = if needed.contains(&i) { written.contains(rel) } else { true };
+                if !holds || kept_own.contains(&i) || bases.known(rel).as_ref() == Some(h) {
+                    continue;
                 }
-            }
-            for f in &offer.files {
-                if !request.needs.iter().any(|(i, _)| offer.files[*i].entry.path == f.entry.path) {
-                    if let Some(data) = std::fs::read(verge_sync::manifest::join(&local_owned, &f.entry.path))
-                        .ok()
-                        .filter(|d| verge_sync::manifest::hash(d) == f.entry.hash)
-                    {
-                        bases.acknowledge(&f.entry.path, &f.entry.hash, &data)?;
-                    }
+                let data = std::fs::read(verge_sync::manifest::join(&local_owned, rel))
+                    .map_err(|err| verge_sync::SyncError::io(format!("reading {rel}"), err))?;
+                if verge_sync::manifest::hash(&data) == *h {
+                    bases.acknowledge(rel, h, &data)?;
                 }
             }
             for rel in &removed {
@@ -266,8 +259,7 @@ pub async fn pull(addr: &str, remote_path: &str, local: &Path, mirror: bool, ret
     let offer = Offer::decode(&offer_wire)?;
     let (local_owned, offer_c) = (local.to_path_buf(), offer.clone());
     let request = blocking(move || {
-        let mut index = HashIndex::default();
-        let have = Manifest::scan(&local_owned, Some(&mut index))?;
+        let have = Manifest::scan(&local_owned, None)?;
         Request::build(&offer_c, &local_owned, &have)
     })
     .await?;

@@ -39,6 +39,9 @@ pub struct Budget {
     changed: tokio::sync::Notify,
 }
 
+/// The rate that stands for "no limit", bytes per second.
+const UNLIMITED: u64 = u64::MAX / 4;
+
 /// Smallest rate worth starting a job with, bytes per second.
 const MIN_RATE: u64 = 64 << 10;
 
@@ -46,11 +49,7 @@ impl Budget {
     /// A budget of `global` bytes/s, at most `per_peer` to one peer (`None`: unlimited).
     pub fn new(global: Option<u64>, per_peer: Option<u64>) -> Self {
         Budget {
-            manager: std::sync::Mutex::new(BandwidthManager::new(
-                global.unwrap_or(u64::MAX / 4),
-                per_peer.unwrap_or(u64::MAX / 4),
-                MIN_RATE,
-            )),
+            manager: std::sync::Mutex::new(BandwidthManager::new(global.unwrap_or(UNLIMITED), per_peer.unwrap_or(UNLIMITED), MIN_RATE)),
             granted: std::sync::Mutex::new(std::collections::HashMap::new()),
             changed: tokio::sync::Notify::new(),
         }
@@ -111,8 +110,8 @@ pub fn start(job: SyncJob, node: &str, data_dir: &Path, budget: Arc<Budget>, out
                 return;
             }
         };
-        let rate = budget.acquire(job.job, &job.target_addr, job.priority, job.limit_bps.unwrap_or(u64::MAX / 4)).await;
-        let limit_bps = (rate < u64::MAX / 4).then_some(rate);
+        let rate = budget.acquire(job.job, &job.target_addr, job.priority, job.limit_bps.unwrap_or(UNLIMITED)).await;
+        let limit_bps = (rate < UNLIMITED).then_some(rate);
         let opts = PushOptions { mirror: job.mirror, limit_bps, bases_dir: Some(bases), sender, ..PushOptions::default() };
         let last = std::sync::Mutex::new(Instant::now());
         let progress = |sent: u64, total: u64| {

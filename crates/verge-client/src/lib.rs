@@ -50,24 +50,9 @@ impl Api {
 
     /// Sends a request and returns the answer's text (for `/metrics`).
     pub async fn call_text(&self, method: Method, path: &str, body: Option<&Value>) -> Result<String, ClientError> {
-        let uri = format!("{}{}", self.base, path);
         let bytes = body.map(|b| Bytes::from(b.to_string())).unwrap_or_default();
-        let req = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("content-type", "application/json")
-            .body(Full::new(bytes))
-            .map_err(|_| ClientError::Request(uri.clone()))?;
-        let resp = self.client.request(req).await.map_err(|e| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() })?;
-        let status = resp.status();
-        let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
-        let text = String::from_utf8_lossy(&body).into_owned();
-        if !status.is_success() {
-            let value: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
-            let message = value["error"]["message"].as_str().map_or(text, str::to_string);
-            return Err(ClientError::Api { status: status.as_u16(), message });
-        }
-        Ok(text)
+        let (body, _) = self.send(method, path, bytes, "application/json", "").await?;
+        Ok(String::from_utf8_lossy(&body).into_owned())
     }
 
     /// Sends raw bytes and returns the answer's bytes and the value of
@@ -79,12 +64,26 @@ impl Api {
         body: Vec<u8>,
         header: &str,
     ) -> Result<(Vec<u8>, Option<String>), ClientError> {
+        let (body, value) = self.send(method, path, Bytes::from(body), "application/octet-stream", header).await?;
+        Ok((body.to_vec(), value))
+    }
+
+    /// One request; a non-2xx answer becomes [`ClientError::Api`] with the
+    /// message from its `{"error":{…}}` body.
+    async fn send(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+        header: &str,
+    ) -> Result<(Bytes, Option<String>), ClientError> {
         let uri = format!("{}{}", self.base, path);
         let req = Request::builder()
             .method(method)
             .uri(&uri)
-            .header("content-type", "application/octet-stream")
-            .body(Full::new(Bytes::from(body)))
+            .header("content-type", content_type)
+            .body(Full::new(body))
             .map_err(|_| ClientError::Request(uri.clone()))?;
         let resp = self.client.request(req).await.map_err(|e| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() })?;
         let status = resp.status();
@@ -95,7 +94,7 @@ impl Api {
             let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
             return Err(ClientError::Api { status: status.as_u16(), message });
         }
-        Ok((body.to_vec(), value))
+        Ok((body, value))
     }
 
     /// `GET path`.

@@ -273,19 +273,19 @@ pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-/// Convenience for tests and benchmarks: the encoded delta from `old` to `new`.
-pub fn encode_between(old: &[u8], new: &[u8]) -> (Vec<u8>, Delta) {
-    let sig = Signature::of(old);
-    let d = compute(&sig, new);
-    let mut enc = Vec::new();
-    d.encode(sig.block_size, new, &mut enc);
-    (enc, d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The encoded delta from `old` to `new`.
+    fn encode_between(old: &[u8], new: &[u8]) -> (Vec<u8>, Delta) {
+        let sig = Signature::of(old);
+        let d = compute(&sig, new);
+        let mut enc = Vec::new();
+        d.encode(sig.block_size, new, &mut enc);
+        (enc, d)
+    }
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
         let mut s = seed;

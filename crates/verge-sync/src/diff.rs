@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Result, SyncError};
 use crate::manifest::{join, Hash, Manifest};
-use crate::transfer::{apply, build_bundle, unpack, Bases, FileReport, NoBases, Offer, OfferOptions, Request, Strategy};
+use crate::transfer::{apply, build_bundle, unpack, Bases, FileReport, NoBases, Offer, OfferOptions, Request};
 
 /// A sender whose acknowledged base for each path is the receiver's tree
 /// itself (`--known-base`: the sender kept what it sent last time).
@@ -113,13 +113,10 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
             return Err(e);
         }
     }
-    let mut kinds: Vec<Strategy> = reports.iter().map(|r| r.strategy).collect();
-    kinds.dedup();
-    kinds.sort_by_key(|k| *k as u8);
-    kinds.dedup();
-    let strategy = match kinds.as_slice() {
-        [] => "none".to_string(),
-        [one] => serde_json::to_value(one).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default(),
+    let kinds: std::collections::BTreeSet<&str> = reports.iter().map(|r| r.strategy.as_str()).collect();
+    let strategy = match kinds.len() {
+        0 => "none".to_string(),
+        1 => kinds.into_iter().collect(),
         _ => "mixed".to_string(),
     };
     Ok(DiffReport {

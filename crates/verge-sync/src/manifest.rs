@@ -102,7 +102,8 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-fn hex_decode(s: &str) -> Option<Vec<u8>> {
+/// The bytes of a lowercase or uppercase hex string, if it is one.
+pub fn hex_decode(s: &str) -> Option<Vec<u8>> {
     if s.len() & 1 == 1 {
         return None;
     }

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use crate::error::{Result, SyncError};
 use crate::fsio::write_atomic;
-use crate::manifest::{hex, Hash, HASH_LEN};
+use crate::manifest::{hex, hex_decode, Hash};
 use crate::transfer::Bases;
 
 /// Acknowledged versions for one (peer, remote path), kept under a directory.
@@ -53,9 +53,7 @@ impl BaseStore {
 
 impl Bases for BaseStore {
     fn known(&self, path: &str) -> Option<Hash> {
-        let h = self.acked.get(path)?;
-        let bytes: Vec<u8> = (0..h.len()).step_by(2).filter_map(|i| u8::from_str_radix(h.get(i..i + 2)?, 16).ok()).collect();
-        (bytes.len() == HASH_LEN).then(|| bytes.try_into().ok()).flatten()
+        hex_decode(self.acked.get(path)?)?.try_into().ok()
     }
 
     fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>> {

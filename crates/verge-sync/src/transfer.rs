@@ -405,6 +405,17 @@ pub enum Strategy {
     Base,
 }
 
+impl Strategy {
+    /// The strategy's name, as in JSON.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strategy::Whole => "whole",
+            Strategy::Delta => "delta",
+            Strategy::Base => "base",
+        }
+    }
+}
+
 /// Bundle entry tags: a whole file, a block delta, a file in the joint
 /// frame with a base, a whole file in the joint frame (no base of its own,
 /// but it may match the other files' bases).

@@ -204,62 +204,66 @@ fn count_unique(keys: &[u64]) -> usize {
     keys.iter().filter(|k| seen.insert(**k)).count()
 }
 
+/// Times one pass of `keys` through `access`, which looks a key up,
+/// inserts it on a miss and says whether it hit; returns hits and seconds.
+fn timed(keys: &[u64], mut access: impl FnMut(u64) -> bool) -> (u64, f64) {
+    let start = Instant::now();
+    let hits = keys.iter().filter(|&&k| access(k)).count() as u64;
+    (hits, start.elapsed().as_secs_f64().max(1e-9))
+}
+
 /// Replays `keys` through a fresh cache; returns hits and seconds.
 fn replay(c: Contender, capacity: usize, keys: &[u64]) -> anyhow::Result<(u64, f64)> {
-    let mut hits = 0u64;
-    let start;
-    match c {
+    Ok(match c {
         Contender::Verge(kind) => {
             let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
             let mut cache = Cache::with_seed(config, SEED)?;
-            start = Instant::now();
-            for &k in keys {
-                if cache.get(&k, 0).is_some() {
-                    hits += 1;
-                } else {
-                    cache.insert(k, k, 0)?;
+            let mut failed = None;
+            let result = timed(keys, |k| {
+                cache.get(&k, 0).is_some() || {
+                    if let Err(e) = cache.insert(k, k, 0) {
+                        failed.get_or_insert(e);
+                    }
+                    false
                 }
+            });
+            if let Some(e) = failed {
+                return Err(e.into());
             }
+            result
         }
         Contender::Moka => {
             let cache = moka::sync::Cache::new(capacity as u64);
-            start = Instant::now();
-            for &k in keys {
-                if cache.get(&k).is_some() {
-                    hits += 1;
-                } else {
+            timed(keys, |k| {
+                cache.get(&k).is_some() || {
                     cache.insert(k, k);
                     // Apply the insert (and its eviction) now, so moka never
                     // holds more than `capacity` entries when it is asked next.
                     cache.run_pending_tasks();
+                    false
                 }
-            }
+            })
         }
         Contender::QuickCache => {
             let mut cache = quick_cache::unsync::Cache::new(capacity);
-            start = Instant::now();
-            for &k in keys {
-                if cache.get(&k).is_some() {
-                    hits += 1;
-                } else {
+            timed(keys, |k| {
+                cache.get(&k).is_some() || {
                     cache.insert(k, k);
+                    false
                 }
-            }
+            })
         }
         Contender::LruCrate => {
             let cap = NonZeroUsize::new(capacity).context("capacity must be at least 1")?;
             let mut cache = lru::LruCache::new(cap);
-            start = Instant::now();
-            for &k in keys {
-                if cache.get(&k).is_some() {
-                    hits += 1;
-                } else {
+            timed(keys, |k| {
+                cache.get(&k).is_some() || {
                     cache.put(k, k);
+                    false
                 }
-            }
+            })
         }
-    }
-    Ok((hits, start.elapsed().as_secs_f64().max(1e-9)))
+    })
 }
 
 /// Lookups only, every key resident: the cost of a hit.

@@ -252,7 +252,7 @@ pub async fn run(cmd: SyncCmd) -> Result<()> {
                     .map(|f| {
                         vec![
                             f.path.clone(),
-                            format!("{:?}", f.strategy).to_lowercase(),
+                            f.strategy.as_str().to_string(),
                             f.size.to_string(),
                             f.literal_bytes.to_string(),
                             f.matched_bytes.to_string(),
