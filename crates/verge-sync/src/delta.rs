@@ -213,10 +213,17 @@ enum Step {
     Literal(usize),
 }
 
-/// Rebuilds the new file from `base` and an encoded delta that must
-/// produce exactly `new_len` bytes. Every field is checked before any
-/// memory is allocated for the output.
-pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
+/// A delta checked against the base it applies to: every copy lies inside
+/// the base and the output has exactly the announced length.
+pub struct Plan<'a> {
+    steps: Vec<Step>,
+    literals: &'a [u8],
+}
+
+/// Checks an encoded delta against a base of `base_len` bytes; it must
+/// produce exactly `new_len` bytes. Nothing is allocated for the output.
+pub fn plan(base_len: usize, encoded: &[u8], new_len: u64) -> Result<Plan<'_>> {
+    let base_len = base_len as u64;
     let mut r = Reader::new(encoded, "delta");
     let log = r.u8()?;
     if !(9..=17).contains(&log) {
@@ -235,15 +242,13 @@ pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
         if head & 1 == KIND_COPY {
             let rel = unzigzag(r.varint()?);
             let block = (next as i64).checked_add(rel).filter(|b| *b >= 0).ok_or_else(|| r.error("copy before block 0"))? as u64;
-            let from = block
-                .checked_mul(bs)
-                .filter(|f| *f < base.len() as u64)
-                .ok_or_else(|| r.error(format!("copy of block {block} beyond the base")))?;
+            let from =
+                block.checked_mul(bs).filter(|f| *f < base_len).ok_or_else(|| r.error(format!("copy of block {block} beyond the base")))?;
             let end = block.checked_add(n).and_then(|e| e.checked_mul(bs)).ok_or_else(|| r.error("copy overflows"))?;
-            if end.saturating_sub(bs) >= base.len() as u64 {
+            if end.saturating_sub(bs) >= base_len {
                 return Err(r.error(format!("copy of {n} blocks from {block} beyond the base")));
             }
-            let to = end.min(base.len() as u64);
+            let to = end.min(base_len);
             total = total.checked_add(to - from).ok_or_else(|| r.error("length overflows"))?;
             steps.push(Step::Copy { from: from as usize, to: to as usize });
             next = block + n;
@@ -262,14 +267,37 @@ pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
     if literal_total != r.remaining() as u64 {
         return Err(r.error(format!("{literal_total} literal bytes announced, {} present", r.remaining())));
     }
-    let mut out = Vec::with_capacity(new_len as usize);
-    for step in steps {
-        match step {
-            Step::Copy { from, to } => out.extend_from_slice(&base[from..to]),
-            Step::Literal(n) => out.extend_from_slice(r.take(n)?),
+    Ok(Plan { steps, literals: r.take(r.remaining())? })
+}
+
+impl Plan<'_> {
+    /// Hands the new file to `out` piece by piece, copies straight from
+    /// `base` (the base [`plan`] checked against) and literals from the delta.
+    pub fn emit<E>(&self, base: &[u8], mut out: impl FnMut(&[u8]) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+        let mut lit = 0usize;
+        for step in &self.steps {
+            match *step {
+                Step::Copy { from, to } => out(&base[from..to])?,
+                Step::Literal(n) => {
+                    out(&self.literals[lit..lit + n])?;
+                    lit += n;
+                }
+            }
         }
+        Ok(())
     }
-    r.finish()?;
+}
+
+/// Rebuilds the new file from `base` and an encoded delta that must
+/// produce exactly `new_len` bytes.
+pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
+    let p = plan(base.len(), encoded, new_len)?;
+    let mut out = Vec::with_capacity(new_len as usize);
+    p.emit(base, |piece| {
+        out.extend_from_slice(piece);
+        Ok::<(), std::convert::Infallible>(())
+    })
+    .unwrap_or_else(|never| match never {});
     Ok(out)
 }
 

@@ -103,8 +103,8 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
             &offer_rx,
             &request,
             |rel| std::fs::read(join(old, rel)).map_err(|e| SyncError::io(format!("reading {rel}"), e)),
-            |_, rebuilt| {
-                if let Err(e) = rebuilt {
+            |i, rebuilt| {
+                if let Err(e) = rebuilt.and_then(|c| c.write_checked(&offer_rx.files[i].entry, &mut std::io::sink())) {
                     failures.push(e);
                 }
             },

@@ -2,7 +2,7 @@
 //! fsynced, then renamed over the target and the directory fsynced, so a
 //! reader sees the old content or the new, never a half-written file.
 
-use std::io::Write;
+use std::io::{BufWriter, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -15,13 +15,20 @@ static COUNTER: AtomicU64 = AtomicU64::new(0);
 
 /// Writes `data` to `path` atomically and durably.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    write_atomic_with(path, |w| w.write_all(data).map_err(|e| SyncError::io(format!("writing {}", path.display()), e)))
+}
+
+/// Writes `path` atomically and durably with what `fill` writes; when
+/// `fill` fails, the temporary file is removed and `path` is untouched.
+pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<std::fs::File>) -> Result<()>) -> Result<()> {
     let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!("{TEMP_PREFIX}{}-{}-{name}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed)));
     let io = |what: &str, e| SyncError::io(format!("{what} {}", tmp.display()), e);
     let result = (|| {
-        let mut f = std::fs::File::create(&tmp).map_err(|e| io("creating", e))?;
-        f.write_all(data).map_err(|e| io("writing", e))?;
+        let mut w = BufWriter::with_capacity(1 << 20, std::fs::File::create(&tmp).map_err(|e| io("creating", e))?);
+        fill(&mut w)?;
+        let f = w.into_inner().map_err(|e| io("writing", e.into_error()))?;
         f.sync_all().map_err(|e| io("syncing", e))?;
         std::fs::rename(&tmp, path).map_err(|e| SyncError::io(format!("renaming onto {}", path.display()), e))?;
         sync_dir(dir)

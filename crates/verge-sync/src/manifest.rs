@@ -24,6 +24,18 @@ pub fn hash(data: &[u8]) -> Hash {
     h
 }
 
+/// The content hash of the file at `path`, read in pieces (no copy of the
+/// whole file in memory).
+pub fn hash_file(path: &Path) -> Result<Hash> {
+    let mut hasher = blake3::Hasher::new();
+    std::fs::File::open(path)
+        .and_then(|f| hasher.update_reader(f).map(|_| ()))
+        .map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
+    let mut h = [0u8; HASH_LEN];
+    h.copy_from_slice(&hasher.finalize().as_bytes()[..HASH_LEN]);
+    Ok(h)
+}
+
 /// One regular file of a tree.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -191,8 +203,7 @@ fn entry(path: &Path, rel: &str, meta: &std::fs::Metadata, index: Option<&mut Ha
     let hash = match cached {
         Some(h) => h,
         None => {
-            let data = std::fs::read(path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
-            let h = hash(&data);
+            let h = hash_file(path)?;
             if let Some(i) = index {
                 i.remember(rel, meta, &h);
             }

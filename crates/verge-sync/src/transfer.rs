@@ -20,8 +20,8 @@ use crate::base;
 use crate::conflict::{side_by_side_name, Resolution, Strategy as ConflictStrategy};
 use crate::delta;
 use crate::error::{Result, SyncError};
-use crate::fsio::{sync_dir, write_atomic};
-use crate::manifest::{check_path, hash, join, Entry, Hash, Manifest, HASH_LEN};
+use crate::fsio::{sync_dir, write_atomic_with};
+use crate::manifest::{check_path, join, Entry, Hash, Manifest, HASH_LEN};
 use crate::signature::{Signature, MAX_FILE_LEN};
 use crate::wire::{put_bytes, put_varint, Reader};
 
@@ -577,23 +577,15 @@ impl Unpacked<'_> {
 
     /// Rebuilds every file and hands each to `each` with its offer index:
     /// whole files as sent, deltas against the receiver's copy, and the
-    /// known-base group from one joint frame. Each result is checked
-    /// against the offered length and hash.
+    /// known-base group from one joint frame.
     pub fn rebuild(
         &self,
         offer: &Offer,
         req: &Request,
         current: impl Fn(&str) -> Result<Vec<u8>>,
-        mut each: impl FnMut(usize, Result<Vec<u8>>),
+        mut each: impl FnMut(usize, Result<Content<'_>>),
     ) -> Result<()> {
         let parts = self.parts(offer, req)?;
-        let check = |index: usize, data: Vec<u8>| {
-            let e = &offer.files[index].entry;
-            if data.len() as u64 != e.size || hash(&data) != e.hash {
-                return Err(SyncError::HashMismatch { path: e.path.clone() });
-            }
-            Ok(data)
-        };
         let in_joint = |p: &&Part<'_>| matches!(p.tag, TAG_BASE | TAG_JOINT_WHOLE);
         let group: Vec<usize> = parts.iter().filter(in_joint).map(|p| p.index).collect();
         if !group.is_empty() {
@@ -610,7 +602,7 @@ impl Unpacked<'_> {
                     let mut at = 0usize;
                     for &i in &group {
                         let n = offer.files[i].entry.size as usize;
-                        each(i, check(i, all[at..at + n].to_vec()));
+                        each(i, Ok(Content::Bytes(&all[at..at + n])));
                         at += n;
                     }
                 }
@@ -624,12 +616,56 @@ impl Unpacked<'_> {
             return Err(SyncError::corrupt("bundle", "a joint frame without known-base entries"));
         }
         for part in parts.iter().filter(|p| !in_joint(p)) {
-            let rebuilt = match part.tag {
-                TAG_DELTA => current(&offer.files[part.index].entry.path)
-                    .and_then(|cur| delta::apply(&cur, part.payload, offer.files[part.index].entry.size)),
-                _ => Ok(part.payload.to_vec()),
-            };
-            each(part.index, rebuilt.and_then(|d| check(part.index, d)));
+            if part.tag != TAG_DELTA {
+                each(part.index, Ok(Content::Bytes(part.payload)));
+                continue;
+            }
+            let e = &offer.files[part.index].entry;
+            let rebuilt = current(&e.path).and_then(|base| {
+                let plan = delta::plan(base.len(), part.payload, e.size)?;
+                Ok((base, plan))
+            });
+            match rebuilt {
+                Ok((base, plan)) => each(part.index, Ok(Content::Delta { base: &base, plan })),
+                Err(err) => each(part.index, Err(err)),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// One rebuilt file, not yet checked: bytes at hand, or a checked delta
+/// plan over the receiver's copy, emitted without building the file in memory.
+pub enum Content<'a> {
+    /// The file's bytes.
+    Bytes(&'a [u8]),
+    /// Copies from `base` and literals, in order.
+    Delta {
+        /// The receiver's current copy.
+        base: &'a [u8],
+        /// The checked delta.
+        plan: delta::Plan<'a>,
+    },
+}
+
+impl Content<'_> {
+    /// Writes the file to `w` while hashing it; fails unless it is exactly
+    /// the offered `e` (length and hash).
+    pub fn write_checked(&self, e: &Entry, w: &mut impl std::io::Write) -> Result<()> {
+        let mut hasher = blake3::Hasher::new();
+        let mut len = 0u64;
+        let mut piece = |b: &[u8]| -> std::io::Result<()> {
+            hasher.update(b);
+            len += b.len() as u64;
+            w.write_all(b)
+        };
+        let written = match self {
+            Content::Bytes(b) => piece(b),
+            Content::Delta { base, plan } => plan.emit(base, piece),
+        };
+        written.map_err(|err| SyncError::io(format!("writing {}", e.path), err))?;
+        if len != e.size || hasher.finalize().as_bytes()[..HASH_LEN] != e.hash {
+            return Err(SyncError::HashMismatch { path: e.path.clone() });
         }
         Ok(())
     }
@@ -672,11 +708,11 @@ pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result
             let e = &offer.files[index].entry;
             let both = req.conflicts.iter().any(|(i, r)| *i == index && *r == Resolution::Both);
             let target = if both { join(root, &side_by_side_name(&e.path, &offer.opts.sender)) } else { join(root, &e.path) };
-            let result = rebuilt.and_then(|data| {
+            let result = rebuilt.and_then(|content| {
                 if let Some(parent) = target.parent() {
                     std::fs::create_dir_all(parent).map_err(|err| SyncError::io(format!("creating {}", parent.display()), err))?;
                 }
-                write_atomic(&target, &data)?;
+                write_atomic_with(&target, |w| content.write_checked(e, w))?;
                 set_metadata(&target, e)
             });
             if let Some((_, r)) = req.conflicts.iter().find(|(i, _)| *i == index) {

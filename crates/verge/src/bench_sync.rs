@@ -185,21 +185,25 @@ fn rdiff(old: &Path, new: &Path, dir: &Path) -> Result<(u64, f64)> {
     Ok((bytes, patch_cpu))
 }
 
-/// CPU of applying Verge's block delta from `old` to `new` (rebuild, hash check, durable write).
+/// CPU of applying Verge's block delta from `old` to `new` as the receiver
+/// does: check the delta, stream the file into a temporary file while
+/// hashing it, fsync and rename.
 fn verge_apply_cpu(old: &Path, new: &Path, dir: &Path) -> Result<f64> {
+    use verge_sync::manifest::{hash, Entry};
     let (o, n) = (std::fs::read(old)?, std::fs::read(new)?);
     let sig = verge_sync::signature::Signature::of(&o);
     let d = verge_sync::delta::compute(&sig, &n);
     let mut enc = Vec::new();
     d.encode(sig.block_size, &n, &mut enc);
-    let expect = verge_sync::manifest::hash(&n);
+    let entry = Entry { path: "verge.out".into(), size: n.len() as u64, hash: hash(&n), mode: 0o644, mtime: 0 };
     drop(n);
+    let out = dir.join("verge.out");
     let c0 = cpu_seconds(libc::RUSAGE_SELF);
-    let rebuilt = verge_sync::delta::apply(&o, &enc, size(new)?)?;
-    anyhow::ensure!(verge_sync::manifest::hash(&rebuilt) == expect, "rebuilt file differs");
-    verge_sync::fsio::write_atomic(&dir.join("verge.out"), &rebuilt)?;
+    let plan = verge_sync::delta::plan(o.len(), &enc, entry.size)?;
+    let content = verge_sync::transfer::Content::Delta { base: &o, plan };
+    verge_sync::fsio::write_atomic_with(&out, |w| content.write_checked(&entry, w))?;
     let cpu = cpu_seconds(libc::RUSAGE_SELF) - c0;
-    let _ = std::fs::remove_file(dir.join("verge.out"));
+    let _ = std::fs::remove_file(out);
     Ok(cpu)
 }
 
@@ -213,6 +217,20 @@ fn verge(old: &Path, new: &Path, dst: &Path, known_base: bool, level: i32) -> Re
     let hashes = |m: &verge_sync::manifest::Manifest| m.files.iter().map(|e| (e.path.clone(), e.hash)).collect::<Vec<_>>();
     anyhow::ensure!(hashes(&a) == hashes(&b), "the receiver's copy differs from NEW after the transfer");
     Ok((report.bytes_sent, cpu))
+}
+
+/// Runs a measurement three times and keeps the least CPU: writing a new
+/// file costs the kernel anything from 0.3 to 0.7 s per 256 MiB here,
+/// whoever writes it, and the minimum is the figure that repeats.
+fn best_of<T>(mut run: impl FnMut() -> Result<(T, f64)>) -> Result<(T, f64)> {
+    let mut best = run()?;
+    for _ in 0..2 {
+        let next = run()?;
+        if next.1 < best.1 {
+            best = next;
+        }
+    }
+    Ok(best)
 }
 
 /// Whole-file zstd -3 bytes of NEW (per file for a tree).
@@ -257,16 +275,18 @@ fn bench(args: &SyncBenchArgs, dir: &Path) -> Result<()> {
         );
     }
     for p in &pairs {
-        let (vb, vcpu) = verge(&p.old, &p.new, &dst, false, level)?;
+        let (vb, vcpu) = best_of(|| verge(&p.old, &p.new, &dst, false, level))?;
         let (kb, _) = verge(&p.old, &p.new, &dst, true, level)?;
-        let (rb, rcpu) = rsync(&p.old, &p.new, &dst, &fakersh)?;
+        let (rb, rcpu) = best_of(|| rsync(&p.old, &p.new, &dst, &fakersh))?;
         let is_file = p.new.is_file();
-        let rd = if is_file { Some(rdiff(&p.old, &p.new, dir)?) } else { None };
+        let rd = if is_file { Some(best_of(|| rdiff(&p.old, &p.new, dir))?) } else { None };
         let whole = zstd_whole(&p.new)?;
         let patch_from =
             if is_file { Some(verge_sync::base::encode(&std::fs::read(&p.old)?, &std::fs::read(&p.new)?, 3)?.len() as u64) } else { None };
         let apply = match (&rd, p.goal_rsync) {
-            (Some((_, rdiff_cpu)), Some(_)) if size(&p.new)? >= 64 << 20 => Some((verge_apply_cpu(&p.old, &p.new, dir)?, *rdiff_cpu)),
+            (Some((_, rdiff_cpu)), Some(_)) if size(&p.new)? >= 64 << 20 => {
+                Some((best_of(|| verge_apply_cpu(&p.old, &p.new, dir).map(|c| ((), c)))?.1, *rdiff_cpu))
+            }
             _ => None,
         };
         let ratio = |a: u64, b: u64| a as f64 / b.max(1) as f64;
