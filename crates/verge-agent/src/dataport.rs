@@ -106,14 +106,21 @@ impl DataPort {
         Ok(dir)
     }
 
-    /// Scans a tree, reusing and updating its change-detection index.
-    fn scan(&self, rel: &str, tree: &Path) -> Result<Manifest, SyncError> {
+    /// Scans a tree and lets `then` use its change-detection index (hashes
+    /// and chunk lists of unchanged files) before the index is saved.
+    fn scan<T>(
+        &self,
+        rel: &str,
+        tree: &Path,
+        then: impl FnOnce(&Manifest, &mut HashIndex) -> Result<T, SyncError>,
+    ) -> Result<T, SyncError> {
         let index_file = self.index_file(rel);
         let mut index = HashIndex::load(&index_file);
         let m = Manifest::scan(tree, Some(&mut index))?;
+        let out = then(&m, &mut index)?;
         std::fs::create_dir_all(&self.state).map_err(|e| SyncError::io("creating the sync state directory", e))?;
         index.save(&index_file)?;
-        Ok(m)
+        Ok(out)
     }
 }
 
@@ -127,8 +134,7 @@ async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, bo
     blocking(move || {
         let tree = port.tree(&q.path)?;
         let offer = Offer::decode(&body)?;
-        let have = port.scan(&q.path, &tree)?;
-        let request = Request::build(&offer, &tree, &have)?;
+        let request = port.scan(&q.path, &tree, |have, index| Request::build(&offer, &tree, have, Some(index)))?;
         let wire = request.encode()?;
         let mut raw = [0u8; 16];
         getrandom::fill(&mut raw).map_err(|e| PortError(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?;
@@ -203,7 +209,7 @@ async fn pull_offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery
         if !tree.exists() {
             return Err(PortError(StatusCode::NOT_FOUND, "not_found", format!("{} does not exist on this node", q.path)));
         }
-        let m = port.scan(&q.path, &tree)?;
+        let m = port.scan(&q.path, &tree, |m, _| Ok(m.clone()))?;
         let opts = verge_sync::transfer::OfferOptions { mirror: q.mirror, ..Default::default() };
         Ok(Offer::new(&m, &verge_sync::transfer::NoBases, opts).encode()?)
     })

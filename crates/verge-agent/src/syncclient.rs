@@ -142,7 +142,11 @@ pub async fn push(
     let (manifest, offer, bases) = blocking(move || {
         let m = Manifest::scan(&local_owned, None)?;
         let bases = bases_dir.map(|d| BaseStore::open(&d, &peer)).transpose()?;
-        let offer = Offer::new(&m, bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b), offer_opts);
+        let offer = match &bases {
+            // Files the receiver never acknowledged carry chunk lists, so it can dedupe them.
+            Some(b) => Offer::new(&m, b, offer_opts).with_chunks(&local_owned)?,
+            None => Offer::new(&m, &NoBases, offer_opts),
+        };
         Ok((m, offer, bases))
     })
     .await?;
@@ -260,7 +264,7 @@ pub async fn pull(addr: &str, remote_path: &str, local: &Path, mirror: bool, ret
     let (local_owned, offer_c) = (local.to_path_buf(), offer.clone());
     let request = blocking(move || {
         let have = Manifest::scan(&local_owned, None)?;
-        Request::build(&offer_c, &local_owned, &have)
+        Request::build(&offer_c, &local_owned, &have, None)
     })
     .await?;
     let body = join_pair(&offer_wire, &request.encode()?);

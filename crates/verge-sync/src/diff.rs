@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Result, SyncError};
 use crate::manifest::{join, Hash, Manifest};
-use crate::transfer::{apply, build_bundle, unpack, Bases, FileReport, NoBases, Offer, OfferOptions, Request};
+use crate::transfer::{apply, build_bundle, held_chunks, unpack, Bases, FileReport, NoBases, Offer, OfferOptions, Request};
 
 /// A sender whose acknowledged base for each path is the receiver's tree
 /// itself (`--known-base`: the sender kept what it sent last time).
@@ -85,10 +85,13 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
         return Err(SyncError::io("OLD and NEW must both be files or both be directories", std::io::ErrorKind::InvalidInput.into()));
     }
     let bases: Box<dyn Bases> = if known_base { Box::new(TreeBases::new(old, old_m.clone())) } else { Box::new(NoBases) };
-    let offer = Offer::new(&new_m, bases.as_ref(), OfferOptions { mirror: write, ..OfferOptions::default() });
+    let mut offer = Offer::new(&new_m, bases.as_ref(), OfferOptions { mirror: write, ..OfferOptions::default() });
+    if known_base {
+        offer = offer.with_chunks(new)?;
+    }
     let offer_wire = offer.encode()?;
     let offer_rx = Offer::decode(&offer_wire)?;
-    let request = Request::build(&offer_rx, old, &old_m)?;
+    let request = Request::build(&offer_rx, old, &old_m, None)?;
     let request_wire = request.encode()?;
     let request_tx = Request::decode(&request_wire, &offer)?;
     let (bundle, reports) = build_bundle(&offer, &request_tx, new, bases.as_ref(), level)?;
@@ -99,10 +102,12 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
         }
     } else {
         let mut failures = Vec::new();
+        let chunks = held_chunks(&request, old, Some(&old_m))?;
         unpack(&offer_rx, &request, &bundle)?.rebuild(
             &offer_rx,
             &request,
             |rel| std::fs::read(join(old, rel)).map_err(|e| SyncError::io(format!("reading {rel}"), e)),
+            |c| chunks.read(old, c),
             |i, rebuilt| {
                 if let Err(e) = rebuilt.and_then(|c| c.write_checked(&offer_rx.files[i].entry, &mut std::io::sink())) {
                     failures.push(e);

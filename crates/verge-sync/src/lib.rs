@@ -4,12 +4,14 @@
 //! - [`manifest`]: what a tree holds, with change detection by size, mtime and inode;
 //! - [`signature`], [`rollsum`], [`delta`]: rsync-style block matching;
 //! - [`base`]: zstd patch-from against a version the receiver acknowledged;
+//! - [`cdc`]: content-defined chunks, for files the receiver never held;
 //! - [`transfer`]: the offer / request / bundle protocol, pure over bytes;
 //! - [`diff`]: the protocol run locally to report what a transfer would send;
 //! - [`fsio`]: atomic, durable writes.
 
 pub mod bandwidth;
 pub mod base;
+pub mod cdc;
 pub mod conflict;
 pub mod delta;
 pub mod diff;

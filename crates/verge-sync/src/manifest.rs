@@ -70,6 +70,16 @@ struct Known {
     mtime_ns: i128,
     ino: u64,
     hash: String,
+    /// FastCDC chunks, once computed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    chunks: Option<Vec<crate::cdc::ChunkRef>>,
+}
+
+impl Known {
+    /// Whether the file still has the size, mtime and inode this was recorded for.
+    fn describes(&self, meta: &std::fs::Metadata) -> bool {
+        self.size == meta.len() && self.mtime_ns == mtime_ns(meta) && self.ino == meta.ino()
+    }
 }
 
 /// Stored hashes keyed by path, valid while size, mtime and inode match.
@@ -91,17 +101,32 @@ impl HashIndex {
         crate::fsio::write_atomic(path, &json)
     }
 
+    /// The entry for `rel` while the file is unchanged.
+    fn current(&self, rel: &str, meta: &std::fs::Metadata) -> Option<&Known> {
+        self.files.get(rel).filter(|k| k.describes(meta))
+    }
+
     fn lookup(&self, rel: &str, meta: &std::fs::Metadata) -> Option<Hash> {
-        let k = self.files.get(rel)?;
-        if k.size != meta.len() || k.mtime_ns != mtime_ns(meta) || k.ino != meta.ino() {
-            return None;
-        }
-        let bytes = hex_decode(&k.hash)?;
-        bytes.try_into().ok()
+        hex_decode(&self.current(rel, meta)?.hash)?.try_into().ok()
     }
 
     fn remember(&mut self, rel: &str, meta: &std::fs::Metadata, h: &Hash) {
-        self.files.insert(rel.to_string(), Known { size: meta.len(), mtime_ns: mtime_ns(meta), ino: meta.ino(), hash: hex(h) });
+        let k = Known { size: meta.len(), mtime_ns: mtime_ns(meta), ino: meta.ino(), hash: hex(h), chunks: None };
+        self.files.insert(rel.to_string(), k);
+    }
+
+    /// The stored chunk list of the unchanged file `rel` at `path`.
+    pub fn chunks(&self, rel: &str, path: &Path) -> Option<Vec<crate::cdc::ChunkRef>> {
+        let meta = std::fs::metadata(path).ok()?;
+        self.current(rel, &meta)?.chunks.clone()
+    }
+
+    /// Stores the chunk list of `rel` (at `path`) if its entry is current.
+    pub fn remember_chunks(&mut self, rel: &str, path: &Path, chunks: &[crate::cdc::ChunkRef]) {
+        let Ok(meta) = std::fs::metadata(path) else { return };
+        if let Some(k) = self.files.get_mut(rel).filter(|k| k.describes(&meta)) {
+            k.chunks = Some(chunks.to_vec());
+        }
     }
 }
 

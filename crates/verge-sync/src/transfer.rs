@@ -17,11 +17,12 @@ use std::path::Path;
 use serde::Serialize;
 
 use crate::base;
+use crate::cdc::{self, ChunkIndex, ChunkRef};
 use crate::conflict::{side_by_side_name, Resolution, Strategy as ConflictStrategy};
 use crate::delta;
 use crate::error::{Result, SyncError};
 use crate::fsio::{sync_dir, write_atomic_with};
-use crate::manifest::{check_path, join, Entry, Hash, Manifest, HASH_LEN};
+use crate::manifest::{check_path, join, Entry, Hash, HashIndex, Manifest, HASH_LEN};
 use crate::signature::{Signature, MAX_FILE_LEN};
 use crate::wire::{put_bytes, put_varint, Reader};
 
@@ -59,6 +60,9 @@ pub struct OfferEntry {
     pub entry: Entry,
     /// The version of this path the sender knows the receiver has.
     pub base: Option<Hash>,
+    /// Content-defined chunks, offered for large files the receiver never
+    /// acknowledged, so it can ask only for chunks it holds nowhere.
+    pub chunks: Vec<ChunkRef>,
 }
 
 /// Step 1: the sender's tree.
@@ -142,8 +146,19 @@ fn read_path(r: &mut Reader<'_>, prev: &str, allow_root: bool) -> Result<String>
 impl Offer {
     /// The offer of tree `m` to a receiver whose acknowledged versions `bases` knows.
     pub fn new(m: &Manifest, bases: &dyn Bases, opts: OfferOptions) -> Self {
-        let files = m.files.iter().map(|e| OfferEntry { base: bases.known(&e.path), entry: e.clone() }).collect();
+        let files = m.files.iter().map(|e| OfferEntry { base: bases.known(&e.path), entry: e.clone(), chunks: Vec::new() }).collect();
         Offer { files, dirs: m.dirs.clone(), opts }
+    }
+
+    /// Adds chunk lists (read from the tree at `root`) to the large files
+    /// the receiver never acknowledged. Only a sender that remembers
+    /// acknowledgements (a real [`Bases`]) should call it: to one that does
+    /// not, every file looks new.
+    pub fn with_chunks(mut self, root: &Path) -> Result<Self> {
+        for f in self.files.iter_mut().filter(|f| f.base.is_none() && f.entry.size >= cdc::MIN_FILE) {
+            f.chunks = cdc::chunk_file(&join(root, &f.entry.path))?;
+        }
+        Ok(self)
     }
 
     /// The compressed wire form.
@@ -175,6 +190,11 @@ impl Offer {
                     raw.extend_from_slice(b);
                 }
                 None => raw.push(BASE_NONE),
+            }
+            put_varint(&mut raw, f.chunks.len() as u64);
+            for c in &f.chunks {
+                put_varint(&mut raw, u64::from(c.len));
+                raw.extend_from_slice(&c.hash.to_le_bytes());
             }
         }
         compress_message(&raw)
@@ -224,8 +244,17 @@ impl Offer {
                 BASE_OTHER => Some(r.array::<HASH_LEN>()?),
                 b => return Err(r.error(format!("base flag {b}"))),
             };
+            let nchunks = r.varint_max(size / 1024 + 1, "chunk count")?;
+            let mut chunks = Vec::with_capacity(nchunks);
+            for _ in 0..nchunks {
+                let len = r.varint_max(u64::from(u32::MAX), "chunk length")? as u32;
+                chunks.push(ChunkRef { len, hash: u64::from_le_bytes(r.array::<8>()?) });
+            }
+            if !chunks.is_empty() && chunks.iter().map(|c| u64::from(c.len)).sum::<u64>() != size {
+                return Err(r.error(format!("{path}: chunks do not add up to its size")));
+            }
             prev.clone_from(&path);
-            files.push(OfferEntry { entry: Entry { path, size, hash, mode, mtime }, base });
+            files.push(OfferEntry { entry: Entry { path, size, hash, mode, mtime }, base, chunks });
         }
         r.finish()?;
         Ok(Offer { files, dirs, opts })
@@ -241,6 +270,9 @@ pub enum Need {
     Delta(Signature),
     /// It holds exactly the acknowledged base: send a delta against that.
     Base,
+    /// It lacks the file but holds the offered chunks marked true elsewhere
+    /// in its tree: send only the others.
+    Chunks(Vec<bool>),
 }
 
 /// What the receiver does with a file both sides changed, knowing only the
@@ -270,11 +302,14 @@ pub struct Request {
 const NEED_WHOLE: u8 = 0;
 const NEED_DELTA: u8 = 1;
 const NEED_BASE: u8 = 2;
+const NEED_CHUNKS: u8 = 3;
 
 impl Request {
-    /// The receiver's answer to `offer` for the tree at `root`, whose current state is `have`.
-    pub fn build(offer: &Offer, root: &Path, have: &Manifest) -> Result<Self> {
+    /// The receiver's answer to `offer` for the tree at `root`, whose
+    /// current state is `have`; `cache` keeps chunk lists between transfers.
+    pub fn build(offer: &Offer, root: &Path, have: &Manifest, mut cache: Option<&mut HashIndex>) -> Result<Self> {
         let mut needs = Vec::new();
+        let mut chunk_index: Option<ChunkIndex> = None;
         let mut conflicts = Vec::new();
         for (i, f) in offer.files.iter().enumerate() {
             let mine = have.get(&f.entry.path);
@@ -302,7 +337,19 @@ impl Request {
                     let data = std::fs::read(&path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
                     Need::Delta(Signature::of(&data))
                 }
-                None => Need::Whole,
+                None if f.chunks.is_empty() => Need::Whole,
+                None => {
+                    let index = match &mut chunk_index {
+                        Some(index) => index,
+                        None => chunk_index.insert(ChunkIndex::build(root, have, cache.as_deref_mut())?),
+                    };
+                    let held: Vec<bool> = f.chunks.iter().map(|c| index.has(c)).collect();
+                    if held.iter().any(|h| *h) {
+                        Need::Chunks(held)
+                    } else {
+                        Need::Whole
+                    }
+                }
             };
             needs.push((i, need));
         }
@@ -325,6 +372,14 @@ impl Request {
                 Need::Delta(sig) => {
                     raw.push(NEED_DELTA);
                     sig.encode(&mut raw);
+                }
+                Need::Chunks(held) => {
+                    raw.push(NEED_CHUNKS);
+                    let mut bits = vec![0u8; held.len().div_ceil(8)];
+                    for (k, _) in held.iter().enumerate().filter(|(_, h)| **h) {
+                        bits[k / 8] |= 1 << (k % 8);
+                    }
+                    raw.extend_from_slice(&bits);
                 }
             }
         }
@@ -364,6 +419,14 @@ impl Request {
                 NEED_WHOLE => Need::Whole,
                 NEED_BASE => Need::Base,
                 NEED_DELTA => Need::Delta(Signature::decode(&mut r)?),
+                NEED_CHUNKS => {
+                    let n = offer.files[i].chunks.len();
+                    if n == 0 {
+                        return Err(r.error(format!("chunks asked for {}, which was offered without", offer.files[i].entry.path)));
+                    }
+                    let bits = r.take(n.div_ceil(8))?;
+                    Need::Chunks((0..n).map(|k| bits[k / 8] & (1 << (k % 8)) != 0).collect())
+                }
                 t => return Err(r.error(format!("need kind {t}"))),
             };
             needs.push((i, need));
@@ -403,6 +466,8 @@ pub enum Strategy {
     Delta,
     /// zstd against the acknowledged base (patch-from).
     Base,
+    /// Only the content-defined chunks the receiver holds nowhere.
+    Dedupe,
 }
 
 impl Strategy {
@@ -412,6 +477,7 @@ impl Strategy {
             Strategy::Whole => "whole",
             Strategy::Delta => "delta",
             Strategy::Base => "base",
+            Strategy::Dedupe => "dedupe",
         }
     }
 }
@@ -423,6 +489,7 @@ const TAG_WHOLE: u8 = 0;
 const TAG_DELTA: u8 = 1;
 const TAG_BASE: u8 = 2;
 const TAG_JOINT_WHOLE: u8 = 3;
+const TAG_CHUNKS: u8 = 4;
 
 /// What the sender did for one file.
 #[derive(Clone, Debug, Serialize)]
@@ -496,6 +563,20 @@ pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases
                     tag = TAG_DELTA;
                 }
             }
+            Need::Chunks(held) => {
+                let mut missing = Vec::new();
+                for ((offset, c), held) in cdc::chunk_data(&data).into_iter().zip(held) {
+                    if *held {
+                        report.matched_bytes += u64::from(c.len);
+                    } else {
+                        missing.extend_from_slice(&data[offset..offset + c.len as usize]);
+                    }
+                }
+                report.literal_bytes = missing.len() as u64;
+                report.strategy = Strategy::Dedupe;
+                payload = Some(missing);
+                tag = TAG_CHUNKS;
+            }
             Need::Whole => {}
         }
         if tag == TAG_WHOLE && any_base {
@@ -562,8 +643,12 @@ impl Unpacked<'_> {
             }
             next = index + 1;
             let tag = r.u8()?;
-            if tag > TAG_JOINT_WHOLE {
+            if tag > TAG_CHUNKS {
                 return Err(r.error(format!("entry tag {tag}")));
+            }
+            let asked_chunks = matches!(req.needs.binary_search_by_key(&index, |(i, _)| *i).map(|k| &req.needs[k].1), Ok(Need::Chunks(_)));
+            if (tag == TAG_CHUNKS) != asked_chunks {
+                return Err(r.error(format!("file index {index}: chunks sent where none were asked for, or the reverse")));
             }
             let payload = r.bytes(MAX_FILE_LEN, "payload")?;
             if matches!(tag, TAG_BASE | TAG_JOINT_WHOLE) && !payload.is_empty() {
@@ -583,6 +668,7 @@ impl Unpacked<'_> {
         offer: &Offer,
         req: &Request,
         current: impl Fn(&str) -> Result<Vec<u8>>,
+        held_chunk: impl Fn(&ChunkRef) -> Option<Vec<u8>>,
         mut each: impl FnMut(usize, Result<Content<'_>>),
     ) -> Result<()> {
         let parts = self.parts(offer, req)?;
@@ -616,6 +702,13 @@ impl Unpacked<'_> {
             return Err(SyncError::corrupt("bundle", "a joint frame without known-base entries"));
         }
         for part in parts.iter().filter(|p| !in_joint(p)) {
+            if part.tag == TAG_CHUNKS {
+                match assemble(offer, req, part, &held_chunk) {
+                    Ok(data) => each(part.index, Ok(Content::Bytes(&data))),
+                    Err(err) => each(part.index, Err(err)),
+                }
+                continue;
+            }
             if part.tag != TAG_DELTA {
                 each(part.index, Ok(Content::Bytes(part.payload)));
                 continue;
@@ -632,6 +725,41 @@ impl Unpacked<'_> {
         }
         Ok(())
     }
+}
+
+/// Where the receiver at `root` holds the chunks `req` says it holds; empty
+/// (and nothing read) when the request asks for no chunks.
+pub fn held_chunks(req: &Request, root: &Path, have: Option<&Manifest>) -> Result<ChunkIndex> {
+    if !req.needs.iter().any(|(_, n)| matches!(n, Need::Chunks(_))) {
+        return Ok(ChunkIndex::default());
+    }
+    match have {
+        Some(m) => ChunkIndex::build(root, m, None),
+        None => ChunkIndex::build(root, &Manifest::scan(root, None)?, None),
+    }
+}
+
+/// A deduplicated file: held chunks from the receiver's tree, the others
+/// from the payload, in offer order.
+fn assemble(offer: &Offer, req: &Request, part: &Part<'_>, held_chunk: &impl Fn(&ChunkRef) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
+    let f = &offer.files[part.index];
+    let held = match req.needs.binary_search_by_key(&part.index, |(i, _)| *i).map(|k| &req.needs[k].1) {
+        Ok(Need::Chunks(h)) => h,
+        _ => return Err(SyncError::corrupt("bundle", format!("{}: chunks were not asked for", f.entry.path))),
+    };
+    let mut out = Vec::with_capacity(f.entry.size.min(1 << 30) as usize);
+    let mut r = Reader::new(part.payload, "chunk payload");
+    for (c, held) in f.chunks.iter().zip(held) {
+        if *held {
+            let data = held_chunk(c)
+                .ok_or_else(|| SyncError::io(format!("{}: a chunk it held is gone", f.entry.path), std::io::ErrorKind::NotFound.into()))?;
+            out.extend_from_slice(&data);
+        } else {
+            out.extend_from_slice(r.take(c.len as usize)?);
+        }
+    }
+    r.finish()?;
+    Ok(out)
 }
 
 /// One rebuilt file, not yet checked: bytes at hand, or a checked delta
@@ -700,10 +828,12 @@ pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result
         }
     }
     let mut report = ApplyReport::default();
+    let chunk_index = held_chunks(req, root, None)?;
     unpacked.rebuild(
         offer,
         req,
         |rel| read_file(root, rel),
+        |c| chunk_index.read(root, c),
         |index, rebuilt| {
             let e = &offer.files[index].entry;
             let both = req.conflicts.iter().any(|(i, r)| *i == index && *r == Resolution::Both);
@@ -774,7 +904,7 @@ mod tests {
         };
         let opts = OfferOptions { conflict, sender: "edge-a".into(), ..OfferOptions::default() };
         let offer = Offer::decode(&Offer::new(&m, bases.as_ref(), opts).encode().unwrap()).unwrap();
-        let req = Request::build(&offer, dst, &Manifest::scan(dst, None).unwrap()).unwrap();
+        let req = Request::build(&offer, dst, &Manifest::scan(dst, None).unwrap(), None).unwrap();
         let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
         let (bundle, _) = build_bundle(&offer, &req, src, bases.as_ref(), 3).unwrap();
         apply(&offer, &req, &bundle, dst).unwrap()
@@ -803,6 +933,31 @@ mod tests {
     }
 
     #[test]
+    fn a_new_file_sends_only_the_chunks_the_receiver_lacks() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let model: Vec<u8> = (0..2_000_000u64).map(|i| (i.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 56) as u8).collect();
+        let mut tuned = model.clone();
+        tuned[1_000_000..1_020_000].fill(7);
+        write(&dst, &[("models/v1.bin", &model)]);
+        write(&src, &[("models/v1.bin", &model), ("models/v2.bin", &tuned)]);
+        // The sender remembers that the receiver acknowledged v1 only.
+        let bases = TreeBases::new(&dst, Manifest::scan(&dst, None).unwrap());
+        let m = Manifest::scan(&src, None).unwrap();
+        let offer = Offer::new(&m, &bases, OfferOptions::default()).with_chunks(&src).unwrap();
+        let offer = Offer::decode(&offer.encode().unwrap()).unwrap();
+        let req = Request::build(&offer, &dst, &Manifest::scan(&dst, None).unwrap(), None).unwrap();
+        assert!(matches!(req.needs[..], [(1, Need::Chunks(_))]), "{:?}", req.needs.iter().map(|(i, _)| i).collect::<Vec<_>>());
+        let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
+        let (bundle, reports) = build_bundle(&offer, &req, &src, &bases, 3).unwrap();
+        assert_eq!(reports[0].strategy, super::Strategy::Dedupe);
+        assert!(reports[0].literal_bytes < 600_000, "{} literal bytes", reports[0].literal_bytes);
+        let report = apply(&offer, &req, &bundle, &dst).unwrap();
+        assert_eq!(report.written, ["models/v2.bin"]);
+        assert_eq!(std::fs::read(dst.join("models/v2.bin")).unwrap(), tuned);
+    }
+
+    #[test]
     fn trees_arrive_exactly_and_unchanged_files_are_not_sent() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
@@ -827,14 +982,14 @@ mod tests {
                 let _ = Request::decode(&compressed, &offer);
             }
             let offer = Offer {
-                files: vec![OfferEntry { entry: Entry { path: "f".into(), size: 10, hash: [0; HASH_LEN], mode: 0o644, mtime: 0 }, base: None }],
+                files: vec![OfferEntry { entry: Entry { path: "f".into(), size: 10, hash: [0; HASH_LEN], mode: 0o644, mtime: 0 }, base: None, chunks: Vec::new() }],
                 ..Offer::default()
             };
             let req = Request { needs: vec![(0, Need::Whole)], ..Request::default() };
             let _ = Request::decode(&compressed, &offer);
             for candidate in [&bytes, &compressed] {
                 if let Ok(u) = unpack(&offer, &req, candidate) {
-                    let _ = u.rebuild(&offer, &req, |_| Ok(vec![1, 2, 3]), |_, _| {});
+                    let _ = u.rebuild(&offer, &req, |_| Ok(vec![1, 2, 3]), |_| None, |_, _| {});
                 }
             }
         }

@@ -96,6 +96,18 @@ fn push_pull_and_server_jobs_between_real_agents() {
     assert!(first["bytes_sent"].as_u64().unwrap() > 3_000_000, "{first}");
     assert_eq!(tree(&files_of(&c, "fra", "proj")), tree(&src));
 
+    // A new file built on one the node holds travels as the chunks it lacks.
+    let mut v2 = w.clone();
+    v2[2_000_000..2_010_000].fill(9);
+    std::fs::create_dir_all(src.join("models/v2")).unwrap();
+    std::fs::write(src.join("models/v2/weights.bin"), &v2).unwrap();
+    let (ok, out, err) = cli(&c, &["sync", "push", src.to_str().unwrap(), "--to", "fra:proj", "--json"]);
+    assert!(ok, "third push failed: {err}");
+    let third: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(third["sent"][0]["strategy"], "dedupe", "{third}");
+    assert!(third["bytes_sent"].as_u64().unwrap() < 1_000_000, "{third}");
+    assert_eq!(tree(&files_of(&c, "fra", "proj")), tree(&src));
+
     // Pull it back somewhere else.
     let back = c.path("back");
     let (ok, _, err) = cli(&c, &["sync", "pull", "fra:proj", back.to_str().unwrap()]);
