@@ -91,6 +91,11 @@ impl DataPort {
         Ok(self.root.join(rel))
     }
 
+    /// Where the last offer applied from `sender` to `rel` is kept.
+    fn remembered_file(&self, sender: &str, rel: &str) -> PathBuf {
+        self.state.join(format!("remembered-{}.offer", hex(&verge_sync::manifest::hash(format!("{sender}\0{rel}").as_bytes()))))
+    }
+
     fn index_file(&self, rel: &str) -> PathBuf {
         self.state.join(format!("index-{}.json", hex(&verge_sync::manifest::hash(rel.as_bytes()))))
     }
@@ -133,7 +138,16 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PortResult<T> + Send + 
 async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Response> {
     blocking(move || {
         let tree = port.tree(&q.path)?;
-        let offer = Offer::decode(&body)?;
+        let remembered = |o: &verge_sync::transfer::OfferOptions| {
+            std::fs::read(port.remembered_file(&o.sender, &q.path)).ok().and_then(|b| Offer::decode(&b).ok())
+        };
+        let offer = Offer::decode_since(&body, remembered)?.ok_or_else(|| {
+            PortError(
+                StatusCode::CONFLICT,
+                "need_full_offer",
+                "this node does not remember the state the offer builds on; send the full offer".into(),
+            )
+        })?;
         let request = port.scan(&q.path, &tree, |have, index| Request::build(&offer, &tree, have, Some(index)))?;
         let wire = request.encode()?;
         let mut raw = [0u8; 16];
@@ -141,7 +155,7 @@ async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, bo
         let id = hex(&raw);
         let dir = port.state.join("staging").join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| SyncError::io(format!("creating {}", dir.display()), e))?;
-        verge_sync::fsio::write_atomic(&dir.join("offer"), &body)?;
+        verge_sync::fsio::write_atomic(&dir.join("offer"), &offer.encode()?)?;
         verge_sync::fsio::write_atomic(&dir.join("request"), &wire)?;
         verge_sync::fsio::write_atomic(&dir.join("path"), q.path.as_bytes())?;
         let mut headers = HeaderMap::new();
@@ -196,6 +210,8 @@ async fn commit(
             return Err(bad("the assembled bundle does not match its BLAKE3 hash; resend the chunks"));
         }
         let report = apply(&offer, &request, &bundle, &tree)?;
+        // Remember what this sender now believes we hold, for its next incremental offer.
+        verge_sync::fsio::write_atomic(&port.remembered_file(&offer.opts.sender, &rel), &read("offer")?)?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
     })

@@ -150,9 +150,22 @@ pub async fn push(
         Ok((m, offer, bases))
     })
     .await?;
-    let offer_wire = offer.encode()?;
+    // Incremental: only the changes since the state the receiver last
+    // confirmed; a receiver that remembers otherwise asks for the full offer.
+    let acked = bases.as_ref().map(|b| b.acked()).unwrap_or_default();
     let path_q = format!("/sync/v1/offer?path={}&mirror={}", encode_query(remote_path), opts.mirror);
-    let (request_wire, id) = retrying(deadline, || api.call_bytes(Method::POST, &path_q, offer_wire.clone(), TRANSFER_HEADER)).await?;
+    let mut offer_wire = offer.encode_since(&acked)?;
+    let mut wire = offer_wire.len() as u64;
+    let answer = match retrying(deadline, || api.call_bytes(Method::POST, &path_q, offer_wire.clone(), TRANSFER_HEADER)).await {
+        Err(SyncClientError::Remote(ClientError::Api { status: 409, .. })) if !acked.is_empty() => {
+            offer_wire = offer.encode()?;
+            wire += offer_wire.len() as u64;
+            retrying(deadline, || api.call_bytes(Method::POST, &path_q, offer_wire.clone(), TRANSFER_HEADER)).await
+        }
+        other => other,
+    };
+    let (request_wire, id) = answer?;
+    wire += request_wire.len() as u64;
     let id = id.ok_or_else(|| SyncClientError::GaveUp(Duration::ZERO, "the receiver returned no transfer id".into()))?;
     let request = Request::decode(&request_wire, &offer)?;
     let (local_owned, level) = (local.to_path_buf(), opts.level);
@@ -166,7 +179,6 @@ pub async fn push(
     let total = bundle.len() as u64;
     let mut bucket = opts.limit_bps.map(|r| TokenBucket::new(r, (opts.chunk_bytes as u64).min(r.max(1)), 0));
     let (mut uploaded, mut resumed, mut uploads, mut done) = (0u64, 0u32, 0u32, vec![false; chunks.len()]);
-    let mut wire = (offer_wire.len() + request_wire.len()) as u64;
     loop {
         let mut failed = None;
         for (n, chunk) in chunks.iter().enumerate() {
@@ -215,17 +227,21 @@ pub async fn push(
         serde_json::from_value(answer).map_err(|e| SyncClientError::GaveUp(Duration::ZERO, format!("unreadable commit answer: {e}")))?;
     if let Some(mut bases) = bases {
         let local_owned = local.to_path_buf();
-        let removed = applied.removed.clone();
         let written: HashSet<String> = applied.written.iter().cloned().collect();
         blocking(move || {
             // The receiver now holds the offered version of every file it wrote
             // or did not need, except where a conflict kept its own version.
             let needed: HashSet<usize> = request.needs.iter().map(|(i, _)| *i).collect();
             let kept_own: HashSet<usize> = request.conflicts.iter().filter(|(_, r)| *r != Resolution::Source).map(|(i, _)| *i).collect();
+            let mut confirmed = HashSet::new();
             for (i, f) in offer.files.iter().enumerate() {
                 let (rel, h) = (&f.entry.path, &f.entry.hash);
                 let holds = if needed.contains(&i) { written.contains(rel) } else { true };
-                if !holds || kept_own.contains(&i) || bases.known(rel).as_ref() == Some(h) {
+                if !holds || kept_own.contains(&i) {
+                    continue;
+                }
+                confirmed.insert(rel.clone());
+                if bases.known(rel).as_ref() == Some(h) {
                     continue;
                 }
                 let data = std::fs::read(verge_sync::manifest::join(&local_owned, rel))
@@ -234,9 +250,7 @@ pub async fn push(
                     bases.acknowledge(rel, h, &data)?;
                 }
             }
-            for rel in &removed {
-                bases.forget(rel);
-            }
+            bases.retain(|p| confirmed.contains(p));
             bases.save()
         })
         .await?;

@@ -31,6 +31,9 @@ impl Bases for TreeBases {
     fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>> {
         (self.known(path).as_ref() == Some(hash)).then(|| std::fs::read(join(&self.root, path)).ok()).flatten()
     }
+    fn acked(&self) -> Vec<(String, Hash)> {
+        self.manifest.files.iter().map(|e| (e.path.clone(), e.hash)).collect()
+    }
 }
 
 /// What a transfer from NEW to a receiver holding OLD would send.
@@ -89,8 +92,12 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
     if known_base {
         offer = offer.with_chunks(new)?;
     }
-    let offer_wire = offer.encode()?;
-    let offer_rx = Offer::decode(&offer_wire)?;
+    // With a known base both ends remember the last sync (OLD), so the
+    // offer carries only the changes since.
+    let remembered = known_base.then(|| Offer::new(&old_m, &NoBases, OfferOptions::default()));
+    let offer_wire = offer.encode_since(&bases.acked())?;
+    let offer_rx = Offer::decode_since(&offer_wire, |_| remembered)?
+        .ok_or_else(|| SyncError::corrupt("offer", "the incremental offer does not match the remembered state"))?;
     let request = Request::build(&offer_rx, old, &old_m, None)?;
     let request_wire = request.encode()?;
     let request_tx = Request::decode(&request_wire, &offer)?;

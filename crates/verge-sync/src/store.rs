@@ -39,9 +39,10 @@ impl BaseStore {
         Ok(())
     }
 
-    /// Forgets `path` (the receiver deleted it).
-    pub fn forget(&mut self, path: &str) {
-        self.acked.remove(path);
+    /// Forgets every path but those `keep` accepts: after a sync, the
+    /// acknowledged state is exactly what the receiver confirmed.
+    pub fn retain(&mut self, keep: impl Fn(&str) -> bool) {
+        self.acked.retain(|p, _| keep(p));
     }
 
     /// Writes the acknowledged map durably.
@@ -62,6 +63,10 @@ impl Bases for BaseStore {
         }
         let data = std::fs::read(self.objects.join(hex(hash))).ok()?;
         (crate::manifest::hash(&data) == *hash).then_some(data)
+    }
+
+    fn acked(&self) -> Vec<(String, Hash)> {
+        self.acked.iter().filter_map(|(p, h)| Some((p.clone(), hex_decode(h)?.try_into().ok()?))).collect()
     }
 }
 

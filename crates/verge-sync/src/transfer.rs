@@ -39,6 +39,11 @@ pub trait Bases {
     fn known(&self, path: &str) -> Option<Hash>;
     /// That version's content, if the sender still has it.
     fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>>;
+    /// Every path the receiver acknowledged with its hash, sorted by path:
+    /// the state an incremental offer describes changes against.
+    fn acked(&self) -> Vec<(String, Hash)> {
+        Vec::new()
+    }
 }
 
 /// A sender that remembers nothing: every change goes by block delta.
@@ -163,19 +168,42 @@ impl Offer {
 
     /// The compressed wire form.
     pub fn encode(&self) -> Result<Vec<u8>> {
+        self.encode_since(&[])
+    }
+
+    /// The compressed wire form of the changes since `acked` (sorted
+    /// `(path, hash)`, the state the receiver acknowledged): a digest of
+    /// that state, the paths gone since, and only the files that differ.
+    /// A receiver that remembers the same state rebuilds the whole offer
+    /// ([`Offer::decode_since`]); with `acked` empty this is the full offer.
+    pub fn encode_since(&self, acked: &[(String, Hash)]) -> Result<Vec<u8>> {
+        let incremental = !acked.is_empty();
         let mut raw = Vec::new();
-        raw.push(u8::from(self.opts.mirror) | (u8::from(self.opts.full) << 1));
+        raw.push(u8::from(self.opts.mirror) | (u8::from(self.opts.full) << 1) | (u8::from(incremental) << 2));
         raw.push(STRATEGIES.iter().position(|s| *s == self.opts.conflict).unwrap_or(0) as u8);
         put_bytes(&mut raw, self.opts.sender.as_bytes());
+        let mut unchanged = std::collections::HashSet::new();
+        if incremental {
+            raw.extend_from_slice(&state_digest(acked.iter().map(|(p, h)| (p.as_str(), h))));
+            let gone: Vec<&str> = acked.iter().map(|(p, _)| p.as_str()).filter(|p| self.get(p).is_none()).collect();
+            put_varint(&mut raw, gone.len() as u64);
+            let mut prev = "";
+            for p in gone {
+                put_path(&mut raw, prev, p);
+                prev = p;
+            }
+            unchanged.extend(acked.iter().filter(|(p, h)| self.get(p).is_some_and(|f| f.entry.hash == *h)).map(|(p, _)| p.as_str()));
+        }
         put_varint(&mut raw, self.dirs.len() as u64);
         let mut prev = "";
         for d in &self.dirs {
             put_path(&mut raw, prev, d);
             prev = d;
         }
-        put_varint(&mut raw, self.files.len() as u64);
+        let listed: Vec<&OfferEntry> = self.files.iter().filter(|f| !unchanged.contains(f.entry.path.as_str())).collect();
+        put_varint(&mut raw, listed.len() as u64);
         let mut prev = "";
-        for f in &self.files {
+        for f in listed {
             let e = &f.entry;
             put_path(&mut raw, prev, &e.path);
             prev = &e.path;
@@ -200,18 +228,46 @@ impl Offer {
         compress_message(&raw)
     }
 
-    /// Reads an offer, checking every path and size.
+    /// The offered file at `path`.
+    pub fn get(&self, path: &str) -> Option<&OfferEntry> {
+        self.files.binary_search_by(|f| f.entry.path.as_str().cmp(path)).ok().map(|i| &self.files[i])
+    }
+
+    /// Reads a full offer, checking every path and size.
     pub fn decode(data: &[u8]) -> Result<Self> {
+        Self::decode_since(data, |_| None)?.ok_or_else(|| SyncError::corrupt("offer", "an incremental offer where a full one was expected"))
+    }
+
+    /// Reads a full or incremental offer; an incremental one is rebuilt on
+    /// what `remembered` returns for its sender: the last offer this
+    /// receiver applied from it. `None` means the receiver's memory does not
+    /// match the state the sender describes changes against: it must ask
+    /// for the full offer.
+    pub fn decode_since(data: &[u8], remembered: impl FnOnce(&OfferOptions) -> Option<Offer>) -> Result<Option<Self>> {
         let raw = decompress("offer", data, MAX_MESSAGE)?;
         let mut r = Reader::new(&raw, "offer");
         let flags = r.u8()?;
-        if flags > 3 {
+        if flags > 7 {
             return Err(r.error(format!("mode flags {flags}")));
         }
         let strategy = r.u8()?;
         let conflict = *STRATEGIES.get(usize::from(strategy)).ok_or_else(|| r.error(format!("conflict strategy {strategy}")))?;
         let sender = r.string(256, "sender")?.to_string();
         let opts = OfferOptions { mirror: flags & 1 != 0, full: flags & 2 != 0, conflict, sender };
+        let since = if flags & 4 != 0 {
+            let digest = r.array::<HASH_LEN>()?;
+            let ngone = r.varint_max(MAX_ENTRIES, "removed count")?;
+            let mut gone = std::collections::HashSet::with_capacity(ngone.min(1 << 16));
+            let mut prev = String::new();
+            for _ in 0..ngone {
+                let p = read_path(&mut r, &prev, true)?;
+                prev.clone_from(&p);
+                gone.insert(p);
+            }
+            Some((digest, gone))
+        } else {
+            None
+        };
         let ndirs = r.varint_max(MAX_ENTRIES, "directory count")?;
         let mut dirs = Vec::with_capacity(ndirs.min(1 << 16));
         let mut prev = String::new();
@@ -257,8 +313,38 @@ impl Offer {
             files.push(OfferEntry { entry: Entry { path, size, hash, mode, mtime }, base, chunks });
         }
         r.finish()?;
-        Ok(Offer { files, dirs, opts })
+        let Some((digest, gone)) = since else {
+            return Ok(Some(Offer { files, dirs, opts }));
+        };
+        let Some(old) =
+            remembered(&opts).filter(|o| state_digest(o.files.iter().map(|f| (f.entry.path.as_str(), &f.entry.hash))) == digest)
+        else {
+            return Ok(None);
+        };
+        let mut merged: std::collections::BTreeMap<String, OfferEntry> = old
+            .files
+            .iter()
+            .filter(|f| !gone.contains(&f.entry.path))
+            .map(|f| (f.entry.path.clone(), OfferEntry { entry: f.entry.clone(), base: Some(f.entry.hash), chunks: Vec::new() }))
+            .collect();
+        for f in files {
+            merged.insert(f.entry.path.clone(), f);
+        }
+        Ok(Some(Offer { files: merged.into_values().collect(), dirs, opts }))
     }
+}
+
+/// A digest of a tree state: every `(path, hash)`, in path order.
+fn state_digest<'a>(entries: impl Iterator<Item = (&'a str, &'a Hash)>) -> Hash {
+    let mut h = blake3::Hasher::new();
+    for (p, hash) in entries {
+        h.update(p.as_bytes());
+        h.update(&[0]);
+        h.update(hash);
+    }
+    let mut out = [0u8; HASH_LEN];
+    out.copy_from_slice(&h.finalize().as_bytes()[..HASH_LEN]);
+    out
 }
 
 /// What the receiver asks for one offered file.
@@ -955,6 +1041,36 @@ mod tests {
         let report = apply(&offer, &req, &bundle, &dst).unwrap();
         assert_eq!(report.written, ["models/v2.bin"]);
         assert_eq!(std::fs::read(dst.join("models/v2.bin")).unwrap(), tuned);
+    }
+
+    #[test]
+    fn incremental_offers_carry_only_changes_and_need_the_same_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let (old, new) = (dir.path().join("old"), dir.path().join("new"));
+        let files: Vec<(String, Vec<u8>)> =
+            (0..200).map(|i| (format!("d{}/f{i}.txt", i % 7), format!("file {i}\n").repeat(50).into_bytes())).collect();
+        let refs: Vec<(&str, &[u8])> = files.iter().map(|(p, d)| (p.as_str(), d.as_slice())).collect();
+        write(&old, &refs);
+        write(&new, &refs[1..]);
+        write(&new, &[("d3/f3.txt", b"changed"), ("added.txt", b"new")]);
+        let old_m = Manifest::scan(&old, None).unwrap();
+        let bases = TreeBases::new(&old, old_m.clone());
+        let offer = Offer::new(&Manifest::scan(&new, None).unwrap(), &bases, OfferOptions::default());
+        let full = offer.encode().unwrap();
+        let since = offer.encode_since(&bases.acked()).unwrap();
+        assert!(since.len() * 4 < full.len(), "incremental {} vs full {} bytes", since.len(), full.len());
+        let remembered = Offer::new(&old_m, &NoBases, OfferOptions::default());
+        let rebuilt = Offer::decode_since(&since, |_| Some(remembered.clone())).unwrap().unwrap();
+        assert_eq!(
+            rebuilt.files.iter().map(|f| (&f.entry.path, f.entry.hash)).collect::<Vec<_>>(),
+            offer.files.iter().map(|f| (&f.entry.path, f.entry.hash)).collect::<Vec<_>>()
+        );
+        // A receiver that remembers nothing, or something else, must ask for the full offer.
+        assert!(Offer::decode_since(&since, |_| None).unwrap().is_none());
+        let mut other = remembered.clone();
+        other.files[5].entry.hash[0] ^= 1;
+        assert!(Offer::decode_since(&since, |_| Some(other)).unwrap().is_none());
+        assert!(Offer::decode(&since).is_err());
     }
 
     #[test]

@@ -108,6 +108,19 @@ fn push_pull_and_server_jobs_between_real_agents() {
     assert!(third["bytes_sent"].as_u64().unwrap() < 1_000_000, "{third}");
     assert_eq!(tree(&files_of(&c, "fra", "proj")), tree(&src));
 
+    // A node that forgot what it last applied gets the full offer instead.
+    for e in std::fs::read_dir(c.path("fra").join("data/sync")).unwrap().flatten() {
+        if e.file_name().to_string_lossy().starts_with("remembered-") {
+            std::fs::remove_file(e.path()).unwrap();
+        }
+    }
+    std::fs::write(src.join("README.txt"), "edge models, v2\n".repeat(100)).unwrap();
+    let (ok, out, err) = cli(&c, &["sync", "push", src.to_str().unwrap(), "--to", "fra:proj", "--json"]);
+    assert!(ok, "push after the node forgot failed: {err}");
+    let fourth: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(fourth["sent"].as_array().unwrap().len(), 1, "{fourth}");
+    assert_eq!(tree(&files_of(&c, "fra", "proj")), tree(&src));
+
     // Pull it back somewhere else.
     let back = c.path("back");
     let (ok, _, err) = cli(&c, &["sync", "pull", "fra:proj", back.to_str().unwrap()]);
