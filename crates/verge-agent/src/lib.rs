@@ -9,6 +9,7 @@
 
 pub mod agent;
 pub mod assignments;
+pub mod bisync;
 pub mod cgroup;
 pub mod collector;
 pub mod config;

@@ -92,18 +92,22 @@ pub struct PushReport {
     pub elapsed_ms: u64,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T, verge_sync::SyncError> + Send + 'static) -> Result<T, SyncClientError> {
+/// Runs blocking sync work off the async threads.
+pub(crate) async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, verge_sync::SyncError> + Send + 'static,
+) -> Result<T, SyncClientError> {
     tokio::task::spawn_blocking(f).await.map_err(|e| SyncClientError::GaveUp(Duration::ZERO, e.to_string()))?.map_err(Into::into)
 }
 
-fn encode_query(v: &str) -> String {
+/// Percent-encodes a query value.
+pub(crate) fn encode_query(v: &str) -> String {
     v.bytes()
         .map(|b| if b.is_ascii_alphanumeric() || b"-_./~".contains(&b) { (b as char).to_string() } else { format!("%{b:02X}") })
         .collect()
 }
 
 /// Retries `f` on connection failures (not on answers) until `deadline`.
-async fn retrying<T, F, Fut>(deadline: Instant, mut f: F) -> Result<T, SyncClientError>
+pub(crate) async fn retrying<T, F, Fut>(deadline: Instant, mut f: F) -> Result<T, SyncClientError>
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<T, ClientError>>,

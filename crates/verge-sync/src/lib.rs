@@ -6,11 +6,13 @@
 //! - [`base`]: zstd patch-from against a version the receiver acknowledged;
 //! - [`cdc`]: content-defined chunks, for files the receiver never held;
 //! - [`transfer`]: the offer / request / bundle protocol, pure over bytes;
+//! - [`bisync`]: who changed what since the last sync, for bidirectional sync;
 //! - [`diff`]: the protocol run locally to report what a transfer would send;
 //! - [`fsio`]: atomic, durable writes.
 
 pub mod bandwidth;
 pub mod base;
+pub mod bisync;
 pub mod cdc;
 pub mod conflict;
 pub mod delta;

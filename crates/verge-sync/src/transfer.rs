@@ -959,7 +959,8 @@ pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result
     Ok(report)
 }
 
-fn set_metadata(path: &Path, e: &Entry) -> Result<()> {
+/// Gives the file at `path` the mode and modification time of `e`.
+pub fn set_metadata(path: &Path, e: &Entry) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     let io = |err| SyncError::io(format!("setting metadata of {}", path.display()), err);
     let when = std::time::UNIX_EPOCH + std::time::Duration::from_secs(e.mtime.max(0) as u64);

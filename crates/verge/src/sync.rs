@@ -92,6 +92,21 @@ pub enum SyncCmd {
         #[command(flatten)]
         api: ServerArg,
     },
+    /// Sync a directory and a node both ways: each side's changes (and
+    /// deletions) since the last sync reach the other; files both changed are
+    /// settled by `--conflict` (`merge`: three-way line merge against the last
+    /// synced version).
+    Bisync {
+        /// Local directory.
+        dir: PathBuf,
+        /// `NODE:PATH`.
+        #[arg(long = "with")]
+        with: String,
+        #[command(flatten)]
+        send: SendArgs,
+        #[command(flatten)]
+        api: ServerArg,
+    },
     /// Push a directory to a node now and again after every change, until Ctrl-C.
     Watch {
         /// Local directory.
@@ -135,24 +150,33 @@ fn print_push(r: &PushReport, json: bool) -> Result<()> {
             r.elapsed_ms
         );
     }
+    push_failures(r)
+}
+
+/// An error naming the files the node could not write, if any.
+fn push_failures(r: &PushReport) -> Result<()> {
     if let Some((p, why)) = r.applied.failed.first() {
         bail!("{} files failed on the node; first: {p}: {why}", r.applied.failed.len());
     }
     Ok(())
 }
 
-async fn push_once(addr: &str, dir: &Path, path: &str, send: &SendArgs) -> Result<PushReport> {
-    let bases = state_dir()?.join("sync-bases");
-    let opts = PushOptions {
+/// Push options from the command line.
+fn push_options(send: &SendArgs) -> Result<PushOptions> {
+    Ok(PushOptions {
         mirror: send.mirror,
         full: send.full,
         conflict: send.conflict,
         sender: std::env::var("HOSTNAME").unwrap_or_else(|_| "cli".into()),
         level: level_for_link(send.link_mbps * 1_000_000),
         limit_bps: send.bwlimit.map(|b| b.0),
-        bases_dir: Some(bases),
+        bases_dir: Some(state_dir()?.join("sync-bases")),
         ..PushOptions::default()
-    };
+    })
+}
+
+async fn push_once(addr: &str, dir: &Path, path: &str, send: &SendArgs) -> Result<PushReport> {
+    let opts = push_options(send)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
@@ -229,6 +253,21 @@ pub async fn run(cmd: SyncCmd) -> Result<()> {
                 bail!("{} files failed; first: {p}: {why}", r.failed.len());
             }
             Ok(())
+        }
+        SyncCmd::Bisync { dir, with, send, api } => {
+            let (addr, path) = resolve(&api.server, &with).await?;
+            let node = with.split_once(':').map_or("node", |(n, _)| n);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            let r = verge_agent::bisync::bisync(&addr, &dir, &path, node, send.conflict, &push_options(&send)?).await?;
+            if send.json {
+                println!("{}", serde_json::to_string_pretty(&r)?);
+                return push_failures(&r.push);
+            }
+            println!("{} pulled, {} deleted here, {} conflicts", r.pulled.len(), r.deleted_local.len(), r.conflicts.len());
+            for (p, how) in &r.conflicts {
+                println!("  conflict {p}: {how}");
+            }
+            print_push(&r.push, false)
         }
         SyncCmd::Watch { dir, to, debounce, send, api } => watch(dir, to, Duration::from_millis(debounce.0), send, api.server).await,
         SyncCmd::Diff { old, new, known_base, level, verbose, json } => {

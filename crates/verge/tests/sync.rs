@@ -207,3 +207,36 @@ fn push_resumes_after_the_receiver_is_killed() {
     assert!(r["chunk_uploads"].as_u64().unwrap() <= r["chunks"].as_u64().unwrap() + 1, "chunks were resent: {r}");
     assert_eq!(tree(&files_of(&c, "fra", "img")), tree(&src));
 }
+
+#[test]
+fn bisync_merges_both_sides_changes() {
+    let c = two_agents();
+    let local = c.path("local");
+    std::fs::create_dir_all(&local).unwrap();
+    for (name, body) in [("a.txt", "a1\n"), ("c.txt", "line1\nline2\nline3\nline4\n"), ("d.txt", "d\n"), ("e.txt", "e\n")] {
+        std::fs::write(local.join(name), body).unwrap();
+    }
+    let (ok, _, err) = cli(&c, &["sync", "bisync", local.to_str().unwrap(), "--with", "fra:bi", "--conflict", "merge"]);
+    assert!(ok, "first bisync failed: {err}");
+    let remote = files_of(&c, "fra", "bi");
+    assert_eq!(tree(&remote), tree(&local));
+
+    // Each side changes something; both change c.txt on different lines.
+    std::fs::write(local.join("a.txt"), "a2\n").unwrap();
+    std::fs::write(local.join("c.txt"), "LINE1\nline2\nline3\nline4\n").unwrap();
+    std::fs::remove_file(local.join("e.txt")).unwrap();
+    std::fs::write(remote.join("b.txt"), "b\n").unwrap();
+    std::fs::write(remote.join("c.txt"), "line1\nline2\nline3\nLINE4\n").unwrap();
+    std::fs::remove_file(remote.join("d.txt")).unwrap();
+
+    let (ok, out, err) = cli(&c, &["sync", "bisync", local.to_str().unwrap(), "--with", "fra:bi", "--conflict", "merge", "--json"]);
+    assert!(ok, "second bisync failed: {err}");
+    let r: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(r["pulled"], serde_json::json!(["b.txt"]), "{r}");
+    assert_eq!(r["deleted_local"], serde_json::json!(["d.txt"]), "{r}");
+    assert_eq!(r["conflicts"], serde_json::json!([["c.txt", "merged"]]), "{r}");
+    assert_eq!(std::fs::read_to_string(local.join("c.txt")).unwrap(), "LINE1\nline2\nline3\nLINE4\n");
+    assert_eq!(tree(&remote), tree(&local));
+    let names: Vec<String> = tree(&local).into_iter().map(|(p, _)| p).collect();
+    assert_eq!(names, ["a.txt", "b.txt", "c.txt"]);
+}
