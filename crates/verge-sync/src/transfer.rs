@@ -484,7 +484,8 @@ impl Request {
                 _ => 2,
             });
         }
-        compress_message(&raw)
+        // Mostly signatures, which do not compress: a fast level is enough.
+        compress(&raw, 3)
     }
 
     /// Reads a request for `offer`, checking indexes and signatures.
