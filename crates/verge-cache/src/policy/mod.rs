@@ -9,11 +9,10 @@
 
 mod adaptive;
 mod arc;
-mod fifo;
 mod gdsf;
 mod lfu;
 mod lirs;
-mod lru;
+mod queue;
 mod s3fifo;
 mod sieve;
 mod ttl;
@@ -21,11 +20,10 @@ mod wtinylfu;
 
 pub use adaptive::Adaptive;
 pub use arc::Arc;
-pub use fifo::Fifo;
 pub use gdsf::Gdsf;
 pub use lfu::Lfu;
 pub use lirs::Lirs;
-pub use lru::Lru;
+pub use queue::{Fifo, Lru, Queue};
 pub use s3fifo::S3Fifo;
 pub use sieve::Sieve;
 pub use ttl::Ttl;
