@@ -19,6 +19,9 @@ use crate::assignments::Assignments;
 use crate::collector::Collector;
 use crate::driver::Driver;
 use crate::exec::ExecDriver;
+use crate::identity::{IdentityError, JoinWith, NodeIdentity};
+use crate::secure::{Io, NodeTls};
+use crate::syncclient::Peer;
 use crate::supervisor::{self, SupervisorHandle};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
@@ -35,7 +38,7 @@ const INHERITED_ENV: &[&str] = &["PATH", "HOME", "LANG", "TZ", "USER"];
 pub struct AgentOptions {
     /// The node spec to declare.
     pub node: NodeSpec,
-    /// The gateway URL, `ws://host:port/v1/agent`.
+    /// The gateway URL, `wss://host:port/v1/agent` (`ws://` for a server with TLS off).
     pub server_url: String,
     /// Where state and workload files live.
     pub data_dir: PathBuf,
@@ -48,6 +51,19 @@ pub struct AgentOptions {
     pub advertise_addr: Option<String>,
     /// Bandwidth for sync jobs, all together and per peer, bytes per second.
     pub sync_bandwidth: (Option<u64>, Option<u64>),
+    /// How this node joins and proves itself.
+    pub security: SecurityOptions,
+}
+
+/// Joining and attestation inputs.
+#[derive(Debug, Clone, Default)]
+pub struct SecurityOptions {
+    /// The node join token, for a node without a certificate.
+    pub join_token: Option<String>,
+    /// `sha256:…` of the cluster CA, pinned for the join.
+    pub ca_hash: Option<String>,
+    /// The config file as read, measured in attestation.
+    pub config_bytes: Vec<u8>,
 }
 
 /// Where synced trees live on this node: remote paths are relative to it.
@@ -62,6 +78,14 @@ struct Link {
     outbox_tx: mpsc::UnboundedSender<AgentMessage>,
     outbox: mpsc::UnboundedReceiver<AgentMessage>,
     data_port: Option<std::net::SocketAddr>,
+    tls: Option<Arc<NodeTls>>,
+}
+
+impl Link {
+    /// What this node tells the server about its protection.
+    fn posture(&self) -> verge_proto::Posture {
+        verge_proto::Posture::default()
+    }
 }
 
 /// Why the agent could not run.
@@ -73,6 +97,9 @@ pub enum AgentError {
     /// The data port cannot listen.
     #[error("data port {addr}: {err} (set network.data_addr)")]
     DataPort { addr: String, err: std::io::Error },
+    /// The node has no certificate and cannot get one.
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 /// Turns the config's `server:` value into the gateway URL.
@@ -85,7 +112,7 @@ pub fn gateway_url(server: &str) -> String {
     } else if s.starts_with("ws://") || s.starts_with("wss://") {
         s.to_string()
     } else {
-        format!("ws://{s}")
+        format!("wss://{s}")
     };
     let after_scheme = s.split_once("://").map_or("", |(_, r)| r);
     if after_scheme.contains('/') {
@@ -202,13 +229,22 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
         tracing::info!(workload = %spec.id, "restoring workload from local state");
         workloads.start(spec);
     }
+    let tls = if opts.server_url.starts_with("wss://") {
+        match identity(&opts, &mut shutdown).await? {
+            Some(t) => Some(Arc::new(t)),
+            None => return Ok(workloads.shutdown(opts.stop_workloads_on_exit).await),
+        }
+    } else {
+        tracing::warn!(server = %opts.server_url, "plain-text gateway: no TLS, no node certificate, no attestation");
+        None
+    };
     let data_port = match opts.data_addr {
-        Some(addr) => Some(serve_data_port(addr, &opts.data_dir, shutdown.clone()).await?),
+        Some(addr) => Some(serve_data_port(addr, &opts.data_dir, tls.as_ref().map(|t| t.data_port.clone()), shutdown.clone()).await?),
         None => None,
     };
     let (outbox_tx, outbox) = mpsc::unbounded_channel();
     let budget = Arc::new(crate::syncjobs::Budget::new(opts.sync_bandwidth.0, opts.sync_bandwidth.1));
-    let mut link = Link { budget, outbox_tx, outbox, data_port };
+    let mut link = Link { budget, outbox_tx, outbox, data_port, tls };
     let mut collector = Collector::new(&opts.data_dir);
     let mut backoff = MIN_BACKOFF;
     let mut announced = false;
@@ -229,11 +265,40 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     Ok(())
 }
 
+/// The gateway's `host:port` in a `wss://host:port/…` URL.
+fn authority(url: &str) -> &str {
+    url.split_once("://").map_or(url, |(_, r)| r).split('/').next().unwrap_or_default()
+}
+
+/// Loads the node's certificate or joins for one, retrying while the server
+/// is unreachable; `None` when shut down meanwhile.
+async fn identity(opts: &AgentOptions, shutdown: &mut watch::Receiver<bool>) -> Result<Option<NodeTls>, AgentError> {
+    let dir = opts.data_dir.join("tls");
+    let mut backoff = MIN_BACKOFF;
+    loop {
+        let join = opts.security.join_token.as_deref().zip(opts.security.ca_hash.as_deref()).map(|(token, ca_hash)| JoinWith { token, ca_hash });
+        match NodeIdentity::load_or_join(&dir, authority(&opts.server_url), opts.node.id.as_str(), join).await {
+            Ok(id) => {
+                let evidence = opts.data_dir.join("attestation.json");
+                return Ok(Some(NodeTls::new(id, opts.node.id.as_str(), opts.security.config_bytes.clone(), evidence)?));
+            }
+            Err(IdentityError::Unreachable(e)) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot join yet"),
+            Err(e) => return Err(e.into()),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = shutdown.wait_for(|s| *s) => return Ok(None),
+        }
+        backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
 /// Binds the data port and serves it until shutdown; returns the bound address.
 async fn serve_data_port(
     addr: std::net::SocketAddr,
     data_dir: &std::path::Path,
-    mut shutdown: watch::Receiver<bool>,
+    tls: Option<verge_client::serve::TlsSource>,
+    shutdown: watch::Receiver<bool>,
 ) -> Result<std::net::SocketAddr, AgentError> {
     let err = |err| AgentError::DataPort { addr: addr.to_string(), err };
     // With port 0 the agent keeps the port it had last time when it is still
@@ -259,14 +324,8 @@ async fn serve_data_port(
         tracing::info!(removed, "removed temporary files an interrupted sync left behind");
     }
     let port = crate::dataport::DataPort { root, state: data_dir.join("sync") };
-    tokio::spawn(async move {
-        let served = axum::serve(listener, port.router()).with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        });
-        if let Err(e) = served.await {
-            tracing::error!(error = %e, "data port stopped");
-        }
-    });
+    let refused: Arc<dyn Fn() + Send + Sync> = Arc::new(|| tracing::debug!("data port refused a TLS handshake"));
+    tokio::spawn(verge_client::serve::serve(listener, port.router(), tls, shutdown, refused));
     tracing::info!(%bound, "data port listening");
     Ok(bound)
 }
@@ -299,16 +358,18 @@ async fn connect(
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
-    let (ws, _) =
-        tokio_tungstenite::connect_async_with_config(opts.server_url.as_str(), Some(config), true).await.map_err(|e| e.to_string())?;
-    let local = match ws.get_ref() {
-        tokio_tungstenite::MaybeTlsStream::Plain(tcp) => tcp.local_addr().ok(),
-        _ => None,
+    let tcp = tokio::net::TcpStream::connect(authority(&opts.server_url)).await.map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let local = tcp.local_addr().ok();
+    let stream: Box<dyn Io> = match &link.tls {
+        Some(t) => t.handshake(tcp).await?,
+        None => Box::new(tcp),
     };
+    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.server_url.as_str(), stream, Some(config)).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
     let mut node = opts.node.clone();
     node.data_addr = link.data_port.map(|bound| advertised(opts, bound, local));
-    let hello = AgentMessage::Hello { node, agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses() };
+    let hello = AgentMessage::Hello { node, agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses(), posture: link.posture() };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut interval = DEFAULT_HEARTBEAT;
     let mut ticker = tokio::time::interval(interval);
@@ -324,6 +385,9 @@ async fn connect(
                 return Ok(());
             }
             _ = ticker.tick(), if welcomed => {
+                if let Some(renew) = link.tls.as_ref().and_then(|t| t.renewal()) {
+                    sink.send(Message::text(encode(&renew))).await.map_err(|e| e.to_string())?;
+                }
                 seq += 1;
                 let sent_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
                 let rtts = last_rtt.take().map(|rtt_ms| RttSample { peer: None, rtt_ms }).into_iter().collect();
@@ -381,9 +445,23 @@ async fn connect(
                         };
                         sink.send(Message::text(encode(&reply))).await.map_err(|e| e.to_string())?;
                     }
-                    ServerMessage::SyncPush { job, path, target_addr, target_path, mirror, limit_bps, priority } => {
-                        let job = crate::syncjobs::SyncJob { job, path, target_addr, target_path, mirror, limit_bps, priority };
+                    ServerMessage::SyncPush { job, path, target_addr, target_node, target_path, mirror, limit_bps, priority } => {
+                        let target = Peer { addr: target_addr, tls: link.tls.as_ref().map(|t| t.peer_tls(target_node.as_str())) };
+                        let job = crate::syncjobs::SyncJob { job, path, target, target_path, mirror, limit_bps, priority };
                         crate::syncjobs::start(job, opts.node.id.as_str(), &opts.data_dir, link.budget.clone(), link.outbox_tx.clone());
+                    }
+                    ServerMessage::Attest { nonce } => {
+                        let Some(t) = link.tls.clone() else { continue };
+                        match tokio::task::spawn_blocking(move || t.attest(&nonce)).await {
+                            Ok(Ok(answer)) => sink.send(Message::text(encode(&answer))).await.map_err(|e| e.to_string())?,
+                            Ok(Err(e)) => tracing::error!(error = %e, "cannot attest"),
+                            Err(e) => tracing::error!(error = %e, "attestation task failed"),
+                        }
+                    }
+                    ServerMessage::Certificate { cert_pem } => {
+                        if let Some(Err(e)) = link.tls.as_ref().map(|t| t.renewed(&cert_pem)) {
+                            tracing::error!(error = %e, "renewed certificate refused");
+                        }
                     }
                     ServerMessage::Refused { reason } => return Err(format!("server refused this agent: {reason}")),
                 }

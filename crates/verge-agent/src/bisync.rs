@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use verge_client::{Api, ClientError, Method};
+use verge_client::{ClientError, Method};
 use verge_sync::bisync::{plan, Action};
 use verge_sync::conflict::{resolve, side_by_side_name, Hlc, Resolution, Side, Strategy, VersionVector};
 use verge_sync::fsio::write_atomic_with;
@@ -19,7 +19,7 @@ use verge_sync::transfer::{set_metadata, unpack, Bases, Need, Offer, Request};
 use verge_sync::SyncError;
 
 use crate::dataport::join_pair;
-use crate::syncclient::{blocking, encode_query, push, retrying, PushOptions, PushReport, SyncClientError};
+use crate::syncclient::{blocking, encode_query, push, retrying, Peer, PushOptions, PushReport, SyncClientError};
 
 /// What a bidirectional sync did.
 #[derive(Clone, Debug, Serialize)]
@@ -44,7 +44,7 @@ fn side<'a>(data: &'a [u8], mtime: i64, node: &str) -> Side<'a> {
 /// ways. `opts.bases_dir` must be set: it holds the state of the last sync.
 /// `remote_name` names the node in side-by-side conflict files.
 pub async fn bisync(
-    addr: &str,
+    peer_port: &Peer,
     local: &Path,
     remote_path: &str,
     remote_name: &str,
@@ -56,7 +56,8 @@ pub async fn bisync(
         .bases_dir
         .clone()
         .ok_or_else(|| SyncClientError::GaveUp(Duration::ZERO, "bidirectional sync needs a state directory".into()))?;
-    let api = Api::new(&format!("http://{addr}"));
+    let api = peer_port.api();
+    let addr = &peer_port.addr;
     let q = format!("?path={}", encode_query(remote_path));
     let offer_url = format!("/sync/v1/pull/offer{q}");
     let offer_wire = match retrying(deadline, || api.call_bytes(Method::POST, &offer_url, Vec::new(), "")).await {
@@ -172,7 +173,7 @@ pub async fn bisync(
     .await?;
     // The local tree is now the settled state: push it, deletions included.
     let push_opts = PushOptions { mirror: true, conflict: Strategy::SourceWins, ..opts.clone() };
-    let push = push(addr, local, remote_path, &push_opts, |_, _| {}).await?;
+    let push = push(peer_port, local, remote_path, &push_opts, |_, _| {}).await?;
     Ok(BisyncReport { pulled, deleted_local, conflicts, push })
 }
 

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use serde_yaml::Value;
-use verge_core::{Bytes, CpuResources, Location, MemoryResources, NodeId, NodeSpec, NodeType, Resources, StorageResources, Tier};
+use verge_core::{Bytes, CpuResources, Location, MemoryResources, Millis, NodeId, NodeSpec, NodeType, Resources, StorageResources, Tier};
 
 /// Why a config cannot be used; the message names the key.
 #[derive(Debug, thiserror::Error)]
@@ -133,17 +133,26 @@ fn default_data_addr() -> std::net::SocketAddr {
     std::net::SocketAddr::from(([0, 0, 0, 0], 8092))
 }
 
-/// `security:` — read for the seed's shape; enforced by the zero-trust work
-/// (attestation, encryption at rest), which this build does not have yet.
+/// `security:` — how the node joins, and the seed's switches. With a TLS
+/// server the node always attests; `encryption` seals sync state at rest.
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct SecuritySection {
-    /// Whether the node should attest itself.
+    /// The seed's switch; attestation is on whenever the server speaks TLS.
     #[serde(default)]
     pub attestation: bool,
-    /// Whether data at rest should be encrypted.
+    /// Seal cache and sync state at rest with per-node data keys.
     #[serde(default)]
     pub encryption: bool,
+    /// How often the data key rotates, e.g. `720h`.
+    #[serde(default)]
+    pub key_rotation: Option<Millis>,
+    /// Join token for a node without a certificate.
+    #[serde(default)]
+    pub join_token: Option<String>,
+    /// `sha256:…` of the cluster CA certificate, pinned for the join.
+    #[serde(default)]
+    pub ca_hash: Option<String>,
     /// Compliance frameworks the node is held to.
     #[serde(default)]
     pub compliance: Vec<String>,
@@ -210,6 +219,9 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("sync.per_peer_bandwidth", false),
     ("security.attestation", false),
     ("security.encryption", false),
+    ("security.key_rotation", true),
+    ("security.join_token", true),
+    ("security.ca_hash", true),
 ];
 
 /// The environment variable that overrides `key`.

@@ -127,10 +127,30 @@ where
     }
 }
 
-/// Pushes the tree (or file) at `local` to `remote_path` on the agent whose
-/// data port is `addr` (`host:port`); `progress(sent, total)` follows the upload.
+/// Another agent's data port: its address and, with TLS, how to verify it
+/// (its node identity) and who we are (our certificate).
+#[derive(Clone)]
+pub struct Peer {
+    /// `host:port`.
+    pub addr: String,
+    /// TLS settings; `None` for a plain-text port.
+    pub tls: Option<verge_client::Tls>,
+}
+
+impl Peer {
+    /// A client for the peer's data port.
+    pub fn api(&self) -> Api {
+        match &self.tls {
+            Some(t) => Api::secure(&self.addr, t.clone()),
+            None => Api::new(&format!("http://{}", self.addr)),
+        }
+    }
+}
+
+/// Pushes the tree (or file) at `local` to `remote_path` on the agent
+/// behind `peer`; `progress(sent, total)` follows the upload.
 pub async fn push(
-    addr: &str,
+    peer_port: &Peer,
     local: &Path,
     remote_path: &str,
     opts: &PushOptions,
@@ -138,8 +158,8 @@ pub async fn push(
 ) -> Result<PushReport, SyncClientError> {
     let started = Instant::now();
     let deadline = started + opts.retry_for;
-    let api = Api::new(&format!("http://{addr}"));
-    let peer = format!("{addr}:{remote_path}");
+    let api = peer_port.api();
+    let peer = format!("{}:{remote_path}", peer_port.addr);
     let offer_opts =
         verge_sync::transfer::OfferOptions { mirror: opts.mirror, full: opts.full, conflict: opts.conflict, sender: opts.sender.clone() };
     let (local_owned, bases_dir) = (local.to_path_buf(), opts.bases_dir.clone());
@@ -271,10 +291,10 @@ pub async fn push(
     })
 }
 
-/// Pulls `remote_path` from the agent at `addr` into `local`.
-pub async fn pull(addr: &str, remote_path: &str, local: &Path, mirror: bool, retry_for: Duration) -> Result<ApplyReport, SyncClientError> {
+/// Pulls `remote_path` from the agent behind `peer` into `local`.
+pub async fn pull(peer: &Peer, remote_path: &str, local: &Path, mirror: bool, retry_for: Duration) -> Result<ApplyReport, SyncClientError> {
     let deadline = Instant::now() + retry_for;
-    let api = Api::new(&format!("http://{addr}"));
+    let api = peer.api();
     let q = format!("?path={}&mirror={mirror}", encode_query(remote_path));
     let offer_url = format!("/sync/v1/pull/offer{q}");
     let (offer_wire, _) = retrying(deadline, || api.call_bytes(Method::POST, &offer_url, Vec::new(), "")).await?;

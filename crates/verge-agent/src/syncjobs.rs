@@ -11,7 +11,7 @@ use verge_proto::AgentMessage;
 
 use verge_sync::bandwidth::{Allocation, BandwidthManager};
 
-use crate::syncclient::{push, PushOptions};
+use crate::syncclient::{push, Peer, PushOptions};
 
 /// What a [`verge_proto::ServerMessage::SyncPush`] asks for.
 pub struct SyncJob {
@@ -20,7 +20,7 @@ pub struct SyncJob {
     /// Local path under the sync root.
     pub path: String,
     /// The target's data port.
-    pub target_addr: String,
+    pub target: Peer,
     /// Path under the target's sync root.
     pub target_path: String,
     /// Delete target files the source lacks.
@@ -110,7 +110,7 @@ pub fn start(job: SyncJob, node: &str, data_dir: &Path, budget: Arc<Budget>, out
                 return;
             }
         };
-        let rate = budget.acquire(job.job, &job.target_addr, job.priority, job.limit_bps.unwrap_or(UNLIMITED)).await;
+        let rate = budget.acquire(job.job, &job.target.addr, job.priority, job.limit_bps.unwrap_or(UNLIMITED)).await;
         let limit_bps = (rate < UNLIMITED).then_some(rate);
         let opts = PushOptions { mirror: job.mirror, limit_bps, bases_dir: Some(bases), sender, ..PushOptions::default() };
         let last = std::sync::Mutex::new(Instant::now());
@@ -121,8 +121,8 @@ pub fn start(job: SyncJob, node: &str, data_dir: &Path, budget: Arc<Budget>, out
                 let _ = outbox.send(status("running", sent, total, 0, None));
             }
         };
-        tracing::info!(job = job.job, path = %job.path, target = %job.target_addr, "sync job started");
-        let msg = match push(&job.target_addr, &local, &job.target_path, &opts, progress).await {
+        tracing::info!(job = job.job, path = %job.path, target = %job.target.addr, "sync job started");
+        let msg = match push(&job.target, &local, &job.target_path, &opts, progress).await {
             Ok(r) => {
                 let failed = r.applied.failed.first().map(|(p, why)| format!("{p}: {why}"));
                 let state = if failed.is_some() { "failed" } else { "done" };

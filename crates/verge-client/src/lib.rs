@@ -1,15 +1,25 @@
-//! A small HTTP client for the Verge API: JSON in and out, API errors
-//! turned into errors that carry the server's message. The CLI and the
-//! fleet simulator both talk to the server through it.
+//! HTTP plumbing shared by every Verge process: a small client for the API
+//! and agent data ports (JSON in and out, API errors turned into errors
+//! that carry the server's message) and, in [`serve`], the TLS-aware server
+//! loop. The CLI, the server, the agents and the simulator use it.
+//!
+//! Connections are HTTP/1.1 over TLS (trusting only the cluster CA and
+//! verifying the peer's Verge identity) or plain TCP for `http://` bases;
+//! one idle connection is kept for the next request.
+
+pub mod serve;
+
+use std::sync::{Arc, Mutex};
 
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
+use hyper::client::conn::http1::SendRequest;
 pub use hyper::Method;
 use hyper::Request;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::ServerName;
 use serde_json::Value;
+use verge_security::pki::{CertInfo, Identity};
 
 /// Why a call failed.
 #[derive(Debug, thiserror::Error)]
@@ -17,6 +27,9 @@ pub enum ClientError {
     /// The server could not be reached.
     #[error("cannot reach the Verge server at {base}: {err}; is it running? (set --server or VERGE_SERVER)")]
     Unreachable { base: String, err: String },
+    /// The TLS handshake failed or the peer is not who it should be.
+    #[error("TLS with {base}: {err}")]
+    Tls { base: String, err: String },
     /// The URL or request was invalid.
     #[error("invalid request to {0}")]
     Request(String),
@@ -28,17 +41,56 @@ pub enum ClientError {
     Body(String),
 }
 
-/// Talks JSON to one Verge server.
+/// How to secure connections: the rustls settings (trust and our own
+/// certificate), the name the peer's certificate must carry, and the Verge
+/// identity it must name when that matters (a specific node's data port).
+#[derive(Clone)]
+pub struct Tls {
+    /// Trust and client identity.
+    pub config: Arc<rustls::ClientConfig>,
+    /// The DNS name verified in the peer's certificate.
+    pub server_name: ServerName<'static>,
+    /// The identity the peer's certificate must name, if any.
+    pub peer: Option<Identity>,
+}
+
+/// Talks JSON (or bytes) to one Verge server or agent data port.
 pub struct Api {
     base: String,
-    client: Client<HttpConnector, Full<Bytes>>,
+    authority: String,
+    tls: Option<Tls>,
+    token: Option<String>,
+    idle: Mutex<Option<SendRequest<Full<Bytes>>>>,
 }
 
 impl Api {
-    /// A client for the server at `base` (e.g. `http://127.0.0.1:8080`).
+    /// A client for `base` (`http://host:port`, or `https://…` with [`Api::secure`]).
     pub fn new(base: &str) -> Api {
         let base = base.trim_end_matches('/').to_string();
-        Api { base, client: Client::builder(TokioExecutor::new()).build_http() }
+        let authority = base.split_once("://").map_or(base.as_str(), |(_, r)| r).split('/').next().unwrap_or_default().to_string();
+        Api { base, authority, tls: None, token: None, idle: Mutex::new(None) }
+    }
+
+    /// A client for `https://host:port` (the scheme is added when missing)
+    /// that speaks TLS as `tls` says.
+    pub fn secure(base: &str, tls: Tls) -> Api {
+        let base = base.trim_end_matches('/');
+        let base = match base.split_once("://") {
+            Some((_, rest)) => format!("https://{rest}"),
+            None => format!("https://{base}"),
+        };
+        Api { tls: Some(tls), ..Api::new(&base) }
+    }
+
+    /// Sends `Authorization: Bearer token` with every request.
+    pub fn with_token(mut self, token: Option<String>) -> Api {
+        self.token = token.map(|t| t.trim().to_string()).filter(|t| !t.is_empty());
+        self
+    }
+
+    /// The base URL.
+    pub fn base(&self) -> &str {
+        &self.base
     }
 
     /// Sends a request and returns the JSON answer; API errors become
@@ -68,6 +120,28 @@ impl Api {
         Ok((body.to_vec(), value))
     }
 
+    /// A fresh connection: TCP, then TLS with the peer's identity checked.
+    async fn connect(&self) -> Result<SendRequest<Full<Bytes>>, ClientError> {
+        let unreachable = |e: &dyn std::fmt::Display| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() };
+        let tcp = tokio::net::TcpStream::connect(&self.authority).await.map_err(|e| unreachable(&e))?;
+        let _ = tcp.set_nodelay(true);
+        let Some(tls) = &self.tls else {
+            return handshake(TokioIo::new(tcp)).await.map_err(|e| unreachable(&e));
+        };
+        let tls_err = |err: String| ClientError::Tls { base: self.base.clone(), err };
+        let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(tls.server_name.clone(), tcp)
+            .await
+            .map_err(|e| tls_err(e.to_string()))?;
+        if let Some(want) = &tls.peer {
+            let got = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| CertInfo::parse(c).ok()).and_then(|i| i.identity);
+            if got.as_ref() != Some(want) {
+                return Err(tls_err(format!("expected {want}, the peer's certificate names {}", got.map_or("nobody".into(), |g| g.to_string()))));
+            }
+        }
+        handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))
+    }
+
     /// One request; a non-2xx answer becomes [`ClientError::Api`] with the
     /// message from its `{"error":{…}}` body.
     async fn send(
@@ -78,17 +152,41 @@ impl Api {
         content_type: &str,
         header: &str,
     ) -> Result<(Bytes, Option<String>), ClientError> {
-        let uri = format!("{}{}", self.base, path);
-        let req = Request::builder()
-            .method(method)
-            .uri(&uri)
-            .header("content-type", content_type)
-            .body(Full::new(body))
-            .map_err(|_| ClientError::Request(uri.clone()))?;
-        let resp = self.client.request(req).await.map_err(|e| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() })?;
+        let make = || {
+            let mut req = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header("host", &self.authority)
+                .header("content-type", content_type);
+            if let Some(t) = &self.token {
+                req = req.header("authorization", format!("Bearer {t}"));
+            }
+            req.body(Full::new(body.clone())).map_err(|_| ClientError::Request(format!("{}{path}", self.base)))
+        };
+        let unreachable = |e: hyper::Error| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() };
+        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|s| !s.is_closed());
+        // A kept connection the peer closed meanwhile fails at once; the
+        // request then goes out once more on a fresh one.
+        let reused = match idle {
+            Some(mut s) => match s.ready().await {
+                Ok(()) => s.send_request(make()?).await.ok().map(|r| (s, r)),
+                Err(_) => None,
+            },
+            None => None,
+        };
+        let (sender, resp) = match reused {
+            Some(pair) => pair,
+            None => {
+                let mut s = self.connect().await?;
+                s.ready().await.map_err(unreachable)?;
+                let r = s.send_request(make()?).await.map_err(unreachable)?;
+                (s, r)
+            }
+        };
         let status = resp.status();
         let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
+        *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
         if !status.is_success() {
             let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
@@ -101,4 +199,17 @@ impl Api {
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path, None).await
     }
+}
+
+/// HTTP/1.1 over an established stream; the connection task runs until
+/// the peer or the last sender closes it.
+async fn handshake<I>(io: TokioIo<I>) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
+where
+    I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    let (sender, conn) = hyper::client::conn::http1::handshake(io).await?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
 }

@@ -29,6 +29,9 @@ pub enum AgentMessage {
         agent_version: String,
         /// Workloads the agent is running right now (after a restart or reconnect).
         workloads: Vec<WorkloadStatus>,
+        /// The node's security posture, for compliance checks.
+        #[serde(default)]
+        posture: Posture,
     },
     /// Sent every heartbeat interval: real metrics and workload states.
     Heartbeat {
@@ -58,6 +61,18 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+    /// Answer to [`ServerMessage::Attest`]: the node's measurements with the
+    /// nonce, signed by its node key (`verge_security::attest::Evidence` as JSON).
+    Attestation {
+        /// The evidence, JSON.
+        evidence: String,
+    },
+    /// Asks for a new node certificate before the current one expires;
+    /// answered by [`ServerMessage::Certificate`].
+    RenewCertificate {
+        /// A CSR for the node's new key, PEM.
+        csr: String,
+    },
     /// Progress or outcome of a [`ServerMessage::SyncPush`].
     SyncStatus {
         /// The job.
@@ -75,6 +90,17 @@ pub enum AgentMessage {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         error: Option<String>,
     },
+}
+
+/// What a node reports about how it protects itself.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Posture {
+    /// Cache and sync data are sealed on disk.
+    #[serde(default)]
+    pub encryption_at_rest: bool,
+    /// When the current data key was made, ms since the epoch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_key_created_ms: Option<u64>,
 }
 
 /// One measured round-trip time.
@@ -134,6 +160,8 @@ pub enum ServerMessage {
         path: String,
         /// The target agent's data port, `host:port`.
         target_addr: String,
+        /// The target node, whose certificate the data port must present.
+        target_node: NodeId,
         /// Path under the target's sync root.
         target_path: String,
         /// Delete target files this tree lacks.
@@ -144,6 +172,17 @@ pub enum ServerMessage {
         /// Higher goes first when the node's sync bandwidth is spent.
         #[serde(default)]
         priority: u8,
+    },
+    /// Prove what you run: answer with [`AgentMessage::Attestation`] over
+    /// this nonce.
+    Attest {
+        /// Single-use, valid for 30 s.
+        nonce: String,
+    },
+    /// A renewed node certificate, answering [`AgentMessage::RenewCertificate`].
+    Certificate {
+        /// The certificate, PEM.
+        cert_pem: String,
     },
     /// The server refuses the connection; the agent should log and retry later.
     Refused {

@@ -21,6 +21,7 @@ use verge_store::{Command, NodeRecord, WorkloadRecord};
 
 use crate::control::{Control, Inner};
 use crate::error::{ApiError, ApiJson};
+use crate::security::AuditEvent;
 use crate::reconcile::{cluster_view, node_health, Policy};
 
 /// Largest request body accepted.
@@ -47,6 +48,7 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/api/v1/workloads/{id}/logs", get(logs))
         .route("/api/v1/sync", get(list_sync).post(start_sync))
         .route("/api/v1/sync/{id}", get(get_sync))
+        .merge(crate::secapi::routes())
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -55,6 +57,7 @@ pub fn router(c: Arc<Control>) -> Router {
                 "method not allowed on this route; see /api/v1/openapi.json",
             )
         })
+        .layer(axum::middleware::from_fn_with_state(c.clone(), crate::auth::authorize))
         .layer(DefaultBodyLimit::max(BODY_LIMIT))
         .with_state(c)
 }
@@ -126,6 +129,16 @@ fn node_json(policy: &Policy, inner: &Inner, rec: &NodeRecord, now: u64) -> Valu
         o.insert("coordinate".into(), json!(soft.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate())));
         o.insert("allocated".into(), json!({"cpu": used.cpu, "memory": used.memory, "storage": used.storage}));
         o.insert("workloads".into(), json!(workloads));
+        let trust = crate::posture::trust(rec, soft, &policy.trust, now);
+        let attestation = match soft {
+            Some(s) if s.attest_failure.is_some() => json!({"state": "failed", "reason": s.attest_failure}),
+            Some(s) if s.attested_ms.is_some() => json!({"state": "passed", "atMs": s.attested_ms}),
+            _ => json!({"state": "none"}),
+        };
+        o.insert("trust".into(), json!(trust));
+        o.insert("attestation".into(), attestation);
+        o.insert("quarantined".into(), json!(crate::posture::quarantine(rec, soft, &policy.trust, now)));
+        o.insert("certificate".into(), json!(soft.and_then(|s| s.cert.as_ref()).map(|c| json!({"serial": c.serial, "notAfterMs": c.not_after_ms}))));
     }
     v
 }
@@ -184,11 +197,16 @@ async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiRe
 }
 
 async fn remove_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
+    let now = c.clock.now_ms();
     {
         let mut inner = c.lock();
         inner.apply(Command::RemoveNode { id: id.clone(), reason: format!("node {id} removed by operator") })?;
         inner.soft.remove(&id);
+        // Dropping the connection's sender ends its session.
+        inner.agents.remove(&id);
     }
+    c.security.revoke_node(id.as_str(), now).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "revocation", e.to_string()))?;
+    c.security.audit(now, AuditEvent { actor: "server", action: "revoke certificates", target: id.as_str(), outcome: "revoked", reason: "node removed" });
     c.wake.notify_one();
     ok(StatusCode::OK, json!({"removed": id}))
 }

@@ -33,6 +33,40 @@ pub struct ServerConfig {
     pub migration: MigrationPolicy,
     /// Automatic provisioning, when configured.
     pub provisioning: Option<Provisioning>,
+    /// TLS, certificates, attestation, trust and audit.
+    pub security: SecurityConfig,
+}
+
+/// The `security:` block of the server's YAML.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SecurityConfig {
+    /// Serve the API and the gateway over TLS (and require node
+    /// certificates on the gateway). Off only to measure what TLS costs.
+    pub tls: bool,
+    /// How long node certificates are valid; agents renew after two thirds.
+    pub cert_ttl: Millis,
+    /// Extra DNS names or IPs for the server certificate.
+    pub server_names: Vec<String>,
+    /// What attestation evidence must show.
+    pub attestation: verge_security::attest::Policy,
+    /// How often connected nodes attest again.
+    pub attestation_interval: Millis,
+    /// Nodes below this trust score take no workloads.
+    pub min_trust: u8,
+}
+
+impl Default for SecurityConfig {
+    fn default() -> Self {
+        SecurityConfig {
+            tls: true,
+            cert_ttl: Millis(24 * 3_600_000),
+            server_names: Vec::new(),
+            attestation: verge_security::attest::Policy::default(),
+            attestation_interval: Millis(3_600_000),
+            min_trust: 0,
+        }
+    }
 }
 
 /// The YAML file's shape; every key optional.
@@ -49,6 +83,8 @@ pub struct ServerFile {
     pub migration: Option<MigrationPolicy>,
     /// Automatic provisioning.
     pub provisioning: Option<Provisioning>,
+    /// Security settings.
+    pub security: Option<SecurityConfig>,
 }
 
 /// Asking for more nodes when the fleet runs full: a command the server
@@ -102,6 +138,7 @@ impl ServerConfig {
             cities: Default::default(),
             migration: MigrationPolicy::default(),
             provisioning: None,
+            security: SecurityConfig::default(),
         }
     }
 
@@ -122,6 +159,12 @@ impl ServerConfig {
         }
         if let Some(m) = file.migration {
             self.migration = m;
+        }
+        if let Some(sec) = file.security {
+            if sec.cert_ttl.0 < 3_000 {
+                return Err(ServerConfigError::Parse { path: path.display().to_string(), err: "security.cert_ttl must be at least 3s".into() });
+            }
+            self.security = sec;
         }
         if let Some(p) = file.provisioning {
             if !(p.threshold > 0.0 && p.threshold <= 1.0) || p.command.trim().is_empty() {

@@ -15,7 +15,12 @@ use verge_proto::{LogStream, RttSample, ServerMessage};
 use verge_sched::{LatencyModel, VivaldiClient, VivaldiConfig};
 use verge_store::{Command, Durability, StateError, Store, StoreError};
 
+use verge_security::attest::{AttestError, Evidence};
+use verge_security::compliance::{evaluate, Pack};
+
 use crate::config::ServerConfig;
+use crate::posture::TrustPolicy;
+use crate::security::{AuditEvent, Security};
 use crate::reconcile::{provision_request, reconcile, Policy, ProvisionRequest};
 use crate::soft::NodeSoft;
 use crate::telemetry::Telemetry;
@@ -183,12 +188,14 @@ pub struct Control {
     pending_logs: Mutex<HashMap<u64, oneshot::Sender<Result<LogChunk, String>>>>,
     /// Sync jobs by id.
     pub sync_jobs: Mutex<std::collections::BTreeMap<u64, crate::syncjobs::SyncJob>>,
+    /// CA, tokens, revocations, attestation nonces, audit.
+    pub security: Security,
 }
 
 impl Control {
     /// The core around an opened store. Nodes that were up get a fresh lease,
     /// so a restarted server does not fail over a healthy fleet.
-    pub fn new(cfg: ServerConfig, store: Store, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(cfg: ServerConfig, store: Store, security: Security, clock: Arc<dyn Clock>) -> Self {
         let now = clock.now_ms();
         let mut soft = HashMap::new();
         for (id, rec) in &store.state().nodes {
@@ -216,7 +223,95 @@ impl Control {
             next_id: AtomicU64::new(1),
             pending_logs: Mutex::new(HashMap::new()),
             sync_jobs: Mutex::new(std::collections::BTreeMap::new()),
+            security,
         }
+    }
+
+    /// What attestation, trust and quarantine decisions depend on.
+    pub fn trust_policy(&self) -> TrustPolicy {
+        TrustPolicy {
+            tls: self.cfg.security.tls,
+            min_trust: self.cfg.security.min_trust,
+            max_attestation_age_ms: 2 * self.cfg.security.attestation_interval.0,
+        }
+    }
+
+    /// Checks evidence from `node` against a nonce the server issued, the
+    /// key in the node's certificate and the policy; records the outcome in
+    /// the node's soft state (a failure quarantines it), the metrics and
+    /// the audit chain.
+    pub fn attest(&self, node: &NodeId, evidence: &Evidence) -> Result<(), AttestError> {
+        let now = self.clock.now_ms();
+        let key = self.lock().soft.get(node).and_then(|s| s.cert.as_ref()).and_then(|c| c.ed25519_public_key.clone());
+        let result = match key {
+            Some(key) => self.security.verify_attestation(evidence, node.as_str(), &key, now),
+            None => Err(AttestError::Key("the node has no verified certificate on a gateway connection".into())),
+        };
+        let outcome = match &result {
+            Ok(()) => "passed",
+            Err(e) => e.code(),
+        };
+        self.telemetry.attestations.get_or_create(&vec![("outcome".into(), outcome.into())]).inc();
+        let reason = match &result {
+            Ok(()) => format!("binary {} kernel {}", evidence.measurements.binary_sha256, evidence.measurements.kernel_release),
+            Err(e) => e.to_string(),
+        };
+        self.security.audit(now, AuditEvent { actor: &format!("node:{node}"), action: "attest", target: node.as_str(), outcome, reason: &reason });
+        {
+            let mut inner = self.lock();
+            if let Some(s) = inner.soft.get_mut(node) {
+                match &result {
+                    Ok(()) => {
+                        s.attested_ms = Some(now);
+                        s.attest_failure = None;
+                    }
+                    // A replayed or stale answer proves nothing about the node
+                    // itself: count it against its behaviour, quarantine only
+                    // on evidence that the node runs something not allowed.
+                    Err(AttestError::Replayed | AttestError::UnknownNonce | AttestError::Expired) => s.failed_auths += 1,
+                    Err(e) => {
+                        s.failed_auths += 1;
+                        s.attest_failure = Some(e.to_string());
+                    }
+                }
+            }
+        }
+        match &result {
+            Ok(()) => tracing::info!(node = %node, "attestation passed"),
+            Err(e) => tracing::warn!(node = %node, error = %e, "attestation refused"),
+        }
+        self.wake.notify_one();
+        result
+    }
+
+    /// Every node checked against `packs`: findings with remediations.
+    pub fn compliance_report(&self, packs: &[Pack]) -> serde_json::Value {
+        let now = self.clock.now_ms();
+        let policy = self.trust_policy();
+        let inner = self.lock();
+        let mut findings = Vec::new();
+        let (mut passed, mut failed) = (0u64, 0u64);
+        for (id, rec) in &inner.store.state().nodes {
+            let soft = inner.soft.get(id);
+            let mut facts = crate::posture::facts(rec, soft, &policy, now);
+            facts.insert("trust".into(), crate::posture::trust(rec, soft, &policy, now).score.into());
+            for pack in packs {
+                for f in evaluate(pack, id.as_str(), &facts) {
+                    if f.passed {
+                        passed += 1;
+                    } else {
+                        failed += 1;
+                    }
+                    findings.push(f);
+                }
+            }
+        }
+        serde_json::json!({
+            "packs": packs.iter().map(|p| &p.name).collect::<Vec<_>>(),
+            "passed": passed,
+            "failed": failed,
+            "findings": findings,
+        })
     }
 
     /// Locks the core. A panic while locked cannot leave the state half
@@ -243,6 +338,7 @@ impl Control {
             cities: self.cfg.cities.clone(),
             model: inner.model,
             migration: self.cfg.migration.clone(),
+            trust: self.trust_policy(),
         }
     }
 
@@ -307,6 +403,7 @@ impl Control {
                 job: id,
                 path: source.path.clone(),
                 target_addr,
+                target_node: target.node.clone(),
                 target_path: target.path.clone(),
                 mirror: req.mirror,
                 limit_bps: req.limit_bps,

@@ -8,16 +8,23 @@ use std::time::Duration;
 
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
-use axum::response::Response;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
 use axum::routing::get;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 use verge_core::{NodeId, NodeSpec, WorkloadStatus};
-use verge_proto::{decode, encode, AgentMessage, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
+use verge_proto::{decode, encode, AgentMessage, Posture, ServerMessage, GATEWAY_PATH, MAX_FRAME_BYTES};
+use verge_security::attest::Evidence;
+use verge_security::pki::{CertInfo, Identity};
 use verge_store::{Command, Durability};
 
 use crate::control::{AgentConn, Control, LogChunk};
+use crate::error::ApiError;
+use crate::security::AuditEvent;
+use verge_client::serve::PeerCert;
 
 /// Read and write buffer of each agent connection, bytes.
 const WS_BUFFER: usize = 8 << 10;
@@ -27,15 +34,38 @@ const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The gateway's routes.
 pub fn router(control: Arc<Control>) -> Router {
-    Router::new().route(GATEWAY_PATH, get(upgrade)).with_state(control)
+    Router::new()
+        .route(GATEWAY_PATH, get(upgrade))
+        .merge(crate::secapi::join_routes().layer(axum::middleware::from_fn_with_state(control.clone(), crate::auth::authorize)))
+        .layer(axum::extract::DefaultBodyLimit::max(64 << 10))
+        .with_state(control)
 }
 
-async fn upgrade(State(c): State<Arc<Control>>, ConnectInfo(peer): ConnectInfo<SocketAddr>, ws: WebSocketUpgrade) -> Response {
+async fn upgrade(
+    State(c): State<Arc<Control>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    Extension(PeerCert(cert)): Extension<PeerCert>,
+    ws: WebSocketUpgrade,
+) -> Response {
+    // With TLS on, rustls has verified the certificate against the CA; what
+    // is left is who it names and whether that node was revoked.
+    let identity = match (&cert, c.cfg.security.tls) {
+        (_, false) => None,
+        (None, true) => return ApiError::new(StatusCode::UNAUTHORIZED, "no_certificate", "the gateway needs a node certificate").into_response(),
+        (Some(cert), true) => match c.security.check_node_cert(cert) {
+            Ok(id) => Some(id),
+            Err(why) => {
+                let now = c.clock.now_ms();
+                c.security.audit(now, AuditEvent { actor: &format!("peer:{peer}"), action: "gateway connect", target: "", outcome: "denied", reason: &why });
+                return ApiError::new(StatusCode::FORBIDDEN, "certificate_refused", why).into_response();
+            }
+        },
+    };
     // Small buffers: a server holds one connection per node, 10,000 or more.
     ws.max_message_size(MAX_FRAME_BYTES)
         .read_buffer_size(WS_BUFFER)
         .write_buffer_size(WS_BUFFER)
-        .on_upgrade(move |sock| session(c, sock, peer))
+        .on_upgrade(move |sock| session(c, sock, peer, identity.zip(cert)))
 }
 
 async fn refuse(sock: &mut WebSocket, reason: String) {
@@ -45,38 +75,54 @@ async fn refuse(sock: &mut WebSocket, reason: String) {
 }
 
 /// Waits for the `Hello` and validates the node it declares.
-async fn hello(sock: &mut WebSocket) -> Result<(NodeSpec, Vec<WorkloadStatus>), String> {
+async fn hello(sock: &mut WebSocket) -> Result<(NodeSpec, Vec<WorkloadStatus>, Posture), String> {
     let frame = match tokio::time::timeout(HELLO_TIMEOUT, sock.recv()).await {
         Err(_) => return Err("no hello within 10 s".into()),
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(_) => return Err("expected a hello text frame".into()),
     };
     match decode::<AgentMessage>(&frame) {
-        Ok(AgentMessage::Hello { node, workloads, agent_version }) => {
+        Ok(AgentMessage::Hello { node, workloads, agent_version, posture }) => {
             node.validate().map_err(|e| format!("invalid node spec: {e}"))?;
             tracing::info!(node = %node.id, %agent_version, "agent hello");
-            Ok((node, workloads))
+            Ok((node, workloads, posture))
         }
         Ok(_) => Err("the first message must be a hello".into()),
         Err(e) => Err(e.to_string()),
     }
 }
 
-async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr) {
-    let (node, reported) = match hello(&mut sock).await {
+async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identity: Option<(String, Arc<CertInfo>)>) {
+    let (node, reported, posture) = match hello(&mut sock).await {
         Ok(h) => h,
         Err(reason) => return refuse(&mut sock, format!("{peer}: {reason}")).await,
     };
     let id = node.id.clone();
+    if let Some((cert_node, _)) = identity.as_ref().filter(|(n, _)| n != id.as_str()) {
+        let why = format!("the certificate is for node {cert_node} but the hello says {id}");
+        c.security.audit(c.clock.now_ms(), AuditEvent { actor: &format!("node:{cert_node}"), action: "gateway hello", target: id.as_str(), outcome: "denied", reason: &why });
+        if let Some(s) = c.lock().soft.get_mut(&id) {
+            s.failed_auths += 1;
+        }
+        return refuse(&mut sock, format!("{peer}: {why}")).await;
+    }
     let conn_id = c.next_id();
     let (tx, mut rx) = mpsc::unbounded_channel();
-    if let Err(e) = register(&c, node, reported, conn_id, tx) {
+    let cert = identity.map(|(_, cert)| cert);
+    let attesting = cert.is_some();
+    if let Err(e) = register(&c, node, reported, posture, cert, conn_id, tx) {
         return refuse(&mut sock, format!("cannot register node {id}: {e}")).await;
     }
     c.wake.notify_one();
     let (mut sink, mut stream) = sock.split();
+    // The first tick asks for attestation at once, then every interval.
+    let mut attest = tokio::time::interval(Duration::from_millis(c.cfg.security.attestation_interval.0.max(1_000)));
     loop {
         tokio::select! {
+            _ = attest.tick(), if attesting => {
+                let nonce = c.security.nonce(id.as_str(), c.clock.now_ms());
+                if sink.send(Message::Text(encode(&ServerMessage::Attest { nonce }).into())).await.is_err() { break }
+            },
             out = rx.recv() => match out {
                 Some(m) => if sink.send(Message::Text(encode(&m).into())).await.is_err() { break },
                 None => break,
@@ -86,6 +132,9 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr) {
                     Ok(m) => if !handle(&c, &id, m) { break },
                     Err(e) => {
                         tracing::warn!(node = %id, error = %e, "bad frame from agent; closing");
+                        if let Some(s) = c.lock().soft.get_mut(&id) {
+                            s.anomalies += 1;
+                        }
                         break;
                     }
                 },
@@ -99,6 +148,7 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr) {
         inner.agents.remove(&id);
         if let Some(s) = inner.soft.get_mut(&id) {
             s.connected = false;
+            s.cert = None;
         }
         c.telemetry.agents_connected.dec();
         tracing::info!(node = %id, "agent disconnected");
@@ -111,6 +161,8 @@ fn register(
     c: &Control,
     node: NodeSpec,
     reported: Vec<WorkloadStatus>,
+    posture: Posture,
+    cert: Option<Arc<CertInfo>>,
     conn_id: u64,
     tx: mpsc::UnboundedSender<ServerMessage>,
 ) -> Result<(), verge_store::StoreError> {
@@ -142,11 +194,35 @@ fn register(
     let soft = inner.soft.entry(id.clone()).or_default();
     soft.touch(now, lease);
     soft.connected = true;
+    soft.posture = posture;
+    if cert.as_ref().map(|c| &c.serial) != soft.cert.as_ref().map(|c| &c.serial) {
+        // A new key or certificate must attest afresh.
+        soft.attested_ms = None;
+    }
+    soft.cert = cert;
     soft.statuses = reported.into_iter().map(|s| (s.id.clone(), s)).collect();
     if inner.agents.insert(id, AgentConn { conn_id, tx }).is_none() {
         c.telemetry.agents_connected.inc();
     }
     Ok(())
+}
+
+/// Signs a renewal CSR for the node this connection authenticated as.
+fn renew(c: &Control, id: &NodeId, csr: &str) {
+    let now = c.clock.now_ms();
+    let inner = c.lock();
+    if inner.soft.get(id).is_none_or(|s| s.cert.is_none()) {
+        tracing::warn!(node = %id, "certificate renewal without a certificate refused");
+        return;
+    }
+    match c.security.issue(csr, &Identity::Node(id.to_string()), now) {
+        Ok(issued) => {
+            let reason = format!("renewed: serial {} valid until {}", issued.serial, issued.not_after_ms);
+            c.security.audit(now, AuditEvent { actor: &format!("node:{id}"), action: "renew certificate", target: id.as_str(), outcome: "issued", reason: &reason });
+            inner.send(id, ServerMessage::Certificate { cert_pem: issued.cert_pem });
+        }
+        Err(e) => tracing::warn!(node = %id, error = %e, "certificate renewal refused"),
+    }
 }
 
 /// Handles one message; `false` closes the connection.
@@ -180,6 +256,18 @@ fn handle(c: &Control, id: &NodeId, msg: AgentMessage) -> bool {
             c.complete_logs(request, error.map_or(Ok(LogChunk { data, next_offset }), Err));
         }
         report @ AgentMessage::SyncStatus { .. } => c.update_sync(id, report),
+        AgentMessage::Attestation { evidence } => match Evidence::parse(evidence.as_bytes()) {
+            Ok(e) => {
+                let _ = c.attest(id, &e);
+            }
+            Err(e) => {
+                tracing::warn!(node = %id, error = %e, "malformed attestation");
+                if let Some(s) = c.lock().soft.get_mut(id) {
+                    s.anomalies += 1;
+                }
+            }
+        },
+        AgentMessage::RenewCertificate { csr } => renew(c, id, &csr),
         AgentMessage::Hello { .. } => tracing::warn!(node = %id, "second hello on one connection ignored"),
     }
     true

@@ -6,12 +6,16 @@
 //! around them.
 
 mod api;
+mod auth;
 mod config;
 mod control;
 mod error;
 mod gateway;
 pub mod health;
+mod posture;
 pub mod reconcile;
+mod secapi;
+mod security;
 mod soft;
 mod syncjobs;
 mod telemetry;
@@ -20,10 +24,11 @@ use std::future::Future;
 use std::io::Write;
 use std::sync::Arc;
 
-pub use config::{Provisioning, ServerConfig, ServerConfigError};
+pub use config::{Provisioning, SecurityConfig, ServerConfig, ServerConfigError};
 pub use soft::NodeSoft;
 
 use control::Control;
+use verge_client::serve;
 
 /// Why the server could not start or stopped.
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +45,9 @@ pub enum ServerError {
     /// Serving failed.
     #[error("serving: {0}")]
     Serve(std::io::Error),
+    /// The CA, TLS settings, tokens or audit log could not be set up.
+    #[error("security: {0}")]
+    Security(String),
 }
 
 /// Connections a listener queues before accepting them: a fleet that comes
@@ -56,37 +64,41 @@ fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServerErr
 }
 
 /// Runs the control plane until `shutdown` resolves. Prints the bound
-/// addresses on one stdout line, so callers that asked for port 0 can read
-/// them: `verge server listening api=http://… gateway=ws://…`.
+/// addresses and the CA fingerprint on one stdout line, so callers that
+/// asked for port 0 can read them:
+/// `verge server listening api=https://… gateway=wss://… ca=sha256:…`.
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-    std::fs::create_dir_all(&cfg.data_dir).map_err(|err| ServerError::DataDir { path: cfg.data_dir.display().to_string(), err })?;
+    verge_security::fsutil::private_dir(&cfg.data_dir).map_err(|err| ServerError::DataDir { path: cfg.data_dir.display().to_string(), err })?;
+    let clock = Arc::new(verge_core::SystemClock);
+    let security = security::Security::open(&cfg.data_dir, &cfg.security, verge_core::Clock::now_ms(&*clock))?;
     let store = verge_store::Store::open(&cfg.data_dir.join("state.redb"))?;
     let api_listener = bind(cfg.api_addr)?;
     let gw_listener = bind(cfg.gateway_addr)?;
     let api_addr = api_listener.local_addr().map_err(ServerError::Serve)?;
     let gw_addr = gw_listener.local_addr().map_err(ServerError::Serve)?;
 
-    let control = Arc::new(Control::new(cfg, store, Arc::new(verge_core::SystemClock)));
+    let control = Arc::new(Control::new(cfg, store, security, clock));
+    let (http, ws) = if control.cfg.security.tls { ("https", "wss") } else { ("http", "ws") };
     let mut out = std::io::stdout();
-    let _ = writeln!(out, "verge server listening api=http://{api_addr} gateway=ws://{gw_addr}");
+    let _ = writeln!(out, "verge server listening api={http}://{api_addr} gateway={ws}://{gw_addr} ca={}", control.security.fingerprint);
     let _ = out.flush();
     tracing::info!(%api_addr, %gw_addr, nodes = control.node_count(), "server started");
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let reconciler = tokio::spawn(control::run_reconciler(control.clone(), stop_rx.clone()));
-    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    };
-    let api = axum::serve(api_listener, api::router(control.clone())).with_graceful_shutdown(wait(stop_rx.clone()));
-    let gw = axum::serve(gw_listener, gateway::router(control.clone()).into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(wait(stop_rx.clone()));
+    let counter = control.telemetry.tls_refused.clone();
+    let refused: Arc<dyn Fn() + Send + Sync> = Arc::new(move || {
+        counter.inc();
+    });
+    let api_tls = control.security.api_tls.clone().map(serve::fixed);
+    let gw_tls = control.security.gateway_tls.clone().map(serve::fixed);
+    let api = serve::serve(api_listener, api::router(control.clone()), api_tls, stop_rx.clone(), refused.clone());
+    let gw = serve::serve(gw_listener, gateway::router(control.clone()), gw_tls, stop_rx.clone(), refused);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
-    let (a, g) = tokio::join!(api, gw);
+    tokio::join!(api, gw);
     reconciler.abort();
-    a.map_err(ServerError::Serve)?;
-    g.map_err(ServerError::Serve)?;
     Ok(())
 }

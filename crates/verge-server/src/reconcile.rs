@@ -10,6 +10,7 @@ use verge_sched::{place, plan_migrations, plan_preemption, ClusterView, LatencyM
 use verge_store::{Command, NodeRecord, State};
 
 use crate::health::{assess, Assessment, HealthCheck};
+use crate::posture::{attested, quarantine, TrustPolicy};
 use crate::soft::NodeSoft;
 
 /// The parts of the server config and learned state decisions depend on.
@@ -25,6 +26,8 @@ pub struct Policy {
     pub model: LatencyModel,
     /// When placed workloads move.
     pub migration: MigrationPolicy,
+    /// Attestation, trust and quarantine.
+    pub trust: TrustPolicy,
 }
 
 /// A node's health now, from its soft state and last report.
@@ -84,8 +87,15 @@ pub fn cluster_view(
             let lifecycle = lifecycles.get(id).copied().unwrap_or(rec.lifecycle);
             let health = node_health(policy, rec, s, now_ms);
             let metrics = s.and_then(|s| s.metrics.as_ref());
+            let security = if quarantine(rec, s, &policy.trust, now_ms).is_some() {
+                Some("node quarantined")
+            } else if !attested(s, &policy.trust) {
+                Some("node not attested yet")
+            } else {
+                None
+            };
             NodeView {
-                unavailable: unavailable(lifecycle, health.status),
+                unavailable: unavailable(lifecycle, health.status).or(security),
                 coordinate: s.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate().clone()),
                 server_rtt_ms: s.and_then(|s| s.server_rtt_ms),
                 pressure: metrics.map_or(0.0, |m| (m.cpu_percent.max(m.memory_percent()) / 100.0).clamp(0.0, 1.0)),
@@ -124,10 +134,13 @@ pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft
         }
         lifecycles.insert(id.clone(), next.unwrap_or(rec.lifecycle));
     }
-    let needs_placement = state
-        .workloads
-        .values()
-        .any(|w| w.node.as_ref().is_none_or(|n| matches!(lifecycles.get(n), None | Some(Lifecycle::Terminated | Lifecycle::Draining))));
+    let quarantined: HashSet<&NodeId> =
+        state.nodes.iter().filter(|(id, rec)| quarantine(rec, soft.get(*id), &policy.trust, now_ms).is_some()).map(|(id, _)| id).collect();
+    let needs_placement = state.workloads.values().any(|w| {
+        w.node.as_ref().is_none_or(|n| {
+            quarantined.contains(n) || matches!(lifecycles.get(n), None | Some(Lifecycle::Terminated | Lifecycle::Draining))
+        })
+    });
     if !needs_placement && !plan_moves {
         return cmds;
     }
@@ -136,6 +149,7 @@ pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft
         let from = w.node.as_ref().map(|n| (n, lifecycles.get(n).copied()));
         let why_move = match from {
             None => None,
+            Some((n, _)) if quarantined.contains(n) => Some("quarantine"),
             Some((_, Some(Lifecycle::Terminated) | None)) => Some("failover"),
             Some((_, Some(Lifecycle::Draining))) => Some("drain"),
             Some(_) => continue,
@@ -153,8 +167,8 @@ pub fn reconcile(policy: &Policy, state: &State, soft: &HashMap<NodeId, NodeSoft
                 view.reserve(&p.node, &w.spec);
                 cmds.push(Command::Place { id: wid.clone(), node: p.node, reason: p.reason, now_ms });
             }
-            (Err(e), Some("failover"), Some((n, _))) => {
-                cmds.push(Command::Unplace { id: wid.clone(), reason: format!("failover from {n}: {e}") });
+            (Err(e), Some(why @ ("failover" | "quarantine")), Some((n, _))) => {
+                cmds.push(Command::Unplace { id: wid.clone(), reason: format!("{why} from {n}: {e}") });
             }
             (Err(_), Some(_), Some((n, _))) => view.reserve(n, &w.spec),
             (Err(e), _, _) => {
@@ -268,6 +282,7 @@ mod tests {
             cities: Default::default(),
             model: LatencyModel::default(),
             migration: MigrationPolicy::default(),
+            trust: TrustPolicy { tls: false, min_trust: 0, max_attestation_age_ms: 3_600_000 },
         }
     }
 

@@ -3,7 +3,11 @@
 
 use std::collections::BTreeMap;
 
+use std::sync::Arc;
+
 use verge_core::{NodeMetrics, WorkloadId, WorkloadStatus};
+use verge_proto::Posture;
+use verge_security::pki::CertInfo;
 use verge_sched::VivaldiClient;
 
 /// What the server last heard from a node.
@@ -25,6 +29,20 @@ pub struct NodeSoft {
     pub vivaldi: Option<VivaldiClient>,
     /// Its measured RTT to this server, smoothed, ms.
     pub server_rtt_ms: Option<f64>,
+    /// The verified certificate of its current gateway connection.
+    pub cert: Option<Arc<CertInfo>>,
+    /// When its last attestation passed, ms.
+    pub attested_ms: Option<u64>,
+    /// Why its last attestation failed; a node whose last attestation
+    /// failed is quarantined.
+    pub attest_failure: Option<String>,
+    /// Refused authentications attributed to the node (bad certificates,
+    /// identity mismatches, failed attestations).
+    pub failed_auths: u32,
+    /// Protocol anomalies (malformed frames, unexpected messages).
+    pub anomalies: u32,
+    /// What it reported about its own protection.
+    pub posture: Posture,
 }
 
 impl NodeSoft {

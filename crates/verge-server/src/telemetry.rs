@@ -25,6 +25,12 @@ pub struct Telemetry {
     pub workloads: Family<Labels, Gauge>,
     /// Agents with an open gateway connection.
     pub agents_connected: Gauge,
+    /// TLS handshakes refused (no or bad client certificate, old TLS, plain text).
+    pub tls_refused: Counter,
+    /// API requests refused: no, bad or expired token (401) or wrong role (403).
+    pub auth_refused: Family<Labels, Counter>,
+    /// Attestations by outcome (`passed` or the error code).
+    pub attestations: Family<Labels, Counter>,
     /// CPU seconds this process used (user + system), set at scrape time.
     process_cpu: Gauge<f64, std::sync::atomic::AtomicU64>,
     /// Resident memory of this process, set at scrape time.
@@ -43,6 +49,9 @@ impl Telemetry {
             nodes: Family::default(),
             workloads: Family::default(),
             agents_connected: Gauge::default(),
+            tls_refused: Counter::default(),
+            auth_refused: Family::default(),
+            attestations: Family::default(),
             process_cpu: Gauge::default(),
             process_rss: Gauge::default(),
             registry: Registry::default(),
@@ -58,6 +67,9 @@ impl Telemetry {
         verge.register("nodes", "Nodes by lifecycle state", t.nodes.clone());
         verge.register("workloads", "Workloads by state", t.workloads.clone());
         verge.register("agents_connected", "Agents with an open gateway connection", t.agents_connected.clone());
+        verge.register("tls_refused", "TLS handshakes refused", t.tls_refused.clone());
+        verge.register("auth_refused", "API requests refused by authentication or RBAC, by status", t.auth_refused.clone());
+        verge.register("attestations", "Node attestations by outcome", t.attestations.clone());
         Telemetry { registry, ..t }
     }
 

@@ -77,7 +77,7 @@ async fn session(fleet: &Fleet, i: usize, gateway: &str, ctl: &NodeCtl, interval
     let config = WebSocketConfig::default().read_buffer_size(WS_BUFFER).write_buffer_size(WS_BUFFER);
     let (ws, _) = tokio_tungstenite::connect_async_with_config(gateway, Some(config), true).await.map_err(|e| e.to_string())?;
     let (mut sink, mut stream) = ws.split();
-    let hello = AgentMessage::Hello { node: fleet.nodes[i].spec.clone(), agent_version: "sim".into(), workloads: ctl.statuses() };
+    let hello = AgentMessage::Hello { node: fleet.nodes[i].spec.clone(), agent_version: "sim".into(), workloads: ctl.statuses(), posture: Default::default() };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,7 +135,7 @@ async fn session(fleet: &Fleet, i: usize, gateway: &str, ctl: &NodeCtl, interval
                         files_written: 0,
                         error: Some("simulated nodes hold no data".into()),
                     }),
-                    ServerMessage::Welcome { .. } => None,
+                    ServerMessage::Welcome { .. } | ServerMessage::Attest { .. } | ServerMessage::Certificate { .. } => None,
                     ServerMessage::Refused { reason } => return Err(reason),
                 };
                 if let Some(r) = reply {

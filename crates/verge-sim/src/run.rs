@@ -25,6 +25,8 @@ pub struct SimOptions {
     pub nodes: usize,
     /// The server's API, `http://host:port`.
     pub api: String,
+    /// A token with the operator role (or admin) for the API.
+    pub token: Option<String>,
     /// The server's gateway, `ws://host:port/v1/agent`.
     pub gateway: String,
     /// `City,Lat,Long,Population` text.
@@ -86,7 +88,7 @@ async fn wait_active(api: &Api, want: usize, timeout: Duration) -> Result<f64, S
 /// Runs every phase and returns the figures.
 pub async fn run(opts: SimOptions) -> Result<Report, SimError> {
     let fleet = Arc::new(Fleet::build(&opts.cities_csv, &opts.rtt_csv, opts.nodes, opts.seed)?);
-    let api = Api::new(&opts.api);
+    let api = Api::new(&opts.api).with_token(opts.token.clone());
     let n = fleet.nodes.len();
     let ctls: Vec<Arc<NodeCtl>> = (0..n).map(|_| Arc::new(NodeCtl::default())).collect();
     for (i, ctl) in ctls.iter().enumerate() {

@@ -8,7 +8,6 @@ use clap::Subcommand;
 use serde_json::json;
 
 use crate::procs::{reap_workloads, spawn_agent, spawn_server, wait_for, Site};
-use verge_client::Api;
 
 /// The benchmarks.
 #[derive(Subcommand)]
@@ -97,11 +96,13 @@ async fn agent(duration: u64, as_json: bool) -> Result<()> {
 
 /// Returns (RSS MB, idle CPU %, ms from spawn to registered).
 async fn measure_agent(exe: &std::path::Path, dir: &std::path::Path, duration: u64) -> Result<(f64, f64, f64)> {
-    let (mut server, api, gateway) = spawn_server(exe, &dir.join("server"), "127.0.0.1:0", &[]).await?;
-    let client = Api::new(&api);
+    let server = spawn_server(exe, &dir.join("server"), "127.0.0.1:0", &[]).await?;
+    let join = server.join().await?;
+    let client = server.conn.api()?;
+    let (mut server, gateway) = (server.proc, server.gateway);
     let site = Site { id: "bench-node", city: "Frankfurt", country: "DE", latitude: 50.11552, longitude: 8.684167 };
     let started = Instant::now();
-    let mut agent = spawn_agent(exe, &dir.join("bench-node"), &site, &gateway, true)?;
+    let mut agent = spawn_agent(exe, &dir.join("bench-node"), &site, &gateway, true, Some(&join))?;
     wait_for(Duration::from_secs(30), "the agent to register", || async {
         let n = client.get("/api/v1/nodes/bench-node").await.ok()?;
         (n["connected"] == true).then_some(())

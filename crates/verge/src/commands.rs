@@ -51,12 +51,14 @@ pub async fn node_ls(api: &Api, json: bool) -> Result<()> {
                 format!("{}/{}", bytes(&n["allocated"]["memory"]), bytes(&n["resources"]["memory"]["total"])),
                 n["metrics"]["cpuPercent"].as_f64().map_or("-".into(), |c| format!("{c:.0}%")),
                 n["workloads"].as_array().map_or(0, Vec::len).to_string(),
+                cell(&n["trust"]["score"]),
+                if n["quarantined"].is_null() { cell(&n["attestation"]["state"]) } else { "QUARANTINED".into() },
                 age(now, &n["lastHeartbeatMs"]),
             ]
         })
         .collect();
     print(
-        &["ID", "TYPE", "TIER", "CITY", "LIFECYCLE", "HEALTH", "CPU ALLOC", "MEM ALLOC", "CPU USE", "WORKLOADS", "LAST HEARTBEAT"],
+        &["ID", "TYPE", "TIER", "CITY", "LIFECYCLE", "HEALTH", "CPU ALLOC", "MEM ALLOC", "CPU USE", "WORKLOADS", "TRUST", "ATTESTATION", "LAST HEARTBEAT"],
         &rows,
     );
     Ok(())

@@ -10,7 +10,6 @@ use serde_json::json;
 use verge_client::Method;
 
 use crate::procs::{reap_workloads, spawn_agent, spawn_server, wait_for, Proc, Site};
-use verge_client::Api;
 
 /// Options of `verge dev`.
 #[derive(Args)]
@@ -74,8 +73,11 @@ pub async fn run(args: DevArgs) -> Result<()> {
 async fn cluster(api_addr: &str, cities: &std::path::Path, dir: &std::path::Path) -> Result<()> {
     let exe = std::env::current_exe().context("cannot find the verge binary")?;
     let mut stop = crate::shutdown_signal()?;
-    let (server, api, gateway) = spawn_server(&exe, &dir.join("server"), api_addr, &[]).await?;
-    let mut procs: Vec<Proc> = vec![server];
+    let server = spawn_server(&exe, &dir.join("server"), api_addr, &[]).await?;
+    let join = server.join().await?;
+    let client = server.conn.api()?;
+    let (api, gateway) = (server.api.clone(), server.gateway.clone());
+    let mut procs: Vec<Proc> = vec![server.proc];
     let city_text = std::fs::read_to_string(cities).ok();
     if city_text.is_none() {
         println!("({} not found; using the coordinates it lists for the three cities)", cities.display());
@@ -83,9 +85,8 @@ async fn cluster(api_addr: &str, cities: &std::path::Path, dir: &std::path::Path
     for (id, city, country, lat, lon) in SITES {
         let (latitude, longitude) = city_text.as_deref().and_then(|t| lookup(t, city)).unwrap_or((lat, lon));
         let site = Site { id, city, country, latitude, longitude };
-        procs.push(spawn_agent(&exe, &dir.join(id), &site, &gateway, true)?);
+        procs.push(spawn_agent(&exe, &dir.join(id), &site, &gateway, true, Some(&join))?);
     }
-    let client = Api::new(&api);
     let up = wait_for(Duration::from_secs(30), "three active nodes", || async {
         let nodes = client.get("/api/v1/nodes").await.ok()?;
         let active = nodes.as_array()?.iter().filter(|n| n["lifecycle"] == "active").count();
@@ -132,16 +133,21 @@ fn banner(api: &str, dir: &std::path::Path, procs: &[Proc], node: &str) {
     println!();
     println!("The sample workload hello-edge serves users in Paris (max 120 ms) and runs on {node}.");
     println!();
+    println!("Every connection is TLS with the cluster CA; nodes joined with a token, hold certificates and attested.");
+    println!();
     println!("Try, in another terminal:");
-    if api != "http://127.0.0.1:8080" {
+    if api != "https://127.0.0.1:8080" {
         println!("  export VERGE_SERVER={api}");
     }
+    println!("  export VERGE_DATA_DIR={}    # the CLI reads admin.token and ca.crt there", dir.join("server").display());
     println!("  verge node ls");
     println!("  verge workload ls");
     println!("  verge workload status hello-edge");
     println!("  verge logs hello-edge --follow");
     println!("  verge sync push ./some-dir --to {node}:demo     # delta-sync a directory to the node");
     println!("  verge node drain {node}        # hello-edge moves to the next best node");
+    println!("  verge audit verify             # check the hash-chained audit log");
+    println!("  verge compliance report        # ISO 27001 / SOC 2 / HIPAA findings per node");
     if let Some(p) = procs.iter().find(|p| p.name == node) {
         println!("  kill -9 {}                 # the {node} agent dies; hello-edge fails over after the 5 s lease", p.pid());
     }

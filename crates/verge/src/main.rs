@@ -4,6 +4,8 @@ mod bench;
 mod bench_cache;
 mod bench_sync;
 mod commands;
+mod connect;
+mod seccmd;
 mod dev;
 mod procs;
 mod sim;
@@ -72,6 +74,27 @@ enum Cmd {
         #[command(subcommand)]
         cmd: sync::SyncCmd,
     },
+    /// Mint, list and revoke API and join tokens.
+    Token {
+        #[command(subcommand)]
+        cmd: seccmd::TokenCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Read and verify the hash-chained audit log.
+    Audit {
+        #[command(subcommand)]
+        cmd: seccmd::AuditCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// Check nodes against the ISO 27001, SOC 2 and HIPAA rule packs.
+    Compliance {
+        #[command(subcommand)]
+        cmd: seccmd::ComplianceCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
     /// Benchmarks that print Verge's figures beside their targets.
     Bench {
         #[command(subcommand)]
@@ -79,12 +102,11 @@ enum Cmd {
     },
 }
 
-/// Where the client commands find the server.
+/// Where the client commands find the server, and how they print.
 #[derive(Args)]
 struct ApiArgs {
-    /// The server's API URL.
-    #[arg(long, env = "VERGE_SERVER", default_value = "http://127.0.0.1:8080", global = true)]
-    server: String,
+    #[command(flatten)]
+    conn: connect::Conn,
     /// Print the API's JSON instead of tables.
     #[arg(long, global = true)]
     json: bool,
@@ -163,6 +185,12 @@ struct AgentArgs {
     /// for the next agent to re-adopt.
     #[arg(long)]
     stop_workloads_on_exit: bool,
+    /// Join token for a node without a certificate (`verge token create --role node`).
+    #[arg(long, env = "VERGE_JOIN_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// SHA-256 of the cluster CA the join must find, `sha256:…`.
+    #[arg(long, env = "VERGE_CA_HASH")]
+    ca_hash: Option<String>,
 }
 
 fn init_logging(default: &str) {
@@ -212,11 +240,9 @@ async fn server(args: ServerArgs) -> Result<()> {
 async fn agent(args: AgentArgs) -> Result<()> {
     use verge_agent::config::EdgeConfig;
     let cfg = EdgeConfig::load(&args.config, |k| std::env::var(k).ok())?;
+    let config_bytes = std::fs::read(&args.config).with_context(|| format!("reading {}", args.config.display()))?;
     let (cores, memory) = verge_agent::agent::detected_capacity();
     let node = cfg.node_spec(cores, memory).map_err(|e| anyhow::anyhow!("config {}: {e}", args.config.display()))?;
-    if cfg.security.attestation || cfg.security.encryption {
-        tracing::warn!("security.attestation and security.encryption are read but not enforced by this build yet");
-    }
     let data_dir = args.data_dir.or(cfg.data_dir.clone()).unwrap_or_else(|| PathBuf::from(format!("verge-agent-{}", node.id)));
     let opts = verge_agent::agent::AgentOptions {
         node,
@@ -226,6 +252,11 @@ async fn agent(args: AgentArgs) -> Result<()> {
         data_addr: Some(cfg.network.data_addr),
         advertise_addr: cfg.network.advertise_addr.clone(),
         sync_bandwidth: (cfg.sync.bandwidth.map(|b| b.0), cfg.sync.per_peer_bandwidth.map(|b| b.0)),
+        security: verge_agent::agent::SecurityOptions {
+            join_token: args.token.or(cfg.security.join_token.clone()),
+            ca_hash: args.ca_hash.or(cfg.security.ca_hash.clone()),
+            config_bytes,
+        },
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())
@@ -239,8 +270,11 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Bench { cmd } => bench::run(cmd).await,
         Cmd::Sim(a) => sim::run(a).await,
         Cmd::Sync { cmd } => sync::run(cmd).await,
+        Cmd::Token { cmd, api } => seccmd::token(&api.conn.api()?, cmd, api.json).await,
+        Cmd::Audit { cmd, api } => seccmd::audit(&api.conn.api()?, cmd, api.json).await,
+        Cmd::Compliance { cmd, api } => seccmd::compliance(&api.conn.api()?, cmd, api.json).await,
         Cmd::Node { cmd, api } => {
-            let c = verge_client::Api::new(&api.server);
+            let c = api.conn.api()?;
             match cmd {
                 NodeCmd::Ls => commands::node_ls(&c, api.json).await,
                 NodeCmd::Status { id } => commands::node_status(&c, &id, api.json).await,
@@ -249,7 +283,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Workload { cmd, api } => {
-            let c = verge_client::Api::new(&api.server);
+            let c = api.conn.api()?;
             match cmd {
                 WorkloadCmd::Run { file } => commands::workload_run(&c, &file, api.json).await,
                 WorkloadCmd::Ls => commands::workload_ls(&c, api.json).await,
@@ -259,7 +293,7 @@ async fn run(cli: Cli) -> Result<()> {
             }
         }
         Cmd::Logs { workload, tail, follow, stderr, api } => {
-            commands::logs(&verge_client::Api::new(&api.server), &workload, tail, follow, stderr).await
+            commands::logs(&api.conn.api()?, &workload, tail, follow, stderr).await
         }
     }
 }

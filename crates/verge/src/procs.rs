@@ -8,6 +8,10 @@ use std::time::Duration;
 use anyhow::{anyhow, bail, Context, Result};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
+use serde_json::json;
+use verge_client::Method;
+
+use crate::connect::Conn;
 
 /// A child process that is killed if it is still running when dropped.
 pub struct Proc {
@@ -42,13 +46,42 @@ impl Proc {
 fn command(exe: &Path, log: &Path) -> Result<Command> {
     let log = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.env_remove("VERGE_SERVER").stdin(Stdio::null()).stderr(log).kill_on_drop(true);
+    cmd.env_remove("VERGE_SERVER").env_remove("VERGE_JOIN_TOKEN").env_remove("VERGE_CA_HASH").stdin(Stdio::null()).stderr(log).kill_on_drop(true);
     Ok(cmd)
 }
 
+/// A server this process started.
+pub struct Server {
+    /// The process.
+    pub proc: Proc,
+    /// Its API URL.
+    pub api: String,
+    /// Its gateway URL.
+    pub gateway: String,
+    /// How to talk to it as admin (its `admin.token` and `ca.crt`).
+    pub conn: Conn,
+}
+
+/// What a node needs to join: a node token and the CA fingerprint.
+pub struct Join {
+    /// `vrg1.…`.
+    pub token: String,
+    /// `sha256:…`.
+    pub ca_hash: String,
+}
+
+impl Server {
+    /// A join token for nodes, valid for a day.
+    pub async fn join(&self) -> Result<Join> {
+        let t = self.conn.api()?.call(Method::POST, "/api/v1/tokens", Some(&json!({"role": "node", "ttl": "24h", "name": "local nodes"}))).await?;
+        let field = |k: &str| t[k].as_str().map(str::to_string).ok_or_else(|| anyhow!("the server's token answer lacks {k}"));
+        Ok(Join { token: field("token")?, ca_hash: field("caHash")? })
+    }
+}
+
 /// Starts `verge server` with state in `data_dir` and its log in
-/// `data_dir.log`; returns it with its API and gateway addresses.
-pub async fn spawn_server(exe: &Path, data_dir: &Path, api_addr: &str, extra: &[&str]) -> Result<(Proc, String, String)> {
+/// `data_dir.log`; returns it with its addresses and admin credentials.
+pub async fn spawn_server(exe: &Path, data_dir: &Path, api_addr: &str, extra: &[&str]) -> Result<Server> {
     let mut cmd = command(exe, &data_dir.with_extension("log"))?;
     cmd.arg("server")
         .args(["--api-addr", api_addr, "--gateway-addr", "127.0.0.1:0", "--data-dir"])
@@ -65,7 +98,10 @@ pub async fn spawn_server(exe: &Path, data_dir: &Path, api_addr: &str, extra: &[
     tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
     let field = |key: &str| line.split_whitespace().find_map(|w| w.strip_prefix(key)).map(str::to_string);
     match (field("api="), field("gateway=")) {
-        (Some(api), Some(gw)) => Ok((Proc { name: "server".into(), child }, api, gw)),
+        (Some(api), Some(gateway)) => {
+            let conn = Conn::for_server(&api, data_dir)?;
+            Ok(Server { proc: Proc { name: "server".into(), child }, api, gateway, conn })
+        }
         _ => bail!("unexpected first line from verge server: {line}"),
     }
 }
@@ -85,8 +121,9 @@ pub struct Site<'a> {
 }
 
 /// Writes an `edge-config.yaml` for `site` under `dir` and starts
-/// `verge agent` on it, with its log in `dir/agent.log`.
-pub fn spawn_agent(exe: &Path, dir: &Path, site: &Site, gateway: &str, stop_workloads: bool) -> Result<Proc> {
+/// `verge agent` on it, with its log in `dir/agent.log`; `join` (passed in
+/// the environment, not on the command line) lets it get a certificate.
+pub fn spawn_agent(exe: &Path, dir: &Path, site: &Site, gateway: &str, stop_workloads: bool, join: Option<&Join>) -> Result<Proc> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = format!(
         "server: {gateway}\nnode:\n  id: {id}\n  type: compute\n  tier: metro\n  location:\n    latitude: {lat}\n    longitude: {lon}\n    city: \"{city}\"\n    country: \"{country}\"\n  labels:\n    city: \"{city}\"\nresources:\n  cpu:\n    cores: 4\n    reserved: 0.5\n  memory:\n    total: 4GiB\n    reserved: 512MiB\n  storage:\n    total: 20GiB\n    cache: 2GiB\n    type: SSD\nnetwork:\n  data_addr: \"127.0.0.1:0\"\n",
@@ -102,6 +139,9 @@ pub fn spawn_agent(exe: &Path, dir: &Path, site: &Site, gateway: &str, stop_work
     cmd.arg("agent").arg("--config").arg(&path).arg("--data-dir").arg(dir.join("data")).stdout(Stdio::null());
     if stop_workloads {
         cmd.arg("--stop-workloads-on-exit");
+    }
+    if let Some(j) = join {
+        cmd.env("VERGE_JOIN_TOKEN", &j.token).env("VERGE_CA_HASH", &j.ca_hash);
     }
     let child = cmd.spawn().context("cannot start verge agent")?;
     Ok(Proc { name: site.id.to_string(), child })

@@ -19,9 +19,12 @@ pub struct SimArgs {
     /// API of a running server; by default `verge sim` starts its own.
     #[arg(long, requires = "gateway")]
     server: Option<String>,
-    /// Gateway of that server, e.g. `ws://host:8091`.
+    /// Gateway of that server, e.g. `ws://host:8091` (a server with `security.tls: false`).
     #[arg(long, requires = "server")]
     gateway: Option<String>,
+    /// API token for `--server` (operator or admin).
+    #[arg(long, env = "VERGE_TOKEN", hide_env_values = true)]
+    token: Option<String>,
     /// City list (`City,Lat,Long,Population`).
     #[arg(long, default_value = "../shared/data/rtt/cities.csv")]
     cities: PathBuf,
@@ -72,22 +75,26 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let (cities_csv, rtt_csv) = (read(&args.cities)?, read(&args.rtt)?);
     let dir = std::env::temp_dir().join(format!("verge-sim-{}", std::process::id()));
     let mut own = None;
-    let (api, gateway) = match (&args.server, &args.gateway) {
-        (Some(s), Some(g)) => (s.clone(), verge_agent::agent::gateway_url(g)),
+    let (api, gateway, token) = match (&args.server, &args.gateway) {
+        (Some(s), Some(g)) => (s.clone(), verge_agent::agent::gateway_url(g), args.token.clone()),
         _ => {
             std::fs::create_dir_all(&dir)?;
             let hb = format!("{}ms", args.heartbeat.0);
             let lease = format!("{}ms", args.lease.0);
             let cities = args.cities.to_string_lossy().into_owned();
-            let extra = ["--heartbeat-interval", hb.as_str(), "--lease", lease.as_str(), "--cities", cities.as_str()];
-            let (proc, api, gw) = spawn_server(&std::env::current_exe()?, &dir.join("server"), "127.0.0.1:0", &extra).await?;
-            own = Some(proc);
-            (api, verge_agent::agent::gateway_url(&gw))
+            let config = dir.join("server.yaml");
+            std::fs::write(&config, "security:\n  tls: false\n")?;
+            let config = config.to_string_lossy().into_owned();
+            let extra = ["--heartbeat-interval", hb.as_str(), "--lease", lease.as_str(), "--cities", cities.as_str(), "--config", config.as_str()];
+            let server = spawn_server(&std::env::current_exe()?, &dir.join("server"), "127.0.0.1:0", &extra).await?;
+            own = Some(server.proc);
+            (server.api, verge_agent::agent::gateway_url(&server.gateway), server.conn.token)
         }
     };
     let opts = verge_sim::SimOptions {
         nodes: args.nodes,
         api,
+        token,
         gateway,
         cities_csv,
         rtt_csv,

@@ -5,17 +5,10 @@ use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
-use verge_agent::syncclient::{pull, push, PushOptions, PushReport};
-use verge_client::Api;
+use verge_agent::syncclient::{pull, push, Peer, PushOptions, PushReport};
+use crate::connect::Conn;
 use verge_sync::bandwidth::level_for_link;
 
-/// Where the sync commands find the server (to resolve node names).
-#[derive(Args, Clone)]
-pub struct ServerArg {
-    /// The server's API URL.
-    #[arg(long, env = "VERGE_SERVER", default_value = "http://127.0.0.1:8080")]
-    server: String,
-}
 
 /// How to send.
 #[derive(Args, Clone)]
@@ -75,7 +68,7 @@ pub enum SyncCmd {
         #[command(flatten)]
         send: SendArgs,
         #[command(flatten)]
-        api: ServerArg,
+        api: Conn,
     },
     /// Pull `NODE:PATH` from a node into a local file or directory.
     Pull {
@@ -90,7 +83,7 @@ pub enum SyncCmd {
         #[arg(long)]
         json: bool,
         #[command(flatten)]
-        api: ServerArg,
+        api: Conn,
     },
     /// Sync a directory and a node both ways: each side's changes (and
     /// deletions) since the last sync reach the other; files both changed are
@@ -105,7 +98,7 @@ pub enum SyncCmd {
         #[command(flatten)]
         send: SendArgs,
         #[command(flatten)]
-        api: ServerArg,
+        api: Conn,
     },
     /// Push a directory to a node now and again after every change, until Ctrl-C.
     Watch {
@@ -120,17 +113,18 @@ pub enum SyncCmd {
         #[command(flatten)]
         send: SendArgs,
         #[command(flatten)]
-        api: ServerArg,
+        api: Conn,
     },
 }
 
-/// Splits `NODE:PATH` and looks up the node's data port.
-async fn resolve(server: &str, target: &str) -> Result<(String, String)> {
+/// Splits `NODE:PATH`, looks up the node's data port and how to reach it.
+async fn resolve(conn: &Conn, target: &str) -> Result<(Peer, String)> {
     let (node, path) = target.split_once(':').ok_or_else(|| anyhow!("{target:?} is not NODE:PATH"))?;
     verge_sync::manifest::check_path(path)?;
-    let n = Api::new(server).get(&format!("/api/v1/nodes/{node}")).await.with_context(|| format!("looking up node {node}"))?;
+    let api = conn.api()?;
+    let n = api.get(&format!("/api/v1/nodes/{node}")).await.with_context(|| format!("looking up node {node}"))?;
     let addr = n["data_addr"].as_str().ok_or_else(|| anyhow!("node {node} advertises no data port (is its agent connected?)"))?;
-    Ok((addr.to_string(), path.to_string()))
+    Ok((conn.peer(&api, node, addr.to_string()).await?, path.to_string()))
 }
 
 fn print_push(r: &PushReport, json: bool) -> Result<()> {
@@ -175,14 +169,14 @@ fn push_options(send: &SendArgs) -> Result<PushOptions> {
     })
 }
 
-async fn push_once(addr: &str, dir: &Path, path: &str, send: &SendArgs) -> Result<PushReport> {
+async fn push_once(peer: &Peer, dir: &Path, path: &str, send: &SendArgs) -> Result<PushReport> {
     let opts = push_options(send)?;
     let bar = indicatif::ProgressBar::new(0);
     bar.set_style(
         indicatif::ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
             .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
-    let report = push(addr, dir, path, &opts, |sent, total| {
+    let report = push(peer, dir, path, &opts, |sent, total| {
         if total >= 1 << 20 {
             bar.set_length(total);
             bar.set_position(sent);
@@ -201,9 +195,9 @@ fn state_dir() -> Result<PathBuf> {
     Ok(base.ok_or_else(|| anyhow!("set HOME or XDG_STATE_HOME"))?.join("verge"))
 }
 
-async fn watch(dir: PathBuf, to: String, debounce: Duration, send: SendArgs, server: String) -> Result<()> {
+async fn watch(dir: PathBuf, to: String, debounce: Duration, send: SendArgs, conn: Conn) -> Result<()> {
     use notify::Watcher;
-    let (addr, path) = resolve(&server, &to).await?;
+    let (peer, path) = resolve(&conn, &to).await?;
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let mut watcher = notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
         // Reads (ours included, while pushing) are not changes.
@@ -214,7 +208,7 @@ async fn watch(dir: PathBuf, to: String, debounce: Duration, send: SendArgs, ser
     watcher.watch(&dir, notify::RecursiveMode::Recursive).with_context(|| format!("watching {}", dir.display()))?;
     let mut stop = crate::shutdown_signal()?;
     loop {
-        match push_once(&addr, &dir, &path, &send).await {
+        match push_once(&peer, &dir, &path, &send).await {
             Ok(r) => print_push(&r, send.json)?,
             Err(e) => eprintln!("verge: push failed, will retry on the next change: {e:#}"),
         }
@@ -237,13 +231,13 @@ async fn watch(dir: PathBuf, to: String, debounce: Duration, send: SendArgs, ser
 pub async fn run(cmd: SyncCmd) -> Result<()> {
     match cmd {
         SyncCmd::Push { dir, to, send, api } => {
-            let (addr, path) = resolve(&api.server, &to).await?;
-            let r = push_once(&addr, &dir, &path, &send).await?;
+            let (peer, path) = resolve(&api, &to).await?;
+            let r = push_once(&peer, &dir, &path, &send).await?;
             print_push(&r, send.json)
         }
         SyncCmd::Pull { from, dir, mirror, json, api } => {
-            let (addr, path) = resolve(&api.server, &from).await?;
-            let r = pull(&addr, &path, &dir, mirror, Duration::from_secs(60)).await?;
+            let (peer, path) = resolve(&api, &from).await?;
+            let r = pull(&peer, &path, &dir, mirror, Duration::from_secs(60)).await?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
             } else {
@@ -255,10 +249,10 @@ pub async fn run(cmd: SyncCmd) -> Result<()> {
             Ok(())
         }
         SyncCmd::Bisync { dir, with, send, api } => {
-            let (addr, path) = resolve(&api.server, &with).await?;
+            let (peer, path) = resolve(&api, &with).await?;
             let node = with.split_once(':').map_or("node", |(n, _)| n);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            let r = verge_agent::bisync::bisync(&addr, &dir, &path, node, send.conflict, &push_options(&send)?).await?;
+            let r = verge_agent::bisync::bisync(&peer, &dir, &path, node, send.conflict, &push_options(&send)?).await?;
             if send.json {
                 println!("{}", serde_json::to_string_pretty(&r)?);
                 return push_failures(&r.push);
@@ -269,7 +263,7 @@ pub async fn run(cmd: SyncCmd) -> Result<()> {
             }
             print_push(&r.push, false)
         }
-        SyncCmd::Watch { dir, to, debounce, send, api } => watch(dir, to, Duration::from_millis(debounce.0), send, api.server).await,
+        SyncCmd::Watch { dir, to, debounce, send, api } => watch(dir, to, Duration::from_millis(debounce.0), send, api).await,
         SyncCmd::Diff { old, new, known_base, level, verbose, json } => {
             anyhow::ensure!((1..=19).contains(&level), "--level must be between 1 and 19, got {level}");
             let report = tokio::task::spawn_blocking(move || verge_sync::diff::diff(&old, &new, known_base, level, verbose)).await??;
