@@ -342,6 +342,18 @@ fn advertised(opts: &AgentOptions, bound: std::net::SocketAddr, local: Option<st
     }
 }
 
+/// A failed WebSocket handshake, with the server's reason when it gave one
+/// (a revoked certificate, a missing one).
+fn refusal(e: tokio_tungstenite::tungstenite::Error) -> String {
+    match e {
+        tokio_tungstenite::tungstenite::Error::Http(resp) => {
+            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
+            format!("server refused the connection ({}): {body}", resp.status())
+        }
+        other => other.to_string(),
+    }
+}
+
 /// One connection's life: hello, welcome, then heartbeats and commands until
 /// it drops. `Ok` means it was established and later closed.
 #[allow(clippy::too_many_arguments)]
@@ -365,7 +377,7 @@ async fn connect(
         Some(t) => t.handshake(tcp).await?,
         None => Box::new(tcp),
     };
-    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.server_url.as_str(), stream, Some(config)).await.map_err(|e| e.to_string())?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.server_url.as_str(), stream, Some(config)).await.map_err(refusal)?;
     let (mut sink, mut stream) = ws.split();
     let mut node = opts.node.clone();
     node.data_addr = link.data_port.map(|bound| advertised(opts, bound, local));
@@ -476,7 +488,8 @@ mod tests {
 
     #[test]
     fn server_addresses_become_gateway_urls() {
-        assert_eq!(gateway_url("127.0.0.1:8091"), "ws://127.0.0.1:8091/v1/agent");
+        assert_eq!(gateway_url("127.0.0.1:8091"), "wss://127.0.0.1:8091/v1/agent");
+        assert_eq!(gateway_url("https://host:1"), "wss://host:1/v1/agent");
         assert_eq!(gateway_url("ws://host:1/"), "ws://host:1/v1/agent");
         assert_eq!(gateway_url("http://host:1"), "ws://host:1/v1/agent");
         assert_eq!(gateway_url("wss://host:1/custom"), "wss://host:1/custom");

@@ -144,6 +144,7 @@ impl Ca {
             let cert = params.self_signed(&key).map_err(invalid("ca.crt"))?;
             return Ok((Ca { cert, key, pem }, false));
         }
+        fsutil::private_dir(dir).map_err(io_err(dir))?;
         let key = KeyPair::generate_for(&PKCS_ED25519).map_err(invalid("CA key"))?;
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();

@@ -20,12 +20,10 @@ use verge_sched::{place, Capacity};
 use verge_store::{Command, NodeRecord, WorkloadRecord};
 
 use crate::control::{Control, Inner};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiError, ApiJson, BODY_LIMIT};
 use crate::security::AuditEvent;
 use crate::reconcile::{cluster_view, node_health, Policy};
 
-/// Largest request body accepted.
-const BODY_LIMIT: usize = 1 << 20;
 /// Most log lines one request returns from the end of a log.
 const MAX_TAIL: u32 = 10_000;
 

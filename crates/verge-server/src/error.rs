@@ -61,6 +61,9 @@ impl From<StoreError> for ApiError {
     }
 }
 
+/// Largest request body accepted.
+pub const BODY_LIMIT: usize = 1 << 20;
+
 /// A JSON request body, decoded with the path of any bad field.
 pub struct ApiJson<T>(pub T);
 
@@ -68,9 +71,16 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body exceeds the 1 MiB limit");
+        // Refused from the headers alone: the client is not asked to send
+        // (`100 Continue`) what would be thrown away.
+        let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+            return Err(too_large());
+        }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
             if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body exceeds the 1 MiB limit")
+                too_large()
             } else {
                 ApiError::bad_request(format!("cannot read request body: {}", e.body_text()))
             }

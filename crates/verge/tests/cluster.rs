@@ -103,7 +103,7 @@ fn server_kill_9_and_restart_keeps_every_node_and_workload() {
     wait_until(Duration::from_secs(10), "keeper to run", || (c.get("/api/v1/workloads/keeper")["state"] == "running").then_some(()));
     let pid = c.get("/api/v1/workloads/keeper")["status"]["pid"].as_u64().unwrap();
 
-    let (api_addr, gw_addr) = (c.api.clone(), c.gateway.clone());
+    let (api_addr, gw_addr) = (c.api.addr.clone(), c.gateway.clone());
     c.kill_server();
     c.start_server(&api_addr, &gw_addr);
 

@@ -23,7 +23,9 @@ fn dev_comes_up_answers_and_stops_cleanly() {
     let mut lines = BufReader::new(dev.stdout.take().unwrap()).lines();
     let api = loop {
         match lines.next() {
-            Some(Ok(l)) if l.starts_with("verge dev ready api=http://") => break l.rsplit("//").next().unwrap().to_string(),
+            Some(Ok(l)) if l.starts_with("verge dev ready api=https://") => {
+                break Endpoint::server(l.rsplit("//").next().unwrap(), &tmp.path().join("server"))
+            }
             Some(Ok(_)) => continue,
             other => {
                 let _ = dev.kill();
@@ -41,16 +43,23 @@ fn dev_comes_up_answers_and_stops_cleanly() {
     assert_eq!(w["state"], "running");
     assert_eq!(w["node"], "frankfurt");
     let pid = w["status"]["pid"].as_i64().unwrap();
-    let out = Command::new(VERGE).args(["node", "ls"]).env("VERGE_SERVER", format!("http://{api}")).output().unwrap();
+    let out = Command::new(VERGE)
+        .args(["node", "ls"])
+        .env("VERGE_SERVER", format!("https://{api}"))
+        .env("VERGE_DATA_DIR", tmp.path().join("server"))
+        .env_remove("VERGE_TOKEN")
+        .env_remove("VERGE_CA_CERT")
+        .output()
+        .unwrap();
     assert!(String::from_utf8_lossy(&out.stdout).contains("frankfurt"));
 
     assert!(Command::new("kill").args(["-INT", &dev.id().to_string()]).status().unwrap().success());
     let status = wait_until(Duration::from_secs(40), "verge dev to exit", || dev.try_wait().ok().flatten());
     assert!(status.success(), "{status:?}");
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the sample workload {pid} survived Ctrl-C");
-    assert!(std::net::TcpStream::connect(&api).is_err(), "the server still listens");
+    assert!(std::net::TcpStream::connect(&api.addr).is_err(), "the server still listens");
 }
 
-fn api_get(addr: &str, path: &str) -> (u16, serde_json::Value) {
-    api(addr, "GET", path, "")
+fn api_get(ep: &Endpoint, path: &str) -> (u16, serde_json::Value) {
+    api(ep, "GET", path, "")
 }

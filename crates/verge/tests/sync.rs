@@ -4,7 +4,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 use common::*;
@@ -25,12 +25,7 @@ fn noise(n: usize, seed: u64) -> Vec<u8> {
 
 /// Runs the CLI with the cluster's server and a private state dir.
 fn cli(c: &Cluster, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(VERGE)
-        .args(args)
-        .env("VERGE_SERVER", format!("http://{}", c.api))
-        .env("XDG_STATE_HOME", c.path("cli-state"))
-        .output()
-        .expect("run verge");
+    let out = c.cli_command(args).output().expect("run verge");
     (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -154,8 +149,7 @@ fn push_pull_and_server_jobs_between_real_agents() {
 #[test]
 fn data_port_rejects_hostile_input() {
     let c = two_agents();
-    let node = c.get("/api/v1/nodes/fra");
-    let port = node["data_addr"].as_str().unwrap().to_string();
+    let port = c.data_port("fra");
     for (method, path, body) in [
         ("POST", "/sync/v1/offer?path=../../etc", &b"x"[..]),
         ("POST", "/sync/v1/offer?path=/etc", &b"x"[..]),
@@ -186,10 +180,8 @@ fn push_resumes_after_the_receiver_is_killed() {
     let src = c.path("big");
     std::fs::create_dir_all(&src).unwrap();
     std::fs::write(src.join("image.bin"), noise(10 << 20, 9)).unwrap();
-    let push = Command::new(VERGE)
-        .args(["sync", "push", src.to_str().unwrap(), "--to", "fra:img", "--bwlimit", "2MiB", "--json"])
-        .env("VERGE_SERVER", format!("http://{}", c.api))
-        .env("XDG_STATE_HOME", c.path("cli-state"))
+    let push = c
+        .cli_command(&["sync", "push", src.to_str().unwrap(), "--to", "fra:img", "--bwlimit", "2MiB", "--json"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

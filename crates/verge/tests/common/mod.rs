@@ -8,9 +8,12 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use verge_security::pki;
+use verge_security::tls;
 
 /// The binary under test.
 pub const VERGE: &str = env!("CARGO_BIN_EXE_verge");
@@ -31,18 +34,73 @@ pub fn wait_until<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Optio
     }
 }
 
-/// One HTTP/1.1 request on a fresh connection; returns status and body.
-pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+/// Where and how to send requests: an address, the TLS settings (trusting
+/// the cluster CA) and the name to verify, and a bearer token.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// `host:port`.
+    pub addr: String,
+    tls: Arc<rustls::ClientConfig>,
+    name: rustls::pki_types::ServerName<'static>,
+    /// Sent as `Authorization: Bearer …` when set.
+    pub token: Option<String>,
+}
+
+impl Endpoint {
+    /// The API of the server whose data dir is `dir`, as its admin.
+    pub fn server(addr: &str, dir: &Path) -> Endpoint {
+        let ca = pki::pem_certs(&std::fs::read_to_string(dir.join("ca.crt")).unwrap()).unwrap().remove(0);
+        let token = std::fs::read_to_string(dir.join("admin.token")).unwrap().trim().to_string();
+        Endpoint { addr: addr.to_string(), tls: tls::client_config(&ca, None).unwrap(), name: tls::server_name(), token: Some(token) }
+    }
+
+    /// The same endpoint with another token (or none).
+    pub fn with_token(&self, token: Option<&str>) -> Endpoint {
+        Endpoint { token: token.map(str::to_string), ..self.clone() }
+    }
+
+    /// An endpoint at another address with other TLS settings.
+    pub fn custom(addr: &str, tls: Arc<rustls::ClientConfig>, name: rustls::pki_types::ServerName<'static>) -> Endpoint {
+        Endpoint { addr: addr.to_string(), tls, name, token: None }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+/// One HTTP/1.1 request over TLS on a fresh connection; returns status and body.
+pub fn http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    let addr = &ep.addr;
+    let tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let conn = rustls::ClientConnection::new(ep.tls.clone(), ep.name.clone()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let auth = ep.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
+    // A large body waits for `100 Continue`: the server may refuse it (413)
+    // from the headers alone, and its answer must not be lost to a reset.
+    let expect = if body.len() > 64 << 10 { "Expect: 100-continue\r\n" } else { "" };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{expect}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap();
-    // The server may answer (413) and close before taking a huge body.
-    let _ = s.write_all(body);
+    s.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
     let mut raw = Vec::new();
+    if expect.is_empty() {
+        s.write_all(body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    } else {
+        let mut byte = [0u8; 1];
+        while !raw.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
+            raw.push(byte[0]);
+        }
+        if raw.starts_with(b"HTTP/1.1 100") {
+            raw.clear();
+            s.write_all(body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        }
+    }
+    let _ = s.flush();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
@@ -51,8 +109,8 @@ pub fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) 
 }
 
 /// `http` for JSON answers.
-pub fn api(addr: &str, method: &str, path: &str, body: &str) -> (u16, Value) {
-    let (status, text) = http(addr, method, path, body.as_bytes());
+pub fn api(ep: &Endpoint, method: &str, path: &str, body: &str) -> (u16, Value) {
+    let (status, text) = http(ep, method, path, body.as_bytes());
     (status, serde_json::from_str(&text).unwrap_or_else(|e| panic!("{method} {path} answered {status} with non-JSON {text:?}: {e}")))
 }
 
@@ -73,26 +131,33 @@ pub struct Agent {
     pub id: String,
     pub child: Child,
     pub dir: PathBuf,
+    pub binary: PathBuf,
 }
 
 /// A server with agents, all killed (with their workloads) on drop.
 pub struct Cluster {
     pub tmp: tempfile::TempDir,
     pub server: Option<Child>,
-    pub api: String,
+    /// The API, as admin.
+    pub api: Endpoint,
+    /// The gateway, `host:port`.
     pub gateway: String,
+    /// A node join token and the CA fingerprint, for agents.
+    pub join: (String, String),
     pub agents: Vec<Agent>,
     /// Extra server flags, kept for restarts.
     pub server_args: Vec<String>,
 }
 
-/// Reads the server's `listening` line and returns (api, gateway) host:port.
-fn read_addresses(child: &mut Child) -> (String, String) {
+/// Reads the server's `listening` line and returns (api, gateway) host:port
+/// and the CA fingerprint.
+fn read_addresses(child: &mut Child) -> (String, String, String) {
     let stdout = child.stdout.take().expect("server stdout");
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).expect("server stdout line");
     let field = |k: &str| line.split_whitespace().find_map(|w| w.strip_prefix(k)).map(|v| v.split("://").nth(1).unwrap_or(v).to_string());
-    (field("api=").unwrap_or_else(|| panic!("bad line {line:?}")), field("gateway=").unwrap_or_else(|| panic!("bad line {line:?}")))
+    let bad = || panic!("bad line {line:?}");
+    (field("api=").unwrap_or_else(bad), field("gateway=").unwrap_or_else(bad), field("ca=").unwrap_or_else(bad))
 }
 
 impl Cluster {
@@ -110,9 +175,38 @@ impl Cluster {
             std::fs::write(&path, yaml).unwrap();
             server_args = vec!["--config".to_string(), path.display().to_string()];
         }
-        let mut c = Cluster { tmp, server: None, api: String::new(), gateway: String::new(), agents: Vec::new(), server_args };
+        let placeholder = Endpoint::custom("", tls::discovery_config().unwrap(), tls::server_name());
+        let mut c = Cluster {
+            tmp,
+            server: None,
+            api: placeholder,
+            gateway: String::new(),
+            join: (String::new(), String::new()),
+            agents: Vec::new(),
+            server_args,
+        };
         c.start_server("127.0.0.1:0", "127.0.0.1:0");
         c
+    }
+
+    /// A fresh token with `role` (and `ttl`, e.g. `1h`); returns the token.
+    pub fn token(&self, role: &str, ttl: Option<&str>) -> String {
+        let body = serde_json::json!({"role": role, "ttl": ttl}).to_string();
+        let (status, t) = api(&self.api, "POST", "/api/v1/tokens", &body);
+        assert_eq!(status, 201, "{t}");
+        t["token"].as_str().unwrap().to_string()
+    }
+
+    /// A client for `node`'s data port, holding a user certificate.
+    pub fn data_port(&self, node: &str) -> Endpoint {
+        let n = self.get(&format!("/api/v1/nodes/{node}"));
+        let key = pki::new_key().unwrap();
+        let body = serde_json::json!({"csr": pki::csr(&key).unwrap()}).to_string();
+        let (status, cert) = api(&self.api, "POST", "/api/v1/certs", &body);
+        assert_eq!(status, 201, "{cert}");
+        let me = tls::Identity::new(cert["certificate"].as_str().unwrap(), key.serialize_der()).unwrap();
+        let ca = pki::pem_certs(&std::fs::read_to_string(self.path("server/ca.crt")).unwrap()).unwrap().remove(0);
+        Endpoint::custom(n["data_addr"].as_str().unwrap(), tls::client_config(&ca, Some(me)).unwrap(), tls::node_name())
     }
 
     /// (Re)starts the server on the given addresses with the same data dir.
@@ -127,10 +221,13 @@ impl Cluster {
             .stderr(std::fs::File::create(self.tmp.path().join("server.log")).unwrap())
             .spawn()
             .expect("start verge server");
-        let (a, g) = read_addresses(&mut child);
+        let (a, g, ca) = read_addresses(&mut child);
         self.server = Some(child);
-        self.api = a;
+        self.api = Endpoint::server(&a, &self.tmp.path().join("server"));
         self.gateway = g;
+        if self.join.0.is_empty() {
+            self.join = (self.token("node", None), ca);
+        }
     }
 
     /// Kills the server with SIGKILL.
@@ -143,10 +240,17 @@ impl Cluster {
 
     /// Writes an edge config for `site` and starts an agent on it.
     pub fn add_agent(&mut self, site: &Site) {
+        self.add_agent_with_binary(site, Path::new(VERGE));
+    }
+
+    /// [`Cluster::add_agent`] running another `verge` binary.
+    pub fn add_agent_with_binary(&mut self, site: &Site, binary: &Path) {
         let dir = self.tmp.path().join(site.id);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
-            "server: {gw}\nnode:\n  id: {id}\n  type: compute\n  location: {{latitude: {lat}, longitude: {lon}, city: \"{city}\", country: \"\"}}\n  labels: {{site: {id}}}\nresources:\n  cpu: {{cores: 2, reserved: 0.5}}\n  memory: {{total: 2GiB, reserved: 256MiB}}\nnetwork: {{data_addr: \"127.0.0.1:0\"}}\n",
+            "server: {gw}\nnode:\n  id: {id}\n  type: compute\n  location: {{latitude: {lat}, longitude: {lon}, city: \"{city}\", country: \"\"}}\n  labels: {{site: {id}}}\nresources:\n  cpu: {{cores: 2, reserved: 0.5}}\n  memory: {{total: 2GiB, reserved: 256MiB}}\nnetwork: {{data_addr: \"127.0.0.1:0\"}}\nsecurity: {{join_token: \"{token}\", ca_hash: \"{ca}\"}}\n",
+            token = self.join.0,
+            ca = self.join.1,
             gw = self.gateway,
             id = site.id,
             lat = site.lat,
@@ -154,14 +258,14 @@ impl Cluster {
             city = site.city,
         );
         std::fs::write(dir.join("edge-config.yaml"), cfg).unwrap();
-        let child = spawn_agent(&dir);
-        self.agents.push(Agent { id: site.id.to_string(), child, dir });
+        let child = spawn_agent(binary, &dir);
+        self.agents.push(Agent { id: site.id.to_string(), child, dir, binary: binary.to_path_buf() });
     }
 
     /// Starts a killed agent again on the same config and data.
     pub fn restart_agent(&mut self, id: &str) {
         let a = self.agents.iter_mut().find(|a| a.id == id).expect("agent");
-        a.child = spawn_agent(&a.dir);
+        a.child = spawn_agent(&a.binary, &a.dir);
     }
 
     /// Kills an agent with SIGKILL; its workloads keep running.
@@ -198,8 +302,19 @@ impl Cluster {
 
     /// Runs the CLI against this cluster's API; returns (success, stdout, stderr).
     pub fn cli(&self, args: &[&str]) -> (bool, String, String) {
-        let out = Command::new(VERGE).args(args).env("VERGE_SERVER", format!("http://{}", self.api)).output().expect("run verge cli");
+        let out = self.cli_command(args).output().expect("run verge cli");
         (out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+
+    /// `verge ARGS` set up to reach this cluster's API as admin.
+    pub fn cli_command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new(VERGE);
+        cmd.args(args)
+            .env("VERGE_SERVER", format!("https://{}", self.api.addr))
+            .env("VERGE_TOKEN", self.api.token.as_deref().unwrap_or(""))
+            .env("VERGE_CA_CERT", self.path("server/ca.crt"))
+            .env("XDG_STATE_HOME", self.path("cli-state"));
+        cmd
     }
 
     /// A path inside the cluster's temporary directory.
@@ -208,10 +323,10 @@ impl Cluster {
     }
 }
 
-/// Starts `verge agent` on `dir/edge-config.yaml`, appending to `dir/agent.log`.
-fn spawn_agent(dir: &Path) -> Child {
+/// Starts `binary agent` on `dir/edge-config.yaml`, appending to `dir/agent.log`.
+fn spawn_agent(binary: &Path, dir: &Path) -> Child {
     let log = std::fs::OpenOptions::new().create(true).append(true).open(dir.join("agent.log")).unwrap();
-    Command::new(VERGE)
+    Command::new(binary)
         .args(["agent", "--config"])
         .arg(dir.join("edge-config.yaml"))
         .arg("--data-dir")
@@ -219,6 +334,8 @@ fn spawn_agent(dir: &Path) -> Child {
         .stdout(Stdio::null())
         .stderr(log)
         .env_remove("VERGE_SERVER")
+        .env_remove("VERGE_JOIN_TOKEN")
+        .env_remove("VERGE_CA_HASH")
         .spawn()
         .expect("start verge agent")
 }

@@ -1,0 +1,271 @@
+//! Zero trust with the real binary: tokens and roles on the API, client
+//! certificates on the gateway, TLS versions, attestation (replay, a changed
+//! binary), certificate renewal and revocation, the audit chain.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+use verge_security::pki::{self, Identity};
+use verge_security::tls;
+
+fn error_code(v: &Value) -> &str {
+    v["error"]["code"].as_str().unwrap_or_else(|| panic!("not a JSON error: {v}"))
+}
+
+#[test]
+fn api_requests_need_a_valid_token_with_the_right_role() {
+    let c = Cluster::start();
+    let anon = c.api.with_token(None);
+    let (status, v) = api(&anon, "GET", "/api/v1/nodes", "");
+    assert_eq!((status, error_code(&v)), (401, "unauthenticated"), "{v}");
+    let (status, v) = api(&c.api.with_token(Some("vrg1.nothex.x")), "GET", "/api/v1/nodes", "");
+    assert_eq!((status, error_code(&v)), (401, "malformed_token"), "{v}");
+    let (status, v) = api(&c.api.with_token(Some(&format!("vrg1.{}.{}", "0".repeat(16), "0".repeat(64)))), "GET", "/api/v1/nodes", "");
+    assert_eq!((status, error_code(&v)), (401, "unknown_token"), "{v}");
+    // Public: health and the CA certificate.
+    assert_eq!(api(&anon, "GET", "/healthz", "").0, 200);
+    let (status, ca) = api(&anon, "GET", "/api/v1/ca", "");
+    assert_eq!(status, 200);
+    assert_eq!(ca["fingerprint"].as_str().unwrap(), c.join.1);
+
+    let viewer = c.api.with_token(Some(&c.token("viewer", None)));
+    assert_eq!(api(&viewer, "GET", "/api/v1/nodes", "").0, 200);
+    let (status, v) = api(&viewer, "POST", "/api/v1/workloads", r#"{"id":"w","spec":{"command":"true"}}"#);
+    assert_eq!((status, error_code(&v)), (403, "forbidden"), "{v}");
+    let operator = c.api.with_token(Some(&c.token("operator", None)));
+    let (status, v) = api(&operator, "POST", "/api/v1/tokens", r#"{"role":"admin"}"#);
+    assert_eq!((status, error_code(&v)), (403, "forbidden"), "{v}");
+    let (status, v) = api(&operator, "GET", "/api/v1/audit/verify", "");
+    assert_eq!(status, 403, "{v}");
+    // A join token joins nodes and does nothing else.
+    let (status, _) = api(&c.api.with_token(Some(&c.join.0)), "GET", "/api/v1/nodes", "");
+    assert_eq!(status, 403);
+
+    // Expiry and revocation.
+    let short = c.token("viewer", Some("1s"));
+    let short_ep = c.api.with_token(Some(&short));
+    wait_until(Duration::from_secs(10), "the token to expire", || {
+        let (status, v) = api(&short_ep, "GET", "/api/v1/nodes", "");
+        (status == 401).then(|| assert_eq!(error_code(&v), "token_expired", "{v}"))
+    });
+    let (_, list) = api(&c.api, "GET", "/api/v1/tokens", "");
+    let viewer_id = viewer.token.as_deref().unwrap().split('.').nth(1).unwrap().to_string();
+    assert!(list.as_array().unwrap().iter().any(|t| t["id"] == viewer_id.as_str() && t["state"] == "active"), "{list}");
+    assert!(!list.to_string().contains(viewer.token.as_deref().unwrap().rsplit('.').next().unwrap()), "token secrets listed");
+    let (ok, _, err) = c.cli(&["token", "revoke", &viewer_id]);
+    assert!(ok, "{err}");
+    let (status, v) = api(&viewer, "GET", "/api/v1/nodes", "");
+    assert_eq!((status, error_code(&v)), (401, "token_revoked"), "{v}");
+
+    // Refusals and changes are in the audit chain, and the CLI verifies it.
+    let (ok, out, err) = c.cli(&["audit", "ls", "--json"]);
+    assert!(ok, "{err}");
+    let entries: Value = serde_json::from_str(&out).unwrap();
+    let outcomes: Vec<&str> = entries.as_array().unwrap().iter().map(|e| e["outcome"].as_str().unwrap()).collect();
+    assert!(outcomes.contains(&"denied") && outcomes.contains(&"201"), "{outcomes:?}");
+    let metrics = http(&c.api, "GET", "/metrics", b"").1;
+    assert!(metrics.contains("verge_auth_refused_total{status=\"401\"}"), "{metrics}");
+}
+
+/// A TLS client that presents `me` to the gateway and asks to upgrade.
+fn gateway_with(c: &Cluster, me: Option<tls::Identity>) -> Result<String, String> {
+    let ca = pki::pem_certs(&std::fs::read_to_string(c.path("server/ca.crt")).unwrap()).unwrap().remove(0);
+    let cfg = tls::client_config(&ca, me).unwrap();
+    let tcp = TcpStream::connect(&c.gateway).unwrap();
+    tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, tls::server_name()).unwrap();
+    let mut s = rustls::StreamOwned::new(conn, tcp);
+    let req = format!(
+        "GET /v1/agent HTTP/1.1\r\nHost: {}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+        c.gateway
+    );
+    s.write_all(req.as_bytes()).map_err(|e| e.to_string())?;
+    let mut buf = [0u8; 512];
+    let n = s.read(&mut buf).map_err(|e| e.to_string())?;
+    Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+}
+
+#[test]
+fn the_gateway_refuses_foreign_certificates_and_old_tls() {
+    let c = Cluster::start();
+    // No certificate: the handshake passes (joining needs that) but the agent protocol does not.
+    let answer = gateway_with(&c, None).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 401") && answer.contains("no_certificate"), "{answer}");
+
+    // Signed by another CA, naming a node: refused in the handshake.
+    let other = tempfile::tempdir().unwrap();
+    let (foreign, _) = pki::Ca::load_or_create(other.path(), now_ms()).unwrap();
+    let key = pki::new_key().unwrap();
+    let forged = foreign.sign_csr(&pki::csr(&key).unwrap(), &Identity::Node("fra".into()), now_ms(), 3_600_000).unwrap();
+    let me = tls::Identity::new(&forged.cert_pem, key.serialize_der()).unwrap();
+    assert!(gateway_with(&c, Some(me)).is_err(), "a certificate from another CA got through");
+
+    // Self-signed.
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["node.verge".to_string()]).unwrap();
+    params.subject_alt_names.push(rcgen::SanType::URI("spiffe://verge/node/fra".try_into().unwrap()));
+    let selfsigned = params.self_signed(&key).unwrap();
+    let me = tls::Identity::new(&selfsigned.pem(), key.serialize_der()).unwrap();
+    assert!(gateway_with(&c, Some(me)).is_err(), "a self-signed certificate got through");
+
+    // TLS 1.0 and 1.1 clients get a fatal alert (handshake_failure or protocol_version).
+    for minor in [1u8, 2] {
+        let alert = old_tls_hello(&c.api.addr, minor);
+        assert_eq!(alert.first(), Some(&0x15), "TLS 1.{}: expected an alert, got {alert:?}", minor - 1);
+        assert_eq!(alert.get(5), Some(&2), "TLS 1.{}: expected a fatal alert, got {alert:?}", minor - 1);
+        assert!(matches!(alert.get(6), Some(40 | 70)), "TLS 1.{}: unexpected alert {alert:?}", minor - 1);
+    }
+    // Plain HTTP to the TLS port gets nothing useful.
+    let plain = {
+        let mut s = TcpStream::connect(&c.api.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        s.write_all(b"GET /api/v1/nodes HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+        let mut out = Vec::new();
+        let _ = s.read_to_end(&mut out);
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    assert!(!plain.contains("\"id\""), "plain HTTP answered: {plain}");
+    let metrics = http(&c.api, "GET", "/metrics", b"").1;
+    let refused = metrics.lines().find(|l| l.starts_with("verge_tls_refused_total")).unwrap();
+    assert!(refused.rsplit(' ').next().unwrap().parse::<u64>().unwrap() >= 4, "{refused}");
+}
+
+/// Sends a ClientHello offering only TLS 1.`minor - 1` and returns the first bytes answered.
+fn old_tls_hello(addr: &str, minor: u8) -> Vec<u8> {
+    let mut body = vec![3, minor];
+    body.extend([7u8; 32]);
+    body.push(0);
+    // TLS_RSA_WITH_AES_128_CBC_SHA, TLS_ECDHE_RSA_WITH_AES_128_CBC_SHA.
+    body.extend([0, 4, 0x00, 0x2f, 0xc0, 0x13]);
+    body.extend([1, 0]);
+    let mut hs = vec![1, 0, (body.len() >> 8) as u8, body.len() as u8];
+    hs.extend(&body);
+    let mut rec = vec![0x16, 3, 1, (hs.len() >> 8) as u8, hs.len() as u8];
+    rec.extend(&hs);
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&rec).unwrap();
+    let mut out = vec![0u8; 7];
+    let _ = s.read_exact(&mut out);
+    out
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+#[test]
+fn attestation_passes_refuses_replays_and_quarantines_a_changed_binary() {
+    let mut c = Cluster::start();
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    let node = wait_until(Duration::from_secs(20), "fra to attest", || {
+        let n = c.get("/api/v1/nodes/fra");
+        (n["attestation"]["state"] == "passed").then_some(n)
+    });
+    assert!(node["quarantined"].is_null(), "{node}");
+    assert!(node["trust"]["score"].as_u64().unwrap() >= 60, "{node}");
+
+    // Replaying the evidence the agent sent is refused.
+    let evidence = std::fs::read_to_string(c.path("fra/data/attestation.json")).unwrap();
+    let joiner = c.api.with_token(Some(&c.join.0));
+    let (status, v) = api(&joiner, "POST", "/api/v1/nodes/fra/attestation", &evidence);
+    assert_eq!((status, error_code(&v)), (403, "replayed"), "{v}");
+    // Garbage evidence is a clear 400.
+    let (status, v) = api(&joiner, "POST", "/api/v1/nodes/fra/attestation", r#"{"node":"fra"}"#);
+    assert_eq!((status, error_code(&v)), (400, "malformed"), "{v}");
+    assert!(c.get("/api/v1/nodes/fra")["quarantined"].is_null(), "a replay must not quarantine the real node");
+
+    // An agent whose binary differs by one byte is quarantined and gets no work.
+    let changed = c.path("verge-changed");
+    std::fs::copy(VERGE, &changed).unwrap();
+    std::fs::OpenOptions::new().append(true).open(&changed).unwrap().write_all(b"\0").unwrap();
+    c.add_agent_with_binary(&TOKYO, &changed);
+    let tyo = wait_until(Duration::from_secs(30), "tyo to be quarantined", || {
+        let (status, n) = api(&c.api, "GET", "/api/v1/nodes/tyo", "");
+        (status == 200 && !n["quarantined"].is_null()).then_some(n)
+    });
+    assert_eq!(tyo["attestation"]["state"], "failed", "{tyo}");
+    assert!(tyo["quarantined"].as_str().unwrap().contains("allowlist"), "{tyo}");
+    let (ok, out, _) = c.cli(&["node", "ls"]);
+    assert!(ok && out.lines().any(|l| l.starts_with("tyo") && l.contains("QUARANTINED")), "{out}");
+    let spec = r#"{"id":"only-tyo","requirements":{"cpu":0.1,"memory":"16MiB"},"constraints":{"requiredLabels":{"site":"tyo"}},"spec":{"command":"sleep","args":["600"]}}"#;
+    assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).0, 201);
+    let w = c.get("/api/v1/workloads/only-tyo");
+    assert!(w["node"].is_null(), "a quarantined node got work: {w}");
+    let (ok, out, err) = c.cli(&["audit", "ls", "--json", "--limit", "1000"]);
+    assert!(ok, "{err}");
+    assert!(out.contains("binary_not_allowed"), "{out}");
+}
+
+#[test]
+fn certificates_renew_without_dropping_work_and_removal_revokes() {
+    let mut c = Cluster::start_with(Some("security:\n  cert_ttl: 6s\n"));
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    let spec = r#"{"id":"steady","requirements":{"cpu":0.1,"memory":"16MiB"},"spec":{"command":"sleep","args":["600"]}}"#;
+    assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).0, 201);
+    let pid = wait_until(Duration::from_secs(20), "the workload to run", || {
+        let w = c.get("/api/v1/workloads/steady");
+        (w["state"] == "running").then(|| w["status"]["pid"].as_u64()).flatten()
+    });
+    let serial = |c: &Cluster| {
+        let pem = std::fs::read_to_string(c.path("fra/data/tls/node.crt")).unwrap();
+        pki::CertInfo::parse(&pki::pem_certs(&pem).unwrap()[0]).unwrap().serial
+    };
+    let first = serial(&c);
+    wait_until(Duration::from_secs(30), "the certificate to be renewed twice", || {
+        let (ok, out, _) = c.cli(&["audit", "ls", "--json", "--limit", "1000"]);
+        (ok && out.matches("renew certificate").count() >= 2).then_some(())
+    });
+    assert_ne!(serial(&c), first);
+    let w = c.get("/api/v1/workloads/steady");
+    assert_eq!((w["state"].as_str(), w["status"]["pid"].as_u64()), (Some("running"), Some(pid)), "{w}");
+    // The renewed certificate works for a new connection.
+    c.kill_agent("fra");
+    c.restart_agent("fra");
+    wait_until(Duration::from_secs(20), "fra to reconnect with the renewed certificate", || {
+        let n = c.get("/api/v1/nodes/fra");
+        (n["connected"] == true && n["attestation"]["state"] == "passed").then_some(())
+    });
+
+    // Removing the node revokes its certificate: it cannot come back.
+    let (status, _) = api(&c.api, "DELETE", "/api/v1/nodes/fra", "");
+    assert_eq!(status, 200);
+    let log = c.path("fra/agent.log");
+    wait_until(Duration::from_secs(20), "the agent to be refused", || {
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains("was revoked")).map(|_| ())
+    });
+    let (status, _) = api(&c.api, "GET", "/api/v1/nodes/fra", "");
+    assert_eq!(status, 404, "a revoked node registered again");
+}
+
+#[test]
+fn a_tampered_audit_entry_is_found() {
+    let c = Cluster::start();
+    for role in ["viewer", "operator", "viewer"] {
+        c.token(role, Some("1h"));
+    }
+    let (ok, out, err) = c.cli(&["audit", "verify"]);
+    assert!(ok, "{out}{err}");
+    let path = c.path("server/audit.log");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let line2 = text.lines().nth(1).unwrap();
+    let offset = text.find(line2).unwrap() + line2.find("201").unwrap();
+    // Overwrite in place, as an intruder hiding a change would.
+    let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+    std::io::Seek::seek(&mut f, std::io::SeekFrom::Start(offset as u64)).unwrap();
+    f.write_all(b"403").unwrap();
+    drop(f);
+    let (ok, _, err) = c.cli(&["audit", "verify"]);
+    assert!(!ok, "tampering went unnoticed");
+    assert!(err.contains("entry 2"), "{err}");
+    let (status, v) = api(&c.api, "GET", "/api/v1/audit/verify", "");
+    assert_eq!((status, v["intact"].as_bool()), (200, Some(false)), "{v}");
+    assert_eq!(v["firstTampered"]["seq"], 2, "{v}");
+}
