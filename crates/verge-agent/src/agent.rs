@@ -19,9 +19,11 @@ use crate::assignments::Assignments;
 use crate::collector::Collector;
 use crate::driver::Driver;
 use crate::exec::ExecDriver;
+use crate::edgecache::EdgeCache;
 use crate::identity::{IdentityError, JoinWith, NodeIdentity};
 use crate::secure::{Io, NodeTls};
 use crate::syncclient::Peer;
+use crate::vault::Vault;
 use crate::supervisor::{self, SupervisorHandle};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
@@ -53,6 +55,8 @@ pub struct AgentOptions {
     pub sync_bandwidth: (Option<u64>, Option<u64>),
     /// How this node joins and proves itself.
     pub security: SecurityOptions,
+    /// Sizes of the edge cache's tiers.
+    pub cache: crate::edgecache::CacheSizes,
 }
 
 /// Joining and attestation inputs.
@@ -64,6 +68,10 @@ pub struct SecurityOptions {
     pub ca_hash: Option<String>,
     /// The config file as read, measured in attestation.
     pub config_bytes: Vec<u8>,
+    /// Seal cache and sync state at rest.
+    pub encryption: bool,
+    /// How often the data key rotates.
+    pub key_rotation: Duration,
 }
 
 /// Where synced trees live on this node: remote paths are relative to it.
@@ -79,12 +87,13 @@ struct Link {
     outbox: mpsc::UnboundedReceiver<AgentMessage>,
     data_port: Option<std::net::SocketAddr>,
     tls: Option<Arc<NodeTls>>,
+    vault: Arc<Vault>,
 }
 
 impl Link {
     /// What this node tells the server about its protection.
     fn posture(&self) -> verge_proto::Posture {
-        verge_proto::Posture::default()
+        verge_proto::Posture { encryption_at_rest: self.vault.sealing(), data_key_created_ms: self.vault.key_created_ms() }
     }
 }
 
@@ -238,13 +247,22 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
         tracing::warn!(server = %opts.server_url, "plain-text gateway: no TLS, no node certificate, no attestation");
         None
     };
+    let data_err = |err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err };
+    let keys = opts.security.encryption.then(|| opts.data_dir.join("keys"));
+    let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
+    let cache = Arc::new(EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache).map_err(data_err)?);
+    let sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
+    vault.clone().spawn_rotation(opts.security.key_rotation, sealed_roots, shutdown.clone());
     let data_port = match opts.data_addr {
-        Some(addr) => Some(serve_data_port(addr, &opts.data_dir, tls.as_ref().map(|t| t.data_port.clone()), shutdown.clone()).await?),
+        Some(addr) => {
+            let tls_source = tls.as_ref().map(|t| t.data_port.clone());
+            Some(serve_data_port(addr, &opts.data_dir, vault.clone(), cache.router(), tls_source, shutdown.clone()).await?)
+        }
         None => None,
     };
     let (outbox_tx, outbox) = mpsc::unbounded_channel();
     let budget = Arc::new(crate::syncjobs::Budget::new(opts.sync_bandwidth.0, opts.sync_bandwidth.1));
-    let mut link = Link { budget, outbox_tx, outbox, data_port, tls };
+    let mut link = Link { budget, outbox_tx, outbox, data_port, tls, vault };
     let mut collector = Collector::new(&opts.data_dir);
     let mut backoff = MIN_BACKOFF;
     let mut announced = false;
@@ -293,10 +311,13 @@ async fn identity(opts: &AgentOptions, shutdown: &mut watch::Receiver<bool>) -> 
     }
 }
 
-/// Binds the data port and serves it until shutdown; returns the bound address.
+/// Binds the data port (sync and the edge cache's `extra` routes) and
+/// serves it until shutdown; returns the bound address.
 async fn serve_data_port(
     addr: std::net::SocketAddr,
     data_dir: &std::path::Path,
+    vault: Arc<Vault>,
+    extra: axum::Router,
     tls: Option<verge_client::serve::TlsSource>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::net::SocketAddr, AgentError> {
@@ -323,9 +344,9 @@ async fn serve_data_port(
     if removed > 0 {
         tracing::info!(removed, "removed temporary files an interrupted sync left behind");
     }
-    let port = crate::dataport::DataPort { root, state: data_dir.join("sync") };
+    let port = crate::dataport::DataPort { root, state: data_dir.join("sync"), vault };
     let refused: Arc<dyn Fn() + Send + Sync> = Arc::new(|| tracing::debug!("data port refused a TLS handshake"));
-    tokio::spawn(verge_client::serve::serve(listener, port.router(), tls, shutdown, refused));
+    tokio::spawn(verge_client::serve::serve(listener, port.router().merge(extra), tls, shutdown, refused));
     tracing::info!(%bound, "data port listening");
     Ok(bound)
 }

@@ -180,6 +180,33 @@ pub struct EdgeConfig {
     /// Data sync settings.
     #[serde(default)]
     pub sync: SyncSection,
+    /// Edge cache settings.
+    #[serde(default)]
+    pub cache: CacheSection,
+}
+
+/// `cache:` — the edge cache's hot tier and value limit; its warm tier
+/// holds `resources.storage.cache` bytes (1 GiB when that is 0).
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSection {
+    /// Memory for values (default 64 MiB).
+    pub memory: Option<Bytes>,
+    /// Largest value accepted (default 64 MiB).
+    pub max_value: Option<Bytes>,
+}
+
+impl EdgeConfig {
+    /// The edge cache's tier sizes from this config.
+    pub fn cache_sizes(&self) -> crate::edgecache::CacheSizes {
+        const MIB64: u64 = 64 << 20;
+        let disk = self.resources.storage.cache.0;
+        crate::edgecache::CacheSizes {
+            memory: self.cache.memory.map_or(MIB64, |b| b.0),
+            disk: if disk == 0 { 1 << 30 } else { disk },
+            max_value: self.cache.max_value.map_or(MIB64, |b| b.0),
+        }
+    }
 }
 
 /// `sync:` — the bandwidth sync jobs from this node may use, per second.
@@ -222,6 +249,8 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("security.key_rotation", true),
     ("security.join_token", true),
     ("security.ca_hash", true),
+    ("cache.memory", false),
+    ("cache.max_value", false),
 ];
 
 /// The environment variable that overrides `key`.

@@ -32,6 +32,8 @@ pub struct DataPort {
     pub root: PathBuf,
     /// Transfer staging and change-detection indexes.
     pub state: PathBuf,
+    /// Seals staged transfers and remembered offers at rest.
+    pub vault: Arc<crate::vault::Vault>,
 }
 
 /// An error answer: `{"error":{"code","message"}}`.
@@ -100,6 +102,16 @@ impl DataPort {
         self.state.join(format!("index-{}.json", hex(&verge_sync::manifest::hash(rel.as_bytes()))))
     }
 
+    /// Writes sync state through the vault (sealed when encryption is on).
+    fn keep(&self, path: &Path, bytes: &[u8]) -> Result<(), SyncError> {
+        self.vault.write(path, bytes).map_err(|e| SyncError::io(format!("writing {}", path.display()), e))
+    }
+
+    /// Reads sync state written by [`DataPort::keep`].
+    fn recall(&self, path: &Path) -> Result<Vec<u8>, SyncError> {
+        self.vault.read(path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))
+    }
+
     fn staging(&self, id: &str) -> PortResult<PathBuf> {
         if id.len() != 32 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
             return Err(bad(format!("unknown transfer {id:?}")));
@@ -139,7 +151,7 @@ async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, bo
     blocking(move || {
         let tree = port.tree(&q.path)?;
         let remembered = |o: &verge_sync::transfer::OfferOptions| {
-            std::fs::read(port.remembered_file(&o.sender, &q.path)).ok().and_then(|b| Offer::decode(&b).ok())
+            port.recall(&port.remembered_file(&o.sender, &q.path)).ok().and_then(|b| Offer::decode(&b).ok())
         };
         let offer = Offer::decode_since(&body, remembered)?.ok_or_else(|| {
             PortError(
@@ -155,9 +167,9 @@ async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, bo
         let id = hex(&raw);
         let dir = port.state.join("staging").join(&id);
         std::fs::create_dir_all(&dir).map_err(|e| SyncError::io(format!("creating {}", dir.display()), e))?;
-        verge_sync::fsio::write_atomic(&dir.join("offer"), &offer.encode()?)?;
-        verge_sync::fsio::write_atomic(&dir.join("request"), &wire)?;
-        verge_sync::fsio::write_atomic(&dir.join("path"), q.path.as_bytes())?;
+        port.keep(&dir.join("offer"), &offer.encode()?)?;
+        port.keep(&dir.join("request"), &wire)?;
+        port.keep(&dir.join("path"), q.path.as_bytes())?;
         let mut headers = HeaderMap::new();
         headers.insert(TRANSFER_HEADER, HeaderValue::from_str(&id).map_err(|e| bad(e.to_string()))?);
         Ok((headers, wire).into_response())
@@ -183,7 +195,7 @@ async fn chunk(State(port): State<Arc<DataPort>>, UrlPath((id, n)): UrlPath<(Str
         return Err(PortError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("chunk of {} bytes exceeds {MAX_CHUNK}", body.len())));
     }
     let dir = port.staging(&id)?;
-    blocking(move || Ok(verge_sync::fsio::write_atomic(&dir.join(format!("chunk-{n}")), &body)?)).await?;
+    blocking(move || Ok(port.keep(&dir.join(format!("chunk-{n}")), &body)?)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
@@ -195,7 +207,7 @@ async fn commit(
 ) -> PortResult<Json<serde_json::Value>> {
     let dir = port.staging(&id)?;
     blocking(move || {
-        let read = |name: &str| std::fs::read(dir.join(name)).map_err(|e| SyncError::io(format!("reading staged {name}"), e));
+        let read = |name: &str| port.recall(&dir.join(name));
         let rel = String::from_utf8(read("path")?).map_err(|_| bad("staged path is not UTF-8"))?;
         let tree = port.tree(&rel)?;
         let offer = Offer::decode(&read("offer")?)?;
@@ -211,7 +223,7 @@ async fn commit(
         }
         let report = apply(&offer, &request, &bundle, &tree)?;
         // Remember what this sender now believes we hold, for its next incremental offer.
-        verge_sync::fsio::write_atomic(&port.remembered_file(&offer.opts.sender, &rel), &read("offer")?)?;
+        port.keep(&port.remembered_file(&offer.opts.sender, &rel), &read("offer")?)?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
     })

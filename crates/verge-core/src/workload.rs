@@ -60,6 +60,9 @@ pub struct Constraints {
     /// Spread the workload's group evenly over a topology domain.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub spread: Option<Spread>,
+    /// Lowest node trust score (0-100) the workload may run on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_trust: Option<u8>,
 }
 
 /// Topology spread, as Kubernetes' `topologySpreadConstraints`: members of

@@ -176,6 +176,9 @@ fn exclusion(node: &NodeView, w: &WorkloadSpec) -> Option<&'static str> {
     if c.anti_affinity.iter().any(|a| node.residents.contains(a)) {
         return Some("anti-affinity");
     }
+    if c.min_trust.is_some_and(|t| node.trust < t) {
+        return Some("trust below the workload's minimum");
+    }
     None
 }
 

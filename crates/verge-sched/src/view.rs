@@ -60,6 +60,8 @@ pub struct NodeView {
     pub pressure: f64,
     /// Its hottest thermal zone, °C, where it reports one.
     pub temperature_c: Option<f64>,
+    /// Trust score, 0-100 (identity, attestation, compliance, behaviour).
+    pub trust: u8,
     /// Health score as a share, 0-1.
     pub availability: f64,
 }
@@ -84,6 +86,7 @@ impl NodeView {
             server_rtt_ms: None,
             pressure: 0.0,
             temperature_c: None,
+            trust: 100,
             availability: 1.0,
         }
     }

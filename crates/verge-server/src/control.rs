@@ -233,6 +233,7 @@ impl Control {
             tls: self.cfg.security.tls,
             min_trust: self.cfg.security.min_trust,
             max_attestation_age_ms: 2 * self.cfg.security.attestation_interval.0,
+            needed: self.cfg.security.min_trust > 0,
         }
     }
 
@@ -338,7 +339,10 @@ impl Control {
             cities: self.cfg.cities.clone(),
             model: inner.model,
             migration: self.cfg.migration.clone(),
-            trust: self.trust_policy(),
+            trust: TrustPolicy {
+                needed: self.cfg.security.min_trust > 0 || inner.store.state().workloads.values().any(|w| w.spec.constraints.min_trust.is_some()),
+                ..self.trust_policy()
+            },
         }
     }
 

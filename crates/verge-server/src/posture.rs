@@ -17,6 +17,8 @@ pub struct TrustPolicy {
     pub min_trust: u8,
     /// Attestations older than this count half.
     pub max_attestation_age_ms: u64,
+    /// Whether placement needs trust scores (a minimum is set somewhere).
+    pub needed: bool,
 }
 
 const DAY_MS: f64 = 86_400_000.0;

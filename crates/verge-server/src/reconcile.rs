@@ -94,8 +94,11 @@ pub fn cluster_view(
             } else {
                 None
             };
+            // Trust is computed (compliance packs and all) only when someone asks for a minimum.
+            let trust = if policy.trust.needed { crate::posture::trust(rec, s, &policy.trust, now_ms).score } else { 100 };
             NodeView {
                 unavailable: unavailable(lifecycle, health.status).or(security),
+                trust,
                 coordinate: s.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate().clone()),
                 server_rtt_ms: s.and_then(|s| s.server_rtt_ms),
                 pressure: metrics.map_or(0.0, |m| (m.cpu_percent.max(m.memory_percent()) / 100.0).clamp(0.0, 1.0)),
@@ -282,7 +285,7 @@ mod tests {
             cities: Default::default(),
             model: LatencyModel::default(),
             migration: MigrationPolicy::default(),
-            trust: TrustPolicy { tls: false, min_trust: 0, max_attestation_age_ms: 3_600_000 },
+            trust: TrustPolicy { tls: false, min_trust: 0, max_attestation_age_ms: 3_600_000, needed: false },
         }
     }
 
@@ -347,6 +350,37 @@ mod tests {
         state.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 2_500 }).unwrap();
         settle(&mut state, &soft, 2_600);
         assert_eq!(state.workloads[&WorkloadId::new("w").unwrap()].node.as_ref().unwrap().as_str(), "fra");
+    }
+
+    #[test]
+    fn failed_attestation_moves_work_away_and_untrusted_nodes_take_none() {
+        let (mut state, mut soft) = cluster();
+        let mut secure = policy();
+        secure.trust = TrustPolicy { tls: true, min_trust: 0, max_attestation_age_ms: 3_600_000, needed: true };
+        let run = |state: &mut State, soft: &HashMap<NodeId, NodeSoft>, now| {
+            for c in reconcile(&secure, state, soft, now, false) {
+                state.apply(c).unwrap();
+            }
+        };
+        state.apply(Command::SubmitWorkload { spec: workload("w"), now_ms: 2_500 }).unwrap();
+        run(&mut state, &soft, 2_600);
+        let w = WorkloadId::new("w").unwrap();
+        assert!(state.workloads[&w].node.is_none(), "unattested nodes took new work");
+        for id in ["fra", "nyc"] {
+            soft.get_mut(&NodeId::new(id).unwrap()).unwrap().attested_ms = Some(2_600);
+        }
+        run(&mut state, &soft, 2_700);
+        assert_eq!(state.workloads[&w].node.as_ref().unwrap().as_str(), "fra");
+        soft.get_mut(&NodeId::new("fra").unwrap()).unwrap().attest_failure = Some("binary not allowed".into());
+        run(&mut state, &soft, 2_800);
+        assert_eq!(state.workloads[&w].node.as_ref().unwrap().as_str(), "nyc", "work stayed on a quarantined node");
+        // A workload asking for more trust than any node has waits, saying why.
+        let mut picky = workload("picky");
+        picky.constraints.min_trust = Some(100);
+        state.apply(Command::SubmitWorkload { spec: picky, now_ms: 2_800 }).unwrap();
+        run(&mut state, &soft, 2_900);
+        let p = &state.workloads[&WorkloadId::new("picky").unwrap()];
+        assert!(p.node.is_none() && p.reason.contains("trust"), "{}", p.reason);
     }
 
     #[test]

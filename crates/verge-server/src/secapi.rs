@@ -27,7 +27,9 @@ type ApiResult = Result<Response, ApiError>;
 /// The routes a joining agent uses, served on the API and on the gateway
 /// (agents are configured with the gateway's address only).
 pub fn join_routes() -> Router<Arc<Control>> {
-    Router::new().route("/api/v1/ca", get(ca)).route("/api/v1/join", post(join))
+    Router::new()
+        .route("/api/v1/ca", get(ca))
+        .route("/api/v1/join", post(join))
 }
 
 /// The security routes, merged into the API router.

@@ -11,7 +11,9 @@ mod fleet;
 mod node;
 mod report;
 mod run;
+mod secure;
 
 pub use fleet::{Fleet, SimError};
 pub use report::Report;
 pub use run::{run, SimOptions};
+pub use secure::SimTls;

@@ -1,5 +1,6 @@
 //! One simulated agent: the real gateway protocol (hello, heartbeats with
-//! metrics and measured RTTs, assignments), with made-up resource use.
+//! metrics and measured RTTs, assignments, attestation when the fleet is
+//! enrolled), with made-up resource use.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -9,11 +10,13 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 use verge_core::{NodeMetrics, WorkloadId, WorkloadState, WorkloadStatus};
 use verge_proto::{decode, encode, AgentMessage, RttSample, ServerMessage};
 use verge_sched::SplitMix64;
 
 use crate::fleet::Fleet;
+use crate::secure::{Enrolled, Io};
 
 /// Peers each node measures per heartbeat: half in its own city (where the
 /// fine differences that matter for placement are), half anywhere.
@@ -30,6 +33,8 @@ pub struct NodeCtl {
     pub hot: AtomicBool,
     /// Heartbeats sent.
     pub heartbeats: AtomicU64,
+    /// Attestation nonces answered.
+    pub attestations: AtomicU64,
     /// Workloads assigned to it.
     pub workloads: Mutex<BTreeMap<WorkloadId, WorkloadStatus>>,
 }
@@ -57,9 +62,42 @@ fn metrics(fleet: &Fleet, i: usize, ctl: &NodeCtl, rng: &mut SplitMix64) -> Node
     }
 }
 
+/// Where the simulated nodes connect, and as whom.
+pub struct Gateway {
+    /// `ws://host:port/v1/agent`, or `wss://…` with `tls`.
+    pub url: String,
+    /// The fleet's credentials: with them, nodes speak mutual TLS and attest.
+    pub tls: Option<Enrolled>,
+}
+
+impl Gateway {
+    /// A WebSocket to the gateway as node `i`, over TLS when enrolled.
+    async fn connect(&self, i: usize) -> Result<WebSocketStream<Box<dyn Io>>, String> {
+        let authority = self.url.split_once("://").map_or(self.url.as_str(), |(_, r)| r).split('/').next().unwrap_or_default();
+        let tcp = tokio::net::TcpStream::connect(authority).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let stream: Box<dyn Io> = match &self.tls {
+            Some(t) => t.handshake(i, tcp).await?,
+            None => Box::new(tcp),
+        };
+        let config = WebSocketConfig::default().read_buffer_size(WS_BUFFER).write_buffer_size(WS_BUFFER);
+        let (ws, _) =
+            tokio_tungstenite::client_async_with_config(self.url.as_str(), stream, Some(config)).await.map_err(|e| e.to_string())?;
+        Ok(ws)
+    }
+
+    /// Node `i`'s answer to an attestation nonce, if the fleet is enrolled.
+    fn attest(&self, fleet: &Fleet, i: usize, ctl: &NodeCtl, nonce: &str) -> Result<Option<AgentMessage>, String> {
+        let Some(t) = &self.tls else { return Ok(None) };
+        let answer = t.attest(i, fleet.nodes[i].spec.id.as_str(), nonce)?;
+        ctl.attestations.fetch_add(1, Ordering::Relaxed);
+        Ok(Some(answer))
+    }
+}
+
 /// Runs node `i` until the process ends: connects, heartbeats every
 /// `interval`, follows assignments; while `down`, stays disconnected.
-pub async fn run_node(fleet: Arc<Fleet>, i: usize, gateway: String, ctl: Arc<NodeCtl>, interval: Duration, start_delay: Duration) {
+pub async fn run_node(fleet: Arc<Fleet>, i: usize, gateway: Arc<Gateway>, ctl: Arc<NodeCtl>, interval: Duration, start_delay: Duration) {
     tokio::time::sleep(start_delay).await;
     let mut rng = SplitMix64(0x51u64.wrapping_mul(i as u64 + 1));
     loop {
@@ -73,11 +111,21 @@ pub async fn run_node(fleet: Arc<Fleet>, i: usize, gateway: String, ctl: Arc<Nod
     }
 }
 
-async fn session(fleet: &Fleet, i: usize, gateway: &str, ctl: &NodeCtl, interval: Duration, rng: &mut SplitMix64) -> Result<(), String> {
-    let config = WebSocketConfig::default().read_buffer_size(WS_BUFFER).write_buffer_size(WS_BUFFER);
-    let (ws, _) = tokio_tungstenite::connect_async_with_config(gateway, Some(config), true).await.map_err(|e| e.to_string())?;
-    let (mut sink, mut stream) = ws.split();
-    let hello = AgentMessage::Hello { node: fleet.nodes[i].spec.clone(), agent_version: "sim".into(), workloads: ctl.statuses(), posture: Default::default() };
+async fn session(
+    fleet: &Fleet,
+    i: usize,
+    gateway: &Gateway,
+    ctl: &NodeCtl,
+    interval: Duration,
+    rng: &mut SplitMix64,
+) -> Result<(), String> {
+    let (mut sink, mut stream) = gateway.connect(i).await?.split();
+    let hello = AgentMessage::Hello {
+        node: fleet.nodes[i].spec.clone(),
+        agent_version: "sim".into(),
+        workloads: ctl.statuses(),
+        posture: Default::default(),
+    };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -135,7 +183,8 @@ async fn session(fleet: &Fleet, i: usize, gateway: &str, ctl: &NodeCtl, interval
                         files_written: 0,
                         error: Some("simulated nodes hold no data".into()),
                     }),
-                    ServerMessage::Welcome { .. } | ServerMessage::Attest { .. } | ServerMessage::Certificate { .. } => None,
+                    ServerMessage::Attest { nonce } => gateway.attest(fleet, i, ctl, &nonce)?,
+                    ServerMessage::Welcome { .. } | ServerMessage::Certificate { .. } => None,
                     ServerMessage::Refused { reason } => return Err(reason),
                 };
                 if let Some(r) = reply {

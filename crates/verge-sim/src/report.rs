@@ -8,7 +8,11 @@ use serde::Serialize;
 pub struct Report {
     /// Simulated nodes.
     pub nodes: usize,
-    /// Seconds from the first connection until every node was active.
+    /// Whether the run was secured: TLS, node certificates, attestation.
+    pub tls: bool,
+    /// Seconds to give every node a key and a certificate (0 without TLS).
+    pub enrol_s: f64,
+    /// Seconds from the first connection until every node was active (and, with TLS, attested).
     pub registered_s: f64,
     /// Heartbeats per second the server counted while every node was up.
     pub heartbeats_per_s: f64,
@@ -16,6 +20,10 @@ pub struct Report {
     pub server_cpu_cores: f64,
     /// The server's resident memory afterwards, MB.
     pub server_rss_mb: f64,
+    /// Attestation nonces the nodes had answered by the end of the heartbeat measurement.
+    pub attestations_answered: u64,
+    /// Attestations the server had counted as passed by then.
+    pub attestations_passed: u64,
     /// Workloads submitted and placed through the API per second (32 requests in flight).
     pub placements_per_s_api: f64,
     /// Real RTT from the users' city to the chosen node minus the best node's, median, ms.
@@ -51,8 +59,12 @@ pub struct Report {
 impl Report {
     /// The report as a table, Verge's figures beside the anchors.
     pub fn table(&self) -> String {
-        let mut rows = vec![
-            ("nodes".to_string(), format!("{}", self.nodes), String::new()),
+        let mut rows = vec![("nodes".to_string(), format!("{}", self.nodes), String::new())];
+        if self.tls {
+            rows.push(("security".into(), "mutual TLS, node certificates, attestation".into(), String::new()));
+            rows.push(("every node enrolled in".into(), format!("{:.1} s", self.enrol_s), String::new()));
+        }
+        rows.extend([
             ("all nodes active after".into(), format!("{:.1} s", self.registered_s), String::new()),
             ("heartbeats/s sustained".into(), format!("{:.0}", self.heartbeats_per_s), format!("{} (every node, 1/s)", self.nodes)),
             ("server CPU".into(), format!("{:.2} cores", self.server_cpu_cores), "< 1 core".into()),
@@ -90,7 +102,14 @@ impl Report {
                 ),
                 "≥ 95 %".into(),
             ),
-        ];
+        ]);
+        if self.tls {
+            rows.push((
+                "attestations answered / passed".into(),
+                format!("{} / {}", self.attestations_answered, self.attestations_passed),
+                format!("≥ {} (one per connection)", self.nodes),
+            ));
+        }
         if self.heated_nodes > 0 {
             rows.push((
                 "heated nodes reported degraded".into(),
@@ -129,6 +148,8 @@ mod tests {
         assert_eq!(quantile(&mut v, 1.0), 5.0);
         assert_eq!(quantile(&mut [], 0.5), 0.0);
         let t = Report { nodes: 10, ..Default::default() }.table();
-        assert!(t.starts_with("figure") && t.contains("Vivaldi"), "{t}");
+        assert!(t.starts_with("figure") && t.contains("Vivaldi") && !t.contains("attestations"), "{t}");
+        let t = Report { nodes: 10, tls: true, attestations_answered: 10, attestations_passed: 10, ..Default::default() }.table();
+        assert!(t.contains("enrolled") && t.contains("10 / 10"), "{t}");
     }
 }

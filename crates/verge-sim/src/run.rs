@@ -1,4 +1,4 @@
-//! The phases of a simulation run: connect the fleet, let coordinates
+//! The phases of a simulation run: enrol the fleet (with TLS), connect it, let coordinates
 //! settle, measure heartbeat load, place workloads and score them against
 //! the real matrix, heat and partition, kill a fraction and time the
 //! failover, and measure packing.
@@ -15,20 +15,23 @@ use verge_core::{NodeId, WorkloadSpec};
 use verge_sched::{distance_ms, place, ClusterView, Coordinate, NodeView, SplitMix64};
 
 use crate::fleet::{Fleet, SimError};
-use crate::node::{run_node, NodeCtl};
+use crate::node::{run_node, Gateway, NodeCtl};
 use crate::report::{quantile, Report};
+use crate::secure::{enrol, SimTls};
 
 /// What to simulate and against which server.
 #[derive(Debug, Clone)]
 pub struct SimOptions {
     /// Number of simulated nodes.
     pub nodes: usize,
-    /// The server's API, `http://host:port`.
+    /// The server's API, `http://host:port` (`https://…` with `tls`).
     pub api: String,
     /// A token with the operator role (or admin) for the API.
     pub token: Option<String>,
-    /// The server's gateway, `ws://host:port/v1/agent`.
+    /// The server's gateway, `ws://host:port/v1/agent` (`wss://…` with `tls`).
     pub gateway: String,
+    /// Zero trust: TLS to the API and gateway, a certificate per node, attestation.
+    pub tls: Option<SimTls>,
     /// `City,Lat,Long,Population` text.
     pub cities_csv: String,
     /// RTT matrix text.
@@ -70,34 +73,64 @@ async fn scrape(api: &Api) -> Result<String, SimError> {
     api.call_text(Method::GET, "/metrics", None).await.map_err(server_err)
 }
 
-async fn wait_active(api: &Api, want: usize, timeout: Duration) -> Result<f64, SimError> {
+/// Attestations the server counted as passed.
+fn attestations_passed(metrics: &str) -> f64 {
+    metric(metrics, "verge_attestations_total", "{outcome=\"passed\"}").unwrap_or(0.0)
+}
+
+/// Waits until `want` nodes are active and, when `attested`, as many
+/// attestations passed (nodes that have not attested take no work).
+async fn wait_active(api: &Api, want: usize, attested: bool, timeout: Duration) -> Result<f64, SimError> {
     let start = Instant::now();
     loop {
         let text = scrape(api).await?;
         let active = metric(&text, "verge_nodes", "{lifecycle=\"active\"}").unwrap_or(0.0) as usize;
-        if active >= want {
+        let passed = if attested { attestations_passed(&text) as usize } else { want };
+        if active >= want && passed >= want {
             return Ok(start.elapsed().as_secs_f64());
         }
         if start.elapsed() > timeout {
-            return Err(SimError::Server(format!("only {active} of {want} nodes active after {timeout:?}")));
+            return Err(SimError::Server(format!("only {active} of {want} nodes active ({passed} attested) after {timeout:?}")));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 }
 
+/// The operator's API client: TLS trusting only the cluster CA when the
+/// run is secured.
+fn operator_api(opts: &SimOptions) -> Result<Api, SimError> {
+    let api = match &opts.tls {
+        Some(t) => Api::secure(&opts.api, t.server_tls()?),
+        None => Api::new(&opts.api),
+    };
+    Ok(api.with_token(opts.token.clone()))
+}
+
+/// Enrols the fleet when the run is secured (timed in the report) and
+/// returns where and as whom its nodes connect.
+async fn gateway(opts: &SimOptions, fleet: &Fleet, report: &mut Report) -> Result<Gateway, SimError> {
+    let Some(sim) = &opts.tls else { return Ok(Gateway { url: opts.gateway.clone(), tls: None }) };
+    let start = Instant::now();
+    let enrolled = enrol(&opts.api, sim, fleet).await?;
+    report.enrol_s = start.elapsed().as_secs_f64();
+    tracing::info!(nodes = fleet.nodes.len(), seconds = report.enrol_s, "fleet enrolled");
+    Ok(Gateway { url: opts.gateway.clone(), tls: Some(enrolled) })
+}
+
 /// Runs every phase and returns the figures.
 pub async fn run(opts: SimOptions) -> Result<Report, SimError> {
     let fleet = Arc::new(Fleet::build(&opts.cities_csv, &opts.rtt_csv, opts.nodes, opts.seed)?);
-    let api = Api::new(&opts.api).with_token(opts.token.clone());
+    let api = operator_api(&opts)?;
     let n = fleet.nodes.len();
+    let mut report = Report { nodes: n, lease_ms: opts.lease_ms, tls: opts.tls.is_some(), ..Default::default() };
+    let gateway = Arc::new(gateway(&opts, &fleet, &mut report).await?);
     let ctls: Vec<Arc<NodeCtl>> = (0..n).map(|_| Arc::new(NodeCtl::default())).collect();
     for (i, ctl) in ctls.iter().enumerate() {
         let delay = opts.heartbeat.mul_f64(i as f64 / n.max(1) as f64);
-        tokio::spawn(run_node(fleet.clone(), i, opts.gateway.clone(), ctl.clone(), opts.heartbeat, delay));
+        tokio::spawn(run_node(fleet.clone(), i, gateway.clone(), ctl.clone(), opts.heartbeat, delay));
     }
-    let mut report = Report { nodes: n, lease_ms: opts.lease_ms, ..Default::default() };
     let registration_timeout = Duration::from_secs(60) + opts.heartbeat * (n as u32 / 100).max(1);
-    report.registered_s = wait_active(&api, n, registration_timeout).await?;
+    report.registered_s = wait_active(&api, n, report.tls, registration_timeout).await?;
     tracing::info!(nodes = n, seconds = report.registered_s, "fleet active");
     tokio::time::sleep(opts.settle).await;
 
@@ -109,6 +142,8 @@ pub async fn run(opts: SimOptions) -> Result<Report, SimError> {
     report.heartbeats_per_s = delta("verge_heartbeats_total") / dt;
     report.server_cpu_cores = delta("process_cpu_seconds") / dt;
     report.server_rss_mb = metric(&m1, "process_resident_memory_bytes", "").unwrap_or(0.0) / 1e6;
+    report.attestations_answered = ctls.iter().map(|c| c.attestations.load(Ordering::Relaxed)).sum();
+    report.attestations_passed = attestations_passed(&m1) as u64;
 
     let mut rng = SplitMix64(opts.seed ^ 0xabcdef);
     report.vivaldi_median_rel_error = vivaldi_error(&api, &fleet, &mut rng).await?;
@@ -256,7 +291,7 @@ async fn partition(
     for &i in &cut {
         ctls[i].down.store(false, Ordering::Relaxed);
     }
-    let healed = wait_active(api, ctls.len(), Duration::from_secs(120)).await?;
+    let healed = wait_active(api, ctls.len(), opts.tls.is_some(), Duration::from_secs(120)).await?;
     report.partition = Some((region.to_string(), healed));
     Ok(())
 }

@@ -256,7 +256,10 @@ async fn agent(args: AgentArgs) -> Result<()> {
             join_token: args.token.or(cfg.security.join_token.clone()),
             ca_hash: args.ca_hash.or(cfg.security.ca_hash.clone()),
             config_bytes,
+            encryption: cfg.security.encryption,
+            key_rotation: std::time::Duration::from_millis(cfg.security.key_rotation.map_or(30 * 24 * 3_600_000, |m| m.0.max(1_000))),
         },
+        cache: cfg.cache_sizes(),
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())

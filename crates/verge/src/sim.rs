@@ -1,5 +1,6 @@
 //! `verge sim`: runs a simulated fleet against a real server (one it starts
-//! itself, or `--server`/`--gateway`) and prints the figures.
+//! itself, plain or with `--tls`, or `--server`/`--gateway`) and prints the
+//! figures.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -8,7 +9,7 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use verge_core::Millis;
 
-use crate::procs::spawn_server;
+use crate::procs::{spawn_server, Server};
 
 /// Options of `verge sim`.
 #[derive(Args)]
@@ -16,7 +17,7 @@ pub struct SimArgs {
     /// Simulated nodes.
     #[arg(long, default_value_t = 1000)]
     nodes: usize,
-    /// API of a running server; by default `verge sim` starts its own.
+    /// API of a running server with `security.tls: false`; by default `verge sim` starts its own.
     #[arg(long, requires = "gateway")]
     server: Option<String>,
     /// Gateway of that server, e.g. `ws://host:8091` (a server with `security.tls: false`).
@@ -58,9 +59,23 @@ pub struct SimArgs {
     /// Seed for every random choice.
     #[arg(long, default_value_t = 1)]
     seed: u64,
+    /// Run with zero trust: the server speaks TLS, every simulated node joins
+    /// for a certificate, connects with mutual TLS and attests. Only with
+    /// the server `verge sim` starts itself (not with `--server`).
+    #[arg(long, conflicts_with = "server")]
+    tls: bool,
     /// Print one JSON object instead of a table.
     #[arg(long)]
     json: bool,
+}
+
+/// What simulated nodes need to join `server`: its CA (from its data
+/// directory) and a fresh node token.
+async fn sim_tls(server: &Server) -> Result<verge_sim::SimTls> {
+    let path = server.conn.ca_cert.clone().context("the server's CA certificate is unknown")?;
+    let pem = std::fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let ca_der = verge_security::pki::pem_certs(&pem).with_context(|| format!("{}", path.display()))?.remove(0);
+    Ok(verge_sim::SimTls { ca_der, join_token: server.join().await?.token })
 }
 
 /// Runs the simulation.
@@ -75,20 +90,23 @@ pub async fn run(args: SimArgs) -> Result<()> {
     let (cities_csv, rtt_csv) = (read(&args.cities)?, read(&args.rtt)?);
     let dir = std::env::temp_dir().join(format!("verge-sim-{}", std::process::id()));
     let mut own = None;
-    let (api, gateway, token) = match (&args.server, &args.gateway) {
-        (Some(s), Some(g)) => (s.clone(), verge_agent::agent::gateway_url(g), args.token.clone()),
+    let (api, gateway, token, tls) = match (&args.server, &args.gateway) {
+        (Some(s), Some(g)) => (s.clone(), verge_agent::agent::gateway_url(g), args.token.clone(), None),
         _ => {
             std::fs::create_dir_all(&dir)?;
             let hb = format!("{}ms", args.heartbeat.0);
             let lease = format!("{}ms", args.lease.0);
             let cities = args.cities.to_string_lossy().into_owned();
-            let config = dir.join("server.yaml");
-            std::fs::write(&config, "security:\n  tls: false\n")?;
-            let config = config.to_string_lossy().into_owned();
-            let extra = ["--heartbeat-interval", hb.as_str(), "--lease", lease.as_str(), "--cities", cities.as_str(), "--config", config.as_str()];
+            let config = dir.join("server.yaml").to_string_lossy().into_owned();
+            let mut extra = vec!["--heartbeat-interval", hb.as_str(), "--lease", lease.as_str(), "--cities", cities.as_str()];
+            if !args.tls {
+                std::fs::write(&config, "security:\n  tls: false\n")?;
+                extra.extend(["--config", config.as_str()]);
+            }
             let server = spawn_server(&std::env::current_exe()?, &dir.join("server"), "127.0.0.1:0", &extra).await?;
+            let tls = if args.tls { Some(sim_tls(&server).await?) } else { None };
             own = Some(server.proc);
-            (server.api, verge_agent::agent::gateway_url(&server.gateway), server.conn.token)
+            (server.api, verge_agent::agent::gateway_url(&server.gateway), server.conn.token, tls)
         }
     };
     let opts = verge_sim::SimOptions {
@@ -96,6 +114,7 @@ pub async fn run(args: SimArgs) -> Result<()> {
         api,
         token,
         gateway,
+        tls,
         cities_csv,
         rtt_csv,
         seed: args.seed,

@@ -269,3 +269,70 @@ fn a_tampered_audit_entry_is_found() {
     assert_eq!((status, v["intact"].as_bool()), (200, Some(false)), "{v}");
     assert_eq!(v["firstTampered"]["seq"], 2, "{v}");
 }
+
+/// Puts a text value into a node's edge cache (the JSON form of `PUT`).
+fn cache_put(ep: &Endpoint, key: &str, value: &[u8]) -> (u16, String) {
+    let body = serde_json::json!({"value": String::from_utf8_lossy(value), "type": "app_data"}).to_string();
+    http(ep, "PUT", &format!("/api/v1/cache/{key}"), body.as_bytes())
+}
+
+#[test]
+fn cache_data_is_sealed_on_disk_and_its_key_rotates() {
+    let mut c = Cluster::start();
+    c.agent_yaml = "  encryption: true\n  key_rotation: 3s\ncache:\n  max_value: 64KiB\n".into();
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    let port = c.data_port("fra");
+    let secret = b"TOP-SECRET-PAYLOAD ".repeat(100);
+    let (status, text) = cache_put(&port, "docs/plan", &secret);
+    assert_eq!(status, 201, "{text}");
+    let (status, got) = http(&port, "GET", "/api/v1/cache/docs/plan", b"");
+    assert_eq!((status, got.as_bytes()), (200, &secret[..]));
+
+    // On disk: sealed, never the plaintext.
+    let warm = c.path("fra/data/cache/warm");
+    let file = std::fs::read_dir(&warm).unwrap().flatten().map(|e| e.path()).find(|p| p.is_file()).unwrap();
+    let raw = std::fs::read(&file).unwrap();
+    assert!(raw.starts_with(b"VSEAL1"), "not sealed");
+    assert!(!raw.windows(10).any(|w| w == b"TOP-SECRET"), "plaintext on disk");
+    let first_key = verge_security::seal::sealed_key_id(&raw).unwrap();
+
+    // The key rotates and the entry is re-encrypted under the new one; old keys go.
+    wait_until(Duration::from_secs(30), "the entry to be re-encrypted under a newer key", || {
+        let raw = std::fs::read(&file).ok()?;
+        (verge_security::seal::sealed_key_id(&raw)? > first_key).then_some(())
+    });
+    wait_until(Duration::from_secs(30), "old keys to be retired", || {
+        (std::fs::read_dir(c.path("fra/data/keys")).ok()?.count() == 1).then_some(())
+    });
+    for k in std::fs::read_dir(c.path("fra/data/keys")).unwrap().flatten() {
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(k.metadata().unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    let (status, got) = http(&port, "GET", "/api/v1/cache/docs/plan", b"");
+    assert_eq!((status, got.as_bytes()), (200, &secret[..]));
+
+    // Without the key the data is unreadable: an agent that lost its keys serves nothing from it.
+    c.kill_agent("fra");
+    std::fs::rename(c.path("fra/data/keys"), c.path("stolen-keys")).unwrap();
+    c.restart_agent("fra");
+    let port = wait_until(Duration::from_secs(20), "fra to come back", || {
+        let n = c.get("/api/v1/nodes/fra");
+        (n["connected"] == true).then(|| c.data_port("fra"))
+    });
+    let (status, _) = http(&port, "GET", "/api/v1/cache/docs/plan", b"");
+    assert_eq!(status, 404, "an entry sealed under a lost key was served");
+
+    // Bad input is refused clearly.
+    let (status, text) = cache_put(&port, &"k".repeat(2000), b"x");
+    assert_eq!(status, 400, "{text}");
+    let (status, text) = cache_put(&port, "big", &vec![b'z'; 100 << 10]);
+    assert_eq!(status, 413, "{text}");
+
+    // The node reports encryption at rest, which compliance checks.
+    let (ok, out, err) = c.cli(&["compliance", "report", "--pack", "iso27001", "--all", "--json"]);
+    assert!(ok, "{err}");
+    let report: Value = serde_json::from_str(&out).unwrap();
+    let a824 = report["findings"].as_array().unwrap().iter().find(|f| f["control"] == "A.8.24" && f["subject"] == "fra").unwrap();
+    assert_eq!(a824["passed"], true, "{a824}");
+}

@@ -147,6 +147,8 @@ pub struct Cluster {
     pub agents: Vec<Agent>,
     /// Extra server flags, kept for restarts.
     pub server_args: Vec<String>,
+    /// Appended to every new agent's config (indent two spaces to extend `security:`).
+    pub agent_yaml: String,
 }
 
 /// Reads the server's `listening` line and returns (api, gateway) host:port
@@ -184,6 +186,7 @@ impl Cluster {
             join: (String::new(), String::new()),
             agents: Vec::new(),
             server_args,
+            agent_yaml: String::new(),
         };
         c.start_server("127.0.0.1:0", "127.0.0.1:0");
         c
@@ -248,7 +251,8 @@ impl Cluster {
         let dir = self.tmp.path().join(site.id);
         std::fs::create_dir_all(&dir).unwrap();
         let cfg = format!(
-            "server: {gw}\nnode:\n  id: {id}\n  type: compute\n  location: {{latitude: {lat}, longitude: {lon}, city: \"{city}\", country: \"\"}}\n  labels: {{site: {id}}}\nresources:\n  cpu: {{cores: 2, reserved: 0.5}}\n  memory: {{total: 2GiB, reserved: 256MiB}}\nnetwork: {{data_addr: \"127.0.0.1:0\"}}\nsecurity: {{join_token: \"{token}\", ca_hash: \"{ca}\"}}\n",
+            "server: {gw}\nnode:\n  id: {id}\n  type: compute\n  location: {{latitude: {lat}, longitude: {lon}, city: \"{city}\", country: \"\"}}\n  labels: {{site: {id}}}\nresources:\n  cpu: {{cores: 2, reserved: 0.5}}\n  memory: {{total: 2GiB, reserved: 256MiB}}\nnetwork: {{data_addr: \"127.0.0.1:0\"}}\nsecurity:\n  join_token: \"{token}\"\n  ca_hash: \"{ca}\"\n{extra}",
+            extra = self.agent_yaml,
             token = self.join.0,
             ca = self.join.1,
             gw = self.gateway,
