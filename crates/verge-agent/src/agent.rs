@@ -21,7 +21,7 @@ use crate::driver::Driver;
 use crate::exec::ExecDriver;
 use crate::edgecache::EdgeCache;
 use crate::identity::{IdentityError, JoinWith, NodeIdentity};
-use crate::secure::{Io, NodeTls};
+use crate::secure::{Io, NodeTls, Revoked};
 use crate::syncclient::Peer;
 use crate::vault::Vault;
 use crate::supervisor::{self, SupervisorHandle};
@@ -88,6 +88,7 @@ struct Link {
     data_port: Option<std::net::SocketAddr>,
     tls: Option<Arc<NodeTls>>,
     vault: Arc<Vault>,
+    revoked: Revoked,
 }
 
 impl Link {
@@ -253,16 +254,17 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let cache = Arc::new(EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache).map_err(data_err)?);
     let sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
     vault.clone().spawn_rotation(opts.security.key_rotation, sealed_roots, shutdown.clone());
+    let revoked = Revoked::default();
     let data_port = match opts.data_addr {
         Some(addr) => {
             let tls_source = tls.as_ref().map(|t| t.data_port.clone());
-            Some(serve_data_port(addr, &opts.data_dir, vault.clone(), cache.router(), tls_source, shutdown.clone()).await?)
+            Some(serve_data_port(addr, &opts.data_dir, vault.clone(), cache.router(), revoked.clone(), tls_source, shutdown.clone()).await?)
         }
         None => None,
     };
     let (outbox_tx, outbox) = mpsc::unbounded_channel();
     let budget = Arc::new(crate::syncjobs::Budget::new(opts.sync_bandwidth.0, opts.sync_bandwidth.1));
-    let mut link = Link { budget, outbox_tx, outbox, data_port, tls, vault };
+    let mut link = Link { budget, outbox_tx, outbox, data_port, tls, vault, revoked };
     let mut collector = Collector::new(&opts.data_dir);
     let mut backoff = MIN_BACKOFF;
     let mut announced = false;
@@ -311,13 +313,14 @@ async fn identity(opts: &AgentOptions, shutdown: &mut watch::Receiver<bool>) -> 
     }
 }
 
-/// Binds the data port (sync and the edge cache's `extra` routes) and
-/// serves it until shutdown; returns the bound address.
+/// Binds the data port (sync and the edge cache's `extra` routes, behind
+/// the revocation check) and serves it until shutdown; returns the bound address.
 async fn serve_data_port(
     addr: std::net::SocketAddr,
     data_dir: &std::path::Path,
     vault: Arc<Vault>,
     extra: axum::Router,
+    revoked: Revoked,
     tls: Option<verge_client::serve::TlsSource>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<std::net::SocketAddr, AgentError> {
@@ -346,7 +349,8 @@ async fn serve_data_port(
     }
     let port = crate::dataport::DataPort { root, state: data_dir.join("sync"), vault };
     let refused: Arc<dyn Fn() + Send + Sync> = Arc::new(|| tracing::debug!("data port refused a TLS handshake"));
-    tokio::spawn(verge_client::serve::serve(listener, port.router().merge(extra), tls, shutdown, refused));
+    let router = port.router().merge(extra).layer(axum::middleware::from_fn_with_state(revoked, crate::secure::refuse_revoked));
+    tokio::spawn(verge_client::serve::serve(listener, router, tls, shutdown, refused));
     tracing::info!(%bound, "data port listening");
     Ok(bound)
 }
@@ -490,6 +494,9 @@ async fn connect(
                             Ok(Err(e)) => tracing::error!(error = %e, "cannot attest"),
                             Err(e) => tracing::error!(error = %e, "attestation task failed"),
                         }
+                    }
+                    ServerMessage::Revocations { nodes } => {
+                        *link.revoked.write().unwrap_or_else(|p| p.into_inner()) = nodes;
                     }
                     ServerMessage::Certificate { cert_pem } => {
                         if let Some(Err(e)) = link.tls.as_ref().map(|t| t.renewed(&cert_pem)) {

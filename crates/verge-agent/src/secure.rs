@@ -4,8 +4,14 @@
 //! before expiry (a renewed certificate is used for new connections; the
 //! open gateway connection and the workloads are not disturbed).
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, RwLock};
+
+use axum::extract::{Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use verge_client::serve::PeerCert;
 
 use tokio::io::{AsyncRead, AsyncWrite};
 use verge_client::serve::TlsSource;
@@ -16,6 +22,23 @@ use verge_security::pki::{self, Identity};
 use verge_security::{fsutil, tls};
 
 use crate::identity::{IdentityError, NodeIdentity};
+
+/// Nodes whose certificates the server revoked (node id → when), as it
+/// last told this agent; the data port refuses their certificates.
+pub type Revoked = Arc<RwLock<BTreeMap<String, u64>>>;
+
+/// Data-port middleware: a client whose certificate belongs to a revoked
+/// node gets 403 before any handler runs.
+pub async fn refuse_revoked(State(revoked): State<Revoked>, req: Request, next: Next) -> Response {
+    let cert = req.extensions().get::<PeerCert>().and_then(|p| p.0.clone());
+    if let Some(c) = cert.filter(|c| pki::revoked(c, &revoked.read().unwrap_or_else(|p| p.into_inner()))) {
+        let msg = format!("the certificate of {} (serial {}) was revoked", c.identity.as_ref().map_or(String::new(), |i| i.to_string()), c.serial);
+        tracing::warn!(%msg, "data port refused a revoked peer");
+        let body = serde_json::json!({"error": {"code": "certificate_revoked", "message": msg}});
+        return (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+    }
+    next.run(req).await
+}
 
 /// A byte stream to the server: plain TCP or TLS over it.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

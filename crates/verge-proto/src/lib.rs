@@ -179,6 +179,12 @@ pub enum ServerMessage {
         /// Single-use, valid for 30 s.
         nonce: String,
     },
+    /// Nodes whose certificates were revoked, with when: certificates of
+    /// those nodes issued until then must be refused on data ports.
+    Revocations {
+        /// Node id → revocation time, ms since the epoch.
+        nodes: std::collections::BTreeMap<String, u64>,
+    },
     /// A renewed node certificate, answering [`AgentMessage::RenewCertificate`].
     Certificate {
         /// The certificate, PEM.

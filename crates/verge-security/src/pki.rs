@@ -240,6 +240,14 @@ impl Ca {
     }
 }
 
+/// Whether `cert` names a node whose certificates were revoked (in
+/// `revoked`, node id → revocation time) after it was issued.
+pub fn revoked(cert: &CertInfo, revoked: &std::collections::BTreeMap<String, u64>) -> bool {
+    let Some(Identity::Node(id)) = &cert.identity else { return false };
+    let issued = cert.not_before_ms + NOT_BEFORE_SLACK_MS;
+    revoked.get(id).is_some_and(|&at| issued <= at)
+}
+
 /// `sha256:HEX` of a DER certificate.
 pub fn fingerprint(der: &[u8]) -> String {
     format!("sha256:{}", fsutil::sha256_hex(der))

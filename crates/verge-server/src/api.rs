@@ -204,6 +204,14 @@ async fn remove_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
         inner.agents.remove(&id);
     }
     c.security.revoke_node(id.as_str(), now).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "revocation", e.to_string()))?;
+    {
+        // Every agent's data port learns of the revocation now.
+        let nodes = c.security.revocations();
+        let inner = c.lock();
+        for a in inner.agents.values() {
+            let _ = a.tx.send(verge_proto::ServerMessage::Revocations { nodes: nodes.clone() });
+        }
+    }
     c.security.audit(now, AuditEvent { actor: "server", action: "revoke certificates", target: id.as_str(), outcome: "revoked", reason: "node removed" });
     c.wake.notify_one();
     ok(StatusCode::OK, json!({"removed": id}))

@@ -181,6 +181,9 @@ fn register(
     }
     let _ =
         tx.send(ServerMessage::Welcome { node: id.clone(), heartbeat_interval_ms: c.cfg.heartbeat_interval_ms, lease_ms: c.cfg.lease_ms });
+    if cert.is_some() {
+        let _ = tx.send(ServerMessage::Revocations { nodes: c.security.revocations() });
+    }
     let state = inner.store.state();
     for w in state.workloads_on(&id) {
         let _ = tx.send(ServerMessage::Assign { workload: Box::new(w.spec.clone()) });

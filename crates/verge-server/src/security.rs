@@ -198,6 +198,11 @@ impl Security {
         fsutil::write_atomic(&self.revoked_path, &bytes, 0o644)
     }
 
+    /// Every revoked node with its revocation time.
+    pub fn revocations(&self) -> BTreeMap<String, u64> {
+        lock(&self.revoked).clone()
+    }
+
     /// Why a verified client certificate may not be used, if it may not:
     /// it names no node, or the node's certificates were revoked after it
     /// was issued.
@@ -205,8 +210,7 @@ impl Security {
         let Some(Identity::Node(id)) = &cert.identity else {
             return Err("the client certificate names no node".into());
         };
-        let issued = cert.not_before_ms + pki::NOT_BEFORE_SLACK_MS;
-        if lock(&self.revoked).get(id).is_some_and(|&at| issued <= at) {
+        if pki::revoked(cert, &lock(&self.revoked)) {
             return Err(format!("the certificate of node {id} (serial {}) was revoked", cert.serial));
         }
         Ok(id.clone())

@@ -184,7 +184,7 @@ async fn session(
                         error: Some("simulated nodes hold no data".into()),
                     }),
                     ServerMessage::Attest { nonce } => gateway.attest(fleet, i, ctl, &nonce)?,
-                    ServerMessage::Welcome { .. } | ServerMessage::Certificate { .. } => None,
+                    ServerMessage::Welcome { .. } | ServerMessage::Certificate { .. } | ServerMessage::Revocations { .. } => None,
                     ServerMessage::Refused { reason } => return Err(reason),
                 };
                 if let Some(r) = reply {

@@ -207,7 +207,8 @@ fn attestation_passes_refuses_replays_and_quarantines_a_changed_binary() {
 fn certificates_renew_without_dropping_work_and_removal_revokes() {
     let mut c = Cluster::start_with(Some("security:\n  cert_ttl: 6s\n"));
     c.add_agent(&FRANKFURT);
-    c.wait_active(&["fra"]);
+    c.add_agent(&TOKYO);
+    c.wait_active(&["fra", "tyo"]);
     let spec = r#"{"id":"steady","requirements":{"cpu":0.1,"memory":"16MiB"},"spec":{"command":"sleep","args":["600"]}}"#;
     assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).0, 201);
     let pid = wait_until(Duration::from_secs(20), "the workload to run", || {
@@ -234,9 +235,24 @@ fn certificates_renew_without_dropping_work_and_removal_revokes() {
         (n["connected"] == true && n["attestation"]["state"] == "passed").then_some(())
     });
 
-    // Removing the node revokes its certificate: it cannot come back.
+    // Removing the node revokes its certificate: it cannot come back, and
+    // other nodes' data ports refuse it.
+    let fra_identity = || {
+        let cert = std::fs::read_to_string(c.path("fra/data/tls/node.crt")).unwrap();
+        let key = pki::load_key(&std::fs::read_to_string(c.path("fra/data/tls/node.key")).unwrap()).unwrap();
+        tls::Identity::new(&cert, key.serialize_der()).unwrap()
+    };
+    let ca = pki::pem_certs(&std::fs::read_to_string(c.path("server/ca.crt")).unwrap()).unwrap().remove(0);
+    let tyo_addr = c.get("/api/v1/nodes/tyo")["data_addr"].as_str().unwrap().to_string();
+    let as_fra = Endpoint::custom(&tyo_addr, tls::client_config(&ca, Some(fra_identity())).unwrap(), tls::node_name());
+    assert_eq!(http(&as_fra, "GET", "/api/v1/cache", b"").0, 200);
     let (status, _) = api(&c.api, "DELETE", "/api/v1/nodes/fra", "");
     assert_eq!(status, 200);
+    let as_fra = Endpoint::custom(&tyo_addr, tls::client_config(&ca, Some(fra_identity())).unwrap(), tls::node_name());
+    wait_until(Duration::from_secs(10), "tyo's data port to refuse fra", || {
+        let (status, body) = http(&as_fra, "GET", "/api/v1/cache", b"");
+        (status == 403).then(|| assert!(body.contains("certificate_revoked"), "{body}"))
+    });
     let log = c.path("fra/agent.log");
     wait_until(Duration::from_secs(20), "the agent to be refused", || {
         std::fs::read_to_string(&log).ok().filter(|l| l.contains("was revoked")).map(|_| ())
