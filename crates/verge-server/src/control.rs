@@ -393,8 +393,22 @@ impl Control {
             let inner = self.lock();
             let state = inner.store.state();
             let target_rec = state.nodes.get(&target.node).ok_or_else(|| ApiError::not_found(format!("node {} not found", target.node)))?;
-            if !state.nodes.contains_key(&source.node) {
-                return Err(ApiError::not_found(format!("node {} not found", source.node)));
+            let source_rec = state.nodes.get(&source.node).ok_or_else(|| ApiError::not_found(format!("node {} not found", source.node)))?;
+            // Data only moves between nodes trusted enough for it.
+            let policy = self.trust_policy();
+            let floor = req.min_trust.unwrap_or(0).max(policy.min_trust);
+            for (rec, end) in [(source_rec, "source"), (target_rec, "target")] {
+                let soft = inner.soft.get(&rec.spec.id);
+                let trust = crate::posture::trust(rec, soft, &policy, now);
+                let why = match crate::posture::quarantine(rec, soft, &policy, now) {
+                    Some(q) => Some(format!("{end} node {} is quarantined: {q}", rec.spec.id)),
+                    None => (trust.score < floor)
+                        .then(|| format!("{end} node {} has trust {} below {floor}: {}", rec.spec.id, trust.score, trust.reasons.join("; "))),
+                };
+                if let Some(why) = why {
+                    self.security.audit(now, AuditEvent { actor: "server", action: "sync", target: &req.target, outcome: "denied", reason: &why });
+                    return Err(ApiError::new(StatusCode::CONFLICT, "untrusted", why));
+                }
             }
             let target_addr = target_rec.spec.data_addr.clone().ok_or_else(|| {
                 ApiError::new(StatusCode::CONFLICT, "no_data_port", format!("node {} advertises no data port", target.node))

@@ -43,6 +43,9 @@ pub struct SyncRequest {
     /// Higher goes first when the source node's sync bandwidth is spent (0–255).
     #[serde(default)]
     pub priority: u8,
+    /// Lowest trust score (0-100) both nodes must have.
+    #[serde(default)]
+    pub min_trust: Option<u8>,
 }
 
 /// A job and what its source agent last reported.

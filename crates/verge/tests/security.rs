@@ -198,6 +198,9 @@ fn attestation_passes_refuses_replays_and_quarantines_a_changed_binary() {
     assert_eq!(api(&c.api, "POST", "/api/v1/workloads", spec).0, 201);
     let w = c.get("/api/v1/workloads/only-tyo");
     assert!(w["node"].is_null(), "a quarantined node got work: {w}");
+    // No data moves to it either.
+    let (status, v) = api(&c.api, "POST", "/api/v1/sync", r#"{"source":"fra:a","target":"tyo:b"}"#);
+    assert_eq!((status, error_code(&v)), (409, "untrusted"), "{v}");
     let (ok, out, err) = c.cli(&["audit", "ls", "--json", "--limit", "1000"]);
     assert!(ok, "{err}");
     assert!(out.contains("binary_not_allowed"), "{out}");
