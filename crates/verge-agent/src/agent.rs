@@ -18,13 +18,13 @@ use verge_proto::{decode, encode, AgentMessage, RttSample, ServerMessage, GATEWA
 use crate::assignments::Assignments;
 use crate::collector::Collector;
 use crate::driver::Driver;
-use crate::exec::ExecDriver;
 use crate::edgecache::EdgeCache;
+use crate::exec::ExecDriver;
 use crate::identity::{IdentityError, JoinWith, NodeIdentity};
 use crate::secure::{Io, NodeTls, Revoked};
+use crate::supervisor::{self, SupervisorHandle};
 use crate::syncclient::Peer;
 use crate::vault::Vault;
-use crate::supervisor::{self, SupervisorHandle};
 
 /// First reconnect delay; doubles up to [`MAX_BACKOFF`].
 const MIN_BACKOFF: Duration = Duration::from_millis(100);
@@ -242,7 +242,10 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let tls = if opts.server_url.starts_with("wss://") {
         match identity(&opts, &mut shutdown).await? {
             Some(t) => Some(Arc::new(t)),
-            None => return Ok(workloads.shutdown(opts.stop_workloads_on_exit).await),
+            None => {
+                workloads.shutdown(opts.stop_workloads_on_exit).await;
+                return Ok(());
+            }
         }
     } else {
         tracing::warn!(server = %opts.server_url, "plain-text gateway: no TLS, no node certificate, no attestation");
@@ -296,7 +299,8 @@ async fn identity(opts: &AgentOptions, shutdown: &mut watch::Receiver<bool>) -> 
     let dir = opts.data_dir.join("tls");
     let mut backoff = MIN_BACKOFF;
     loop {
-        let join = opts.security.join_token.as_deref().zip(opts.security.ca_hash.as_deref()).map(|(token, ca_hash)| JoinWith { token, ca_hash });
+        let join =
+            opts.security.join_token.as_deref().zip(opts.security.ca_hash.as_deref()).map(|(token, ca_hash)| JoinWith { token, ca_hash });
         match NodeIdentity::load_or_join(&dir, authority(&opts.server_url), opts.node.id.as_str(), join).await {
             Ok(id) => {
                 let evidence = opts.data_dir.join("attestation.json");
@@ -406,7 +410,12 @@ async fn connect(
     let (mut sink, mut stream) = ws.split();
     let mut node = opts.node.clone();
     node.data_addr = link.data_port.map(|bound| advertised(opts, bound, local));
-    let hello = AgentMessage::Hello { node, agent_version: env!("CARGO_PKG_VERSION").into(), workloads: workloads.statuses(), posture: link.posture() };
+    let hello = AgentMessage::Hello {
+        node,
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        workloads: workloads.statuses(),
+        posture: link.posture(),
+    };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut interval = DEFAULT_HEARTBEAT;
     let mut ticker = tokio::time::interval(interval);

@@ -252,11 +252,10 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
     (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
 }
 
-fn check_key(key: &str) -> Result<(), Response> {
-    if key.is_empty() || key.len() > MAX_KEY || key.chars().any(char::is_control) {
-        return Err(error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")));
-    }
-    Ok(())
+/// Why a key is refused, as an answer; `None` for a good key.
+fn bad_key(key: &str) -> Option<Response> {
+    (key.is_empty() || key.len() > MAX_KEY || key.chars().any(char::is_control))
+        .then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
 }
 
 /// `PUT` options in the query string (raw body) or in the JSON body.
@@ -281,7 +280,7 @@ struct PutJson {
 }
 
 async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<PutOptions>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Err(r) = check_key(&key) {
+    if let Some(r) = bad_key(&key) {
         return r;
     }
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
@@ -298,7 +297,11 @@ async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<
     }
     let kind = opts.kind.unwrap_or_else(|| "app_data".into());
     if kind.is_empty() || kind.len() > 64 || !kind.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-') {
-        return error(StatusCode::BAD_REQUEST, "bad_type", "type is 1-64 characters of a-z, 0-9, '_', '-' (e.g. vm_image, ml_model, app_data)");
+        return error(
+            StatusCode::BAD_REQUEST,
+            "bad_type",
+            "type is 1-64 characters of a-z, 0-9, '_', '-' (e.g. vm_image, ml_model, app_data)",
+        );
     }
     let ttl = opts.ttl.map(|t| t.0).filter(|t| *t > 0);
     let c2 = c.clone();
@@ -310,7 +313,7 @@ async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<
 }
 
 async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
-    if let Err(r) = check_key(&key) {
+    if let Some(r) = bad_key(&key) {
         return r;
     }
     let (c2, k) = (c.clone(), key.clone());
@@ -327,7 +330,7 @@ async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
 }
 
 async fn delete(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
-    if let Err(r) = check_key(&key) {
+    if let Some(r) = bad_key(&key) {
         return r;
     }
     let (c2, k) = (c.clone(), key.clone());

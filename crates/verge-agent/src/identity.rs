@@ -89,14 +89,19 @@ impl NodeIdentity {
             return Err(IdentityError::CaMismatch { got, want: join.ca_hash.trim().to_string() });
         }
         let key = pki::new_key().map_err(join_err)?;
-        let trusted = Tls { config: tls::client_config(&ca_der, None).map_err(join_err)?, server_name: tls::server_name(), peer: Some(Identity::Server) };
+        let trusted = Tls {
+            config: tls::client_config(&ca_der, None).map_err(join_err)?,
+            server_name: tls::server_name(),
+            peer: Some(Identity::Server),
+        };
         let api = Api::secure(server, trusted).with_token(Some(join.token.to_string()));
         let body = json!({"node": node, "csr": pki::csr(&key).map_err(join_err)?});
         let answer = api.call(Method::POST, "/api/v1/join", Some(&body)).await.map_err(client_err)?;
         let cert_pem = answer["certificate"].as_str().ok_or_else(|| join_err("the server sent no certificate"))?.to_string();
         fsutil::private_dir(dir).map_err(io(dir))?;
         fsutil::write_atomic(&dir.join("ca.crt"), ca_pem.as_bytes(), 0o644).map_err(io(dir))?;
-        let mut me = NodeIdentity { dir: dir.to_path_buf(), ca_pem, ca_der, key_pem: String::new(), cert_pem: String::new(), info: empty_info() };
+        let mut me =
+            NodeIdentity { dir: dir.to_path_buf(), ca_pem, ca_der, key_pem: String::new(), cert_pem: String::new(), info: empty_info() };
         me.install(&key.serialize_pem(), &cert_pem)?;
         tracing::info!(node, serial = %me.info.serial, "joined the cluster");
         Ok(me)
@@ -182,7 +187,14 @@ mod tests {
         let tls_dir = dir.path().join("tls");
         fsutil::private_dir(&tls_dir).unwrap();
         let ca_der = ca.der().unwrap();
-        let mut me = NodeIdentity { dir: tls_dir.clone(), ca_pem: ca.pem().into(), ca_der, key_pem: String::new(), cert_pem: String::new(), info: empty_info() };
+        let mut me = NodeIdentity {
+            dir: tls_dir.clone(),
+            ca_pem: ca.pem().into(),
+            ca_der,
+            key_pem: String::new(),
+            cert_pem: String::new(),
+            info: empty_info(),
+        };
         assert!(me.install(&key.serialize_pem(), &cert.cert_pem).is_err());
         assert!(!tls_dir.join("node.crt").exists());
         let good = ca.sign_csr(&pki::csr(&key).unwrap(), &Identity::Node("n".into()), 1_790_000_000_000, 60_000).unwrap();

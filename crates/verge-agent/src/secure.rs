@@ -32,7 +32,11 @@ pub type Revoked = Arc<RwLock<BTreeMap<String, u64>>>;
 pub async fn refuse_revoked(State(revoked): State<Revoked>, req: Request, next: Next) -> Response {
     let cert = req.extensions().get::<PeerCert>().and_then(|p| p.0.clone());
     if let Some(c) = cert.filter(|c| pki::revoked(c, &revoked.read().unwrap_or_else(|p| p.into_inner()))) {
-        let msg = format!("the certificate of {} (serial {}) was revoked", c.identity.as_ref().map_or(String::new(), |i| i.to_string()), c.serial);
+        let msg = format!(
+            "the certificate of {} (serial {}) was revoked",
+            c.identity.as_ref().map_or(String::new(), |i| i.to_string()),
+            c.serial
+        );
         tracing::warn!(%msg, "data port refused a revoked peer");
         let body = serde_json::json!({"error": {"code": "certificate_revoked", "message": msg}});
         return (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response();
@@ -86,7 +90,8 @@ impl NodeTls {
     /// TLS over a connection to the gateway, presenting the node
     /// certificate and accepting only the cluster's server.
     pub async fn handshake(&self, tcp: tokio::net::TcpStream) -> Result<Box<dyn Io>, String> {
-        let stream = tokio_rustls::TlsConnector::from(self.client()).connect(tls::server_name(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
+        let stream =
+            tokio_rustls::TlsConnector::from(self.client()).connect(tls::server_name(), tcp).await.map_err(|e| format!("TLS: {e}"))?;
         Ok(Box::new(stream))
     }
 

@@ -79,7 +79,8 @@ impl Vault {
     /// it rotated.
     pub fn rotate_if_due(&self, period: Duration, roots: &[PathBuf]) -> io::Result<bool> {
         let Some(ring) = &self.ring else { return Ok(false) };
-        let rotated = ring.write().unwrap_or_else(|p| p.into_inner()).rotate_if_due(now_ms(), period.as_millis() as u64).map_err(seal_err)?;
+        let rotated =
+            ring.write().unwrap_or_else(|p| p.into_inner()).rotate_if_due(now_ms(), period.as_millis() as u64).map_err(seal_err)?;
         let stale = ring.read().unwrap_or_else(|p| p.into_inner()).ids().len() > 1;
         if !rotated && !stale {
             return Ok(false);
@@ -145,7 +146,7 @@ mod tests {
         vault.write(&f, b"the secret payload").unwrap();
         assert!(!String::from_utf8_lossy(&std::fs::read(&f).unwrap()).contains("secret"));
         assert_eq!(vault.read(&f).unwrap(), b"the secret payload");
-        assert!(vault.rotate_if_due(Duration::ZERO, &[data.clone()]).unwrap());
+        assert!(vault.rotate_if_due(Duration::ZERO, std::slice::from_ref(&data)).unwrap());
         assert_eq!(vault.read(&f).unwrap(), b"the secret payload");
         assert_eq!(std::fs::read_dir(dir.path().join("keys")).unwrap().count(), 1, "the old key was not retired");
         let mut bytes = std::fs::read(&f).unwrap();

@@ -134,9 +134,18 @@ impl Api {
             .await
             .map_err(|e| tls_err(e.to_string()))?;
         if let Some(want) = &tls.peer {
-            let got = stream.get_ref().1.peer_certificates().and_then(|c| c.first()).and_then(|c| CertInfo::parse(c).ok()).and_then(|i| i.identity);
+            let got = stream
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .and_then(|c| CertInfo::parse(c).ok())
+                .and_then(|i| i.identity);
             if got.as_ref() != Some(want) {
-                return Err(tls_err(format!("expected {want}, the peer's certificate names {}", got.map_or("nobody".into(), |g| g.to_string()))));
+                return Err(tls_err(format!(
+                    "expected {want}, the peer's certificate names {}",
+                    got.map_or("nobody".into(), |g| g.to_string())
+                )));
             }
         }
         handshake(TokioIo::new(stream)).await.map_err(|e| unreachable(&e))
@@ -153,11 +162,8 @@ impl Api {
         header: &str,
     ) -> Result<(Bytes, Option<String>), ClientError> {
         let make = || {
-            let mut req = Request::builder()
-                .method(method.clone())
-                .uri(path)
-                .header("host", &self.authority)
-                .header("content-type", content_type);
+            let mut req =
+                Request::builder().method(method.clone()).uri(path).header("host", &self.authority).header("content-type", content_type);
             if let Some(t) = &self.token {
                 req = req.header("authorization", format!("Bearer {t}"));
             }

@@ -54,6 +54,7 @@ fn fleet(cities: &[City]) -> ClusterView {
                 server_rtt_ms: Some(20.0 + 2.0 * rng.next_f64()),
                 pressure: 0.0,
                 temperature_c: None,
+                trust: 100,
                 availability: 1.0,
             }
         })

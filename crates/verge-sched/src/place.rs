@@ -382,6 +382,7 @@ pub(crate) mod tests {
             server_rtt_ms: None,
             pressure: 0.0,
             temperature_c: None,
+            trust: 100,
             availability: 1.0,
         }
     }

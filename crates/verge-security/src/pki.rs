@@ -178,7 +178,13 @@ impl Ca {
         Ok(fingerprint(&self.der()?))
     }
 
-    fn leaf_params(identity: &Identity, dns: &[String], ips: &[std::net::IpAddr], now_ms: u64, ttl_ms: u64) -> Result<CertificateParams, PkiError> {
+    fn leaf_params(
+        identity: &Identity,
+        dns: &[String],
+        ips: &[std::net::IpAddr],
+        now_ms: u64,
+        ttl_ms: u64,
+    ) -> Result<CertificateParams, PkiError> {
         let mut params = CertificateParams::default();
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, identity.common_name());

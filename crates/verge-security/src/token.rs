@@ -125,7 +125,8 @@ impl TokenStore {
     }
 
     fn save(&self) -> Result<(), TokenError> {
-        let bytes = serde_json::to_vec_pretty(&self.tokens).map_err(|e| TokenError::Corrupt { path: self.path.display().to_string(), err: e.to_string() })?;
+        let bytes = serde_json::to_vec_pretty(&self.tokens)
+            .map_err(|e| TokenError::Corrupt { path: self.path.display().to_string(), err: e.to_string() })?;
         fsutil::write_secret(&self.path, &bytes).map_err(|err| TokenError::Io { path: self.path.display().to_string(), err })
     }
 

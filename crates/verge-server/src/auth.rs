@@ -25,7 +25,17 @@ pub async fn authorize(State(c): State<Arc<Control>>, mut req: Request, next: Ne
     let action = format!("{method} {path}");
     let bearer = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()).and_then(|v| v.strip_prefix("Bearer "));
     let principal = match bearer.map(|t| c.security.authenticate(t, now)) {
-        None => return refuse(&c, now, "anonymous", &action, StatusCode::UNAUTHORIZED, "unauthenticated", "no bearer token: pass --token, set VERGE_TOKEN or send Authorization: Bearer …"),
+        None => {
+            return refuse(
+                &c,
+                now,
+                "anonymous",
+                &action,
+                StatusCode::UNAUTHORIZED,
+                "unauthenticated",
+                "no bearer token: pass --token, set VERGE_TOKEN or send Authorization: Bearer …",
+            )
+        }
         Some(Err(e)) => return refuse(&c, now, "anonymous", &action, StatusCode::UNAUTHORIZED, e.code(), &e.to_string()),
         Some(Ok(p)) => p,
     };
@@ -56,7 +66,8 @@ fn perm_verb(p: verge_security::rbac::Permission) -> &'static str {
 
 fn refuse(c: &Control, now: u64, actor: &str, action: &str, status: StatusCode, code: &'static str, message: &str) -> Response {
     c.telemetry.auth_refused.get_or_create(&vec![("status".into(), status.as_u16().to_string())]).inc();
-    c.security.audit(now, AuditEvent { actor, action, target: action.split_once(' ').map_or("", |x| x.1), outcome: "denied", reason: message });
+    c.security
+        .audit(now, AuditEvent { actor, action, target: action.split_once(' ').map_or("", |x| x.1), outcome: "denied", reason: message });
     let mut resp = ApiError::new(status, code, message).into_response();
     if status == StatusCode::UNAUTHORIZED {
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Bearer realm=\"verge\""));

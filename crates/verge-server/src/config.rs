@@ -162,7 +162,10 @@ impl ServerConfig {
         }
         if let Some(sec) = file.security {
             if sec.cert_ttl.0 < 3_000 {
-                return Err(ServerConfigError::Parse { path: path.display().to_string(), err: "security.cert_ttl must be at least 3s".into() });
+                return Err(ServerConfigError::Parse {
+                    path: path.display().to_string(),
+                    err: "security.cert_ttl must be at least 3s".into(),
+                });
             }
             self.security = sec;
         }

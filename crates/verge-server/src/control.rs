@@ -20,8 +20,8 @@ use verge_security::compliance::{evaluate, Pack};
 
 use crate::config::ServerConfig;
 use crate::posture::TrustPolicy;
-use crate::security::{AuditEvent, Security};
 use crate::reconcile::{provision_request, reconcile, Policy, ProvisionRequest};
+use crate::security::{AuditEvent, Security};
 use crate::soft::NodeSoft;
 use crate::telemetry::Telemetry;
 
@@ -257,7 +257,8 @@ impl Control {
             Ok(()) => format!("binary {} kernel {}", evidence.measurements.binary_sha256, evidence.measurements.kernel_release),
             Err(e) => e.to_string(),
         };
-        self.security.audit(now, AuditEvent { actor: &format!("node:{node}"), action: "attest", target: node.as_str(), outcome, reason: &reason });
+        self.security
+            .audit(now, AuditEvent { actor: &format!("node:{node}"), action: "attest", target: node.as_str(), outcome, reason: &reason });
         {
             let mut inner = self.lock();
             if let Some(s) = inner.soft.get_mut(node) {
@@ -340,7 +341,8 @@ impl Control {
             model: inner.model,
             migration: self.cfg.migration.clone(),
             trust: TrustPolicy {
-                needed: self.cfg.security.min_trust > 0 || inner.store.state().workloads.values().any(|w| w.spec.constraints.min_trust.is_some()),
+                needed: self.cfg.security.min_trust > 0
+                    || inner.store.state().workloads.values().any(|w| w.spec.constraints.min_trust.is_some()),
                 ..self.trust_policy()
             },
         }
@@ -402,11 +404,13 @@ impl Control {
                 let trust = crate::posture::trust(rec, soft, &policy, now);
                 let why = match crate::posture::quarantine(rec, soft, &policy, now) {
                     Some(q) => Some(format!("{end} node {} is quarantined: {q}", rec.spec.id)),
-                    None => (trust.score < floor)
-                        .then(|| format!("{end} node {} has trust {} below {floor}: {}", rec.spec.id, trust.score, trust.reasons.join("; "))),
+                    None => (trust.score < floor).then(|| {
+                        format!("{end} node {} has trust {} below {floor}: {}", rec.spec.id, trust.score, trust.reasons.join("; "))
+                    }),
                 };
                 if let Some(why) = why {
-                    self.security.audit(now, AuditEvent { actor: "server", action: "sync", target: &req.target, outcome: "denied", reason: &why });
+                    self.security
+                        .audit(now, AuditEvent { actor: "server", action: "sync", target: &req.target, outcome: "denied", reason: &why });
                     return Err(ApiError::new(StatusCode::CONFLICT, "untrusted", why));
                 }
             }

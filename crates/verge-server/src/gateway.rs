@@ -10,8 +10,8 @@ use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{ConnectInfo, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use axum::Extension;
 use axum::routing::get;
+use axum::Extension;
 use axum::Router;
 use futures_util::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
@@ -51,12 +51,17 @@ async fn upgrade(
     // is left is who it names and whether that node was revoked.
     let identity = match (&cert, c.cfg.security.tls) {
         (_, false) => None,
-        (None, true) => return ApiError::new(StatusCode::UNAUTHORIZED, "no_certificate", "the gateway needs a node certificate").into_response(),
+        (None, true) => {
+            return ApiError::new(StatusCode::UNAUTHORIZED, "no_certificate", "the gateway needs a node certificate").into_response()
+        }
         (Some(cert), true) => match c.security.check_node_cert(cert) {
             Ok(id) => Some(id),
             Err(why) => {
                 let now = c.clock.now_ms();
-                c.security.audit(now, AuditEvent { actor: &format!("peer:{peer}"), action: "gateway connect", target: "", outcome: "denied", reason: &why });
+                c.security.audit(
+                    now,
+                    AuditEvent { actor: &format!("peer:{peer}"), action: "gateway connect", target: "", outcome: "denied", reason: &why },
+                );
                 return ApiError::new(StatusCode::FORBIDDEN, "certificate_refused", why).into_response();
             }
         },
@@ -100,7 +105,16 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identit
     let id = node.id.clone();
     if let Some((cert_node, _)) = identity.as_ref().filter(|(n, _)| n != id.as_str()) {
         let why = format!("the certificate is for node {cert_node} but the hello says {id}");
-        c.security.audit(c.clock.now_ms(), AuditEvent { actor: &format!("node:{cert_node}"), action: "gateway hello", target: id.as_str(), outcome: "denied", reason: &why });
+        c.security.audit(
+            c.clock.now_ms(),
+            AuditEvent {
+                actor: &format!("node:{cert_node}"),
+                action: "gateway hello",
+                target: id.as_str(),
+                outcome: "denied",
+                reason: &why,
+            },
+        );
         if let Some(s) = c.lock().soft.get_mut(&id) {
             s.failed_auths += 1;
         }
@@ -221,7 +235,16 @@ fn renew(c: &Control, id: &NodeId, csr: &str) {
     match c.security.issue(csr, &Identity::Node(id.to_string()), now) {
         Ok(issued) => {
             let reason = format!("renewed: serial {} valid until {}", issued.serial, issued.not_after_ms);
-            c.security.audit(now, AuditEvent { actor: &format!("node:{id}"), action: "renew certificate", target: id.as_str(), outcome: "issued", reason: &reason });
+            c.security.audit(
+                now,
+                AuditEvent {
+                    actor: &format!("node:{id}"),
+                    action: "renew certificate",
+                    target: id.as_str(),
+                    outcome: "issued",
+                    reason: &reason,
+                },
+            );
             inner.send(id, ServerMessage::Certificate { cert_pem: issued.cert_pem });
         }
         Err(e) => tracing::warn!(node = %id, error = %e, "certificate renewal refused"),

@@ -68,7 +68,8 @@ fn bind(addr: std::net::SocketAddr) -> Result<tokio::net::TcpListener, ServerErr
 /// asked for port 0 can read them:
 /// `verge server listening api=https://… gateway=wss://… ca=sha256:…`.
 pub async fn run(cfg: ServerConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServerError> {
-    verge_security::fsutil::private_dir(&cfg.data_dir).map_err(|err| ServerError::DataDir { path: cfg.data_dir.display().to_string(), err })?;
+    verge_security::fsutil::private_dir(&cfg.data_dir)
+        .map_err(|err| ServerError::DataDir { path: cfg.data_dir.display().to_string(), err })?;
     let clock = Arc::new(verge_core::SystemClock);
     let security = security::Security::open(&cfg.data_dir, &cfg.security, verge_core::Clock::now_ms(&*clock))?;
     let store = verge_store::Store::open(&cfg.data_dir.join("state.redb"))?;

@@ -27,9 +27,7 @@ type ApiResult = Result<Response, ApiError>;
 /// The routes a joining agent uses, served on the API and on the gateway
 /// (agents are configured with the gateway's address only).
 pub fn join_routes() -> Router<Arc<Control>> {
-    Router::new()
-        .route("/api/v1/ca", get(ca))
-        .route("/api/v1/join", post(join))
+    Router::new().route("/api/v1/ca", get(ca)).route("/api/v1/join", post(join))
 }
 
 /// The security routes, merged into the API router.
@@ -64,7 +62,9 @@ async fn join(State(c): Ctl, Extension(p): Extension<Principal>, ApiJson(req): A
     tracing::info!(node = %node, serial = %issued.serial, "node joined");
     Ok((
         StatusCode::CREATED,
-        Json(json!({"certificate": issued.cert_pem, "ca": c.security.ca_pem(), "serial": issued.serial, "notAfterMs": issued.not_after_ms})),
+        Json(
+            json!({"certificate": issued.cert_pem, "ca": c.security.ca_pem(), "serial": issued.serial, "notAfterMs": issued.not_after_ms}),
+        ),
     )
         .into_response())
 }
@@ -108,7 +108,8 @@ struct NewToken {
 }
 
 async fn create_token(State(c): Ctl, ApiJson(req): ApiJson<NewToken>) -> ApiResult {
-    let role = Role::parse(&req.role).ok_or_else(|| ApiError::bad_request(format!("role must be admin, operator, viewer or node, got {:?}", req.role)))?;
+    let role = Role::parse(&req.role)
+        .ok_or_else(|| ApiError::bad_request(format!("role must be admin, operator, viewer or node, got {:?}", req.role)))?;
     let ttl = match req.ttl.as_deref() {
         None => None,
         Some(t) => Some(t.parse::<Millis>().map_err(|e| ApiError::bad_request(format!("ttl: {e}")))?.0).filter(|&ms| ms > 0),
@@ -118,7 +119,10 @@ async fn create_token(State(c): Ctl, ApiJson(req): ApiJson<NewToken>) -> ApiResu
         return Err(ApiError::bad_request("name must be 1-128 printable characters"));
     }
     let now = c.clock.now_ms();
-    let (token, rec) = c.security.create_token(role, &name, ttl, now).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token_store", e.to_string()))?;
+    let (token, rec) = c
+        .security
+        .create_token(role, &name, ttl, now)
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token_store", e.to_string()))?;
     let mut v = token_json(&rec, now);
     v["token"] = json!(token);
     if role == Role::Node {

@@ -9,11 +9,11 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use verge_security::attest::{self, Evidence, NonceBook};
 use verge_security::audit::AuditLog;
+use verge_security::fsutil;
 use verge_security::pki::{self, Ca, CertInfo, Identity, Issued};
 use verge_security::rbac::Role;
 use verge_security::tls::{self, ClientAuth};
 use verge_security::token::{TokenError, TokenRecord, TokenStore};
-use verge_security::fsutil;
 
 use crate::config::SecurityConfig;
 use crate::ServerError;
@@ -99,7 +99,8 @@ impl Security {
             tracing::info!(ca = %dir.join("ca.crt").display(), %fingerprint, "created the cluster CA");
         }
         let (api_tls, gateway_tls) = if cfg.tls {
-            let (issued, key) = ca.issue_server(&cfg.server_names, now_ms, SERVER_CERT_TTL_MS).map_err(|e| startup("server certificate", e))?;
+            let (issued, key) =
+                ca.issue_server(&cfg.server_names, now_ms, SERVER_CERT_TTL_MS).map_err(|e| startup("server certificate", e))?;
             let chain = format!("{}{}", issued.cert_pem, ca.pem());
             let ca_der = ca.der().map_err(|e| startup("CA", e))?;
             let identity = || tls::Identity::new(&chain, key.clone()).map_err(|e| startup("server identity", e));

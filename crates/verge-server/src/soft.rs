@@ -7,8 +7,8 @@ use std::sync::Arc;
 
 use verge_core::{NodeMetrics, WorkloadId, WorkloadStatus};
 use verge_proto::Posture;
-use verge_security::pki::CertInfo;
 use verge_sched::VivaldiClient;
+use verge_security::pki::CertInfo;
 
 /// What the server last heard from a node.
 #[derive(Debug, Clone, Default)]

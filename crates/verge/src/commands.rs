@@ -58,7 +58,21 @@ pub async fn node_ls(api: &Api, json: bool) -> Result<()> {
         })
         .collect();
     print(
-        &["ID", "TYPE", "TIER", "CITY", "LIFECYCLE", "HEALTH", "CPU ALLOC", "MEM ALLOC", "CPU USE", "WORKLOADS", "TRUST", "ATTESTATION", "LAST HEARTBEAT"],
+        &[
+            "ID",
+            "TYPE",
+            "TIER",
+            "CITY",
+            "LIFECYCLE",
+            "HEALTH",
+            "CPU ALLOC",
+            "MEM ALLOC",
+            "CPU USE",
+            "WORKLOADS",
+            "TRUST",
+            "ATTESTATION",
+            "LAST HEARTBEAT",
+        ],
         &rows,
     );
     Ok(())

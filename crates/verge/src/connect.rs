@@ -37,7 +37,8 @@ fn server_data_dir() -> PathBuf {
 impl Conn {
     /// Admin access to the server at `api` whose data directory is `dir`.
     pub fn for_server(api: &str, dir: &std::path::Path) -> Result<Conn> {
-        let token = std::fs::read_to_string(dir.join("admin.token")).with_context(|| format!("reading {}", dir.join("admin.token").display()))?;
+        let token =
+            std::fs::read_to_string(dir.join("admin.token")).with_context(|| format!("reading {}", dir.join("admin.token").display()))?;
         Ok(Conn { server: api.to_string(), token: Some(token.trim().to_string()), ca_cert: Some(dir.join("ca.crt")) })
     }
 
@@ -74,7 +75,10 @@ impl Conn {
             return Ok(Peer { addr, tls: None });
         }
         let key = pki::new_key()?;
-        let answer = api.call(Method::POST, "/api/v1/certs", Some(&json!({"csr": pki::csr(&key)?}))).await.context("getting a client certificate")?;
+        let answer = api
+            .call(Method::POST, "/api/v1/certs", Some(&json!({"csr": pki::csr(&key)?})))
+            .await
+            .context("getting a client certificate")?;
         let cert = answer["certificate"].as_str().ok_or_else(|| anyhow!("the server sent no certificate"))?;
         let me = tls::Identity::new(cert, key.serialize_der())?;
         let config = tls::client_config(&self.ca_der()?, Some(me))?;

@@ -5,9 +5,9 @@ mod bench_cache;
 mod bench_sync;
 mod commands;
 mod connect;
-mod seccmd;
 mod dev;
 mod procs;
+mod seccmd;
 mod sim;
 mod sync;
 mod table;
@@ -295,9 +295,7 @@ async fn run(cli: Cli) -> Result<()> {
                 WorkloadCmd::Migrate { id, to } => commands::workload_migrate(&c, &id, to.as_deref(), api.json).await,
             }
         }
-        Cmd::Logs { workload, tail, follow, stderr, api } => {
-            commands::logs(&api.conn.api()?, &workload, tail, follow, stderr).await
-        }
+        Cmd::Logs { workload, tail, follow, stderr, api } => commands::logs(&api.conn.api()?, &workload, tail, follow, stderr).await,
     }
 }
 

@@ -6,9 +6,9 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{anyhow, bail, Context, Result};
+use serde_json::json;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
-use serde_json::json;
 use verge_client::Method;
 
 use crate::connect::Conn;
@@ -46,7 +46,12 @@ impl Proc {
 fn command(exe: &Path, log: &Path) -> Result<Command> {
     let log = std::fs::File::create(log).with_context(|| format!("cannot create {}", log.display()))?;
     let mut cmd = Command::new(exe);
-    cmd.env_remove("VERGE_SERVER").env_remove("VERGE_JOIN_TOKEN").env_remove("VERGE_CA_HASH").stdin(Stdio::null()).stderr(log).kill_on_drop(true);
+    cmd.env_remove("VERGE_SERVER")
+        .env_remove("VERGE_JOIN_TOKEN")
+        .env_remove("VERGE_CA_HASH")
+        .stdin(Stdio::null())
+        .stderr(log)
+        .kill_on_drop(true);
     Ok(cmd)
 }
 
@@ -73,7 +78,11 @@ pub struct Join {
 impl Server {
     /// A join token for nodes, valid for a day.
     pub async fn join(&self) -> Result<Join> {
-        let t = self.conn.api()?.call(Method::POST, "/api/v1/tokens", Some(&json!({"role": "node", "ttl": "24h", "name": "local nodes"}))).await?;
+        let t = self
+            .conn
+            .api()?
+            .call(Method::POST, "/api/v1/tokens", Some(&json!({"role": "node", "ttl": "24h", "name": "local nodes"})))
+            .await?;
         let field = |k: &str| t[k].as_str().map(str::to_string).ok_or_else(|| anyhow!("the server's token answer lacks {k}"));
         Ok(Join { token: field("token")?, ca_hash: field("caHash")? })
     }

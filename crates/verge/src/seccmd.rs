@@ -73,7 +73,11 @@ pub async fn token(api: &Api, cmd: TokenCmd, as_json: bool) -> Result<()> {
             } else {
                 println!("{}", cell(&t["token"]));
                 if !t["caHash"].is_null() {
-                    eprintln!("join a node with: verge agent --config edge-config.yaml --token {} --ca-hash {}", cell(&t["token"]), cell(&t["caHash"]));
+                    eprintln!(
+                        "join a node with: verge agent --config edge-config.yaml --token {} --ca-hash {}",
+                        cell(&t["token"]),
+                        cell(&t["caHash"])
+                    );
                 }
             }
         }

@@ -3,12 +3,11 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::connect::Conn;
 use anyhow::{anyhow, bail, Context, Result};
 use clap::{Args, Subcommand};
 use verge_agent::syncclient::{pull, push, Peer, PushOptions, PushReport};
-use crate::connect::Conn;
 use verge_sync::bandwidth::level_for_link;
-
 
 /// How to send.
 #[derive(Args, Clone)]
