@@ -254,14 +254,23 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let data_err = |err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err };
     let keys = opts.security.encryption.then(|| opts.data_dir.join("keys"));
     let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
-    let cache = Arc::new(EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache).map_err(data_err)?);
+    let cache = EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache).map_err(data_err)?;
     let sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
     vault.clone().spawn_rotation(opts.security.key_rotation, sealed_roots, shutdown.clone());
+    if let Some(addr) = opts.cache.resp_addr {
+        let tls_source = tls.as_ref().map(|t| t.data_port.clone());
+        let bound = crate::resp::listen(addr, cache.clone(), tls_source, shutdown.clone())
+            .await
+            .map_err(|err| AgentError::DataPort { addr: addr.to_string(), err })?;
+        tracing::info!(%bound, "Redis-protocol cache listening");
+        // Where local clients (and tests) find it when the port was 0.
+        let _ = verge_security::fsutil::write_atomic(&opts.data_dir.join("cache").join("resp.addr"), bound.to_string().as_bytes(), 0o644);
+    }
     let revoked = Revoked::default();
     let data_port = match opts.data_addr {
         Some(addr) => {
             let tls_source = tls.as_ref().map(|t| t.data_port.clone());
-            Some(serve_data_port(addr, &opts.data_dir, vault.clone(), cache.router(), revoked.clone(), tls_source, shutdown.clone()).await?)
+            Some(serve_data_port(addr, &opts.data_dir, vault.clone(), crate::cachehttp::router(cache.clone()), revoked.clone(), tls_source, shutdown.clone()).await?)
         }
         None => None,
     };

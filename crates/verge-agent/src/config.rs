@@ -194,6 +194,9 @@ pub struct CacheSection {
     pub memory: Option<Bytes>,
     /// Largest value accepted (default 64 MiB).
     pub max_value: Option<Bytes>,
+    /// Where the Redis-protocol listener binds (off when absent); any
+    /// address but loopback needs mutual TLS.
+    pub resp_addr: Option<std::net::SocketAddr>,
 }
 
 impl EdgeConfig {
@@ -205,6 +208,7 @@ impl EdgeConfig {
             memory: self.cache.memory.map_or(MIB64, |b| b.0),
             disk: if disk == 0 { 1 << 30 } else { disk },
             max_value: self.cache.max_value.map_or(MIB64, |b| b.0),
+            resp_addr: self.cache.resp_addr,
         }
     }
 }
@@ -251,6 +255,7 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("security.ca_hash", true),
     ("cache.memory", false),
     ("cache.max_value", false),
+    ("cache.resp_addr", true),
 ];
 
 /// The environment variable that overrides `key`.

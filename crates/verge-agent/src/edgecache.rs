@@ -1,30 +1,34 @@
-//! The agent's edge cache, served on its data port under `/api/v1/cache/`:
-//! a hot tier in memory (the `verge-cache` adaptive policy, counted in
-//! bytes) over a warm tier of files under `DATA_DIR/cache/warm`, one per
-//! entry, written atomically and sealed by the [`Vault`] when encryption at
-//! rest is on. A `PUT` is acknowledged once the warm file is durable, so
-//! acknowledged entries survive `kill -9`; an entry whose file fails to
-//! open (torn, tampered, sealed under a lost key) is a miss, never garbage.
+//! The agent's edge cache: a hot tier in memory (the `verge-cache` adaptive
+//! policy, counted in bytes) over a warm tier of files under
+//! `DATA_DIR/cache/warm`, one per entry, written atomically and sealed by
+//! the [`Vault`] when encryption at rest is on.
 //!
-//! Not here yet (issue 5): read-through to an origin, the cold tier,
-//! pre-warming, coherency across nodes and the Redis protocol.
+//! Two write policies: **write-through** (the HTTP `PUT`: acknowledged once
+//! the warm file is durable, so it survives `kill -9`) and **write-behind**
+//! (the Redis protocol's `SET`: acknowledged from memory, written to the
+//! warm tier by a background writer that coalesces rewrites of a key, as
+//! Redis without an append-only file). An entry whose file fails to open
+//! (torn, tampered, sealed under a lost key) is a miss, never garbage.
+//! Versions increase with every write (time-based, so versions from
+//! different nodes order by time), which is what coherency compares.
+//!
+//! Served by `cachehttp.rs` (HTTP) and `resp.rs` (RESP2).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use axum::{Json, Router};
 use serde::{Deserialize, Serialize};
-use serde_json::json;
 use verge_cache::{Cache, CacheConfig, EntryOptions, PolicyKind};
-use verge_core::Millis;
 
 use crate::vault::Vault;
+
+/// How long a write-behind entry waits at most before it is on disk
+/// (as Redis's `appendfsync everysec`).
+const WRITE_BEHIND_DELAY: Duration = Duration::from_secs(1);
 
 /// Longest key accepted, bytes.
 pub const MAX_KEY: usize = 1024;
@@ -38,6 +42,8 @@ pub struct CacheSizes {
     pub disk: u64,
     /// Largest value accepted, bytes.
     pub max_value: u64,
+    /// Where the Redis-protocol listener binds, if anywhere.
+    pub resp_addr: Option<std::net::SocketAddr>,
 }
 
 /// What is stored with a value.
@@ -54,10 +60,44 @@ pub struct Meta {
     pub expires_ms: Option<u64>,
 }
 
-#[derive(Clone)]
-struct Entry {
-    meta: Meta,
-    value: Bytes,
+/// A value with its metadata; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct Entry {
+    /// Key, type, version, expiry.
+    pub meta: Arc<Meta>,
+    /// The bytes.
+    pub value: Bytes,
+}
+
+/// How a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durability {
+    /// After the warm file is fsynced.
+    WriteThrough,
+    /// At once; the warm file follows in the background.
+    WriteBehind,
+}
+
+/// Why a write was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheWriteError {
+    /// The key is empty, too long or has control characters.
+    #[error("keys are 1-{MAX_KEY} bytes of UTF-8 without control characters")]
+    BadKey,
+    /// The value is over the limit.
+    #[error("values are at most {0} bytes")]
+    TooLarge(u64),
+    /// The type is not a short identifier.
+    #[error("type is 1-64 characters of a-z, A-Z, 0-9, '_', '-' (e.g. vm_image, ml_model, app_data)")]
+    BadType,
+    /// The warm tier could not be written.
+    #[error("writing the warm tier: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// Whether `key` is acceptable.
+pub fn valid_key(key: &str) -> bool {
+    !key.is_empty() && key.len() <= MAX_KEY && !key.chars().any(char::is_control)
 }
 
 /// Warm files by name, with their size and write order (for eviction).
@@ -91,16 +131,34 @@ impl WarmIndex {
     }
 }
 
-/// The cache, shared by the handlers.
+/// Hit and miss counts by tier.
+#[derive(Debug, Default, Serialize)]
+pub struct Counters {
+    /// Served from memory.
+    pub hot_hits: AtomicU64,
+    /// Served from the warm tier.
+    pub warm_hits: AtomicU64,
+    /// Not found (or expired).
+    pub misses: AtomicU64,
+}
+
+/// The cache, shared by the HTTP and RESP front ends.
 pub struct EdgeCache {
     hot: Mutex<Cache<String, Entry>>,
     warm_dir: PathBuf,
     warm: Mutex<WarmIndex>,
     vault: Arc<Vault>,
     sizes: CacheSizes,
+    /// Write-behind queue: the latest pending entry per key (`None`: delete).
+    behind: Mutex<HashMap<String, Option<Entry>>>,
+    behind_ready: Condvar,
+    last_version: AtomicU64,
+    /// Hits and misses.
+    pub counters: Counters,
 }
 
-fn now_ms() -> u64 {
+/// Unix time in ms.
+pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
@@ -125,10 +183,14 @@ fn decode(bytes: &[u8]) -> Option<(Meta, Bytes)> {
     Some((meta, Bytes::copy_from_slice(bytes.get(4 + n..)?)))
 }
 
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 impl EdgeCache {
     /// Opens the warm tier under `dir` (removing temporary files a crash
-    /// left) with the hot tier empty.
-    pub fn open(dir: &Path, vault: Arc<Vault>, sizes: CacheSizes) -> std::io::Result<EdgeCache> {
+    /// left) with the hot tier empty, and starts the write-behind writer.
+    pub fn open(dir: &Path, vault: Arc<Vault>, sizes: CacheSizes) -> std::io::Result<Arc<EdgeCache>> {
         let warm_dir = dir.join("warm");
         std::fs::create_dir_all(&warm_dir)?;
         let mut index = WarmIndex::default();
@@ -149,7 +211,20 @@ impl EdgeCache {
         }
         let config = CacheConfig { max_entries: 1 << 20, max_bytes: Some(sizes.memory.max(1)), policy: PolicyKind::default() };
         let hot = Cache::with_config(config).map_err(std::io::Error::other)?;
-        Ok(EdgeCache { hot: Mutex::new(hot), warm_dir, warm: Mutex::new(index), vault, sizes })
+        let cache = Arc::new(EdgeCache {
+            hot: Mutex::new(hot),
+            warm_dir,
+            warm: Mutex::new(index),
+            vault,
+            sizes,
+            behind: Mutex::new(HashMap::new()),
+            behind_ready: Condvar::new(),
+            last_version: AtomicU64::new(0),
+            counters: Counters::default(),
+        });
+        let weak = Arc::downgrade(&cache);
+        std::thread::Builder::new().name("cache-writer".into()).spawn(move || write_behind(weak))?;
+        Ok(cache)
     }
 
     /// The directory the warm tier lives in (re-encrypted on key rotation).
@@ -157,229 +232,270 @@ impl EdgeCache {
         &self.warm_dir
     }
 
-    fn hot(&self) -> std::sync::MutexGuard<'_, Cache<String, Entry>> {
-        self.hot.lock().unwrap_or_else(|p| p.into_inner())
+    /// The sizes the cache was opened with.
+    pub fn sizes(&self) -> CacheSizes {
+        self.sizes
+    }
+
+    /// A version newer than every one this process handed out and than the
+    /// clock in µs, so versions from different nodes order by time.
+    fn next_version(&self) -> u64 {
+        let now = now_ms() * 1000;
+        let mut last = self.last_version.load(Ordering::Relaxed);
+        loop {
+            let v = now.max(last + 1);
+            match self.last_version.compare_exchange_weak(last, v, Ordering::Relaxed, Ordering::Relaxed) {
+                Ok(_) => return v,
+                Err(seen) => last = seen,
+            }
+        }
     }
 
     fn promote(&self, e: Entry, now: u64) {
         let ttl = e.meta.expires_ms.map(|t| t.saturating_sub(now));
         let opts = EntryOptions { bytes: e.value.len().max(1) as u64, ttl, cost: 1 };
         // A value larger than the hot tier stays warm only.
-        let _ = self.hot().insert_with(e.meta.key.clone(), e, opts, now, |_, _| {});
+        let _ = lock(&self.hot).insert_with(e.meta.key.clone(), e, opts, now, |_, _| {});
     }
 
-    /// Stores `value` durably in the warm tier, then in the hot tier.
-    fn put(&self, key: String, value: Bytes, kind: String, ttl_ms: Option<u64>) -> Result<Meta, (StatusCode, &'static str, String)> {
+    /// Stores `value` under `key` with a new version; returns its metadata.
+    pub fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        kind: &str,
+        ttl_ms: Option<u64>,
+        durability: Durability,
+    ) -> Result<Arc<Meta>, CacheWriteError> {
+        if !valid_key(key) {
+            return Err(CacheWriteError::BadKey);
+        }
+        if value.len() as u64 > self.sizes.max_value {
+            return Err(CacheWriteError::TooLarge(self.sizes.max_value));
+        }
+        if kind.is_empty() || kind.len() > 64 || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            return Err(CacheWriteError::BadType);
+        }
         let now = now_ms();
-        let version = self.get(&key, now).map_or(1, |e| e.meta.version + 1);
-        let meta = Meta { key, kind, version, expires_ms: ttl_ms.map(|t| now + t) };
-        let name = file_name(&meta.key);
+        let meta = Arc::new(Meta { key: key.to_string(), kind: kind.to_string(), version: self.next_version(), expires_ms: ttl_ms.map(|t| now + t) });
+        let entry = Entry { meta: meta.clone(), value };
+        match durability {
+            Durability::WriteThrough => {
+                lock(&self.behind).remove(key);
+                self.write_warm(&entry)?;
+            }
+            Durability::WriteBehind => {
+                // The writer wakes on its own every WRITE_BEHIND_DELAY: no
+                // wake-up per write, and a hot key is written once per round.
+                lock(&self.behind).insert(key.to_string(), Some(entry.clone()));
+            }
+        }
+        self.promote(entry, now);
+        Ok(meta)
+    }
+
+    /// Writes one entry's warm file and evicts the oldest files over budget.
+    fn write_warm(&self, e: &Entry) -> std::io::Result<()> {
+        let name = file_name(&e.meta.key);
         let path = self.warm_dir.join(&name);
-        let bytes = encode(&meta, &value);
-        let io = |e: std::io::Error| (StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string());
-        self.vault.write(&path, &bytes).map_err(io)?;
-        let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(bytes.len() as u64);
-        let mut warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        warm.insert(name.clone(), size);
+        let bytes = encode(&e.meta, &e.value);
+        self.vault.write(&path, &bytes)?;
+        let mut warm = lock(&self.warm);
+        warm.insert(name.clone(), bytes.len() as u64);
         while warm.bytes > self.sizes.disk {
             let Some(victim) = warm.oldest().filter(|v| *v != name) else { break };
             let _ = std::fs::remove_file(self.warm_dir.join(&victim));
             warm.remove(&victim);
         }
-        drop(warm);
-        self.promote(Entry { meta: meta.clone(), value }, now);
-        Ok(meta)
+        Ok(())
     }
 
-    /// The live entry for `key`: from memory, else from its warm file.
-    fn get(&self, key: &str, now: u64) -> Option<Entry> {
-        if let Some(e) = self.hot().get(key, now) {
-            return Some(e.clone());
+    fn remove_warm(&self, key: &str) -> bool {
+        let name = file_name(key);
+        lock(&self.warm).remove(&name);
+        std::fs::remove_file(self.warm_dir.join(name)).is_ok()
+    }
+
+    /// The live entry for `key` from memory only, or `None` (then ask
+    /// [`EdgeCache::get`], which may read the disk).
+    pub fn get_hot(&self, key: &str, now: u64) -> Option<Entry> {
+        let e = lock(&self.hot).get(key, now).cloned();
+        if e.is_some() {
+            self.counters.hot_hits.fetch_add(1, Ordering::Relaxed);
         }
+        e
+    }
+
+    /// The live entry for `key`: from memory, the write-behind queue, else
+    /// its warm file (promoted to memory).
+    pub fn get(&self, key: &str, now: u64) -> Option<Entry> {
+        if let Some(e) = self.get_hot(key, now) {
+            return Some(e);
+        }
+        let pending = lock(&self.behind).get(key).cloned();
+        let found = match pending {
+            Some(p) => p,
+            None => self.read_warm(key),
+        };
+        match found.filter(|e| e.meta.expires_ms.is_none_or(|t| t > now)) {
+            Some(e) => {
+                self.counters.warm_hits.fetch_add(1, Ordering::Relaxed);
+                self.promote(e.clone(), now);
+                Some(e)
+            }
+            None => {
+                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                None
+            }
+        }
+    }
+
+    fn read_warm(&self, key: &str) -> Option<Entry> {
         let path = self.warm_dir.join(file_name(key));
         let bytes = match self.vault.read(&path) {
             Ok(b) => b,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(key, error = %e, "unreadable cache entry dropped");
-                let _ = std::fs::remove_file(&path);
+                self.remove_warm(key);
                 return None;
             }
         };
         let (meta, value) = decode(&bytes)?;
-        if meta.key != key || meta.expires_ms.is_some_and(|t| t <= now) {
-            return None;
-        }
-        let e = Entry { meta, value };
-        self.promote(e.clone(), now);
-        Some(e)
+        (meta.key == key).then(|| Entry { meta: Arc::new(meta), value })
     }
 
-    fn remove(&self, key: &str) -> bool {
-        let in_hot = self.hot().remove(key).is_some();
-        let name = file_name(key);
-        self.warm.lock().unwrap_or_else(|p| p.into_inner()).remove(&name);
-        let on_disk = std::fs::remove_file(self.warm_dir.join(name)).is_ok();
-        in_hot || on_disk
+    /// Removes `key` from every tier; whether it was anywhere.
+    pub fn remove(&self, key: &str) -> bool {
+        let in_hot = lock(&self.hot).remove(key).is_some();
+        let pending = lock(&self.behind).insert(key.to_string(), None).is_some_and(|p| p.is_some());
+        let on_disk = self.warm_dir.join(file_name(key)).exists();
+        in_hot || pending || on_disk
     }
 
-    fn stats(&self) -> serde_json::Value {
-        let hot = self.hot();
-        let s = hot.stats();
-        let warm = self.warm.lock().unwrap_or_else(|p| p.into_inner());
-        json!({
+    /// Sets or clears `key`'s time to live; `false` when there is no such key.
+    pub fn expire(&self, key: &str, ttl_ms: Option<u64>) -> bool {
+        let now = now_ms();
+        let Some(e) = self.get(key, now) else { return false };
+        let meta = Arc::new(Meta { expires_ms: ttl_ms.map(|t| now + t), version: self.next_version(), ..(*e.meta).clone() });
+        let e = Entry { meta, value: e.value };
+        lock(&self.behind).insert(key.to_string(), Some(e.clone()));
+        self.promote(e, now);
+        true
+    }
+
+    /// Entries and bytes per tier, hits and misses.
+    pub fn stats(&self) -> serde_json::Value {
+        let hot = lock(&self.hot);
+        let warm = lock(&self.warm);
+        let c = &self.counters;
+        serde_json::json!({
             "hot": {"entries": hot.len(), "bytes": hot.bytes(), "capacity": self.sizes.memory, "policy": format!("{:?}", hot.active_policy())},
             "warm": {"entries": warm.files.len(), "bytes": warm.bytes, "capacity": self.sizes.disk},
-            "hits": s.hits, "misses": s.misses,
+            "hotHits": c.hot_hits.load(Ordering::Relaxed),
+            "warmHits": c.warm_hits.load(Ordering::Relaxed),
+            "misses": c.misses.load(Ordering::Relaxed),
+            "pendingWrites": lock(&self.behind).len(),
             "encrypted": self.vault.sealing(),
         })
     }
 
-    /// The cache's routes.
-    pub fn router(self: Arc<Self>) -> Router {
-        let body_limit = usize::try_from(self.sizes.max_value).unwrap_or(usize::MAX).saturating_add(64 << 10);
-        Router::new()
-            .route("/api/v1/cache", get(stats))
-            .route("/api/v1/cache/{*key}", get(read).put(write).delete(delete))
-            .layer(DefaultBodyLimit::max(body_limit))
-            .with_state(self)
+    /// Entries in memory (for `INFO`).
+    pub fn hot_len(&self) -> usize {
+        lock(&self.hot).len()
     }
-}
 
-type Shared = State<Arc<EdgeCache>>;
-
-fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
-}
-
-/// Why a key is refused, as an answer; `None` for a good key.
-fn bad_key(key: &str) -> Option<Response> {
-    (key.is_empty() || key.len() > MAX_KEY || key.chars().any(char::is_control))
-        .then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
-}
-
-/// `PUT` options in the query string (raw body) or in the JSON body.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct PutOptions {
-    #[serde(default)]
-    ttl: Option<Millis>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-}
-
-/// A JSON `PUT` body: `{"value": "...", "ttl": "30s", "type": "app_data"}`.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PutJson {
-    value: String,
-    #[serde(default)]
-    ttl: Option<Millis>,
-    #[serde(default, rename = "type")]
-    kind: Option<String>,
-}
-
-async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<PutOptions>, headers: HeaderMap, body: Bytes) -> Response {
-    if let Some(r) = bad_key(&key) {
-        return r;
-    }
-    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
-    let (value, opts) = if json {
-        match serde_json::from_slice::<PutJson>(&body) {
-            Ok(p) => (Bytes::from(p.value), PutOptions { ttl: p.ttl, kind: p.kind }),
-            Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", format!("expected {{\"value\", \"ttl\", \"type\"}}: {e}")),
+    /// Waits until the write-behind queue is empty (tests, shutdown).
+    pub fn flush(&self) {
+        let mut q = lock(&self.behind);
+        while !q.is_empty() {
+            self.behind_ready.notify_one();
+            q = self.behind_ready.wait_timeout(q, Duration::from_millis(50)).map_or_else(|p| p.into_inner().0, |(g, _)| g);
         }
-    } else {
-        (body, q)
-    };
-    if value.len() as u64 > c.sizes.max_value {
-        return error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", format!("values are at most {} bytes", c.sizes.max_value));
-    }
-    let kind = opts.kind.unwrap_or_else(|| "app_data".into());
-    if kind.is_empty() || kind.len() > 64 || !kind.chars().all(|ch| ch.is_ascii_alphanumeric() || ch == '_' || ch == '-') {
-        return error(
-            StatusCode::BAD_REQUEST,
-            "bad_type",
-            "type is 1-64 characters of a-z, 0-9, '_', '-' (e.g. vm_image, ml_model, app_data)",
-        );
-    }
-    let ttl = opts.ttl.map(|t| t.0).filter(|t| *t > 0);
-    let c2 = c.clone();
-    match tokio::task::spawn_blocking(move || c2.put(key, value, kind, ttl)).await {
-        Ok(Ok(meta)) => (StatusCode::CREATED, Json(json!(meta))).into_response(),
-        Ok(Err((status, code, msg))) => error(status, code, msg),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
 }
 
-async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
-    if let Some(r) = bad_key(&key) {
-        return r;
+/// The write-behind writer: drains the queue into the warm tier until the
+/// cache is dropped.
+fn write_behind(cache: Weak<EdgeCache>) {
+    loop {
+        let Some(c) = cache.upgrade() else { return };
+        let batch: Vec<(String, Option<Entry>)> = {
+            let q = lock(&c.behind);
+            let q = c.behind_ready.wait_timeout(q, WRITE_BEHIND_DELAY).map_or_else(|p| p.into_inner().0, |(g, _)| g);
+            q.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        for (key, entry) in batch {
+            let result = match &entry {
+                Some(e) => c.write_warm(e),
+                None => {
+                    c.remove_warm(&key);
+                    Ok(())
+                }
+            };
+            if let Err(e) = result {
+                tracing::warn!(key, error = %e, "write-behind failed; the entry stays in memory only");
+            }
+            // Done unless a newer write of the key arrived meanwhile.
+            let mut q = lock(&c.behind);
+            let same = match (q.get(&key), &entry) {
+                (Some(Some(now)), Some(done)) => now.meta.version == done.meta.version,
+                (Some(None), None) => true,
+                _ => false,
+            };
+            if same {
+                q.remove(&key);
+            }
+        }
+        c.behind_ready.notify_all();
     }
-    let (c2, k) = (c.clone(), key.clone());
-    let found = tokio::task::spawn_blocking(move || c2.get(&k, now_ms())).await.ok().flatten();
-    let Some(e) = found else { return error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")) };
-    let mut resp = (StatusCode::OK, e.value).into_response();
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
-    if let Ok(v) = HeaderValue::from_str(&e.meta.kind) {
-        h.insert("x-verge-type", v);
-    }
-    h.insert("x-verge-version", HeaderValue::from(e.meta.version));
-    resp
-}
-
-async fn delete(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
-    if let Some(r) = bad_key(&key) {
-        return r;
-    }
-    let (c2, k) = (c.clone(), key.clone());
-    match tokio::task::spawn_blocking(move || c2.remove(&k)).await {
-        Ok(true) => Json(json!({"deleted": key})).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
-    }
-}
-
-async fn stats(State(c): Shared) -> Json<serde_json::Value> {
-    Json(c.stats())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn cache(dir: &Path, disk: u64) -> EdgeCache {
+    fn cache(dir: &Path, disk: u64) -> Arc<EdgeCache> {
         let vault = Arc::new(Vault::open(Some(&dir.join("keys"))).unwrap());
-        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20 }).unwrap()
+        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None }).unwrap()
     }
 
     #[test]
     fn entries_survive_a_restart_sealed_and_versioned() {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path(), 1 << 20);
-        c.put("model/a".into(), Bytes::from_static(b"weights-weights"), "ml_model".into(), None).unwrap();
-        let m = c.put("model/a".into(), Bytes::from_static(b"weights-v2"), "ml_model".into(), None).unwrap();
-        assert_eq!(m.version, 2);
+        let v1 = c.put("model/a", Bytes::from_static(b"weights-weights"), "ml_model", None, Durability::WriteThrough).unwrap();
+        let v2 = c.put("model/a", Bytes::from_static(b"weights-v2"), "ml_model", None, Durability::WriteThrough).unwrap();
+        assert!(v2.version > v1.version);
+        c.put("session/1", Bytes::from_static(b"behind"), "app_data", None, Durability::WriteBehind).unwrap();
+        c.flush();
         drop(c);
         let c = cache(dir.path(), 1 << 20);
         let e = c.get("model/a", now_ms()).unwrap();
-        assert_eq!((e.value.as_ref(), e.meta.version, e.meta.kind.as_str()), (&b"weights-v2"[..], 2, "ml_model"));
+        assert_eq!((e.value.as_ref(), e.meta.version, e.meta.kind.as_str()), (&b"weights-v2"[..], v2.version, "ml_model"));
+        assert_eq!(c.get("session/1", now_ms()).unwrap().value.as_ref(), b"behind");
         let raw = std::fs::read(c.warm_dir.join(file_name("model/a"))).unwrap();
         assert!(!raw.windows(7).any(|w| w == b"weights"), "plaintext on disk");
-        assert!(c.remove("model/a") && c.get("model/a", now_ms()).is_none());
+        assert!(c.remove("model/a"));
+        c.flush();
+        assert!(c.get("model/a", now_ms()).is_none());
+        assert!(!c.warm_dir.join(file_name("model/a")).exists());
     }
 
     #[test]
-    fn expired_entries_are_misses_and_the_warm_tier_stays_in_budget() {
+    fn expiry_bad_writes_and_the_warm_budget() {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path(), 600);
-        c.put("t".into(), Bytes::from_static(b"x"), "app_data".into(), Some(1)).unwrap();
+        c.put("t", Bytes::from_static(b"x"), "app_data", Some(1), Durability::WriteThrough).unwrap();
         assert!(c.get("t", now_ms() + 10).is_none());
+        assert!(!c.expire("missing", Some(5)));
         for i in 0..20 {
-            c.put(format!("k{i}"), Bytes::from(vec![7u8; 100]), "app_data".into(), None).unwrap();
+            c.put(&format!("k{i}"), Bytes::from(vec![7u8; 100]), "app_data", None, Durability::WriteThrough).unwrap();
         }
         assert!(c.warm.lock().unwrap().bytes <= 600);
         assert!(c.get("k19", now_ms()).is_some());
+        assert!(matches!(c.put("", Bytes::new(), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::BadKey)));
+        assert!(matches!(c.put("k", Bytes::from(vec![0; 2 << 20]), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::TooLarge(_))));
+        assert!(matches!(c.put("k", Bytes::new(), "no spaces", None, Durability::WriteBehind), Err(CacheWriteError::BadType)));
     }
 }

@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod assignments;
 pub mod bisync;
+pub mod cachehttp;
 pub mod cgroup;
 pub mod collector;
 pub mod config;
@@ -19,6 +20,7 @@ pub mod edgecache;
 pub mod exec;
 pub mod identity;
 pub mod logs;
+pub mod resp;
 pub mod secure;
 pub mod supervisor;
 pub mod syncclient;

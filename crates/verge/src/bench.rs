@@ -28,6 +28,8 @@ pub enum BenchCmd {
     /// Delta sync beside rsync -z, rdiff and zstd on the same data: bytes on
     /// the wire and CPU of both ends.
     Sync(crate::bench_sync::SyncBenchArgs),
+    /// The agent's Redis-protocol cache beside redis-server under redis-benchmark.
+    Resp(crate::bench_resp::RespBenchArgs),
 }
 
 /// Runs a benchmark.
@@ -36,6 +38,7 @@ pub async fn run(cmd: BenchCmd) -> Result<()> {
         BenchCmd::Agent { duration, json } => agent(duration, json).await,
         BenchCmd::Cache(args) => crate::bench_cache::run(args),
         BenchCmd::Sync(args) => tokio::task::spawn_blocking(move || crate::bench_sync::run(args)).await?,
+        BenchCmd::Resp(args) => tokio::task::spawn_blocking(move || crate::bench_resp::run(args)).await?,
     }
 }
 

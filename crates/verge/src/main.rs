@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_cache;
+mod bench_resp;
 mod bench_sync;
 mod commands;
 mod connect;

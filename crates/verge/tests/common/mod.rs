@@ -73,10 +73,15 @@ impl std::fmt::Display for Endpoint {
 
 /// One HTTP/1.1 request over TLS on a fresh connection; returns status and body.
 pub fn http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> (u16, String) {
+    try_http(ep, method, path, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+/// [`http`] that reports a failed connection or request instead of panicking.
+pub fn try_http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
     let addr = &ep.addr;
-    let tcp = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    let conn = rustls::ClientConnection::new(ep.tls.clone(), ep.name.clone()).unwrap();
+    let tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
+    let conn = rustls::ClientConnection::new(ep.tls.clone(), ep.name.clone()).map_err(|e| e.to_string())?;
     let mut s = rustls::StreamOwned::new(conn, tcp);
     let auth = ep.token.as_ref().map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default();
     // A large body waits for `100 Continue`: the server may refuse it (413)
@@ -86,10 +91,10 @@ pub fn http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> (u16, Strin
         "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{expect}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
-    s.write_all(head.as_bytes()).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
     let mut raw = Vec::new();
     if expect.is_empty() {
-        s.write_all(body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        s.write_all(body).map_err(|e| e.to_string())?;
     } else {
         let mut byte = [0u8; 1];
         while !raw.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
@@ -97,15 +102,15 @@ pub fn http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> (u16, Strin
         }
         if raw.starts_with(b"HTTP/1.1 100") {
             raw.clear();
-            s.write_all(body).unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+            s.write_all(body).map_err(|e| e.to_string())?;
         }
     }
     let _ = s.flush();
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
-    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("no HTTP status in {text:?}"));
+    let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no HTTP status in {text:?}"))?;
     let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (status, body)
+    Ok((status, body))
 }
 
 /// `http` for JSON answers.

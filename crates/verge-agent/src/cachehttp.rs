@@ -1,0 +1,118 @@
+//! The edge cache over HTTP, on the agent's data port: `PUT|GET|DELETE
+//! /api/v1/cache/{key}` and `GET /api/v1/cache` (stats). `PUT` takes the
+//! raw value (`?ttl=30s&type=ml_model`) or JSON `{"value", "ttl", "type"}`
+//! and is write-through: answered once the entry is durable.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use verge_core::Millis;
+
+use crate::edgecache::{now_ms, valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
+
+type Shared = State<Arc<EdgeCache>>;
+
+/// The cache's routes.
+pub fn router(cache: Arc<EdgeCache>) -> Router {
+    let body_limit = usize::try_from(cache.sizes().max_value).unwrap_or(usize::MAX).saturating_add(64 << 10);
+    Router::new()
+        .route("/api/v1/cache", get(stats))
+        .route("/api/v1/cache/{*key}", get(read).put(write).delete(delete))
+        .layer(DefaultBodyLimit::max(body_limit))
+        .with_state(cache)
+}
+
+fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
+    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+}
+
+/// Why a key is refused, as an answer; `None` for a good key.
+fn bad_key(key: &str) -> Option<Response> {
+    (!valid_key(key))
+        .then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
+}
+
+/// `PUT` options in the query string (raw body) or in the JSON body.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutOptions {
+    #[serde(default)]
+    ttl: Option<Millis>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+/// A JSON `PUT` body: `{"value": "...", "ttl": "30s", "type": "app_data"}`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PutJson {
+    value: String,
+    #[serde(default)]
+    ttl: Option<Millis>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<PutOptions>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(r) = bad_key(&key) {
+        return r;
+    }
+    let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
+    let (value, opts) = if json {
+        match serde_json::from_slice::<PutJson>(&body) {
+            Ok(p) => (Bytes::from(p.value), PutOptions { ttl: p.ttl, kind: p.kind }),
+            Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", format!("expected {{\"value\", \"ttl\", \"type\"}}: {e}")),
+        }
+    } else {
+        (body, q)
+    };
+    let kind = opts.kind.unwrap_or_else(|| "app_data".into());
+    let ttl = opts.ttl.map(|t| t.0).filter(|t| *t > 0);
+    match tokio::task::spawn_blocking(move || c.put(&key, value, &kind, ttl, Durability::WriteThrough)).await {
+        Ok(Ok(meta)) => (StatusCode::CREATED, Json(json!(*meta))).into_response(),
+        Ok(Err(e @ CacheWriteError::TooLarge(_))) => error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", e.to_string()),
+        Ok(Err(e @ CacheWriteError::Io(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
+        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
+    if let Some(r) = bad_key(&key) {
+        return r;
+    }
+    let k = key.clone();
+    let found = tokio::task::spawn_blocking(move || c.get(&k, now_ms())).await.ok().flatten();
+    let Some(e) = found else { return error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")) };
+    let mut resp = (StatusCode::OK, e.value).into_response();
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if let Ok(v) = HeaderValue::from_str(&e.meta.kind) {
+        h.insert("x-verge-type", v);
+    }
+    h.insert("x-verge-version", HeaderValue::from(e.meta.version));
+    resp
+}
+
+async fn delete(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
+    if let Some(r) = bad_key(&key) {
+        return r;
+    }
+    let k = key.clone();
+    match tokio::task::spawn_blocking(move || c.remove(&k)).await {
+        Ok(true) => Json(json!({"deleted": key})).into_response(),
+        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    }
+}
+
+async fn stats(State(c): Shared) -> Json<serde_json::Value> {
+    Json(c.stats())
+}

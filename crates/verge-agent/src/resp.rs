@@ -1,0 +1,358 @@
+//! The edge cache over the Redis protocol (RESP2), so `redis-cli`,
+//! `redis-benchmark` and Redis client libraries work against an agent:
+//! `GET SET DEL EXISTS EXPIRE TTL PING INFO` (plus `ECHO`, `QUIT` and the
+//! `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on connect).
+//! `SET` is write-behind, as Redis without an append-only file: answered
+//! from memory, on disk shortly after.
+//!
+//! Pipelined requests are parsed straight from the read buffer and
+//! answered in one write. Every length is bounded before anything is
+//! allocated; a malformed request gets `-ERR Protocol error` and the
+//! connection is closed, as Redis does.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+use crate::edgecache::{now_ms, Durability, EdgeCache};
+
+/// Most arguments in one command.
+const MAX_ARGS: usize = 1 << 20;
+/// Longest inline command or header line.
+const MAX_LINE: usize = 64 << 10;
+
+/// One parse step over the bytes received so far.
+#[derive(Debug, PartialEq)]
+pub enum Parsed<'a> {
+    /// More bytes are needed.
+    Incomplete,
+    /// A command's arguments and how many bytes it took.
+    Command(Vec<&'a [u8]>, usize),
+    /// The bytes are not RESP.
+    Invalid(String),
+}
+
+fn line(buf: &[u8], from: usize) -> Result<Option<(&[u8], usize)>, String> {
+    match buf.get(from..).and_then(|rest| rest.windows(2).position(|w| w == b"\r\n")) {
+        Some(n) if n > MAX_LINE => Err("line too long".into()),
+        Some(n) => Ok(Some((&buf[from..from + n], from + n + 2))),
+        None if buf.len() - from.min(buf.len()) > MAX_LINE => Err("line too long".into()),
+        None => Ok(None),
+    }
+}
+
+fn number(digits: &[u8]) -> Result<i64, String> {
+    std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or_else(|| format!("invalid length {:?}", String::from_utf8_lossy(digits)))
+}
+
+/// Parses one command from the front of `buf`: a RESP array of bulk
+/// strings, or an inline command (`PING\r\n`). Bulk strings longer than
+/// `max_bulk` are refused before they are buffered.
+pub fn parse(buf: &[u8], max_bulk: usize) -> Parsed<'_> {
+    let Some(&first) = buf.first() else { return Parsed::Incomplete };
+    if first != b'*' {
+        return match line(buf, 0) {
+            Ok(Some((l, end))) => Parsed::Command(l.split(|b| *b == b' ').filter(|w| !w.is_empty()).collect(), end),
+            Ok(None) => Parsed::Incomplete,
+            Err(e) => Parsed::Invalid(e),
+        };
+    }
+    let (head, mut at) = match line(buf, 1) {
+        Ok(Some(x)) => x,
+        Ok(None) => return Parsed::Incomplete,
+        Err(e) => return Parsed::Invalid(e),
+    };
+    let count = match number(head) {
+        Ok(n) if (0..=MAX_ARGS as i64).contains(&n) => n as usize,
+        Ok(n) => return Parsed::Invalid(format!("invalid multibulk length {n}")),
+        Err(e) => return Parsed::Invalid(e),
+    };
+    let mut args = Vec::with_capacity(count.min(16));
+    for _ in 0..count {
+        match buf.get(at) {
+            None => return Parsed::Incomplete,
+            Some(b'$') => {}
+            Some(&b) => return Parsed::Invalid(format!("expected '$', got '{}'", b as char)),
+        }
+        let (len, start) = match line(buf, at + 1) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Parsed::Incomplete,
+            Err(e) => return Parsed::Invalid(e),
+        };
+        let len = match number(len) {
+            Ok(n) if n >= 0 && (n as u64) <= max_bulk as u64 => n as usize,
+            Ok(n) => return Parsed::Invalid(format!("invalid bulk length {n} (at most {max_bulk})")),
+            Err(e) => return Parsed::Invalid(e),
+        };
+        let end = start + len;
+        if buf.len() < end + 2 {
+            return Parsed::Incomplete;
+        }
+        if &buf[end..end + 2] != b"\r\n" {
+            return Parsed::Invalid("bulk string not followed by CRLF".into());
+        }
+        args.push(&buf[start..end]);
+        at = end + 2;
+    }
+    Parsed::Command(args, at)
+}
+
+fn bulk(out: &mut Vec<u8>, v: &[u8]) {
+    out.push(b'$');
+    out.extend(v.len().to_string().as_bytes());
+    out.extend(b"\r\n");
+    out.extend(v);
+    out.extend(b"\r\n");
+}
+
+fn int(out: &mut Vec<u8>, n: i64) {
+    out.push(b':');
+    out.extend(n.to_string().as_bytes());
+    out.extend(b"\r\n");
+}
+
+fn err(out: &mut Vec<u8>, msg: &str) {
+    out.extend(b"-ERR ");
+    out.extend(msg.replace(['\r', '\n'], " ").as_bytes());
+    out.extend(b"\r\n");
+}
+
+const NIL: &[u8] = b"$-1\r\n";
+const OK: &[u8] = b"+OK\r\n";
+
+/// What to do after a command.
+enum Next {
+    Continue,
+    Close,
+}
+
+fn utf8(arg: &[u8]) -> Option<&str> {
+    std::str::from_utf8(arg).ok()
+}
+
+/// Runs one command, appending the reply to `out`.
+async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> Next {
+    let Some(name) = args.first() else { return Next::Continue };
+    let name = name.to_ascii_uppercase();
+    match (name.as_slice(), args.len()) {
+        (b"PING", 1) => out.extend(b"+PONG\r\n"),
+        (b"PING" | b"ECHO", 2) => bulk(out, args[1]),
+        (b"GET", 2) => match utf8(args[1]) {
+            Some(key) => match lookup(cache, key).await {
+                Some(e) => bulk(out, &e.value),
+                None => out.extend(NIL),
+            },
+            None => out.extend(NIL),
+        },
+        (b"SET", n) if n >= 3 => set(cache, args, out),
+        (b"DEL", n) if n >= 2 => {
+            let removed = args[1..].iter().filter_map(|k| utf8(k)).filter(|k| cache.remove(k)).count();
+            int(out, removed as i64);
+        }
+        (b"EXISTS", n) if n >= 2 => {
+            let mut found = 0;
+            for k in args[1..].iter().filter_map(|k| utf8(k)) {
+                found += i64::from(lookup(cache, k).await.is_some());
+            }
+            int(out, found);
+        }
+        (b"EXPIRE", 3) => match (utf8(args[1]), utf8(args[2]).and_then(|s| s.parse::<i64>().ok())) {
+            (Some(key), Some(secs)) if secs > 0 => {
+                let (c, k) = (cache.clone(), key.to_string());
+                let set = tokio::task::spawn_blocking(move || c.expire(&k, Some(secs as u64 * 1000))).await.unwrap_or(false);
+                int(out, i64::from(set));
+            }
+            (Some(key), Some(_)) => int(out, i64::from(cache.remove(key))),
+            _ => err(out, "value is not an integer or out of range"),
+        },
+        (b"TTL", 2) => {
+            let now = now_ms();
+            let ttl = match utf8(args[1]) {
+                Some(key) => match lookup(cache, key).await {
+                    Some(e) => e.meta.expires_ms.map_or(-1, |t| (t.saturating_sub(now).div_ceil(1000)) as i64),
+                    None => -2,
+                },
+                None => -2,
+            };
+            int(out, ttl);
+        }
+        (b"INFO", _) => bulk(out, info(cache).as_bytes()),
+        (b"QUIT", _) => {
+            out.extend(OK);
+            return Next::Close;
+        }
+        (b"SELECT", 2) if args[1] == b"0" => out.extend(OK),
+        (b"CLIENT", _) => out.extend(OK),
+        (b"CONFIG" | b"COMMAND", _) => out.extend(b"*0\r\n"),
+        (b"GET" | b"SET" | b"DEL" | b"EXISTS" | b"EXPIRE" | b"TTL" | b"PING" | b"ECHO" | b"SELECT", _) => {
+            err(out, &format!("wrong number of arguments for '{}' command", String::from_utf8_lossy(&name).to_lowercase()))
+        }
+        _ => err(out, &format!("unknown command '{}'", String::from_utf8_lossy(args[0]))),
+    }
+    Next::Continue
+}
+
+/// An entry from memory, or from disk on a blocking thread.
+async fn lookup(cache: &Arc<EdgeCache>, key: &str) -> Option<crate::edgecache::Entry> {
+    let now = now_ms();
+    if let Some(e) = cache.get_hot(key, now) {
+        return Some(e);
+    }
+    let (c, k) = (cache.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || c.get(&k, now)).await.ok().flatten()
+}
+
+/// `SET key value [EX seconds | PX milliseconds]`.
+fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
+    let Some(key) = utf8(args[1]) else { return err(out, "keys must be UTF-8") };
+    let mut ttl = None;
+    let mut opts = args[3..].iter();
+    while let Some(o) = opts.next() {
+        let unit = match o.to_ascii_uppercase().as_slice() {
+            b"EX" => 1000,
+            b"PX" => 1,
+            _ => return err(out, "syntax error"),
+        };
+        match opts.next().and_then(|v| utf8(v)).and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0) {
+            Some(v) => ttl = Some(v.saturating_mul(unit)),
+            None => return err(out, "invalid expire time in 'set' command"),
+        }
+    }
+    match cache.put(key, Bytes::copy_from_slice(args[2]), "app_data", ttl, Durability::WriteBehind) {
+        Ok(_) => out.extend(OK),
+        Err(e) => err(out, &e.to_string()),
+    }
+}
+
+fn info(cache: &EdgeCache) -> String {
+    let s = cache.stats();
+    format!(
+        "# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n# Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n# Keyspace\r\ndb0:keys={},expires=0\r\n",
+        env!("CARGO_PKG_VERSION"),
+        s["hotHits"].as_u64().unwrap_or(0) + s["warmHits"].as_u64().unwrap_or(0),
+        s["misses"].as_u64().unwrap_or(0),
+        cache.hot_len(),
+    )
+}
+
+/// Listens on `addr` and serves every connection until shutdown; with
+/// `tls`, connections must complete mutual TLS first (required for any
+/// address but loopback). Returns the bound address.
+pub async fn listen(
+    addr: std::net::SocketAddr,
+    cache: Arc<EdgeCache>,
+    tls: Option<verge_client::serve::TlsSource>,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<std::net::SocketAddr> {
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let bound = listener.local_addr()?;
+    let tls = tls.filter(|_| !bound.ip().is_loopback());
+    tokio::spawn(async move {
+        loop {
+            let tcp = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok((tcp, _)) => tcp,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "RESP accept failed");
+                        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = async { let _ = shutdown.wait_for(|s| *s).await; } => return,
+            };
+            let _ = tcp.set_nodelay(true);
+            let cache = cache.clone();
+            let acceptor = tls.as_ref().map(|t| tokio_rustls::TlsAcceptor::from(t.read().unwrap_or_else(|p| p.into_inner()).clone()));
+            tokio::spawn(async move {
+                match acceptor {
+                    None => serve(cache, tcp).await,
+                    Some(a) => match a.accept(tcp).await {
+                        Ok(stream) => serve(cache, stream).await,
+                        Err(e) => tracing::info!(error = %e, "RESP TLS handshake refused"),
+                    },
+                }
+            });
+        }
+    });
+    Ok(bound)
+}
+
+/// Serves one client connection until it closes or breaks the protocol.
+pub async fn serve<S: AsyncRead + AsyncWrite + Unpin>(cache: Arc<EdgeCache>, mut stream: S) {
+    // Values a little over the limit are read and refused with a clear
+    // error; far over it is a protocol error (nothing is buffered for it).
+    let max_bulk = usize::try_from(cache.sizes().max_value).unwrap_or(usize::MAX).saturating_add(1 << 20);
+    let mut buf: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut out: Vec<u8> = Vec::with_capacity(16 << 10);
+    let mut chunk = vec![0u8; 64 << 10];
+    loop {
+        let n = match stream.read(&mut chunk).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        buf.extend_from_slice(&chunk[..n]);
+        let mut used = 0;
+        let mut close = false;
+        loop {
+            match parse(&buf[used..], max_bulk) {
+                Parsed::Incomplete => break,
+                Parsed::Invalid(why) => {
+                    err(&mut out, &format!("Protocol error: {why}"));
+                    close = true;
+                    break;
+                }
+                Parsed::Command(args, len) => {
+                    let next = execute(&cache, &args, &mut out).await;
+                    used += len;
+                    if let Next::Close = next {
+                        close = true;
+                        break;
+                    }
+                }
+            }
+        }
+        buf.drain(..used);
+        if !out.is_empty() {
+            if stream.write_all(&out).await.is_err() {
+                return;
+            }
+            out.clear();
+        }
+        if close {
+            let _ = stream.shutdown().await;
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[test]
+    fn arrays_inline_and_partial_input() {
+        let full = b"*3\r\n$3\r\nSET\r\n$1\r\nk\r\n$5\r\nhello\r\n*1\r\n$4\r\nPING\r\n";
+        let Parsed::Command(args, n) = parse(full, 100) else { panic!() };
+        assert_eq!(args, vec![&b"SET"[..], b"k", b"hello"]);
+        assert_eq!(parse(&full[n..], 100), Parsed::Command(vec![&b"PING"[..]], 14));
+        for cut in 1..n {
+            assert_eq!(parse(&full[..cut], 100), Parsed::Incomplete, "cut at {cut}");
+        }
+        assert_eq!(parse(b"PING  x\r\n", 100), Parsed::Command(vec![&b"PING"[..], b"x"], 9));
+        assert!(matches!(parse(b"*1\r\n$999\r\n", 100), Parsed::Invalid(_)));
+        assert!(matches!(parse(b"*-5\r\n", 100), Parsed::Invalid(_)));
+        assert!(matches!(parse(b"*1\r\n:5\r\n", 100), Parsed::Invalid(_)));
+        assert!(matches!(parse(b"*1\r\n$1\r\nabc\r\n", 100), Parsed::Invalid(_)));
+    }
+
+    proptest! {
+        #[test]
+        fn parsing_never_panics_and_never_overreads(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
+            if let Parsed::Command(_, n) = parse(&bytes, 64) {
+                prop_assert!(n <= bytes.len());
+            }
+        }
+    }
+}

@@ -1,0 +1,135 @@
+//! The edge cache on a real agent: the Redis protocol beside HTTP on one
+//! store, bad input refused clearly, and a warm tier that survives `kill -9`
+//! in the middle of writes without ever serving a torn entry.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::*;
+
+/// A RESP connection to the agent's listener.
+struct Resp(TcpStream);
+
+impl Resp {
+    fn connect(c: &Cluster, node: &str) -> Resp {
+        let path = c.path(&format!("{node}/data/cache/resp.addr"));
+        let addr = wait_until(Duration::from_secs(20), "the RESP listener", || std::fs::read_to_string(&path).ok());
+        let s = TcpStream::connect(addr.trim()).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Resp(s)
+    }
+
+    /// Sends `args` as a RESP array and returns the raw reply.
+    fn call(&mut self, args: &[&[u8]]) -> String {
+        let mut req = format!("*{}\r\n", args.len()).into_bytes();
+        for a in args {
+            req.extend(format!("${}\r\n", a.len()).as_bytes());
+            req.extend(*a);
+            req.extend(b"\r\n");
+        }
+        self.raw(&req)
+    }
+
+    fn raw(&mut self, bytes: &[u8]) -> String {
+        self.0.write_all(bytes).unwrap();
+        let mut buf = vec![0u8; 1 << 16];
+        let n = self.0.read(&mut buf).unwrap_or(0);
+        String::from_utf8_lossy(&buf[..n]).into_owned()
+    }
+}
+
+fn cache_agent(c: &mut Cluster) {
+    c.agent_yaml = "  encryption: true\ncache:\n  resp_addr: \"127.0.0.1:0\"\n  max_value: 1KiB\n".into();
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+}
+
+#[test]
+fn redis_protocol_and_http_share_one_cache() {
+    let mut c = Cluster::start();
+    cache_agent(&mut c);
+    let mut r = Resp::connect(&c, "fra");
+    assert_eq!(r.call(&[b"PING"]), "+PONG\r\n");
+    assert_eq!(r.call(&[b"SET", b"greeting", b"hello"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"GET", b"greeting"]), "$5\r\nhello\r\n");
+    assert_eq!(r.call(&[b"EXISTS", b"greeting", b"nope"]), ":1\r\n");
+    assert_eq!(r.call(&[b"TTL", b"greeting"]), ":-1\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"greeting", b"100"]), ":1\r\n");
+    assert_eq!(r.call(&[b"TTL", b"greeting"]), ":100\r\n");
+    assert_eq!(r.call(&[b"TTL", b"nope"]), ":-2\r\n");
+    assert_eq!(r.call(&[b"SET", b"short", b"x", b"PX", b"50"]), "+OK\r\n");
+    wait_until(Duration::from_secs(5), "the short entry to expire", || (r.call(&[b"GET", b"short"]) == "$-1\r\n").then_some(()));
+    assert!(r.call(&[b"INFO"]).contains("redis_version"));
+    // Pipelined: three commands in one write, three replies.
+    assert_eq!(r.raw(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$8\r\ngreeting\r\n*2\r\n$3\r\nDEL\r\n$8\r\ngreeting\r\n"), "+PONG\r\n$5\r\nhello\r\n:1\r\n");
+    assert_eq!(r.call(&[b"GET", b"greeting"]), "$-1\r\n");
+
+    // What HTTP writes, RESP reads, and the other way round.
+    let port = c.data_port("fra");
+    let (status, _) = http(&port, "PUT", "/api/v1/cache/shared", br#"{"value":"from http","type":"ml_model"}"#);
+    assert_eq!(status, 201);
+    assert_eq!(r.call(&[b"GET", b"shared"]), "$9\r\nfrom http\r\n");
+    assert_eq!(r.call(&[b"SET", b"back", b"from resp"]), "+OK\r\n");
+    assert_eq!(http(&port, "GET", "/api/v1/cache/back", b""), (200, "from resp".to_string()));
+
+    // Bad input: clear errors, and the listener keeps serving.
+    assert!(r.call(&[b"SET", b"big", &[b'v'; 2048]]).starts_with("-ERR values are at most 1024 bytes"));
+    assert!(r.call(&[b"SET", &[b'k'; 2000], b"v"]).starts_with("-ERR keys are"));
+    assert!(r.call(&[b"GET"]).starts_with("-ERR wrong number of arguments"));
+    assert!(r.call(&[b"FLUSHALL"]).starts_with("-ERR unknown command"));
+    assert!(r.call(&[b"SET", b"k", b"v", b"EX", b"soon"]).starts_with("-ERR invalid expire time"));
+    let mut bad = Resp::connect(&c, "fra");
+    assert!(bad.raw(b"*1\r\n$99999999999\r\n").starts_with("-ERR Protocol error"));
+    let mut closed = [0u8; 1];
+    assert_eq!(bad.0.read(&mut closed).unwrap_or(0), 0, "the connection stays open after a protocol error");
+    let mut bad = Resp::connect(&c, "fra");
+    assert!(bad.raw(b"*2\r\n+GET\r\n").starts_with("-ERR Protocol error"));
+    assert_eq!(Resp::connect(&c, "fra").call(&[b"PING"]), "+PONG\r\n");
+}
+
+/// The value each key must have: never anything else.
+fn value_of(i: u32) -> String {
+    format!("value-{i}-").repeat(20)
+}
+
+#[test]
+fn kill_9_during_writes_never_serves_a_torn_entry() {
+    let mut c = Cluster::start();
+    cache_agent(&mut c);
+    let port = c.data_port("fra");
+    let writer = {
+        let port = port.clone();
+        std::thread::spawn(move || {
+            let mut acked = Vec::new();
+            for i in 0..100_000u32 {
+                let body = format!("{{\"value\":\"{}\"}}", value_of(i));
+                match try_http(&port, "PUT", &format!("/api/v1/cache/k{i}"), body.as_bytes()) {
+                    Ok((201, _)) => acked.push(i),
+                    _ => break,
+                }
+            }
+            acked
+        })
+    };
+    let warm = c.path("fra/data/cache/warm");
+    wait_until(Duration::from_secs(30), "some entries on disk", || (std::fs::read_dir(&warm).ok()?.count() >= 30).then_some(()));
+    c.kill_agent("fra");
+    let acked = writer.join().unwrap();
+    assert!(!acked.is_empty());
+    c.restart_agent("fra");
+    let port = wait_until(Duration::from_secs(20), "fra to come back", || {
+        (c.get("/api/v1/nodes/fra")["connected"] == true).then(|| c.data_port("fra"))
+    });
+    let last = *acked.last().unwrap();
+    for i in 0..=last + 3 {
+        let (status, body) = http(&port, "GET", &format!("/api/v1/cache/k{i}"), b"");
+        match status {
+            200 => assert_eq!(body, value_of(i), "k{i} served torn or wrong"),
+            404 => assert!(!acked.contains(&i), "acknowledged k{i} was lost"),
+            other => panic!("k{i}: {other} {body}"),
+        }
+    }
+}
