@@ -57,6 +57,8 @@ pub struct AgentOptions {
     pub security: SecurityOptions,
     /// Sizes of the edge cache's tiers.
     pub cache: crate::edgecache::CacheSizes,
+    /// The cache's origin, `http://…`, for read-through.
+    pub origin: Option<String>,
 }
 
 /// Joining and attestation inputs.
@@ -254,7 +256,8 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let data_err = |err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err };
     let keys = opts.security.encryption.then(|| opts.data_dir.join("keys"));
     let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
-    let cache = EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache).map_err(data_err)?;
+    let origin = opts.origin.as_deref().map(crate::origin::Origin::new).transpose().map_err(|e| data_err(std::io::Error::other(e)))?;
+    let cache = EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache, origin).map_err(data_err)?;
     let sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
     vault.clone().spawn_rotation(opts.security.key_rotation, sealed_roots, shutdown.clone());
     if let Some(addr) = opts.cache.resp_addr {

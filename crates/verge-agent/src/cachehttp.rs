@@ -15,7 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use verge_core::Millis;
 
-use crate::edgecache::{now_ms, valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
+use crate::edgecache::{valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
 
 type Shared = State<Arc<EdgeCache>>;
 
@@ -88,9 +88,11 @@ async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }
-    let k = key.clone();
-    let found = tokio::task::spawn_blocking(move || c.get(&k, now_ms())).await.ok().flatten();
-    let Some(e) = found else { return error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")) };
+    let e = match c.lookup(&key).await {
+        Ok(Some(e)) => e,
+        Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
+        Err(e) => return error(StatusCode::BAD_GATEWAY, "origin_failed", e),
+    };
     let mut resp = (StatusCode::OK, e.value).into_response();
     let h = resp.headers_mut();
     h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));

@@ -197,6 +197,8 @@ pub struct CacheSection {
     /// Where the Redis-protocol listener binds (off when absent); any
     /// address but loopback needs mutual TLS.
     pub resp_addr: Option<std::net::SocketAddr>,
+    /// Read misses through from `ORIGIN/KEY` (an `http://` URL).
+    pub origin: Option<String>,
 }
 
 impl EdgeConfig {
@@ -256,6 +258,7 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("cache.memory", false),
     ("cache.max_value", false),
     ("cache.resp_addr", true),
+    ("cache.origin", true),
 ];
 
 /// The environment variable that overrides `key`.

@@ -153,6 +153,8 @@ pub struct EdgeCache {
     behind: Mutex<HashMap<String, Option<Entry>>>,
     behind_ready: Condvar,
     last_version: AtomicU64,
+    /// Where misses are read through from, if configured.
+    origin: Option<crate::origin::Origin>,
     /// Hits and misses.
     pub counters: Counters,
 }
@@ -190,7 +192,7 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl EdgeCache {
     /// Opens the warm tier under `dir` (removing temporary files a crash
     /// left) with the hot tier empty, and starts the write-behind writer.
-    pub fn open(dir: &Path, vault: Arc<Vault>, sizes: CacheSizes) -> std::io::Result<Arc<EdgeCache>> {
+    pub fn open(dir: &Path, vault: Arc<Vault>, sizes: CacheSizes, origin: Option<crate::origin::Origin>) -> std::io::Result<Arc<EdgeCache>> {
         let warm_dir = dir.join("warm");
         std::fs::create_dir_all(&warm_dir)?;
         let mut index = WarmIndex::default();
@@ -220,6 +222,7 @@ impl EdgeCache {
             behind: Mutex::new(HashMap::new()),
             behind_ready: Condvar::new(),
             last_version: AtomicU64::new(0),
+            origin,
             counters: Counters::default(),
         });
         let weak = Arc::downgrade(&cache);
@@ -350,6 +353,29 @@ impl EdgeCache {
         }
     }
 
+    /// The entry for `key` from any tier, else read through from the
+    /// origin; `Err` only when the origin failed. Disk reads run on a
+    /// blocking thread.
+    pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Option<Entry>, String> {
+        let now = now_ms();
+        if let Some(e) = self.get_hot(key, now) {
+            return Ok(Some(e));
+        }
+        let (c, k) = (self.clone(), key.to_string());
+        if let Some(e) = tokio::task::spawn_blocking(move || c.get(&k, now)).await.map_err(|e| e.to_string())? {
+            return Ok(Some(e));
+        }
+        match &self.origin {
+            Some(o) => o.fetch(self, key).await,
+            None => Ok(None),
+        }
+    }
+
+    /// Requests made to the origin so far.
+    pub fn origin_fetches(&self) -> u64 {
+        self.origin.as_ref().map_or(0, |o| o.fetches.load(Ordering::Relaxed))
+    }
+
     fn read_warm(&self, key: &str) -> Option<Entry> {
         let path = self.warm_dir.join(file_name(key));
         let bytes = match self.vault.read(&path) {
@@ -396,6 +422,7 @@ impl EdgeCache {
             "warmHits": c.warm_hits.load(Ordering::Relaxed),
             "misses": c.misses.load(Ordering::Relaxed),
             "pendingWrites": lock(&self.behind).len(),
+            "originFetches": self.origin_fetches(),
             "encrypted": self.vault.sealing(),
         })
     }
@@ -457,7 +484,7 @@ mod tests {
 
     fn cache(dir: &Path, disk: u64) -> Arc<EdgeCache> {
         let vault = Arc::new(Vault::open(Some(&dir.join("keys"))).unwrap());
-        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None }).unwrap()
+        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None }, None).unwrap()
     }
 
     #[test]

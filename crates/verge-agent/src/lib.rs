@@ -20,6 +20,7 @@ pub mod edgecache;
 pub mod exec;
 pub mod identity;
 pub mod logs;
+pub mod origin;
 pub mod resp;
 pub mod secure;
 pub mod supervisor;

@@ -193,14 +193,12 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
     Next::Continue
 }
 
-/// An entry from memory, or from disk on a blocking thread.
+/// An entry from any tier or the origin; an origin failure is a miss here.
 async fn lookup(cache: &Arc<EdgeCache>, key: &str) -> Option<crate::edgecache::Entry> {
-    let now = now_ms();
-    if let Some(e) = cache.get_hot(key, now) {
-        return Some(e);
-    }
-    let (c, k) = (cache.clone(), key.to_string());
-    tokio::task::spawn_blocking(move || c.get(&k, now)).await.ok().flatten()
+    cache.lookup(key).await.unwrap_or_else(|e| {
+        tracing::warn!(key, error = %e, "read-through failed");
+        None
+    })
 }
 
 /// `SET key value [EX seconds | PX milliseconds]`.

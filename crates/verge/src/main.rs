@@ -261,6 +261,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
             key_rotation: std::time::Duration::from_millis(cfg.security.key_rotation.map_or(30 * 24 * 3_600_000, |m| m.0.max(1_000))),
         },
         cache: cfg.cache_sizes(),
+        origin: cfg.cache.origin.clone(),
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())

@@ -133,3 +133,65 @@ fn kill_9_during_writes_never_serves_a_torn_entry() {
         }
     }
 }
+
+/// A slow origin on loopback: answers `origin:PATH` for every path but
+/// `/objects/missing` (404) after 300 ms, counting requests.
+fn slow_origin() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use std::io::BufRead;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/objects/", listener.local_addr().unwrap());
+    let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let seen = count.clone();
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let seen = seen.clone();
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+                let mut request = String::new();
+                reader.read_line(&mut request).unwrap();
+                let mut header = String::new();
+                while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    header.clear();
+                }
+                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                std::thread::sleep(Duration::from_millis(300));
+                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
+                let reply = if path == "/objects/missing" {
+                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                } else {
+                    let body = format!("origin:{path}");
+                    format!("HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                };
+                let mut conn = conn;
+                let _ = conn.write_all(reply.as_bytes());
+            });
+        }
+    });
+    (url, count)
+}
+
+#[test]
+fn misses_read_through_the_origin_once_for_many_clients() {
+    let (origin, fetches) = slow_origin();
+    let mut c = Cluster::start();
+    c.agent_yaml = format!("cache:\n  origin: \"{origin}\"\n");
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    let port = c.data_port("fra");
+    let clients: Vec<_> = (0..12)
+        .map(|_| {
+            let port = port.clone();
+            std::thread::spawn(move || http(&port, "GET", "/api/v1/cache/models/m1", b""))
+        })
+        .collect();
+    for t in clients {
+        assert_eq!(t.join().unwrap(), (200, "origin:/objects/models/m1".to_string()));
+    }
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "concurrent misses were not coalesced");
+    assert_eq!(http(&port, "GET", "/api/v1/cache/models/m1", b"").0, 200);
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1, "a cached key went to the origin");
+    assert_eq!(http(&port, "GET", "/api/v1/cache/missing", b"").0, 404);
+    let (_, stats) = http(&port, "GET", "/api/v1/cache", b"");
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["originFetches"], 2, "{stats}");
+}

@@ -1,0 +1,101 @@
+//! Read-through to the cache's origin: on a miss the agent fetches
+//! `ORIGIN/KEY`, stores it (write-behind) and serves it. Concurrent misses
+//! of one key share one fetch (request coalescing), so a cold key under a
+//! burst costs the origin one request, not one per client.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use axum::body::Bytes;
+use tokio::sync::OnceCell;
+use verge_client::{Api, ClientError, Method};
+
+use crate::edgecache::{Durability, EdgeCache, Entry};
+
+/// One fetch in flight, awaited by every miss of its key.
+type Flight = Arc<OnceCell<Result<Option<Entry>, String>>>;
+
+/// The origin behind the cache.
+pub struct Origin {
+    api: Api,
+    prefix: String,
+    inflight: Mutex<HashMap<String, Flight>>,
+    /// Requests made to the origin.
+    pub fetches: AtomicU64,
+}
+
+/// The header an origin may set to name the value's type.
+const TYPE_HEADER: &str = "x-verge-type";
+
+impl Origin {
+    /// An origin at `url` (`http://host:port/prefix/`); keys are appended.
+    pub fn new(url: &str) -> Result<Origin, String> {
+        let rest = url.strip_prefix("http://").ok_or_else(|| format!("origin {url:?}: only http:// origins are supported"))?;
+        let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
+        if authority.is_empty() {
+            return Err(format!("origin {url:?} has no host"));
+        }
+        Ok(Origin {
+            api: Api::new(&format!("http://{authority}")),
+            prefix: format!("/{}", path),
+            inflight: Mutex::new(HashMap::new()),
+            fetches: AtomicU64::new(0),
+        })
+    }
+
+    /// The entry for `key` from the origin (shared with concurrent callers),
+    /// stored in `cache`; `Ok(None)` when the origin has no such key.
+    pub async fn fetch(&self, cache: &Arc<EdgeCache>, key: &str) -> Result<Option<Entry>, String> {
+        let flight: Flight = self.inflight.lock().unwrap_or_else(|p| p.into_inner()).entry(key.to_string()).or_default().clone();
+        let result = flight.get_or_init(|| self.load(cache, key)).await.clone();
+        // The first caller to finish clears the slot; later misses fetch afresh.
+        let mut inflight = self.inflight.lock().unwrap_or_else(|p| p.into_inner());
+        if inflight.get(key).is_some_and(|f| Arc::ptr_eq(f, &flight)) {
+            inflight.remove(key);
+        }
+        result
+    }
+
+    async fn load(&self, cache: &Arc<EdgeCache>, key: &str) -> Result<Option<Entry>, String> {
+        self.fetches.fetch_add(1, Ordering::Relaxed);
+        let path = format!("{}{}", self.prefix, encode_key(key));
+        let (body, kind) = match self.api.call_bytes(Method::GET, &path, Vec::new(), TYPE_HEADER).await {
+            Ok(answer) => answer,
+            Err(ClientError::Api { status: 404, .. }) => return Ok(None),
+            Err(e) => return Err(format!("origin: {e}")),
+        };
+        let kind = kind.filter(|k| !k.is_empty()).unwrap_or_else(|| "app_data".into());
+        let value = Bytes::from(body);
+        let meta = cache.put(key, value.clone(), &kind, None, Durability::WriteBehind).map_err(|e| format!("origin value refused: {e}"))?;
+        Ok(Some(Entry { meta, value }))
+    }
+}
+
+/// A key as a URL path: unreserved characters and `/` kept, the rest
+/// percent-encoded.
+fn encode_key(key: &str) -> String {
+    let mut out = String::with_capacity(key.len());
+    for b in key.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn origins_and_keys_become_urls() {
+        assert!(Origin::new("https://x/").is_err());
+        assert!(Origin::new("http:///p").is_err());
+        let o = Origin::new("http://127.0.0.1:9/objects/").unwrap();
+        assert_eq!(o.prefix, "/objects/");
+        assert_eq!(encode_key("models/a b?c"), "models/a%20b%3Fc");
+    }
+}
