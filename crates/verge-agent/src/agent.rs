@@ -91,6 +91,7 @@ struct Link {
     tls: Option<Arc<NodeTls>>,
     vault: Arc<Vault>,
     revoked: Revoked,
+    cache: Arc<EdgeCache>,
 }
 
 impl Link {
@@ -258,6 +259,7 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
     let origin = opts.origin.as_deref().map(crate::origin::Origin::new).transpose().map_err(|e| data_err(std::io::Error::other(e)))?;
     let cache = EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache, origin).map_err(data_err)?;
+    crate::prewarm::start(cache.clone(), shutdown.clone());
     let sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
     vault.clone().spawn_rotation(opts.security.key_rotation, sealed_roots, shutdown.clone());
     if let Some(addr) = opts.cache.resp_addr {
@@ -279,7 +281,7 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     };
     let (outbox_tx, outbox) = mpsc::unbounded_channel();
     let budget = Arc::new(crate::syncjobs::Budget::new(opts.sync_bandwidth.0, opts.sync_bandwidth.1));
-    let mut link = Link { budget, outbox_tx, outbox, data_port, tls, vault, revoked };
+    let mut link = Link { budget, outbox_tx, outbox, data_port, tls, vault, revoked, cache };
     let mut collector = Collector::new(&opts.data_dir);
     let mut backoff = MIN_BACKOFF;
     let mut announced = false;
@@ -514,6 +516,16 @@ async fn connect(
                             Ok(Ok(answer)) => sink.send(Message::text(encode(&answer))).await.map_err(|e| e.to_string())?,
                             Ok(Err(e)) => tracing::error!(error = %e, "cannot attest"),
                             Err(e) => tracing::error!(error = %e, "attestation task failed"),
+                        }
+                    }
+                    ServerMessage::CacheInvalidate { request, key, version } => {
+                        let c = link.cache.clone();
+                        let removed = tokio::task::spawn_blocking(move || c.invalidate(&key, version)).await.unwrap_or(false);
+                        sink.send(Message::text(encode(&AgentMessage::CacheAck { request, removed }))).await.map_err(|e| e.to_string())?;
+                    }
+                    ServerMessage::CachePrewarm { keys, priority } => {
+                        for key in keys {
+                            link.cache.request_warmup(crate::edgecache::Warmup { key, priority, deadline_ms: None });
                         }
                     }
                     ServerMessage::Revocations { nodes } => {

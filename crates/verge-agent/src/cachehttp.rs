@@ -39,7 +39,8 @@ fn bad_key(key: &str) -> Option<Response> {
         .then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
 }
 
-/// `PUT` options in the query string (raw body) or in the JSON body.
+/// `PUT` options in the query string (raw body) or in the JSON body;
+/// `version` marks a replica written elsewhere (kept only if newer).
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
 struct PutOptions {
@@ -47,6 +48,8 @@ struct PutOptions {
     ttl: Option<Millis>,
     #[serde(default, rename = "type")]
     kind: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
 }
 
 /// A JSON `PUT` body: `{"value": "...", "ttl": "30s", "type": "app_data"}`.
@@ -67,7 +70,7 @@ async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<
     let json = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).is_some_and(|t| t.starts_with("application/json"));
     let (value, opts) = if json {
         match serde_json::from_slice::<PutJson>(&body) {
-            Ok(p) => (Bytes::from(p.value), PutOptions { ttl: p.ttl, kind: p.kind }),
+            Ok(p) => (Bytes::from(p.value), PutOptions { ttl: p.ttl, kind: p.kind, version: q.version }),
             Err(e) => return error(StatusCode::BAD_REQUEST, "malformed_json", format!("expected {{\"value\", \"ttl\", \"type\"}}: {e}")),
         }
     } else {
@@ -75,7 +78,12 @@ async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<
     };
     let kind = opts.kind.unwrap_or_else(|| "app_data".into());
     let ttl = opts.ttl.map(|t| t.0).filter(|t| *t > 0);
-    match tokio::task::spawn_blocking(move || c.put(&key, value, &kind, ttl, Durability::WriteThrough)).await {
+    let version = opts.version;
+    let stored = tokio::task::spawn_blocking(move || match version {
+        Some(v) => c.put_replica(&key, value, &kind, ttl, v),
+        None => c.put(&key, value, &kind, ttl, Durability::WriteThrough),
+    });
+    match stored.await {
         Ok(Ok(meta)) => (StatusCode::CREATED, Json(json!(*meta))).into_response(),
         Ok(Err(e @ CacheWriteError::TooLarge(_))) => error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", e.to_string()),
         Ok(Err(e @ CacheWriteError::Io(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
@@ -88,6 +96,7 @@ async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }
+    c.observe(&key);
     let e = match c.lookup(&key).await {
         Ok(Some(e)) => e,
         Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),

@@ -131,6 +131,20 @@ impl WarmIndex {
     }
 }
 
+/// A key to read through ahead of demand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Warmup {
+    /// The key.
+    pub key: String,
+    /// Higher first.
+    pub priority: u8,
+    /// Pointless after this, ms (`None`: no deadline).
+    pub deadline_ms: Option<u64>,
+}
+
+/// Keys the predictor remembers.
+const PREDICTOR_KEYS: usize = 10_000;
+
 /// Hit and miss counts by tier.
 #[derive(Debug, Default, Serialize)]
 pub struct Counters {
@@ -140,6 +154,8 @@ pub struct Counters {
     pub warm_hits: AtomicU64,
     /// Not found (or expired).
     pub misses: AtomicU64,
+    /// Keys read through ahead of demand.
+    pub prewarmed: AtomicU64,
 }
 
 /// The cache, shared by the HTTP and RESP front ends.
@@ -155,6 +171,10 @@ pub struct EdgeCache {
     last_version: AtomicU64,
     /// Where misses are read through from, if configured.
     origin: Option<crate::origin::Origin>,
+    /// Learns access patterns for pre-warming.
+    predictor: Mutex<verge_cache::predict::Predictor>,
+    /// The pre-warming queue, once `prewarm::start` runs.
+    warmups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Warmup>>,
     /// Hits and misses.
     pub counters: Counters,
 }
@@ -223,6 +243,8 @@ impl EdgeCache {
             behind_ready: Condvar::new(),
             last_version: AtomicU64::new(0),
             origin,
+            predictor: Mutex::new(verge_cache::predict::Predictor::new(PREDICTOR_KEYS)),
+            warmups: std::sync::OnceLock::new(),
             counters: Counters::default(),
         });
         let weak = Arc::downgrade(&cache);
@@ -270,6 +292,27 @@ impl EdgeCache {
         ttl_ms: Option<u64>,
         durability: Durability,
     ) -> Result<Arc<Meta>, CacheWriteError> {
+        self.put_version(key, value, kind, ttl_ms, durability, None)
+    }
+
+    /// Stores a replica of version `version` written elsewhere, unless this
+    /// node holds a newer one; returns what is stored now.
+    pub fn put_replica(&self, key: &str, value: Bytes, kind: &str, ttl_ms: Option<u64>, version: u64) -> Result<Arc<Meta>, CacheWriteError> {
+        match self.get(key, now_ms()) {
+            Some(local) if local.meta.version >= version => Ok(local.meta),
+            _ => self.put_version(key, value, kind, ttl_ms, Durability::WriteThrough, Some(version)),
+        }
+    }
+
+    fn put_version(
+        &self,
+        key: &str,
+        value: Bytes,
+        kind: &str,
+        ttl_ms: Option<u64>,
+        durability: Durability,
+        version: Option<u64>,
+    ) -> Result<Arc<Meta>, CacheWriteError> {
         if !valid_key(key) {
             return Err(CacheWriteError::BadKey);
         }
@@ -280,7 +323,11 @@ impl EdgeCache {
             return Err(CacheWriteError::BadType);
         }
         let now = now_ms();
-        let meta = Arc::new(Meta { key: key.to_string(), kind: kind.to_string(), version: self.next_version(), expires_ms: ttl_ms.map(|t| now + t) });
+        if let Some(v) = version {
+            self.last_version.fetch_max(v, Ordering::Relaxed);
+        }
+        let version = version.unwrap_or_else(|| self.next_version());
+        let meta = Arc::new(Meta { key: key.to_string(), kind: kind.to_string(), version, expires_ms: ttl_ms.map(|t| now + t) });
         let entry = Entry { meta: meta.clone(), value };
         match durability {
             Durability::WriteThrough => {
@@ -371,6 +418,32 @@ impl EdgeCache {
         }
     }
 
+    /// Records a client's request for `key` and queues the warm-ups the
+    /// predictor expects to follow it.
+    pub fn observe(&self, key: &str) {
+        let next = lock(&self.predictor).observe(key, now_ms());
+        for p in next {
+            self.request_warmup(Warmup { key: p.key, priority: (p.confidence * 100.0) as u8, deadline_ms: Some(p.deadline_ms) });
+        }
+    }
+
+    /// Periodic keys expected within `horizon_ms`.
+    pub fn due(&self, horizon_ms: u64) -> Vec<verge_cache::predict::Prediction> {
+        lock(&self.predictor).due(now_ms(), horizon_ms)
+    }
+
+    /// Queues a warm-up (dropped when pre-warming is not running).
+    pub fn request_warmup(&self, w: Warmup) {
+        if let Some(tx) = self.warmups.get() {
+            let _ = tx.send(w);
+        }
+    }
+
+    /// Connects the pre-warming queue; the first call wins.
+    pub fn set_warmups(&self, tx: tokio::sync::mpsc::UnboundedSender<Warmup>) {
+        let _ = self.warmups.set(tx);
+    }
+
     /// Requests made to the origin so far.
     pub fn origin_fetches(&self) -> u64 {
         self.origin.as_ref().map_or(0, |o| o.fetches.load(Ordering::Relaxed))
@@ -399,6 +472,13 @@ impl EdgeCache {
         in_hot || pending || on_disk
     }
 
+    /// Drops `key` unless this node holds a version newer than `version`
+    /// (coherency: a late invalidation must not drop a newer write).
+    pub fn invalidate(&self, key: &str, version: Option<u64>) -> bool {
+        let newer = version.is_some_and(|v| self.get(key, now_ms()).is_some_and(|e| e.meta.version > v));
+        !newer && self.remove(key)
+    }
+
     /// Sets or clears `key`'s time to live; `false` when there is no such key.
     pub fn expire(&self, key: &str, ttl_ms: Option<u64>) -> bool {
         let now = now_ms();
@@ -423,6 +503,7 @@ impl EdgeCache {
             "misses": c.misses.load(Ordering::Relaxed),
             "pendingWrites": lock(&self.behind).len(),
             "originFetches": self.origin_fetches(),
+            "prewarmed": c.prewarmed.load(Ordering::Relaxed),
             "encrypted": self.vault.sealing(),
         })
     }

@@ -21,6 +21,7 @@ pub mod exec;
 pub mod identity;
 pub mod logs;
 pub mod origin;
+pub mod prewarm;
 pub mod resp;
 pub mod secure;
 pub mod supervisor;

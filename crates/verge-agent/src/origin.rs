@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 
 use axum::body::Bytes;
 use tokio::sync::OnceCell;
-use verge_client::{Api, ClientError, Method};
+use verge_client::{url_path as encode_key, Api, ClientError, Method};
 
 use crate::edgecache::{Durability, EdgeCache, Entry};
 
@@ -72,19 +72,6 @@ impl Origin {
     }
 }
 
-/// A key as a URL path: unreserved characters and `/` kept, the rest
-/// percent-encoded.
-fn encode_key(key: &str) -> String {
-    let mut out = String::with_capacity(key.len());
-    for b in key.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
-            out.push(b as char);
-        } else {
-            out.push_str(&format!("%{b:02X}"));
-        }
-    }
-    out
-}
 
 #[cfg(test)]
 mod tests {
@@ -96,6 +83,5 @@ mod tests {
         assert!(Origin::new("http:///p").is_err());
         let o = Origin::new("http://127.0.0.1:9/objects/").unwrap();
         assert_eq!(o.prefix, "/objects/");
-        assert_eq!(encode_key("models/a b?c"), "models/a%20b%3Fc");
     }
 }

@@ -139,7 +139,10 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         (b"PING", 1) => out.extend(b"+PONG\r\n"),
         (b"PING" | b"ECHO", 2) => bulk(out, args[1]),
         (b"GET", 2) => match utf8(args[1]) {
-            Some(key) => match lookup(cache, key).await {
+            Some(key) => match {
+                cache.observe(key);
+                lookup(cache, key).await
+            } {
                 Some(e) => bulk(out, &e.value),
                 None => out.extend(NIL),
             },

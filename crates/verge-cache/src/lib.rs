@@ -7,12 +7,14 @@
 //! - [`SyncCache`]: the same, sharded behind mutexes, for many threads.
 //! - [`policy`]: LRU, LFU, FIFO, TTL, ARC, GDSF, S3-FIFO, SIEVE, W-TinyLFU,
 //!   LIRS and the adaptive default, behind the [`policy::Eviction`] trait.
+//! - [`predict`]: the pre-warming predictor (periodicity, key sequences).
 
 mod cache;
 mod error;
 mod ghost;
 mod list;
 pub mod policy;
+pub mod predict;
 mod sketch;
 mod sync;
 

@@ -207,6 +207,20 @@ impl Api {
     }
 }
 
+/// `s` as a URL path: unreserved characters and `/` kept, the rest
+/// percent-encoded (cache keys in URLs).
+pub fn url_path(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// HTTP/1.1 over an established stream; the connection task runs until
 /// the peer or the last sender closes it.
 async fn handshake<I>(io: TokioIo<I>) -> Result<SendRequest<Full<Bytes>>, hyper::Error>
@@ -218,4 +232,12 @@ where
         let _ = conn.await;
     });
     Ok(sender)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn paths_are_percent_encoded() {
+        assert_eq!(super::url_path("models/a b?c%"), "models/a%20b%3Fc%25");
+    }
 }

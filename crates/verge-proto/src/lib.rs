@@ -73,6 +73,13 @@ pub enum AgentMessage {
         /// A CSR for the node's new key, PEM.
         csr: String,
     },
+    /// Answer to [`ServerMessage::CacheInvalidate`].
+    CacheAck {
+        /// The invalidation this answers.
+        request: u64,
+        /// Whether an entry was dropped.
+        removed: bool,
+    },
     /// Progress or outcome of a [`ServerMessage::SyncPush`].
     SyncStatus {
         /// The job.
@@ -184,6 +191,25 @@ pub enum ServerMessage {
     Revocations {
         /// Node id → revocation time, ms since the epoch.
         nodes: std::collections::BTreeMap<String, u64>,
+    },
+    /// Drop a cache entry (unless the node holds a newer version than
+    /// `version`); answered by [`AgentMessage::CacheAck`].
+    CacheInvalidate {
+        /// Correlates the acknowledgement.
+        request: u64,
+        /// The key.
+        key: String,
+        /// Keep local entries newer than this; `None` drops any version.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        version: Option<u64>,
+    },
+    /// Read these keys through from the origin into the cache now.
+    CachePrewarm {
+        /// Keys, most wanted first.
+        keys: Vec<String>,
+        /// Higher runs before lower among queued warm-ups.
+        #[serde(default)]
+        priority: u8,
     },
     /// A renewed node certificate, answering [`AgentMessage::RenewCertificate`].
     Certificate {

@@ -47,6 +47,7 @@ pub fn router(c: Arc<Control>) -> Router {
         .route("/api/v1/sync", get(list_sync).post(start_sync))
         .route("/api/v1/sync/{id}", get(get_sync))
         .merge(crate::secapi::routes())
+        .merge(crate::cacheapi::routes())
         .fallback(|| async { ApiError::not_found("no such route; see /api/v1/openapi.json") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(
@@ -401,7 +402,7 @@ mod tests {
     fn openapi_lists_every_route() {
         let doc: serde_json::Value = serde_json::from_str(include_str!("openapi.json")).unwrap();
         let documented: std::collections::BTreeSet<String> = doc["paths"].as_object().unwrap().keys().cloned().collect();
-        let routed: std::collections::BTreeSet<String> = [include_str!("api.rs"), include_str!("secapi.rs")]
+        let routed: std::collections::BTreeSet<String> = [include_str!("api.rs"), include_str!("secapi.rs"), include_str!("cacheapi.rs")]
             .iter()
             .flat_map(|f| f.split(".route(\"").skip(1))
             .filter_map(|l| l.split('"').next())

@@ -190,6 +190,8 @@ pub struct Control {
     pub sync_jobs: Mutex<std::collections::BTreeMap<u64, crate::syncjobs::SyncJob>>,
     /// CA, tokens, revocations, attestation nonces, audit.
     pub security: Security,
+    /// Cache invalidations waiting for agents' acknowledgements.
+    pub cache_acks: Mutex<HashMap<u64, mpsc::UnboundedSender<(NodeId, bool)>>>,
 }
 
 impl Control {
@@ -224,6 +226,7 @@ impl Control {
             pending_logs: Mutex::new(HashMap::new()),
             sync_jobs: Mutex::new(std::collections::BTreeMap::new()),
             security,
+            cache_acks: Mutex::new(HashMap::new()),
         }
     }
 

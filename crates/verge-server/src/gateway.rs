@@ -282,6 +282,11 @@ fn handle(c: &Control, id: &NodeId, msg: AgentMessage) -> bool {
             c.complete_logs(request, error.map_or(Ok(LogChunk { data, next_offset }), Err));
         }
         report @ AgentMessage::SyncStatus { .. } => c.update_sync(id, report),
+        AgentMessage::CacheAck { request, removed } => {
+            if let Some(tx) = c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).get(&request) {
+                let _ = tx.send((id.clone(), removed));
+            }
+        }
         AgentMessage::Attestation { evidence } => match Evidence::parse(evidence.as_bytes()) {
             Ok(e) => {
                 let _ = c.attest(id, &e);

@@ -7,6 +7,7 @@
 
 mod api;
 mod auth;
+mod cacheapi;
 mod config;
 mod control;
 mod error;

@@ -60,6 +60,8 @@ pub struct Security {
     /// TLS settings for the gateway: client certificates verified when
     /// presented (the agent protocol then requires one; joining does not).
     pub gateway_tls: Option<Arc<rustls::ServerConfig>>,
+    /// The server as a client of agents' data ports (its own certificate).
+    pub data_client: Option<Arc<rustls::ClientConfig>>,
     ca: Ca,
     /// `sha256:…` of the CA certificate, for `--ca-hash`.
     pub fingerprint: String,
@@ -98,7 +100,7 @@ impl Security {
         if created {
             tracing::info!(ca = %dir.join("ca.crt").display(), %fingerprint, "created the cluster CA");
         }
-        let (api_tls, gateway_tls) = if cfg.tls {
+        let (api_tls, gateway_tls, data_client) = if cfg.tls {
             let (issued, key) =
                 ca.issue_server(&cfg.server_names, now_ms, SERVER_CERT_TTL_MS).map_err(|e| startup("server certificate", e))?;
             let chain = format!("{}{}", issued.cert_pem, ca.pem());
@@ -106,10 +108,11 @@ impl Security {
             let identity = || tls::Identity::new(&chain, key.clone()).map_err(|e| startup("server identity", e));
             let api = tls::server_config(identity()?, ClientAuth::None).map_err(|e| startup("API TLS", e))?;
             let gw = tls::server_config(identity()?, ClientAuth::Optional(&ca_der)).map_err(|e| startup("gateway TLS", e))?;
-            (Some(api), Some(gw))
+            let client = tls::client_config(&ca_der, Some(identity()?)).map_err(|e| startup("data-port client TLS", e))?;
+            (Some(api), Some(gw), Some(client))
         } else {
             tracing::warn!("security.tls is off: the API and the gateway accept plain connections");
-            (None, None)
+            (None, None, None)
         };
         let revoked_path = dir.join("revoked.json");
         let revoked = match std::fs::read(&revoked_path) {
@@ -130,6 +133,7 @@ impl Security {
         Ok(Security {
             api_tls,
             gateway_tls,
+            data_client,
             ca,
             fingerprint,
             tokens: Mutex::new(tokens),

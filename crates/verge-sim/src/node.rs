@@ -184,7 +184,8 @@ async fn session(
                         error: Some("simulated nodes hold no data".into()),
                     }),
                     ServerMessage::Attest { nonce } => gateway.attest(fleet, i, ctl, &nonce)?,
-                    ServerMessage::Welcome { .. } | ServerMessage::Certificate { .. } | ServerMessage::Revocations { .. } => None,
+                    ServerMessage::Welcome { .. } | ServerMessage::CachePrewarm { .. } | ServerMessage::Certificate { .. } | ServerMessage::Revocations { .. } => None,
+                    ServerMessage::CacheInvalidate { request, .. } => Some(AgentMessage::CacheAck { request, removed: false }),
                     ServerMessage::Refused { reason } => return Err(reason),
                 };
                 if let Some(r) = reply {

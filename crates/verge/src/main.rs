@@ -3,6 +3,7 @@
 mod bench;
 mod bench_cache;
 mod bench_resp;
+mod cachecmd;
 mod bench_sync;
 mod commands;
 mod connect;
@@ -86,6 +87,13 @@ enum Cmd {
     Audit {
         #[command(subcommand)]
         cmd: seccmd::AuditCmd,
+        #[command(flatten)]
+        api: ApiArgs,
+    },
+    /// The fleet's edge caches: get, put, invalidate, pre-warm, stats.
+    Cache {
+        #[command(subcommand)]
+        cmd: cachecmd::CacheCmd,
         #[command(flatten)]
         api: ApiArgs,
     },
@@ -277,6 +285,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Sync { cmd } => sync::run(cmd).await,
         Cmd::Token { cmd, api } => seccmd::token(&api.conn.api()?, cmd, api.json).await,
         Cmd::Audit { cmd, api } => seccmd::audit(&api.conn.api()?, cmd, api.json).await,
+        Cmd::Cache { cmd, api } => cachecmd::run(&api.conn.api()?, cmd).await,
         Cmd::Compliance { cmd, api } => seccmd::compliance(&api.conn.api()?, cmd, api.json).await,
         Cmd::Node { cmd, api } => {
             let c = api.conn.api()?;

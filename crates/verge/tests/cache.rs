@@ -195,3 +195,52 @@ fn misses_read_through_the_origin_once_for_many_clients() {
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["originFetches"], 2, "{stats}");
 }
+
+#[test]
+fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
+    let (origin, fetches) = slow_origin();
+    let mut c = Cluster::start();
+    c.agent_yaml = format!("cache:\n  origin: \"{origin}\"\n");
+    c.add_agent(&FRANKFURT);
+    c.add_agent(&TOKYO);
+    c.wait_active(&["fra", "tyo"]);
+    let cli = |args: &[&str]| {
+        let (ok, out, err) = c.cli(args);
+        assert!(ok, "verge {args:?}: {err}");
+        out
+    };
+    let put: serde_json::Value = serde_json::from_str(&cli(&["cache", "put", "cfg/site", "v1", "--type", "app_data"])).unwrap();
+    assert_eq!(put["nodes"]["fra"], "stored", "{put}");
+    assert_eq!(put["nodes"]["tyo"], "stored", "{put}");
+    let version = put["version"].as_u64().unwrap();
+    assert_eq!(cli(&["cache", "get", "cfg/site", "--node", "tyo"]), "v1");
+
+    // A replica older than what a node holds does not replace it.
+    let fra = c.data_port("fra");
+    let stale = format!("/api/v1/cache/cfg/site?version={}", version - 1);
+    assert_eq!(http(&fra, "PUT", &stale, b"{\"value\":\"old\"}").0, 201);
+    assert_eq!(http(&fra, "GET", "/api/v1/cache/cfg/site", b"").1, "v1");
+
+    // Local invalidation drops one node's copy; global (strong) every copy.
+    let out: serde_json::Value = serde_json::from_str(&cli(&["cache", "rm", "cfg/site", "--scope", "local", "--node", "fra"])).unwrap();
+    assert_eq!(out["acknowledged"]["fra"], true, "{out}");
+    assert_eq!(http(&fra, "GET", "/api/v1/cache/cfg/site", b"").0, 200, "read-through should refill from the origin");
+    assert_eq!(http(&fra, "GET", "/api/v1/cache/cfg/site", b"").1, "origin:/objects/cfg/site");
+    let out: serde_json::Value = serde_json::from_str(&cli(&["cache", "rm", "cfg/site"])).unwrap();
+    assert_eq!(out["acknowledged"].as_object().unwrap().len(), 2, "{out}");
+    assert!(out["silent"].as_array().unwrap().is_empty(), "{out}");
+    let (status, v) = api(&c.api, "DELETE", "/api/v1/cache/x?scope=local", "");
+    assert_eq!(status, 400, "{v}");
+
+    // Warm-ups read through the origin before anyone asks.
+    let before = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    cli(&["cache", "prewarm", "models/a", "models/b"]);
+    wait_until(Duration::from_secs(20), "both nodes to pre-warm both keys", || {
+        let stats: serde_json::Value = serde_json::from_str(&cli(&["cache", "stats"])).ok()?;
+        (stats["fra"]["prewarmed"] == 2 && stats["tyo"]["prewarmed"] == 2).then_some(())
+    });
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 4);
+    let tyo = c.data_port("tyo");
+    assert_eq!(http(&tyo, "GET", "/api/v1/cache/models/b", b"").1, "origin:/objects/models/b");
+    assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 4, "a pre-warmed key went to the origin again");
+}

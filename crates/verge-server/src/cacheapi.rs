@@ -1,0 +1,271 @@
+//! The fleet-wide cache routes: the server fans requests out to the agents'
+//! edge caches. Values travel to and from agents' data ports (mTLS, the
+//! server's own certificate); invalidations and warm-ups travel over the
+//! gateway. Writes carry one server-assigned version to every node, so a
+//! newer write is never replaced by an older one arriving late, and an
+//! invalidation only drops what is not newer than itself.
+//!
+//! - `GET /api/v1/cache` — every connected node's cache stats (`?node=`).
+//! - `GET /api/v1/cache/{key}?node=N` — the value from N, or from the
+//!   first node that has it.
+//! - `PUT /api/v1/cache/{key}?nodes=a,b|region=R&ttl=30s&type=T` — stored on
+//!   those nodes (default: all connected), write-through on each.
+//! - `DELETE /api/v1/cache/{key}?scope=local|regional|global&node=N&region=R&consistency=strong|eventual`
+//!   — strong answers after every targeted node acknowledged (504 naming
+//!   the silent ones otherwise), eventual at once (202).
+//! - `POST /api/v1/cache/prewarm {keys, priority, nodes, region}`.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use serde_json::json;
+use verge_client::{url_path as encode, Api, Method, Tls};
+use verge_core::NodeId;
+use verge_proto::ServerMessage;
+use verge_security::pki::Identity;
+
+use crate::control::Control;
+use crate::error::{ApiError, ApiJson};
+use crate::security::AuditEvent;
+
+type Ctl = State<Arc<Control>>;
+type ApiResult = Result<Response, ApiError>;
+
+/// How long a strong invalidation waits for acknowledgements.
+const ACK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The cache routes, merged into the API router.
+pub fn routes() -> Router<Arc<Control>> {
+    Router::new()
+        .route("/api/v1/cache", get(stats))
+        .route("/api/v1/cache/prewarm", post(prewarm))
+        .route("/api/v1/cache/{*key}", get(read).put(write).delete(invalidate))
+}
+
+/// Connected nodes (with their data port) chosen by `nodes=a,b`, `node=`
+/// or `region=` (the `region` label); all connected ones by default.
+fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec<(NodeId, Option<String>)>, ApiError> {
+    let inner = c.lock();
+    let state = inner.store.state();
+    let wanted: Option<Vec<&str>> = nodes.map(|n| n.split(',').map(str::trim).filter(|s| !s.is_empty()).collect());
+    let mut out = Vec::new();
+    for (id, rec) in &state.nodes {
+        if wanted.as_ref().is_some_and(|w| !w.contains(&id.as_str())) {
+            continue;
+        }
+        if region.is_some_and(|r| rec.spec.labels.get("region").map(String::as_str) != Some(r)) {
+            continue;
+        }
+        if inner.agents.contains_key(id) {
+            out.push((id.clone(), rec.spec.data_addr.clone()));
+        }
+    }
+    if let Some(w) = &wanted {
+        for n in w {
+            if !out.iter().any(|(id, _)| id.as_str() == *n) {
+                return Err(ApiError::new(StatusCode::CONFLICT, "not_connected", format!("node {n} is not connected (or unknown)")));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// A client for `node`'s data port, as the server.
+fn data_port(c: &Control, node: &NodeId, addr: Option<&String>) -> Result<Api, ApiError> {
+    let addr = addr.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_data_port", format!("node {node} advertises no data port")))?;
+    Ok(match &c.security.data_client {
+        Some(config) => Api::secure(addr, Tls { config: config.clone(), server_name: verge_security::tls::node_name(), peer: Some(Identity::Node(node.to_string())) }),
+        None => Api::new(&format!("http://{addr}")),
+    })
+}
+
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Where {
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    nodes: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+async fn stats(State(c): Ctl, Query(w): Query<Where>) -> ApiResult {
+    let mut out = BTreeMap::new();
+    for (id, addr) in targets(&c, w.node.as_deref().or(w.nodes.as_deref()), w.region.as_deref())? {
+        let v = match data_port(&c, &id, addr.as_ref()) {
+            Ok(api) => api.get("/api/v1/cache").await.unwrap_or_else(|e| json!({"error": e.to_string()})),
+            Err(e) => json!({"error": format!("{e:?}")}),
+        };
+        out.insert(id.to_string(), v);
+    }
+    Ok(Json(json!(out)).into_response())
+}
+
+async fn read(State(c): Ctl, Path(key): Path<String>, Query(w): Query<Where>) -> ApiResult {
+    let candidates = targets(&c, w.node.as_deref(), w.region.as_deref())?;
+    let path = format!("/api/v1/cache/{}", encode(&key));
+    for (id, addr) in candidates {
+        let Ok(api) = data_port(&c, &id, addr.as_ref()) else { continue };
+        match api.call_bytes(Method::GET, &path, Vec::new(), "x-verge-version").await {
+            Ok((value, version)) => {
+                let mut resp = (StatusCode::OK, value).into_response();
+                if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+                    resp.headers_mut().insert("x-verge-node", v);
+                }
+                if let Some(v) = version.and_then(|v| HeaderValue::from_str(&v).ok()) {
+                    resp.headers_mut().insert("x-verge-version", v);
+                }
+                return Ok(resp);
+            }
+            Err(e) => tracing::debug!(node = %id, key, error = %e, "cache read missed"),
+        }
+    }
+    Err(ApiError::not_found(format!("no node holds cache entry {key:?}")))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PutQuery {
+    #[serde(default)]
+    nodes: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    ttl: Option<String>,
+    #[serde(default, rename = "type")]
+    kind: Option<String>,
+}
+
+async fn write(State(c): Ctl, Path(key): Path<String>, Query(q): Query<PutQuery>, body: Bytes) -> ApiResult {
+    let nodes = targets(&c, q.nodes.as_deref(), q.region.as_deref())?;
+    if nodes.is_empty() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
+    }
+    // One version for every replica: the server's clock in µs.
+    let version = c.clock.now_ms() * 1000;
+    let mut query = format!("version={version}");
+    if let Some(t) = &q.ttl {
+        query.push_str(&format!("&ttl={}", encode(t)));
+    }
+    if let Some(k) = &q.kind {
+        query.push_str(&format!("&type={}", encode(k)));
+    }
+    let path = format!("/api/v1/cache/{}?{query}", encode(&key));
+    let mut results = BTreeMap::new();
+    let calls = nodes.iter().map(|(id, addr)| {
+        let api = data_port(&c, id, addr.as_ref());
+        let (path, body) = (path.clone(), body.to_vec());
+        async move {
+            let r = match api {
+                Ok(api) => api.call_bytes(Method::PUT, &path, body, "").await.map(|_| "stored".to_string()).map_err(|e| e.to_string()),
+                Err(e) => Err(format!("{e:?}")),
+            };
+            (id.to_string(), r)
+        }
+    });
+    let mut stored = 0;
+    for (id, r) in futures_util::future::join_all(calls).await {
+        stored += usize::from(r.is_ok());
+        results.insert(id, r.unwrap_or_else(|e| format!("failed: {e}")));
+    }
+    let status = if stored == nodes.len() { StatusCode::CREATED } else { StatusCode::BAD_GATEWAY };
+    Ok((status, Json(json!({"key": key, "version": version, "nodes": results}))).into_response())
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct InvalidateQuery {
+    #[serde(default)]
+    scope: Option<String>,
+    #[serde(default)]
+    node: Option<String>,
+    #[serde(default)]
+    region: Option<String>,
+    #[serde(default)]
+    consistency: Option<String>,
+    #[serde(default)]
+    version: Option<u64>,
+}
+
+async fn invalidate(State(c): Ctl, Path(key): Path<String>, Query(q): Query<InvalidateQuery>) -> ApiResult {
+    let nodes = match q.scope.as_deref().unwrap_or("global") {
+        "local" => targets(&c, Some(q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?), None)?,
+        "regional" => targets(&c, None, Some(q.region.as_deref().ok_or_else(|| ApiError::bad_request("scope=regional needs region=NAME"))?))?,
+        "global" => targets(&c, None, None)?,
+        other => return Err(ApiError::bad_request(format!("scope must be local, regional or global, got {other:?}"))),
+    };
+    let strong = match q.consistency.as_deref().unwrap_or("strong") {
+        "strong" => true,
+        "eventual" => false,
+        other => return Err(ApiError::bad_request(format!("consistency must be strong or eventual, got {other:?}"))),
+    };
+    let request = c.next_id();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+    {
+        let inner = c.lock();
+        for (id, _) in &nodes {
+            inner.send(id, ServerMessage::CacheInvalidate { request, key: key.clone(), version: q.version });
+        }
+    }
+    let names: Vec<String> = nodes.iter().map(|(id, _)| id.to_string()).collect();
+    if !strong {
+        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+        return Ok((StatusCode::ACCEPTED, Json(json!({"key": key, "nodes": names, "consistency": "eventual"}))).into_response());
+    }
+    let mut acked: BTreeMap<String, bool> = BTreeMap::new();
+    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+    while acked.len() < names.len() {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some((id, removed))) => {
+                acked.insert(id.to_string(), removed);
+            }
+            _ => break,
+        }
+    }
+    c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+    let silent: Vec<&String> = names.iter().filter(|n| !acked.contains_key(*n)).collect();
+    let now = c.clock.now_ms();
+    let outcome = if silent.is_empty() { "invalidated" } else { "incomplete" };
+    c.security.audit(now, AuditEvent { actor: "server", action: "cache invalidate", target: &key, outcome, reason: &format!("nodes {names:?}, silent {silent:?}") });
+    let body = json!({"key": key, "acknowledged": acked, "silent": silent, "consistency": "strong"});
+    let status = if silent.is_empty() { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT };
+    Ok((status, Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrewarmRequest {
+    keys: Vec<String>,
+    #[serde(default)]
+    priority: u8,
+    #[serde(default)]
+    nodes: Option<Vec<String>>,
+    #[serde(default)]
+    region: Option<String>,
+}
+
+async fn prewarm(State(c): Ctl, ApiJson(req): ApiJson<PrewarmRequest>) -> ApiResult {
+    if req.keys.is_empty() || req.keys.len() > 10_000 || req.keys.iter().any(|k| k.is_empty() || k.len() > 1024) {
+        return Err(ApiError::bad_request("keys: 1-10,000 keys of 1-1024 bytes"));
+    }
+    let nodes = targets(&c, req.nodes.map(|n| n.join(",")).as_deref(), req.region.as_deref())?;
+    {
+        let inner = c.lock();
+        for (id, _) in &nodes {
+            inner.send(id, ServerMessage::CachePrewarm { keys: req.keys.clone(), priority: req.priority });
+        }
+    }
+    let names: Vec<String> = nodes.iter().map(|(id, _)| id.to_string()).collect();
+    Ok((StatusCode::ACCEPTED, Json(json!({"keys": req.keys.len(), "priority": req.priority, "nodes": names}))).into_response())
+}
