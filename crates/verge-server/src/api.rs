@@ -406,7 +406,8 @@ mod tests {
             .iter()
             .flat_map(|f| f.split(".route(\"").skip(1))
             .filter_map(|l| l.split('"').next())
-            .map(str::to_string)
+            // OpenAPI writes a catch-all `{*key}` as `{key}`.
+            .map(|r| r.replace("{*", "{"))
             .collect();
         assert_eq!(documented, routed);
     }
