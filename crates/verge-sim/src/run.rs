@@ -1,7 +1,7 @@
-//! The phases of a simulation run: enrol the fleet (with TLS), connect it, let coordinates
-//! settle, measure heartbeat load, place workloads and score them against
-//! the real matrix, heat and partition, kill a fraction and time the
-//! failover, and measure packing.
+//! The phases of a simulation run: enrol the fleet (with TLS), connect it,
+//! let coordinates settle, measure heartbeat load, place workloads and
+//! score them against the real matrix, heat and partition, kill a fraction
+//! and time the failover, and measure packing.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::Ordering;
@@ -85,12 +85,13 @@ async fn wait_active(api: &Api, want: usize, attested: bool, timeout: Duration) 
     loop {
         let text = scrape(api).await?;
         let active = metric(&text, "verge_nodes", "{lifecycle=\"active\"}").unwrap_or(0.0) as usize;
-        let passed = if attested { attestations_passed(&text) as usize } else { want };
-        if active >= want && passed >= want {
+        let passed = attested.then(|| attestations_passed(&text) as usize);
+        if active >= want && passed.is_none_or(|p| p >= want) {
             return Ok(start.elapsed().as_secs_f64());
         }
         if start.elapsed() > timeout {
-            return Err(SimError::Server(format!("only {active} of {want} nodes active ({passed} attested) after {timeout:?}")));
+            let passed = passed.map(|p| format!(" ({p} attested)")).unwrap_or_default();
+            return Err(SimError::Server(format!("only {active} of {want} nodes active{passed} after {timeout:?}")));
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
