@@ -23,6 +23,7 @@ type Shared = State<Arc<EdgeCache>>;
 pub fn router(cache: Arc<EdgeCache>) -> Router {
     let body_limit = usize::try_from(cache.sizes().max_value).unwrap_or(usize::MAX).saturating_add(64 << 10);
     Router::new()
+        .route("/metrics", get(metrics))
         .route("/api/v1/cache", get(stats))
         .route("/api/v1/cache/{*key}", get(read).put(write).delete(delete))
         .layer(DefaultBodyLimit::max(body_limit))
@@ -122,6 +123,10 @@ async fn delete(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
         Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
         Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
     }
+}
+
+async fn metrics(State(c): Shared) -> Response {
+    ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], crate::metrics::render(&c)).into_response()
 }
 
 async fn stats(State(c): Shared) -> Json<serde_json::Value> {

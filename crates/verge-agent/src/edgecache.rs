@@ -144,6 +144,8 @@ pub struct Warmup {
 
 /// Keys the predictor remembers.
 const PREDICTOR_KEYS: usize = 10_000;
+/// Hot keys reported in metrics.
+const HOT_KEYS: usize = 10;
 
 /// Hit and miss counts by tier.
 #[derive(Debug, Default, Serialize)]
@@ -171,8 +173,8 @@ pub struct EdgeCache {
     last_version: AtomicU64,
     /// Where misses are read through from, if configured.
     origin: Option<crate::origin::Origin>,
-    /// Learns access patterns for pre-warming.
-    predictor: Mutex<verge_cache::predict::Predictor>,
+    /// Learns access patterns for pre-warming, and counts hot keys.
+    patterns: Mutex<(verge_cache::predict::Predictor, verge_cache::hotspot::HotKeys)>,
     /// The pre-warming queue, once `prewarm::start` runs.
     warmups: std::sync::OnceLock<tokio::sync::mpsc::UnboundedSender<Warmup>>,
     /// Hits and misses.
@@ -243,7 +245,7 @@ impl EdgeCache {
             behind_ready: Condvar::new(),
             last_version: AtomicU64::new(0),
             origin,
-            predictor: Mutex::new(verge_cache::predict::Predictor::new(PREDICTOR_KEYS)),
+            patterns: Mutex::new((verge_cache::predict::Predictor::new(PREDICTOR_KEYS), verge_cache::hotspot::HotKeys::new(HOT_KEYS, 4096, 100_000))),
             warmups: std::sync::OnceLock::new(),
             counters: Counters::default(),
         });
@@ -421,7 +423,11 @@ impl EdgeCache {
     /// Records a client's request for `key` and queues the warm-ups the
     /// predictor expects to follow it.
     pub fn observe(&self, key: &str) {
-        let next = lock(&self.predictor).observe(key, now_ms());
+        let next = {
+            let mut p = lock(&self.patterns);
+            p.1.observe(key);
+            p.0.observe(key, now_ms())
+        };
         for p in next {
             self.request_warmup(Warmup { key: p.key, priority: (p.confidence * 100.0) as u8, deadline_ms: Some(p.deadline_ms) });
         }
@@ -429,7 +435,7 @@ impl EdgeCache {
 
     /// Periodic keys expected within `horizon_ms`.
     pub fn due(&self, horizon_ms: u64) -> Vec<verge_cache::predict::Prediction> {
-        lock(&self.predictor).due(now_ms(), horizon_ms)
+        lock(&self.patterns).0.due(now_ms(), horizon_ms)
     }
 
     /// Queues a warm-up (dropped when pre-warming is not running).
@@ -504,8 +510,14 @@ impl EdgeCache {
             "pendingWrites": lock(&self.behind).len(),
             "originFetches": self.origin_fetches(),
             "prewarmed": c.prewarmed.load(Ordering::Relaxed),
+            "hotKeys": self.hot_keys(),
             "encrypted": self.vault.sealing(),
         })
+    }
+
+    /// The hottest keys now, with estimated request counts.
+    pub fn hot_keys(&self) -> Vec<(String, u32)> {
+        lock(&self.patterns).1.top()
     }
 
     /// Entries in memory (for `INFO`).

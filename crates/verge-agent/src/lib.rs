@@ -20,6 +20,7 @@ pub mod edgecache;
 pub mod exec;
 pub mod identity;
 pub mod logs;
+pub mod metrics;
 pub mod origin;
 pub mod prewarm;
 pub mod resp;

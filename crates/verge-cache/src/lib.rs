@@ -8,10 +8,12 @@
 //! - [`policy`]: LRU, LFU, FIFO, TTL, ARC, GDSF, S3-FIFO, SIEVE, W-TinyLFU,
 //!   LIRS and the adaptive default, behind the [`policy::Eviction`] trait.
 //! - [`predict`]: the pre-warming predictor (periodicity, key sequences).
+//! - [`hotspot`]: top-K hot keys from a count-min sketch.
 
 mod cache;
 mod error;
 mod ghost;
+pub mod hotspot;
 mod list;
 pub mod policy;
 pub mod predict;

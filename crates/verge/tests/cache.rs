@@ -194,6 +194,11 @@ fn misses_read_through_the_origin_once_for_many_clients() {
     let (_, stats) = http(&port, "GET", "/api/v1/cache", b"");
     let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
     assert_eq!(stats["originFetches"], 2, "{stats}");
+    assert_eq!(stats["hotKeys"][0][0], "models/m1", "{stats}");
+    let (status, metrics) = http(&port, "GET", "/metrics", b"");
+    assert_eq!(status, 200);
+    assert!(metrics.contains("verge_cache_origin_fetches_total 2"), "{metrics}");
+    assert!(metrics.contains("verge_cache_hot_key_requests{key=\"models/m1\"} 13"), "{metrics}");
 }
 
 #[test]
