@@ -59,6 +59,8 @@ pub struct AgentOptions {
     pub cache: crate::edgecache::CacheSizes,
     /// The cache's origin, `http://…`, for read-through.
     pub origin: Option<String>,
+    /// The cache's cold tier directory.
+    pub cold_dir: Option<PathBuf>,
 }
 
 /// Joining and attestation inputs.
@@ -258,9 +260,14 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let keys = opts.security.encryption.then(|| opts.data_dir.join("keys"));
     let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
     let origin = opts.origin.as_deref().map(crate::origin::Origin::new).transpose().map_err(|e| data_err(std::io::Error::other(e)))?;
-    let cache = EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache, origin).map_err(data_err)?;
+    let cold: Option<Box<dyn crate::coldstore::ObjectStore>> = match &opts.cold_dir {
+        Some(d) => Some(Box::new(crate::coldstore::FsObjectStore::open(d.clone()).map_err(data_err)?)),
+        None => None,
+    };
+    let cache = EdgeCache::open(&opts.data_dir.join("cache"), vault.clone(), opts.cache, origin, cold).map_err(data_err)?;
     crate::prewarm::start(cache.clone(), shutdown.clone());
-    let sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
+    let mut sealed_roots = vec![cache.warm_dir().to_path_buf(), opts.data_dir.join("sync")];
+    sealed_roots.extend(opts.cold_dir.clone());
     vault.clone().spawn_rotation(opts.security.key_rotation, sealed_roots, shutdown.clone());
     if let Some(addr) = opts.cache.resp_addr {
         let tls_source = tls.as_ref().map(|t| t.data_port.clone());

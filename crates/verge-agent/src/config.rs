@@ -199,6 +199,9 @@ pub struct CacheSection {
     pub resp_addr: Option<std::net::SocketAddr>,
     /// Read misses through from `ORIGIN/KEY` (an `http://` URL).
     pub origin: Option<String>,
+    /// The cold tier: a directory (a large volume or a mounted bucket)
+    /// where entries pushed out of the warm tier go.
+    pub cold_dir: Option<PathBuf>,
 }
 
 impl EdgeConfig {
@@ -259,6 +262,7 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("cache.max_value", false),
     ("cache.resp_addr", true),
     ("cache.origin", true),
+    ("cache.cold_dir", true),
 ];
 
 /// The environment variable that overrides `key`.

@@ -158,6 +158,10 @@ pub struct Counters {
     pub misses: AtomicU64,
     /// Keys read through ahead of demand.
     pub prewarmed: AtomicU64,
+    /// Entries moved from the warm to the cold tier.
+    pub demoted: AtomicU64,
+    /// Entries served from the cold tier.
+    pub cold_hits: AtomicU64,
 }
 
 /// The cache, shared by the HTTP and RESP front ends.
@@ -173,6 +177,8 @@ pub struct EdgeCache {
     last_version: AtomicU64,
     /// Where misses are read through from, if configured.
     origin: Option<crate::origin::Origin>,
+    /// The cold tier, if configured: warm evictions are demoted there.
+    cold: Option<Box<dyn crate::coldstore::ObjectStore>>,
     /// Learns access patterns for pre-warming, and counts hot keys.
     patterns: Mutex<(verge_cache::predict::Predictor, verge_cache::hotspot::HotKeys)>,
     /// The pre-warming queue, once `prewarm::start` runs.
@@ -214,7 +220,13 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 impl EdgeCache {
     /// Opens the warm tier under `dir` (removing temporary files a crash
     /// left) with the hot tier empty, and starts the write-behind writer.
-    pub fn open(dir: &Path, vault: Arc<Vault>, sizes: CacheSizes, origin: Option<crate::origin::Origin>) -> std::io::Result<Arc<EdgeCache>> {
+    pub fn open(
+        dir: &Path,
+        vault: Arc<Vault>,
+        sizes: CacheSizes,
+        origin: Option<crate::origin::Origin>,
+        cold: Option<Box<dyn crate::coldstore::ObjectStore>>,
+    ) -> std::io::Result<Arc<EdgeCache>> {
         let warm_dir = dir.join("warm");
         std::fs::create_dir_all(&warm_dir)?;
         let mut index = WarmIndex::default();
@@ -245,6 +257,7 @@ impl EdgeCache {
             behind_ready: Condvar::new(),
             last_version: AtomicU64::new(0),
             origin,
+            cold,
             patterns: Mutex::new((verge_cache::predict::Predictor::new(PREDICTOR_KEYS), verge_cache::hotspot::HotKeys::new(HOT_KEYS, 4096, 100_000))),
             warmups: std::sync::OnceLock::new(),
             counters: Counters::default(),
@@ -356,7 +369,18 @@ impl EdgeCache {
         warm.insert(name.clone(), bytes.len() as u64);
         while warm.bytes > self.sizes.disk {
             let Some(victim) = warm.oldest().filter(|v| *v != name) else { break };
-            let _ = std::fs::remove_file(self.warm_dir.join(&victim));
+            let path = self.warm_dir.join(&victim);
+            if let Some(cold) = &self.cold {
+                // Demoted as stored: still sealed.
+                match std::fs::read(&path).and_then(|b| cold.put(&victim, &b)) {
+                    Ok(()) => self.counters.demoted.fetch_add(1, Ordering::Relaxed),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "demoting to the cold tier failed; entry dropped");
+                        0
+                    }
+                };
+            }
+            let _ = std::fs::remove_file(&path);
             warm.remove(&victim);
         }
         Ok(())
@@ -459,7 +483,7 @@ impl EdgeCache {
         let path = self.warm_dir.join(file_name(key));
         let bytes = match self.vault.read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.read_cold(key),
             Err(e) => {
                 tracing::warn!(key, error = %e, "unreadable cache entry dropped");
                 self.remove_warm(key);
@@ -470,12 +494,38 @@ impl EdgeCache {
         (meta.key == key).then(|| Entry { meta: Arc::new(meta), value })
     }
 
+    /// `key` from the cold tier, promoted back to the warm one.
+    fn read_cold(&self, key: &str) -> Option<Entry> {
+        let cold = self.cold.as_ref()?;
+        let name = file_name(key);
+        let stored = cold.get(&name).ok()?;
+        let bytes = match self.vault.unseal(stored) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(key, error = %e, "unreadable cold entry dropped");
+                let _ = cold.delete(&name);
+                return None;
+            }
+        };
+        let (meta, value) = decode(&bytes)?;
+        if meta.key != key {
+            return None;
+        }
+        let e = Entry { meta: Arc::new(meta), value };
+        self.counters.cold_hits.fetch_add(1, Ordering::Relaxed);
+        // Back to the warm tier; the cold copy stays until the key is
+        // removed or demoted again, so a crash before the write loses nothing.
+        lock(&self.behind).insert(key.to_string(), Some(e.clone()));
+        Some(e)
+    }
+
     /// Removes `key` from every tier; whether it was anywhere.
     pub fn remove(&self, key: &str) -> bool {
         let in_hot = lock(&self.hot).remove(key).is_some();
         let pending = lock(&self.behind).insert(key.to_string(), None).is_some_and(|p| p.is_some());
         let on_disk = self.warm_dir.join(file_name(key)).exists();
-        in_hot || pending || on_disk
+        let in_cold = self.cold.as_ref().is_some_and(|c| c.delete(&file_name(key)).unwrap_or(false));
+        in_hot || pending || on_disk || in_cold
     }
 
     /// Drops `key` unless this node holds a version newer than `version`
@@ -511,6 +561,7 @@ impl EdgeCache {
             "originFetches": self.origin_fetches(),
             "prewarmed": c.prewarmed.load(Ordering::Relaxed),
             "hotKeys": self.hot_keys(),
+            "cold": {"enabled": self.cold.is_some(), "hits": c.cold_hits.load(Ordering::Relaxed), "demoted": c.demoted.load(Ordering::Relaxed)},
             "encrypted": self.vault.sealing(),
         })
     }
@@ -577,7 +628,7 @@ mod tests {
 
     fn cache(dir: &Path, disk: u64) -> Arc<EdgeCache> {
         let vault = Arc::new(Vault::open(Some(&dir.join("keys"))).unwrap());
-        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None }, None).unwrap()
+        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None }, None, Some(Box::new(crate::coldstore::FsObjectStore::open(dir.join("cold")).unwrap()))).unwrap()
     }
 
     #[test]
@@ -614,6 +665,11 @@ mod tests {
         }
         assert!(c.warm.lock().unwrap().bytes <= 600);
         assert!(c.get("k19", now_ms()).is_some());
+        // What the warm tier pushed out went cold, sealed, and comes back.
+        assert!(c.counters.demoted.load(Ordering::Relaxed) > 0);
+        lock(&c.hot).remove("k0");
+        assert_eq!(c.get("k0", now_ms()).unwrap().value.as_ref(), &[7u8; 100][..]);
+        assert_eq!(c.counters.cold_hits.load(Ordering::Relaxed), 1);
         assert!(matches!(c.put("", Bytes::new(), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::BadKey)));
         assert!(matches!(c.put("k", Bytes::from(vec![0; 2 << 20]), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::TooLarge(_))));
         assert!(matches!(c.put("k", Bytes::new(), "no spaces", None, Durability::WriteBehind), Err(CacheWriteError::BadType)));

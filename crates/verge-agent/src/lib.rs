@@ -13,6 +13,7 @@ pub mod bisync;
 pub mod cachehttp;
 pub mod cgroup;
 pub mod collector;
+pub mod coldstore;
 pub mod config;
 pub mod dataport;
 pub mod driver;

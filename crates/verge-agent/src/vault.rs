@@ -67,7 +67,12 @@ impl Vault {
     /// Reads `path`, opening it when sealing is on. A file that fails
     /// authentication is an `InvalidData` error, never garbage.
     pub fn read(&self, path: &Path) -> io::Result<Vec<u8>> {
-        let bytes = std::fs::read(path)?;
+        self.unseal(std::fs::read(path)?)
+    }
+
+    /// Opens bytes as [`Vault::write`] stored them (from a file or a cold
+    /// object store).
+    pub fn unseal(&self, bytes: Vec<u8>) -> io::Result<Vec<u8>> {
         match &self.ring {
             Some(r) => r.read().unwrap_or_else(|p| p.into_inner()).open(&bytes, b"").map_err(seal_err),
             None => Ok(bytes),

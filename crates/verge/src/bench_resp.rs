@@ -63,7 +63,7 @@ fn wait_listening(port: u16) -> Result<()> {
 fn start_verge(dir: &std::path::Path) -> Result<SocketAddr> {
     let vault = Arc::new(verge_agent::vault::Vault::open(None)?);
     let sizes = CacheSizes { memory: 1 << 30, disk: 4 << 30, max_value: 64 << 20, resp_addr: None };
-    let cache = EdgeCache::open(dir, vault, sizes, None)?;
+    let cache = EdgeCache::open(dir, vault, sizes, None, None)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {

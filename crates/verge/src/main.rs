@@ -270,6 +270,7 @@ async fn agent(args: AgentArgs) -> Result<()> {
         },
         cache: cfg.cache_sizes(),
         origin: cfg.cache.origin.clone(),
+        cold_dir: cfg.cache.cold_dir.clone(),
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())
