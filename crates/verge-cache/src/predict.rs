@@ -50,6 +50,7 @@ struct KeyStats {
 #[derive(Debug)]
 pub struct Predictor {
     keys: HashMap<String, KeyStats>,
+    /// The previous request's key (reused buffer) and time.
     previous: Option<(String, u64)>,
     max_keys: usize,
 }
@@ -64,20 +65,26 @@ impl Predictor {
     /// Records a request for `key` at `now_ms`; returns the successors
     /// worth warming now.
     pub fn observe(&mut self, key: &str, now_ms: u64) -> Vec<Prediction> {
-        if let Some((prev, at)) = self.previous.take() {
-            let delay = now_ms.saturating_sub(at);
+        // The steady state allocates nothing: known keys are looked up by
+        // `&str` and the previous key's buffer is reused.
+        if let Some((prev, at)) = &self.previous {
+            let delay = now_ms.saturating_sub(*at);
             if prev != key && delay <= SEQUENCE_WINDOW_MS {
-                if let Some(p) = self.keys.get_mut(&prev) {
+                if let Some(p) = self.keys.get_mut(prev.as_str()) {
                     p.transitions += 1;
-                    if p.successors.len() < MAX_SUCCESSORS || p.successors.contains_key(key) {
-                        let s = p.successors.entry(key.to_string()).or_insert((0, delay as f64));
+                    if let Some(s) = p.successors.get_mut(key) {
                         s.0 += 1;
                         s.1 += ALPHA * (delay as f64 - s.1);
+                    } else if p.successors.len() < MAX_SUCCESSORS {
+                        p.successors.insert(key.to_string(), (1, delay as f64));
                     }
                 }
             }
         }
-        let stats = self.keys.entry(key.to_string()).or_default();
+        if !self.keys.contains_key(key) {
+            self.keys.insert(key.to_string(), KeyStats::default());
+        }
+        let Some(stats) = self.keys.get_mut(key) else { return Vec::new() };
         if stats.seen > 0 {
             let gap = now_ms.saturating_sub(stats.last_ms) as f64;
             if stats.seen == 1 {
@@ -91,7 +98,14 @@ impl Predictor {
         stats.seen = stats.seen.saturating_add(1);
         stats.last_ms = now_ms;
         let next = successors(key, stats, now_ms);
-        self.previous = Some((key.to_string(), now_ms));
+        match &mut self.previous {
+            Some((buf, at)) => {
+                buf.clear();
+                buf.push_str(key);
+                *at = now_ms;
+            }
+            None => self.previous = Some((key.to_string(), now_ms)),
+        }
         if self.keys.len() > self.max_keys + self.max_keys / 8 {
             self.forget_oldest();
         }
