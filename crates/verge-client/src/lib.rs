@@ -5,7 +5,8 @@
 //!
 //! Connections are HTTP/1.1 over TLS (trusting only the cluster CA and
 //! verifying the peer's Verge identity) or plain TCP for `http://` bases;
-//! one idle connection is kept for the next request.
+//! up to [`MAX_IDLE`] idle connections are kept for the next requests, so
+//! concurrent callers do not pay a handshake each.
 
 pub mod serve;
 
@@ -60,15 +61,18 @@ pub struct Api {
     authority: String,
     tls: Option<Tls>,
     token: Option<String>,
-    idle: Mutex<Option<SendRequest<Full<Bytes>>>>,
+    idle: Mutex<Vec<SendRequest<Full<Bytes>>>>,
 }
+
+/// Idle connections kept per client.
+pub const MAX_IDLE: usize = 32;
 
 impl Api {
     /// A client for `base` (`http://host:port`, or `https://…` with [`Api::secure`]).
     pub fn new(base: &str) -> Api {
         let base = base.trim_end_matches('/').to_string();
         let authority = base.split_once("://").map_or(base.as_str(), |(_, r)| r).split('/').next().unwrap_or_default().to_string();
-        Api { base, authority, tls: None, token: None, idle: Mutex::new(None) }
+        Api { base, authority, tls: None, token: None, idle: Mutex::new(Vec::new()) }
     }
 
     /// A client for `https://host:port` (the scheme is added when missing)
@@ -170,7 +174,11 @@ impl Api {
             req.body(Full::new(body.clone())).map_err(|_| ClientError::Request(format!("{}{path}", self.base)))
         };
         let unreachable = |e: hyper::Error| ClientError::Unreachable { base: self.base.clone(), err: e.to_string() };
-        let idle = self.idle.lock().unwrap_or_else(|p| p.into_inner()).take().filter(|s| !s.is_closed());
+        let idle = {
+            let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            pool.retain(|s| !s.is_closed());
+            pool.pop()
+        };
         // A kept connection the peer closed meanwhile fails at once; the
         // request then goes out once more on a fresh one.
         let reused = match idle {
@@ -192,7 +200,12 @@ impl Api {
         let status = resp.status();
         let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
-        *self.idle.lock().unwrap_or_else(|p| p.into_inner()) = Some(sender);
+        {
+            let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+            if pool.len() < MAX_IDLE {
+                pool.push(sender);
+            }
+        }
         if !status.is_success() {
             let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
             let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
