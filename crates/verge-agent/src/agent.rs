@@ -282,7 +282,18 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let data_port = match opts.data_addr {
         Some(addr) => {
             let tls_source = tls.as_ref().map(|t| t.data_port.clone());
-            Some(serve_data_port(addr, &opts.data_dir, vault.clone(), crate::cachehttp::router(cache.clone()), revoked.clone(), tls_source, shutdown.clone()).await?)
+            Some(
+                serve_data_port(
+                    addr,
+                    &opts.data_dir,
+                    vault.clone(),
+                    crate::cachehttp::router(cache.clone()),
+                    revoked.clone(),
+                    tls_source,
+                    shutdown.clone(),
+                )
+                .await?,
+            )
         }
         None => None,
     };

@@ -36,8 +36,7 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 
 /// Why a key is refused, as an answer; `None` for a good key.
 fn bad_key(key: &str) -> Option<Response> {
-    (!valid_key(key))
-        .then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
+    (!valid_key(key)).then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
 }
 
 /// `PUT` options in the query string (raw body) or in the JSON body;

@@ -258,7 +258,10 @@ impl EdgeCache {
             last_version: AtomicU64::new(0),
             origin,
             cold,
-            patterns: Mutex::new((verge_cache::predict::Predictor::new(PREDICTOR_KEYS), verge_cache::hotspot::HotKeys::new(HOT_KEYS, 4096, 100_000))),
+            patterns: Mutex::new((
+                verge_cache::predict::Predictor::new(PREDICTOR_KEYS),
+                verge_cache::hotspot::HotKeys::new(HOT_KEYS, 4096, 100_000),
+            )),
             warmups: std::sync::OnceLock::new(),
             counters: Counters::default(),
         });
@@ -312,7 +315,14 @@ impl EdgeCache {
 
     /// Stores a replica of version `version` written elsewhere, unless this
     /// node holds a newer one; returns what is stored now.
-    pub fn put_replica(&self, key: &str, value: Bytes, kind: &str, ttl_ms: Option<u64>, version: u64) -> Result<Arc<Meta>, CacheWriteError> {
+    pub fn put_replica(
+        &self,
+        key: &str,
+        value: Bytes,
+        kind: &str,
+        ttl_ms: Option<u64>,
+        version: u64,
+    ) -> Result<Arc<Meta>, CacheWriteError> {
         match self.get(key, now_ms()) {
             Some(local) if local.meta.version >= version => Ok(local.meta),
             _ => self.put_version(key, value, kind, ttl_ms, Durability::WriteThrough, Some(version)),
@@ -628,7 +638,14 @@ mod tests {
 
     fn cache(dir: &Path, disk: u64) -> Arc<EdgeCache> {
         let vault = Arc::new(Vault::open(Some(&dir.join("keys"))).unwrap());
-        EdgeCache::open(&dir.join("cache"), vault, CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None }, None, Some(Box::new(crate::coldstore::FsObjectStore::open(dir.join("cold")).unwrap()))).unwrap()
+        EdgeCache::open(
+            &dir.join("cache"),
+            vault,
+            CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None },
+            None,
+            Some(Box::new(crate::coldstore::FsObjectStore::open(dir.join("cold")).unwrap())),
+        )
+        .unwrap()
     }
 
     #[test]
@@ -671,7 +688,10 @@ mod tests {
         assert_eq!(c.get("k0", now_ms()).unwrap().value.as_ref(), &[7u8; 100][..]);
         assert_eq!(c.counters.cold_hits.load(Ordering::Relaxed), 1);
         assert!(matches!(c.put("", Bytes::new(), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::BadKey)));
-        assert!(matches!(c.put("k", Bytes::from(vec![0; 2 << 20]), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::TooLarge(_))));
+        assert!(matches!(
+            c.put("k", Bytes::from(vec![0; 2 << 20]), "app_data", None, Durability::WriteBehind),
+            Err(CacheWriteError::TooLarge(_))
+        ));
         assert!(matches!(c.put("k", Bytes::new(), "no spaces", None, Durability::WriteBehind), Err(CacheWriteError::BadType)));
     }
 }

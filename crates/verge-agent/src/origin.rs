@@ -72,7 +72,6 @@ impl Origin {
     }
 }
 
-
 #[cfg(test)]
 mod tests {
     use super::*;

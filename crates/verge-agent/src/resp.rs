@@ -43,7 +43,10 @@ fn line(buf: &[u8], from: usize) -> Result<Option<(&[u8], usize)>, String> {
 }
 
 fn number(digits: &[u8]) -> Result<i64, String> {
-    std::str::from_utf8(digits).ok().and_then(|s| s.parse().ok()).ok_or_else(|| format!("invalid length {:?}", String::from_utf8_lossy(digits)))
+    std::str::from_utf8(digits)
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| format!("invalid length {:?}", String::from_utf8_lossy(digits)))
 }
 
 /// Parses one command from the front of `buf`: a RESP array of bulk
@@ -139,13 +142,13 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         (b"PING", 1) => out.extend(b"+PONG\r\n"),
         (b"PING" | b"ECHO", 2) => bulk(out, args[1]),
         (b"GET", 2) => match utf8(args[1]) {
-            Some(key) => match {
+            Some(key) => {
                 cache.observe(key);
-                lookup(cache, key).await
-            } {
-                Some(e) => bulk(out, &e.value),
-                None => out.extend(NIL),
-            },
+                match lookup(cache, key).await {
+                    Some(e) => bulk(out, &e.value),
+                    None => out.extend(NIL),
+                }
+            }
             None => out.extend(NIL),
         },
         (b"SET", n) if n >= 3 => set(cache, args, out),

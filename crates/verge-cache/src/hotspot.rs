@@ -48,7 +48,7 @@ impl HotKeys {
     /// Counts one request for `key`; returns its estimated count.
     pub fn observe(&mut self, key: &str) -> u32 {
         self.seen += 1;
-        if self.seen % self.window == 0 {
+        if self.seen.is_multiple_of(self.window) {
             self.halve();
         }
         let slots = self.slots(key);

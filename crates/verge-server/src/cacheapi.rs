@@ -82,11 +82,13 @@ fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec
 fn data_port(c: &Control, node: &NodeId, addr: Option<&String>) -> Result<Api, ApiError> {
     let addr = addr.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_data_port", format!("node {node} advertises no data port")))?;
     Ok(match &c.security.data_client {
-        Some(config) => Api::secure(addr, Tls { config: config.clone(), server_name: verge_security::tls::node_name(), peer: Some(Identity::Node(node.to_string())) }),
+        Some(config) => Api::secure(
+            addr,
+            Tls { config: config.clone(), server_name: verge_security::tls::node_name(), peer: Some(Identity::Node(node.to_string())) },
+        ),
         None => Api::new(&format!("http://{addr}")),
     })
 }
-
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
@@ -200,7 +202,9 @@ struct InvalidateQuery {
 async fn invalidate(State(c): Ctl, Path(key): Path<String>, Query(q): Query<InvalidateQuery>) -> ApiResult {
     let nodes = match q.scope.as_deref().unwrap_or("global") {
         "local" => targets(&c, Some(q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?), None)?,
-        "regional" => targets(&c, None, Some(q.region.as_deref().ok_or_else(|| ApiError::bad_request("scope=regional needs region=NAME"))?))?,
+        "regional" => {
+            targets(&c, None, Some(q.region.as_deref().ok_or_else(|| ApiError::bad_request("scope=regional needs region=NAME"))?))?
+        }
         "global" => targets(&c, None, None)?,
         other => return Err(ApiError::bad_request(format!("scope must be local, regional or global, got {other:?}"))),
     };
@@ -237,7 +241,16 @@ async fn invalidate(State(c): Ctl, Path(key): Path<String>, Query(q): Query<Inva
     let silent: Vec<&String> = names.iter().filter(|n| !acked.contains_key(*n)).collect();
     let now = c.clock.now_ms();
     let outcome = if silent.is_empty() { "invalidated" } else { "incomplete" };
-    c.security.audit(now, AuditEvent { actor: "server", action: "cache invalidate", target: &key, outcome, reason: &format!("nodes {names:?}, silent {silent:?}") });
+    c.security.audit(
+        now,
+        AuditEvent {
+            actor: "server",
+            action: "cache invalidate",
+            target: &key,
+            outcome,
+            reason: &format!("nodes {names:?}, silent {silent:?}"),
+        },
+    );
     let body = json!({"key": key, "acknowledged": acked, "silent": silent, "consistency": "strong"});
     let status = if silent.is_empty() { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT };
     Ok((status, Json(body)).into_response())

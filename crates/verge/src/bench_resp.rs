@@ -136,7 +136,10 @@ pub fn run(args: RespBenchArgs) -> Result<()> {
     drop(redis);
     if args.json {
         for (test, redis, ours) in &best {
-            println!("{}", json!({"test": test, "redis_rps": redis, "verge_rps": ours, "ratio": ours / redis, "pipeline": args.pipeline, "clients": args.clients}));
+            println!(
+                "{}",
+                json!({"test": test, "redis_rps": redis, "verge_rps": ours, "ratio": ours / redis, "pipeline": args.pipeline, "clients": args.clients})
+            );
         }
         return Ok(());
     }

@@ -103,12 +103,20 @@ pub async fn run(api: &Api, cmd: CacheCmd) -> Result<()> {
         }
         CacheCmd::Rm { key, scope, node, region, eventual } => {
             let consistency = if eventual { "eventual" } else { "strong" };
-            let q = query(&[("scope", Some(&scope)), ("node", node.as_deref()), ("region", region.as_deref()), ("consistency", Some(consistency))]);
+            let q = query(&[
+                ("scope", Some(&scope)),
+                ("node", node.as_deref()),
+                ("region", region.as_deref()),
+                ("consistency", Some(consistency)),
+            ]);
             pretty(&api.call(Method::DELETE, &format!("/api/v1/cache/{}{q}", url_path(&key)), None).await?);
         }
         CacheCmd::Prewarm { keys, priority, nodes } => {
             let nodes: Option<Vec<&str>> = nodes.as_deref().map(|n| n.split(',').collect());
-            pretty(&api.call(Method::POST, "/api/v1/cache/prewarm", Some(&json!({"keys": keys, "priority": priority, "nodes": nodes}))).await?);
+            pretty(
+                &api.call(Method::POST, "/api/v1/cache/prewarm", Some(&json!({"keys": keys, "priority": priority, "nodes": nodes})))
+                    .await?,
+            );
         }
         CacheCmd::Stats { node } => pretty(&api.get(&format!("/api/v1/cache{}", query(&[("node", node.as_deref())]))).await?),
     }

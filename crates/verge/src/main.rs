@@ -3,8 +3,8 @@
 mod bench;
 mod bench_cache;
 mod bench_resp;
-mod cachecmd;
 mod bench_sync;
+mod cachecmd;
 mod commands;
 mod connect;
 mod dev;

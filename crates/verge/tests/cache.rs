@@ -64,7 +64,10 @@ fn redis_protocol_and_http_share_one_cache() {
     wait_until(Duration::from_secs(5), "the short entry to expire", || (r.call(&[b"GET", b"short"]) == "$-1\r\n").then_some(()));
     assert!(r.call(&[b"INFO"]).contains("redis_version"));
     // Pipelined: three commands in one write, three replies.
-    assert_eq!(r.raw(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$8\r\ngreeting\r\n*2\r\n$3\r\nDEL\r\n$8\r\ngreeting\r\n"), "+PONG\r\n$5\r\nhello\r\n:1\r\n");
+    assert_eq!(
+        r.raw(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$8\r\ngreeting\r\n*2\r\n$3\r\nDEL\r\n$8\r\ngreeting\r\n"),
+        "+PONG\r\n$5\r\nhello\r\n:1\r\n"
+    );
     assert_eq!(r.call(&[b"GET", b"greeting"]), "$-1\r\n");
 
     // What HTTP writes, RESP reads, and the other way round.
@@ -160,7 +163,10 @@ fn slow_origin() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
                     "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
                 } else {
                     let body = format!("origin:{path}");
-                    format!("HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                    format!(
+                        "HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        body.len()
+                    )
                 };
                 let mut conn = conn;
                 let _ = conn.write_all(reply.as_bytes());
