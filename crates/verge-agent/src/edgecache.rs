@@ -245,7 +245,10 @@ impl EdgeCache {
         for (_, name, size) in files {
             index.insert(name, size);
         }
-        let config = CacheConfig { max_entries: 1 << 20, max_bytes: Some(sizes.memory.max(1)), policy: PolicyKind::default() };
+        // Entries are bounded by bytes; the entry bound (one per 4 KiB of
+        // memory) only sizes the tables, so an idle agent stays small.
+        let max_entries = (sizes.memory / 4096).clamp(1024, 1 << 20) as usize;
+        let config = CacheConfig { max_entries, max_bytes: Some(sizes.memory.max(1)), policy: PolicyKind::default() };
         let hot = Cache::with_config(config).map_err(std::io::Error::other)?;
         let cache = Arc::new(EdgeCache {
             hot: Mutex::new(hot),
