@@ -91,6 +91,9 @@ pub struct TokenRecord {
     pub expires_ms: Option<u64>,
     /// When it was revoked, Unix ms.
     pub revoked_ms: Option<u64>,
+    /// For a node token bound to one node: the only node id it may join as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
 }
 
 impl TokenRecord {
@@ -132,7 +135,14 @@ impl TokenStore {
 
     /// Mints a token and persists it before returning the only copy of its
     /// secret.
-    pub fn create(&mut self, role: Role, name: &str, ttl_ms: Option<u64>, now_ms: u64) -> Result<(String, TokenRecord), TokenError> {
+    pub fn create(
+        &mut self,
+        role: Role,
+        name: &str,
+        ttl_ms: Option<u64>,
+        node: Option<String>,
+        now_ms: u64,
+    ) -> Result<(String, TokenRecord), TokenError> {
         let id = hex(&fsutil::random_bytes::<ID_BYTES>());
         let secret = fsutil::random_bytes::<SECRET_BYTES>();
         let rec = TokenRecord {
@@ -143,6 +153,7 @@ impl TokenStore {
             created_ms: now_ms,
             expires_ms: ttl_ms.map(|t| now_ms.saturating_add(t)),
             revoked_ms: None,
+            node,
         };
         self.tokens.insert(id.clone(), rec.clone());
         if let Err(e) = self.save() {
@@ -197,8 +208,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tokens.json");
         let mut store = TokenStore::open(&path).unwrap();
-        let (admin, _) = store.create(Role::Admin, "admin", None, 1_000).unwrap();
-        let (join, rec) = store.create(Role::Node, "join", Some(60_000), 1_000).unwrap();
+        let (admin, _) = store.create(Role::Admin, "admin", None, None, 1_000).unwrap();
+        let (join, rec) = store.create(Role::Node, "join", Some(60_000), Some("edge-1".into()), 1_000).unwrap();
         assert_eq!(store.verify(&admin, 5_000).unwrap().role, Role::Admin);
         assert_eq!(store.verify(&join, 60_999).unwrap().role, Role::Node);
         assert!(matches!(store.verify(&join, 61_000), Err(TokenError::Expired)));

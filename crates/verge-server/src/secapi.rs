@@ -56,6 +56,19 @@ struct JoinRequest {
 async fn join(State(c): Ctl, Extension(p): Extension<Principal>, ApiJson(req): ApiJson<JoinRequest>) -> ApiResult {
     let node = NodeId::new(req.node)?;
     let now = c.clock.now_ms();
+    // A join token must not take over the identity of a node that is up:
+    // a node that lost its key rejoins once its old session is gone.
+    let live = c.lock().agents.contains_key(&node);
+    let bound = p.node.as_deref().is_some_and(|n| n != node.as_str());
+    if live || bound {
+        let why = if live {
+            format!("node {node} is connected with its certificate; a join cannot take over a live node")
+        } else {
+            format!("this join token is for node {}, not {node}", p.node.as_deref().unwrap_or_default())
+        };
+        c.security.audit(now, AuditEvent { actor: &p.actor(), action: "join", target: node.as_str(), outcome: "denied", reason: &why });
+        return Err(ApiError::new(StatusCode::CONFLICT, "join_refused", why));
+    }
     let issued = c.security.issue(&req.csr, &Identity::Node(node.to_string()), now).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let reason = format!("join token {}; certificate serial {} valid until {}", p.token_id, issued.serial, issued.not_after_ms);
     c.security.audit(now, AuditEvent { actor: &p.actor(), action: "join", target: node.as_str(), outcome: "issued", reason: &reason });
@@ -89,7 +102,7 @@ fn token_json(t: &TokenRecord, now: u64) -> Value {
         Ok(()) => "active".to_string(),
         Err(e) => e.to_string().replace("token ", ""),
     };
-    json!({"id": t.id, "name": t.name, "role": t.role, "createdMs": t.created_ms, "expiresMs": t.expires_ms, "revokedMs": t.revoked_ms, "state": state})
+    json!({"id": t.id, "name": t.name, "role": t.role, "node": t.node, "createdMs": t.created_ms, "expiresMs": t.expires_ms, "revokedMs": t.revoked_ms, "state": state})
 }
 
 async fn list_tokens(State(c): Ctl) -> Json<Value> {
@@ -105,6 +118,9 @@ struct NewToken {
     ttl: Option<String>,
     #[serde(default)]
     name: Option<String>,
+    /// For node tokens: the only node id it may join as.
+    #[serde(default)]
+    node: Option<String>,
 }
 
 async fn create_token(State(c): Ctl, ApiJson(req): ApiJson<NewToken>) -> ApiResult {
@@ -118,10 +134,15 @@ async fn create_token(State(c): Ctl, ApiJson(req): ApiJson<NewToken>) -> ApiResu
     if name.is_empty() || name.len() > 128 || name.chars().any(char::is_control) {
         return Err(ApiError::bad_request("name must be 1-128 printable characters"));
     }
+    let node = match req.node {
+        Some(n) if role == Role::Node => Some(NodeId::new(n)?.to_string()),
+        Some(_) => return Err(ApiError::bad_request("node applies to node tokens only")),
+        None => None,
+    };
     let now = c.clock.now_ms();
     let (token, rec) = c
         .security
-        .create_token(role, &name, ttl, now)
+        .create_token(role, &name, ttl, node, now)
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "token_store", e.to_string()))?;
     let mut v = token_json(&rec, now);
     v["token"] = json!(token);

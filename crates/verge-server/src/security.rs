@@ -30,6 +30,8 @@ pub struct Principal {
     pub name: String,
     /// Its role.
     pub role: Role,
+    /// For a node token bound to one node: that node.
+    pub node: Option<String>,
 }
 
 impl Principal {
@@ -94,7 +96,7 @@ impl Security {
         let mut tokens = TokenStore::open(&dir.join("tokens.json")).map_err(|e| startup("tokens", e))?;
         let admin_path = dir.join("admin.token");
         if !admin_path.exists() {
-            let (token, _) = tokens.create(Role::Admin, "admin", None, now_ms).map_err(|e| startup("admin token", e))?;
+            let (token, _) = tokens.create(Role::Admin, "admin", None, None, now_ms).map_err(|e| startup("admin token", e))?;
             fsutil::write_secret(&admin_path, format!("{token}\n").as_bytes()).map_err(|e| startup("admin.token", e))?;
         }
         if created {
@@ -168,12 +170,19 @@ impl Security {
     pub fn authenticate(&self, token: &str, now_ms: u64) -> Result<Principal, TokenError> {
         let tokens = lock(&self.tokens);
         let rec = tokens.verify(token, now_ms)?;
-        Ok(Principal { token_id: rec.id.clone(), name: rec.name.clone(), role: rec.role })
+        Ok(Principal { token_id: rec.id.clone(), name: rec.name.clone(), role: rec.role, node: rec.node.clone() })
     }
 
     /// Mints a token; returns it (the only copy of the secret) and its record.
-    pub fn create_token(&self, role: Role, name: &str, ttl_ms: Option<u64>, now_ms: u64) -> Result<(String, TokenRecord), TokenError> {
-        lock(&self.tokens).create(role, name, ttl_ms, now_ms)
+    pub fn create_token(
+        &self,
+        role: Role,
+        name: &str,
+        ttl_ms: Option<u64>,
+        node: Option<String>,
+        now_ms: u64,
+    ) -> Result<(String, TokenRecord), TokenError> {
+        lock(&self.tokens).create(role, name, ttl_ms, node, now_ms)
     }
 
     /// Every token's record.

@@ -22,6 +22,9 @@ pub enum TokenCmd {
         /// What it is for.
         #[arg(long)]
         name: Option<String>,
+        /// For a node token: the only node id it may join as.
+        #[arg(long)]
+        node: Option<String>,
     },
     /// List tokens (never their secrets).
     Ls,
@@ -66,8 +69,8 @@ fn print_json(v: &Value) {
 /// Runs a token command.
 pub async fn token(api: &Api, cmd: TokenCmd, as_json: bool) -> Result<()> {
     match cmd {
-        TokenCmd::Create { role, ttl, name } => {
-            let t = api.call(Method::POST, "/api/v1/tokens", Some(&json!({"role": role, "ttl": ttl, "name": name}))).await?;
+        TokenCmd::Create { role, ttl, name, node } => {
+            let t = api.call(Method::POST, "/api/v1/tokens", Some(&json!({"role": role, "ttl": ttl, "name": name, "node": node}))).await?;
             if as_json {
                 print_json(&t);
             } else {

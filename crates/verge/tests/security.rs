@@ -42,9 +42,17 @@ fn api_requests_need_a_valid_token_with_the_right_role() {
     assert_eq!((status, error_code(&v)), (403, "forbidden"), "{v}");
     let (status, v) = api(&operator, "GET", "/api/v1/audit/verify", "");
     assert_eq!(status, 403, "{v}");
-    // A join token joins nodes and does nothing else.
+    // A join token joins nodes and does nothing else; a bound one joins one node.
     let (status, _) = api(&c.api.with_token(Some(&c.join.0)), "GET", "/api/v1/nodes", "");
     assert_eq!(status, 403);
+    let (status, t) = api(&c.api, "POST", "/api/v1/tokens", r#"{"role":"node","node":"edge-7"}"#);
+    assert_eq!(status, 201, "{t}");
+    let bound = c.api.with_token(t["token"].as_str());
+    let csr = serde_json::json!({"node": "edge-8", "csr": pki::csr(&pki::new_key().unwrap()).unwrap()}).to_string();
+    let (status, v) = api(&bound, "POST", "/api/v1/join", &csr);
+    assert_eq!((status, error_code(&v)), (409, "join_refused"), "{v}");
+    let csr = serde_json::json!({"node": "edge-7", "csr": pki::csr(&pki::new_key().unwrap()).unwrap()}).to_string();
+    assert_eq!(api(&bound, "POST", "/api/v1/join", &csr).0, 201);
 
     // Expiry and revocation.
     let short = c.token("viewer", Some("1s"));
@@ -170,6 +178,11 @@ fn attestation_passes_refuses_replays_and_quarantines_a_changed_binary() {
     });
     assert!(node["quarantined"].is_null(), "{node}");
     assert!(node["trust"]["score"].as_u64().unwrap() >= 60, "{node}");
+
+    // A join token cannot take over the identity of a connected node.
+    let csr = serde_json::json!({"node": "fra", "csr": pki::csr(&pki::new_key().unwrap()).unwrap()}).to_string();
+    let (status, v) = api(&c.api.with_token(Some(&c.join.0)), "POST", "/api/v1/join", &csr);
+    assert_eq!((status, error_code(&v)), (409, "join_refused"), "{v}");
 
     // Replaying the evidence the agent sent is refused.
     let evidence = std::fs::read_to_string(c.path("fra/data/attestation.json")).unwrap();
