@@ -135,7 +135,7 @@ pub struct Site<'a> {
 pub fn spawn_agent(exe: &Path, dir: &Path, site: &Site, gateway: &str, stop_workloads: bool, join: Option<&Join>) -> Result<Proc> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let config = format!(
-        "server: {gateway}\nnode:\n  id: {id}\n  type: compute\n  tier: metro\n  location:\n    latitude: {lat}\n    longitude: {lon}\n    city: \"{city}\"\n    country: \"{country}\"\n  labels:\n    city: \"{city}\"\nresources:\n  cpu:\n    cores: 4\n    reserved: 0.5\n  memory:\n    total: 4GiB\n    reserved: 512MiB\n  storage:\n    total: 20GiB\n    cache: 2GiB\n    type: SSD\nnetwork:\n  data_addr: \"127.0.0.1:0\"\n",
+        "server: {gateway}\nnode:\n  id: {id}\n  type: compute\n  tier: metro\n  location:\n    latitude: {lat}\n    longitude: {lon}\n    city: \"{city}\"\n    country: \"{country}\"\n  labels:\n    city: \"{city}\"\nresources:\n  cpu:\n    cores: 4\n    reserved: 0.5\n  memory:\n    total: 4GiB\n    reserved: 512MiB\n  storage:\n    total: 20GiB\n    cache: 2GiB\n    type: SSD\nnetwork:\n  data_addr: \"127.0.0.1:0\"\ncache:\n  resp_addr: \"127.0.0.1:0\"\nsecurity:\n  encryption: true\n",
         id = site.id,
         lat = site.latitude,
         lon = site.longitude,
