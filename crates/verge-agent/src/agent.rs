@@ -61,6 +61,8 @@ pub struct AgentOptions {
     pub origin: Option<String>,
     /// The cache's cold tier directory.
     pub cold_dir: Option<PathBuf>,
+    /// Whether cache writes also go to the origin.
+    pub origin_writes: crate::origin::OriginWrites,
 }
 
 /// Joining and attestation inputs.
@@ -259,7 +261,7 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let data_err = |err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err };
     let keys = opts.security.encryption.then(|| opts.data_dir.join("keys"));
     let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
-    let origin = opts.origin.as_deref().map(crate::origin::Origin::new).transpose().map_err(|e| data_err(std::io::Error::other(e)))?;
+    let origin = opts.origin.as_deref().map(|url| crate::origin::Origin::new(url, opts.origin_writes)).transpose().map_err(|e| data_err(std::io::Error::other(e)))?;
     let cold: Option<Box<dyn crate::coldstore::ObjectStore>> = match &opts.cold_dir {
         Some(d) => Some(Box::new(crate::coldstore::FsObjectStore::open(d.clone()).map_err(data_err)?)),
         None => None,

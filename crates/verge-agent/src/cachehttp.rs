@@ -15,6 +15,7 @@ use serde::Deserialize;
 use serde_json::json;
 use verge_core::Millis;
 
+use crate::origin::OriginWrites;
 use crate::edgecache::{valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
 
 type Shared = State<Arc<EdgeCache>>;
@@ -79,12 +80,26 @@ async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<
     let kind = opts.kind.unwrap_or_else(|| "app_data".into());
     let ttl = opts.ttl.map(|t| t.0).filter(|t| *t > 0);
     let version = opts.version;
+    // Write-through to the origin: the origin first, so a refused write
+    // leaves the cache as it was. Replicas (`version`) are not re-sent.
+    let writes = c.origin().filter(|_| version.is_none()).map(|o| o.writes).unwrap_or_default();
+    if let Some(o) = c.origin().filter(|_| writes == OriginWrites::Through) {
+        if let Err(e) = o.store(&key, value.clone(), &kind).await {
+            return error(StatusCode::BAD_GATEWAY, "origin_failed", e);
+        }
+    }
+    let behind = (writes == OriginWrites::Behind).then(|| (c.clone(), key.clone(), value.clone(), kind.clone()));
     let stored = tokio::task::spawn_blocking(move || match version {
         Some(v) => c.put_replica(&key, value, &kind, ttl, v),
         None => c.put(&key, value, &kind, ttl, Durability::WriteThrough),
     });
     match stored.await {
-        Ok(Ok(meta)) => (StatusCode::CREATED, Json(json!(*meta))).into_response(),
+        Ok(Ok(meta)) => {
+            if let Some((c, key, value, kind)) = behind {
+                crate::origin::store_behind(c, key, value, kind);
+            }
+            (StatusCode::CREATED, Json(json!(*meta))).into_response()
+        }
         Ok(Err(e @ CacheWriteError::TooLarge(_))) => error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", e.to_string()),
         Ok(Err(e @ CacheWriteError::Io(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
         Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),

@@ -202,19 +202,31 @@ pub struct CacheSection {
     /// The cold tier: a directory (a large volume or a mounted bucket)
     /// where entries pushed out of the warm tier go.
     pub cold_dir: Option<PathBuf>,
+    /// The hot tier's eviction policy: adaptive (default), lru, lfu, fifo,
+    /// ttl, arc, gdsf, s3fifo, sieve, wtinylfu, lirs.
+    pub policy: Option<String>,
+    /// Whether writes also go to the origin: `none` (default), `through`
+    /// (before the write is acknowledged) or `behind` (in the background).
+    pub origin_writes: Option<crate::origin::OriginWrites>,
 }
 
 impl EdgeConfig {
-    /// The edge cache's tier sizes from this config.
-    pub fn cache_sizes(&self) -> crate::edgecache::CacheSizes {
+    /// The edge cache's tier sizes and policy from this config.
+    /// An unknown `cache.policy` is the error (checked when the file is parsed).
+    pub fn cache_sizes(&self) -> Result<crate::edgecache::CacheSizes, String> {
         const MIB64: u64 = 64 << 20;
+        let policy = match &self.cache.policy {
+            Some(p) => p.parse().map_err(|e: verge_cache::CacheError| e.to_string())?,
+            None => verge_cache::PolicyKind::default(),
+        };
         let disk = self.resources.storage.cache.0;
-        crate::edgecache::CacheSizes {
+        Ok(crate::edgecache::CacheSizes {
             memory: self.cache.memory.map_or(MIB64, |b| b.0),
             disk: if disk == 0 { 1 << 30 } else { disk },
             max_value: self.cache.max_value.map_or(MIB64, |b| b.0),
             resp_addr: self.cache.resp_addr,
-        }
+            policy,
+        })
     }
 }
 
@@ -263,6 +275,8 @@ const ENV_KEYS: &[(&str, bool)] = &[
     ("cache.resp_addr", true),
     ("cache.origin", true),
     ("cache.cold_dir", true),
+    ("cache.policy", true),
+    ("cache.origin_writes", true),
 ];
 
 /// The environment variable that overrides `key`.
@@ -311,6 +325,7 @@ impl EdgeConfig {
             key_err(key, e.into_inner().to_string())
         })?;
         cfg.node_spec(1.0, Bytes(1)).map_err(|e| key_err(e.field, e.message))?;
+        cfg.cache_sizes().map_err(|e| key_err("cache.policy".into(), e))?;
         Ok(cfg)
     }
 
@@ -435,6 +450,8 @@ security:
         assert!(e.contains("node.location.latitude"), "{e}");
         let e = error(&SEED.replace("attestation: true", "attestaton: true"));
         assert!(e.contains("security") && e.contains("attestaton"), "{e}");
+        let e = error(&format!("{SEED}\ncache: {{policy: fastest}}\n"));
+        assert!(e.contains("cache.policy") && e.contains("fastest"), "{e}");
         let e = error("node: [1");
         assert!(e.contains("line"), "{e}");
     }

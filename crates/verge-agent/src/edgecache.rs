@@ -44,6 +44,8 @@ pub struct CacheSizes {
     pub max_value: u64,
     /// Where the Redis-protocol listener binds, if anywhere.
     pub resp_addr: Option<std::net::SocketAddr>,
+    /// The hot tier's eviction policy (adaptive by default).
+    pub policy: PolicyKind,
 }
 
 /// What is stored with a value.
@@ -248,7 +250,7 @@ impl EdgeCache {
         // Entries are bounded by bytes; the entry bound (one per 4 KiB of
         // memory) only sizes the tables, so an idle agent stays small.
         let max_entries = (sizes.memory / 4096).clamp(1024, 1 << 20) as usize;
-        let config = CacheConfig { max_entries, max_bytes: Some(sizes.memory.max(1)), policy: PolicyKind::default() };
+        let config = CacheConfig { max_entries, max_bytes: Some(sizes.memory.max(1)), policy: sizes.policy };
         let hot = Cache::with_config(config).map_err(std::io::Error::other)?;
         let cache = Arc::new(EdgeCache {
             hot: Mutex::new(hot),
@@ -487,6 +489,11 @@ impl EdgeCache {
         let _ = self.warmups.set(tx);
     }
 
+    /// The origin, if one is configured.
+    pub fn origin(&self) -> Option<&crate::origin::Origin> {
+        self.origin.as_ref()
+    }
+
     /// Requests made to the origin so far.
     pub fn origin_fetches(&self) -> u64 {
         self.origin.as_ref().map_or(0, |o| o.fetches.load(Ordering::Relaxed))
@@ -644,7 +651,7 @@ mod tests {
         EdgeCache::open(
             &dir.join("cache"),
             vault,
-            CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None },
+            CacheSizes { memory: 1 << 20, disk, max_value: 1 << 20, resp_addr: None, policy: PolicyKind::default() },
             None,
             Some(Box::new(crate::coldstore::FsObjectStore::open(dir.join("cold")).unwrap())),
         )

@@ -1,7 +1,9 @@
-//! Read-through to the cache's origin: on a miss the agent fetches
-//! `ORIGIN/KEY`, stores it (write-behind) and serves it. Concurrent misses
+//! The cache's origin. Read-through: on a miss the agent fetches
+//! `ORIGIN/KEY`, stores it (write-behind) and serves it; concurrent misses
 //! of one key share one fetch (request coalescing), so a cold key under a
-//! burst costs the origin one request, not one per client.
+//! burst costs the origin one request, not one per client. Writes may go
+//! to the origin too (`PUT ORIGIN/KEY?type=T`): through (before the client
+//! is answered) or behind (in the background, retried).
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -13,6 +15,22 @@ use verge_client::{url_path as encode_key, Api, ClientError, Method};
 
 use crate::edgecache::{Durability, EdgeCache, Entry};
 
+/// Whether cache writes also go to the origin.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OriginWrites {
+    /// The origin is read-only to the cache.
+    #[default]
+    None,
+    /// Stored at the origin before the write is acknowledged.
+    Through,
+    /// Stored at the origin after the write is acknowledged.
+    Behind,
+}
+
+/// Attempts of a write-behind to the origin.
+const BEHIND_ATTEMPTS: u32 = 3;
+
 /// One fetch in flight, awaited by every miss of its key.
 type Flight = Arc<OnceCell<Result<Option<Entry>, String>>>;
 
@@ -23,6 +41,8 @@ pub struct Origin {
     inflight: Mutex<HashMap<String, Flight>>,
     /// Requests made to the origin.
     pub fetches: AtomicU64,
+    /// Whether writes go to the origin too.
+    pub writes: OriginWrites,
 }
 
 /// The header an origin may set to name the value's type.
@@ -30,7 +50,7 @@ const TYPE_HEADER: &str = "x-verge-type";
 
 impl Origin {
     /// An origin at `url` (`http://host:port/prefix/`); keys are appended.
-    pub fn new(url: &str) -> Result<Origin, String> {
+    pub fn new(url: &str, writes: OriginWrites) -> Result<Origin, String> {
         let rest = url.strip_prefix("http://").ok_or_else(|| format!("origin {url:?}: only http:// origins are supported"))?;
         let (authority, path) = rest.split_once('/').map_or((rest, ""), |(a, p)| (a, p));
         if authority.is_empty() {
@@ -41,6 +61,7 @@ impl Origin {
             prefix: format!("/{}", path),
             inflight: Mutex::new(HashMap::new()),
             fetches: AtomicU64::new(0),
+            writes,
         })
     }
 
@@ -72,15 +93,37 @@ impl Origin {
     }
 }
 
+impl Origin {
+    /// Stores `value` at the origin.
+    pub async fn store(&self, key: &str, value: Bytes, kind: &str) -> Result<(), String> {
+        let path = format!("{}{}?type={}", self.prefix, encode_key(key), encode_key(kind));
+        self.api.call_bytes(Method::PUT, &path, value.to_vec(), "").await.map(|_| ()).map_err(|e| format!("origin: {e}"))
+    }
+}
+
+/// [`Origin::store`] in the background, retried with back-off.
+pub fn store_behind(origin: Arc<EdgeCache>, key: String, value: Bytes, kind: String) {
+    tokio::spawn(async move {
+        let Some(o) = origin.origin() else { return };
+        for attempt in 1..=BEHIND_ATTEMPTS {
+            match o.store(&key, value.clone(), &kind).await {
+                Ok(()) => return,
+                Err(e) if attempt == BEHIND_ATTEMPTS => tracing::warn!(key, error = %e, "write-behind to the origin gave up"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(200 << attempt)).await,
+            }
+        }
+    });
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
     fn origins_and_keys_become_urls() {
-        assert!(Origin::new("https://x/").is_err());
-        assert!(Origin::new("http:///p").is_err());
-        let o = Origin::new("http://127.0.0.1:9/objects/").unwrap();
+        assert!(Origin::new("https://x/", OriginWrites::None).is_err());
+        assert!(Origin::new("http:///p", OriginWrites::None).is_err());
+        let o = Origin::new("http://127.0.0.1:9/objects/", OriginWrites::Through).unwrap();
         assert_eq!(o.prefix, "/objects/");
     }
 }

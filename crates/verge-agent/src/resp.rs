@@ -223,8 +223,16 @@ fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
             None => return err(out, "invalid expire time in 'set' command"),
         }
     }
-    match cache.put(key, Bytes::copy_from_slice(args[2]), "app_data", ttl, Durability::WriteBehind) {
-        Ok(_) => out.extend(OK),
+    let value = Bytes::copy_from_slice(args[2]);
+    match cache.put(key, value.clone(), "app_data", ttl, Durability::WriteBehind) {
+        Ok(_) => {
+            // `SET` never waits for the origin: with origin writes on, it
+            // follows in the background whether `through` or `behind`.
+            if cache.origin().is_some_and(|o| o.writes != crate::origin::OriginWrites::None) {
+                crate::origin::store_behind(cache.clone(), key.to_string(), value, "app_data".into());
+            }
+            out.extend(OK)
+        }
         Err(e) => err(out, &e.to_string()),
     }
 }

@@ -62,7 +62,7 @@ fn wait_listening(port: u16) -> Result<()> {
 /// Starts the Verge listener on its own single-threaded runtime thread.
 fn start_verge(dir: &std::path::Path) -> Result<SocketAddr> {
     let vault = Arc::new(verge_agent::vault::Vault::open(None)?);
-    let sizes = CacheSizes { memory: 1 << 30, disk: 4 << 30, max_value: 64 << 20, resp_addr: None };
+    let sizes = CacheSizes { memory: 1 << 30, disk: 4 << 30, max_value: 64 << 20, resp_addr: None, policy: Default::default() };
     let cache = EdgeCache::open(dir, vault, sizes, None, None)?;
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {

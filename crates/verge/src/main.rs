@@ -268,9 +268,10 @@ async fn agent(args: AgentArgs) -> Result<()> {
             encryption: cfg.security.encryption,
             key_rotation: std::time::Duration::from_millis(cfg.security.key_rotation.map_or(30 * 24 * 3_600_000, |m| m.0.max(1_000))),
         },
-        cache: cfg.cache_sizes(),
+        cache: cfg.cache_sizes().map_err(|e| anyhow::anyhow!("config {}: cache.policy: {e}", args.config.display()))?,
         origin: cfg.cache.origin.clone(),
         cold_dir: cfg.cache.cold_dir.clone(),
+        origin_writes: cfg.cache.origin_writes.unwrap_or_default(),
     };
     verge_agent::agent::run(opts, shutdown_signal()?).await?;
     Ok(())

@@ -137,48 +137,84 @@ fn kill_9_during_writes_never_serves_a_torn_entry() {
     }
 }
 
-/// A slow origin on loopback: answers `origin:PATH` for every path but
-/// `/objects/missing` (404) after 300 ms, counting requests.
-fn slow_origin() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+/// What a test origin holds: bodies stored by `PUT`, by path.
+type Stored = std::sync::Arc<std::sync::Mutex<std::collections::HashMap<String, String>>>;
+
+/// A slow origin on loopback: after 300 ms, answers a stored body, 404 for
+/// `/objects/missing`, else `origin:PATH`; stores `PUT` bodies; counts GETs.
+fn slow_origin() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>, Stored) {
     use std::io::BufRead;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/objects/", listener.local_addr().unwrap());
     let count = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let seen = count.clone();
+    let stored = Stored::default();
+    let (seen, store) = (count.clone(), stored.clone());
     std::thread::spawn(move || {
         for conn in listener.incoming().flatten() {
-            let seen = seen.clone();
+            let (seen, store) = (seen.clone(), store.clone());
             std::thread::spawn(move || {
                 let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
                 let mut request = String::new();
                 reader.read_line(&mut request).unwrap();
+                let mut length = 0;
                 let mut header = String::new();
                 while reader.read_line(&mut header).is_ok_and(|n| n > 2) {
+                    if let Some(v) = header.to_ascii_lowercase().strip_prefix("content-length:") {
+                        length = v.trim().parse().unwrap_or(0);
+                    }
                     header.clear();
                 }
-                seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                std::thread::sleep(Duration::from_millis(300));
-                let path = request.split_whitespace().nth(1).unwrap_or("").to_string();
-                let reply = if path == "/objects/missing" {
-                    "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                let mut body = vec![0u8; length];
+                reader.read_exact(&mut body).unwrap();
+                let mut parts = request.split_whitespace();
+                let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or("").to_string());
+                let path = target.split('?').next().unwrap_or("").to_string();
+                let reply = if method == "PUT" {
+                    store.lock().unwrap().insert(path, String::from_utf8_lossy(&body).into_owned());
+                    "HTTP/1.1 204 No Content\r\nConnection: close\r\n\r\n".to_string()
                 } else {
-                    let body = format!("origin:{path}");
-                    format!(
-                        "HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                        body.len()
-                    )
+                    seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    std::thread::sleep(Duration::from_millis(300));
+                    match store.lock().unwrap().get(&path).cloned() {
+                        _ if path == "/objects/missing" => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                        stored => {
+                            let body = stored.unwrap_or_else(|| format!("origin:{path}"));
+                            format!("HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                        }
+                    }
                 };
                 let mut conn = conn;
                 let _ = conn.write_all(reply.as_bytes());
             });
         }
     });
-    (url, count)
+    (url, count, stored)
+}
+
+#[test]
+fn writes_go_through_or_behind_to_the_origin_and_policies_are_selectable() {
+    let (origin, _, stored) = slow_origin();
+    let mut c = Cluster::start();
+    c.agent_yaml = format!("cache:\n  origin: \"{origin}\"\n  origin_writes: through\n");
+    c.add_agent(&FRANKFURT);
+    c.agent_yaml = format!("cache:\n  origin: \"{origin}\"\n  origin_writes: behind\n  policy: lru\n");
+    c.add_agent(&TOKYO);
+    c.wait_active(&["fra", "tyo"]);
+    let fra = c.data_port("fra");
+    assert_eq!(http(&fra, "PUT", "/api/v1/cache/doc/a", br#"{"value":"through"}"#).0, 201);
+    assert_eq!(stored.lock().unwrap().get("/objects/doc/a").map(String::as_str), Some("through"), "not at the origin when acknowledged");
+    let tyo = c.data_port("tyo");
+    assert_eq!(http(&tyo, "PUT", "/api/v1/cache/doc/b", br#"{"value":"behind"}"#).0, 201);
+    wait_until(Duration::from_secs(10), "the write-behind to reach the origin", || {
+        (stored.lock().unwrap().get("/objects/doc/b").map(String::as_str) == Some("behind")).then_some(())
+    });
+    let (_, stats) = http(&tyo, "GET", "/api/v1/cache", b"");
+    assert!(stats.contains("\"policy\":\"Lru\""), "{stats}");
 }
 
 #[test]
 fn misses_read_through_the_origin_once_for_many_clients() {
-    let (origin, fetches) = slow_origin();
+    let (origin, fetches, _) = slow_origin();
     let mut c = Cluster::start();
     c.agent_yaml = format!("cache:\n  origin: \"{origin}\"\n");
     c.add_agent(&FRANKFURT);
@@ -209,7 +245,7 @@ fn misses_read_through_the_origin_once_for_many_clients() {
 
 #[test]
 fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
-    let (origin, fetches) = slow_origin();
+    let (origin, fetches, _) = slow_origin();
     let mut c = Cluster::start();
     c.agent_yaml = format!("cache:\n  origin: \"{origin}\"\n");
     c.add_agent(&FRANKFURT);
