@@ -261,7 +261,12 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     let data_err = |err| AgentError::DataDir { path: opts.data_dir.display().to_string(), err };
     let keys = opts.security.encryption.then(|| opts.data_dir.join("keys"));
     let vault = Arc::new(Vault::open(keys.as_deref()).map_err(data_err)?);
-    let origin = opts.origin.as_deref().map(|url| crate::origin::Origin::new(url, opts.origin_writes)).transpose().map_err(|e| data_err(std::io::Error::other(e)))?;
+    let origin = opts
+        .origin
+        .as_deref()
+        .map(|url| crate::origin::Origin::new(url, opts.origin_writes))
+        .transpose()
+        .map_err(|e| data_err(std::io::Error::other(e)))?;
     let cold: Option<Box<dyn crate::coldstore::ObjectStore>> = match &opts.cold_dir {
         Some(d) => Some(Box::new(crate::coldstore::FsObjectStore::open(d.clone()).map_err(data_err)?)),
         None => None,
@@ -433,6 +438,11 @@ async fn connect(
     let config = tokio_tungstenite::tungstenite::protocol::WebSocketConfig::default()
         .max_message_size(Some(MAX_FRAME_BYTES))
         .max_frame_size(Some(MAX_FRAME_BYTES));
+    if let Some(t) = &link.tls {
+        if t.rejoin_if_expired(authority(&opts.server_url), opts.security.join_token.as_deref()).await? {
+            tracing::info!("certificate expired while away; joined again");
+        }
+    }
     let tcp = tokio::net::TcpStream::connect(authority(&opts.server_url)).await.map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
     let local = tcp.local_addr().ok();

@@ -15,8 +15,8 @@ use serde::Deserialize;
 use serde_json::json;
 use verge_core::Millis;
 
-use crate::origin::OriginWrites;
 use crate::edgecache::{valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
+use crate::origin::OriginWrites;
 
 type Shared = State<Arc<EdgeCache>>;
 

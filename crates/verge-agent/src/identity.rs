@@ -54,6 +54,7 @@ fn client_err(e: verge_client::ClientError) -> IdentityError {
 }
 
 /// The node's key, certificate and the CA that issued it.
+#[derive(Clone)]
 pub struct NodeIdentity {
     dir: PathBuf,
     ca_pem: String,
@@ -73,11 +74,21 @@ pub struct JoinWith<'a> {
 }
 
 impl NodeIdentity {
-    /// Loads the identity from `dir`, or joins through the gateway at
+    /// Loads the identity from `dir` (joining again when its certificate
+    /// expired and a token is at hand), or joins through the gateway at
     /// `server` (`host:port`) when there is none.
     pub async fn load_or_join(dir: &Path, server: &str, node: &str, join: Option<JoinWith<'_>>) -> Result<NodeIdentity, IdentityError> {
         if dir.join("node.crt").exists() {
-            return NodeIdentity::load(dir);
+            let mut me = NodeIdentity::load(dir)?;
+            let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+            match join {
+                Some(j) if me.expired(now) => me.rejoin(server, node, j.token).await?,
+                None if me.expired(now) => {
+                    tracing::warn!("this node's certificate expired; the gateway will refuse it until the node joins again with a token")
+                }
+                _ => {}
+            }
+            return Ok(me);
         }
         let join = join.ok_or(IdentityError::NotJoined)?;
         let discovery = Tls { config: tls::discovery_config().map_err(join_err)?, server_name: tls::server_name(), peer: None };
@@ -88,23 +99,29 @@ impl NodeIdentity {
         if !got.eq_ignore_ascii_case(join.ca_hash.trim()) {
             return Err(IdentityError::CaMismatch { got, want: join.ca_hash.trim().to_string() });
         }
-        let key = pki::new_key().map_err(join_err)?;
-        let trusted = Tls {
-            config: tls::client_config(&ca_der, None).map_err(join_err)?,
-            server_name: tls::server_name(),
-            peer: Some(Identity::Server),
-        };
-        let api = Api::secure(server, trusted).with_token(Some(join.token.to_string()));
-        let body = json!({"node": node, "csr": pki::csr(&key).map_err(join_err)?});
-        let answer = api.call(Method::POST, "/api/v1/join", Some(&body)).await.map_err(client_err)?;
-        let cert_pem = answer["certificate"].as_str().ok_or_else(|| join_err("the server sent no certificate"))?.to_string();
+        let (key_pem, cert_pem) = request_certificate(server, &ca_der, join.token, node).await?;
         fsutil::private_dir(dir).map_err(io(dir))?;
         fsutil::write_atomic(&dir.join("ca.crt"), ca_pem.as_bytes(), 0o644).map_err(io(dir))?;
         let mut me =
             NodeIdentity { dir: dir.to_path_buf(), ca_pem, ca_der, key_pem: String::new(), cert_pem: String::new(), info: empty_info() };
-        me.install(&key.serialize_pem(), &cert_pem)?;
+        me.install(&key_pem, &cert_pem)?;
         tracing::info!(node, serial = %me.info.serial, "joined the cluster");
         Ok(me)
+    }
+
+    /// Whether the certificate has expired at `now_ms` (the node was away
+    /// longer than its certificate lived and must join again).
+    pub fn expired(&self, now_ms: u64) -> bool {
+        self.info.not_after_ms <= now_ms
+    }
+
+    /// Joins again with `token`, trusting the CA already held, and installs
+    /// the new key and certificate.
+    pub async fn rejoin(&mut self, server: &str, node: &str, token: &str) -> Result<(), IdentityError> {
+        let (key_pem, cert_pem) = request_certificate(server, &self.ca_der, token, node).await?;
+        self.install(&key_pem, &cert_pem)?;
+        tracing::info!(node, serial = %self.info.serial, "joined again after the certificate expired");
+        Ok(())
     }
 
     fn load(dir: &Path) -> Result<NodeIdentity, IdentityError> {
@@ -167,6 +184,19 @@ impl NodeIdentity {
         let life = self.info.not_after_ms.saturating_sub(issued);
         now_ms >= issued + life * 2 / 3
     }
+}
+
+/// A new key and a certificate for it from the server at `server`,
+/// trusting only the CA `ca_der`, paid for with a join token.
+async fn request_certificate(server: &str, ca_der: &[u8], token: &str, node: &str) -> Result<(String, String), IdentityError> {
+    let key = pki::new_key().map_err(join_err)?;
+    let trusted =
+        Tls { config: tls::client_config(ca_der, None).map_err(join_err)?, server_name: tls::server_name(), peer: Some(Identity::Server) };
+    let api = Api::secure(server, trusted).with_token(Some(token.to_string()));
+    let body = json!({"node": node, "csr": pki::csr(&key).map_err(join_err)?});
+    let answer = api.call(Method::POST, "/api/v1/join", Some(&body)).await.map_err(client_err)?;
+    let cert_pem = answer["certificate"].as_str().ok_or_else(|| join_err("the server sent no certificate"))?.to_string();
+    Ok((key.serialize_pem(), cert_pem))
 }
 
 fn empty_info() -> CertInfo {

@@ -127,19 +127,38 @@ impl NodeTls {
         Some(AgentMessage::RenewCertificate { csr })
     }
 
+    /// When the certificate expired while the node was away, joins again
+    /// with `token` (if any) before the next connection; `Ok(false)` when
+    /// nothing needed doing.
+    pub async fn rejoin_if_expired(&self, server: &str, token: Option<&str>) -> Result<bool, String> {
+        let expired = self.identity.lock().unwrap_or_else(|p| p.into_inner()).expired(now_ms());
+        let Some(token) = token.filter(|_| expired) else { return Ok(false) };
+        // Joined on a copy, so the lock is not held across the request.
+        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone();
+        id.rejoin(server, &self.node, token).await.map_err(|e| e.to_string())?;
+        self.switch_to(id)?;
+        Ok(true)
+    }
+
+    /// Makes `id` the node's identity for new connections.
+    fn switch_to(&self, id: NodeIdentity) -> Result<(), String> {
+        let client = id.client_config().map_err(|e| e.to_string())?;
+        let server = id.server_config().map_err(|e| e.to_string())?;
+        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
+        *self.data_port.write().unwrap_or_else(|p| p.into_inner()) = server;
+        *self.identity.lock().unwrap_or_else(|p| p.into_inner()) = id;
+        Ok(())
+    }
+
     /// Installs a renewed certificate for the pending key and switches new
     /// connections (gateway, peers, data port) to it.
     pub fn renewed(&self, cert_pem: &str) -> Result<(), String> {
         let Some(key_pem) = self.pending_key.lock().unwrap_or_else(|p| p.into_inner()).take() else {
             return Err("a certificate arrived that this node did not ask for".into());
         };
-        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner());
+        let mut id = self.identity.lock().unwrap_or_else(|p| p.into_inner()).clone();
         id.install(&key_pem, cert_pem).map_err(|e| e.to_string())?;
-        let client = id.client_config().map_err(|e| e.to_string())?;
-        let server = id.server_config().map_err(|e| e.to_string())?;
-        *self.client.write().unwrap_or_else(|p| p.into_inner()) = client;
-        *self.data_port.write().unwrap_or_else(|p| p.into_inner()) = server;
         tracing::info!(serial = %id.info.serial, not_after_ms = id.info.not_after_ms, "node certificate renewed");
-        Ok(())
+        self.switch_to(id)
     }
 }

@@ -60,7 +60,7 @@ impl Default for SecurityConfig {
     fn default() -> Self {
         SecurityConfig {
             tls: true,
-            cert_ttl: Millis(24 * 3_600_000),
+            cert_ttl: Millis(30 * 24 * 3_600_000),
             server_names: Vec::new(),
             attestation: verge_security::attest::Policy::default(),
             attestation_interval: Millis(3_600_000),

@@ -368,3 +368,21 @@ fn cache_data_is_sealed_on_disk_and_its_key_rotates() {
     let a824 = report["findings"].as_array().unwrap().iter().find(|f| f["control"] == "A.8.24" && f["subject"] == "fra").unwrap();
     assert_eq!(a824["passed"], true, "{a824}");
 }
+
+#[test]
+fn a_node_away_longer_than_its_certificate_joins_again() {
+    let mut c = Cluster::start_with(Some("security:\n  cert_ttl: 3s\n"));
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    c.kill_agent("fra");
+    let cert = c.path("fra/data/tls/node.crt");
+    let info = || pki::CertInfo::parse(&pki::pem_certs(&std::fs::read_to_string(&cert).unwrap()).unwrap()[0]).unwrap();
+    let before = info();
+    wait_until(Duration::from_secs(10), "the certificate to expire", || (now_ms() > before.not_after_ms + 1_000).then_some(()));
+    c.restart_agent("fra");
+    wait_until(Duration::from_secs(20), "fra to rejoin and attest", || {
+        let n = c.get("/api/v1/nodes/fra");
+        (n["connected"] == true && n["attestation"]["state"] == "passed").then_some(())
+    });
+    assert_ne!(info().serial, before.serial);
+}
