@@ -54,6 +54,9 @@ pub struct SecurityConfig {
     pub attestation_interval: Millis,
     /// Nodes below this trust score take no workloads.
     pub min_trust: u8,
+    /// Extra compliance rule packs (YAML files in the built-in packs'
+    /// shape), reported beside ISO 27001, SOC 2 and HIPAA.
+    pub compliance_packs: Vec<PathBuf>,
 }
 
 impl Default for SecurityConfig {
@@ -65,6 +68,7 @@ impl Default for SecurityConfig {
             attestation: verge_security::attest::Policy::default(),
             attestation_interval: Millis(3_600_000),
             min_trust: 0,
+            compliance_packs: Vec::new(),
         }
     }
 }

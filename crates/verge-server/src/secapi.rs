@@ -205,10 +205,17 @@ struct ReportQuery {
 }
 
 async fn compliance_report(State(c): Ctl, Query(q): Query<ReportQuery>) -> ApiResult {
-    let packs = match q.pack.as_deref() {
-        None => verge_security::compliance::Pack::builtins(),
-        Some(name) => vec![verge_security::compliance::Pack::builtin(name)
-            .ok_or_else(|| ApiError::not_found(format!("no compliance pack {name:?}; try iso27001, soc2 or hipaa")))?],
+    let all = &c.security.packs;
+    let packs: Vec<_> = match q.pack.as_deref() {
+        None => all.clone(),
+        Some(name) => {
+            let names: Vec<&str> = all.iter().map(|p| p.name.as_str()).collect();
+            vec![all
+                .iter()
+                .find(|p| p.name == name)
+                .cloned()
+                .ok_or_else(|| ApiError::not_found(format!("no compliance pack {name:?}; there are {names:?}")))?]
+        }
     };
     Ok(Json(c.compliance_report(&packs)).into_response())
 }

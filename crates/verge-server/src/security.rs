@@ -77,6 +77,8 @@ pub struct Security {
     pub policy: attest::Policy,
     /// The security settings.
     pub cfg: SecurityConfig,
+    /// The built-in compliance packs and the configured ones.
+    pub packs: Vec<verge_security::compliance::Pack>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -132,6 +134,16 @@ impl Security {
             policy.allowed_binaries = vec![own];
         }
         let audit = AuditLog::open(&dir.join("audit.log")).map_err(|e| startup("audit log", e))?;
+        let mut packs = verge_security::compliance::Pack::builtins();
+        for path in &cfg.compliance_packs {
+            let text = std::fs::read_to_string(path).map_err(|e| startup(&format!("compliance pack {}", path.display()), e))?;
+            let pack =
+                verge_security::compliance::Pack::parse(&text).map_err(|e| startup(&format!("compliance pack {}", path.display()), e))?;
+            if packs.iter().any(|p| p.name == pack.name) {
+                return Err(startup("compliance packs", format!("two packs are named {:?}", pack.name)));
+            }
+            packs.push(pack);
+        }
         Ok(Security {
             api_tls,
             gateway_tls,
@@ -145,6 +157,7 @@ impl Security {
             audit: Mutex::new(audit),
             policy,
             cfg: cfg.clone(),
+            packs,
         })
     }
 

@@ -386,3 +386,38 @@ fn a_node_away_longer_than_its_certificate_joins_again() {
     });
     assert_ne!(info().serial, before.serial);
 }
+
+#[test]
+fn operators_add_their_own_compliance_packs() {
+    let dir = tempfile::tempdir().unwrap();
+    let pack = dir.path().join("ours.yaml");
+    std::fs::write(
+        &pack,
+        "name: ours\ntitle: Our edge baseline\ncontrols:\n  - id: OURS-1\n    title: TLS everywhere\n    check: { fact: tls, equals: true }\n    remediation: Turn security.tls on.\n  - id: OURS-2\n    title: Nodes name an owner\n    check: { fact: label.owner, present: true }\n    remediation: Label every node with owner=TEAM.\n",
+    )
+    .unwrap();
+    let c = Cluster::start_with(Some(&format!("security:\n  compliance_packs: [\"{}\"]\n", pack.display())));
+    let node =
+        r#"{"id":"n1","type":"compute","location":{"latitude":1,"longitude":2},"resources":{"cpu":{"cores":4},"memory":{"total":1024}}}"#;
+    assert_eq!(api(&c.api, "POST", "/api/v1/nodes", node).0, 201);
+    let (status, r) = api(&c.api, "GET", "/api/v1/compliance/report?pack=ours", "");
+    assert_eq!(status, 200, "{r}");
+    let findings = r["findings"].as_array().unwrap();
+    let result = |id: &str| findings.iter().find(|f| f["control"] == id).map(|f| f["passed"].as_bool().unwrap()).unwrap();
+    assert!(result("OURS-1"));
+    assert!(!result("OURS-2"));
+    let (status, v) = api(&c.api, "GET", "/api/v1/compliance/report?pack=theirs", "");
+    assert_eq!((status, error_code(&v)), (404, "not_found"), "{v}");
+
+    // A broken pack stops the server with a message naming it.
+    std::fs::write(&pack, "name: ours\ncontrols: []\n").unwrap();
+    let out = std::process::Command::new(VERGE)
+        .args(["server", "--api-addr", "127.0.0.1:0", "--gateway-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path().join("data"))
+        .arg("--config")
+        .arg(c.path("server.yaml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ours.yaml"), "{}", String::from_utf8_lossy(&out.stderr));
+}
