@@ -324,6 +324,9 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
         backoff = (backoff * 2).min(MAX_BACKOFF);
     }
     workloads.shutdown(opts.stop_workloads_on_exit).await;
+    // Write-behind entries reach the disk before a clean exit.
+    let cache = link.cache.clone();
+    let _ = tokio::task::spawn_blocking(move || cache.flush()).await;
     Ok(())
 }
 

@@ -150,7 +150,7 @@ const PREDICTOR_KEYS: usize = 10_000;
 const HOT_KEYS: usize = 10;
 
 /// Hit and miss counts by tier.
-#[derive(Debug, Default, Serialize)]
+#[derive(Debug, Default)]
 pub struct Counters {
     /// Served from memory.
     pub hot_hits: AtomicU64,
@@ -596,7 +596,7 @@ impl EdgeCache {
         lock(&self.hot).len()
     }
 
-    /// Waits until the write-behind queue is empty (tests, shutdown).
+    /// Waits until the write-behind queue is empty (clean shutdown).
     pub fn flush(&self) {
         let mut q = lock(&self.behind);
         while !q.is_empty() {

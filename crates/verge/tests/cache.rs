@@ -91,6 +91,15 @@ fn redis_protocol_and_http_share_one_cache() {
     let mut bad = Resp::connect(&c, "fra");
     assert!(bad.raw(b"*2\r\n+GET\r\n").starts_with("-ERR Protocol error"));
     assert_eq!(Resp::connect(&c, "fra").call(&[b"PING"]), "+PONG\r\n");
+
+    // Write-behind entries reach the disk before a clean exit.
+    assert_eq!(Resp::connect(&c, "fra").call(&[b"SET", b"kept", b"across restarts"]), "+OK\r\n");
+    c.stop_agent("fra");
+    c.restart_agent("fra");
+    let port = wait_until(Duration::from_secs(20), "fra to come back", || {
+        (c.get("/api/v1/nodes/fra")["connected"] == true).then(|| c.data_port("fra"))
+    });
+    assert_eq!(http(&port, "GET", "/api/v1/cache/kept", b""), (200, "across restarts".to_string()));
 }
 
 /// The value each key must have: never anything else.

@@ -277,6 +277,13 @@ impl Cluster {
         a.child = spawn_agent(&a.binary, &a.dir);
     }
 
+    /// Stops an agent with SIGTERM and waits for it to exit.
+    pub fn stop_agent(&mut self, id: &str) {
+        let a = self.agents.iter_mut().find(|a| a.id == id).expect("agent");
+        let _ = Command::new("kill").args(["-TERM", &a.child.id().to_string()]).status();
+        let _ = a.child.wait();
+    }
+
     /// Kills an agent with SIGKILL; its workloads keep running.
     pub fn kill_agent(&mut self, id: &str) {
         let a = self.agents.iter_mut().find(|a| a.id == id).expect("agent");
