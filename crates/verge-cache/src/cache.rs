@@ -3,7 +3,7 @@
 
 use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Sizing};
 use crate::CacheError;
-use hashbrown::HashTable;
+use hashbrown::{hash_table, HashTable};
 use std::borrow::Borrow;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
@@ -176,7 +176,18 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let Some(slot) = self.find(key) else {
+        self.get_hashed(self.hasher.hash_one(key), key, now)
+    }
+
+    /// [`Cache::get`] for a key whose hash the caller already computed
+    /// with this cache's hasher.
+    #[inline]
+    pub(crate) fn get_hashed<Q>(&mut self, hash: u64, key: &Q, now: u64) -> Option<&V>
+    where
+        K: Borrow<Q>,
+        Q: Hash + Eq + ?Sized,
+    {
+        let Some(slot) = self.find_hashed(hash, key) else {
             self.stats.misses += 1;
             return None;
         };
@@ -188,7 +199,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             return None;
         }
         self.stats.hits += 1;
-        self.policy.on_hit(slot);
+        self.policy.on_hit(slot, hash);
         self.slab[slot as usize].as_ref().map(|e| &e.value)
     }
 
@@ -218,6 +229,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         value: V,
         options: EntryOptions,
         now: u64,
+        evicted: impl FnMut(K, V),
+    ) -> Result<bool, CacheError> {
+        self.insert_hashed(self.hasher.hash_one(&key), key, value, options, now, evicted)
+    }
+
+    /// [`Cache::insert_with`] for a key whose hash the caller already
+    /// computed with this cache's hasher.
+    pub(crate) fn insert_hashed(
+        &mut self,
+        hash: u64,
+        key: K,
+        value: V,
+        options: EntryOptions,
+        now: u64,
         mut evicted: impl FnMut(K, V),
     ) -> Result<bool, CacheError> {
         if let Some(max) = self.max_bytes {
@@ -225,22 +250,34 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
                 return Err(CacheError::TooLarge { size: options.bytes, capacity: max });
             }
         }
-        let hash = self.hasher.hash_one(&key);
-        if let Some(old) = self.find_hashed(hash, &key) {
-            self.drop_slot(old);
-        }
-        let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
-        let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
-        let slot = match self.free.pop() {
-            Some(s) => s,
-            None => {
-                self.slab.push(None);
-                (self.slab.len() - 1) as u32
+        // One probe finds the old entry (whose slot the new one takes over,
+        // so that a key keeps its place in memory) or the free bucket.
+        let slab = &self.slab;
+        let eq = |&s: &u32| slab[s as usize].as_ref().is_some_and(|e| e.key == key);
+        let slot = match self.table.entry(hash, eq, |&s| slab[s as usize].as_ref().map_or(0, |e| e.hash)) {
+            hash_table::Entry::Occupied(found) => {
+                let old = *found.get();
+                self.policy.on_remove(old);
+                if let Some(e) = self.slab[old as usize].take() {
+                    self.bytes -= e.bytes;
+                }
+                old
+            }
+            hash_table::Entry::Vacant(free) => {
+                let slot = match self.free.pop() {
+                    Some(s) => s,
+                    None => {
+                        self.slab.push(None);
+                        (self.slab.len() - 1) as u32
+                    }
+                };
+                free.insert(slot);
+                slot
             }
         };
+        let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
+        let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
         self.slab[slot as usize] = Some(Entry { hash, key, value, bytes: options.bytes, expires_at });
-        let slab = &self.slab;
-        self.table.insert_unique(hash, slot, |&s| slab[s as usize].as_ref().map_or(0, |e| e.hash));
         self.bytes += options.bytes;
         if expires_at != NEVER {
             self.expiry.push(Reverse((expires_at, slot)));

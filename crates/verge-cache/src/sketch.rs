@@ -6,15 +6,16 @@
 //! `10 × entries` increments makes old popularity fade (after Caffeine's
 //! `FrequencySketch`). Also used for hotspot estimates.
 
-const SEEDS: [u64; 4] = [0xc3a5_c85c_97cb_3127, 0xb492_b66f_be98_f273, 0x9ae1_6a3b_2f90_404f, 0xcbf2_9ce4_8422_2325];
 const RESET_MASK: u64 = 0x7777_7777_7777_7777;
 const ONE_MASK: u64 = 0x1111_1111_1111_1111;
 
-/// Frequency estimator over key hashes.
+/// Frequency estimator over key hashes. The four counters of a key lie in
+/// one 64-byte block of eight words (Caffeine's layout): one cache line per
+/// lookup or increment.
 #[derive(Debug)]
 pub struct FrequencySketch {
     table: Vec<u64>,
-    mask: u64,
+    block_mask: u64,
     additions: u64,
     sample_size: u64,
 }
@@ -23,46 +24,41 @@ impl FrequencySketch {
     /// A sketch sized for about `entries` distinct hot keys.
     pub fn new(entries: usize) -> Self {
         let words = entries.clamp(16, 1 << 26).next_power_of_two();
-        FrequencySketch { table: vec![0; words], mask: (words - 1) as u64, additions: 0, sample_size: 10 * entries.max(16) as u64 }
+        FrequencySketch {
+            table: vec![0; words],
+            block_mask: (words / 8 - 1) as u64,
+            additions: 0,
+            sample_size: 10 * entries.max(16) as u64,
+        }
     }
 
+    /// The word index and bit shift of each of the four counters of `hash`:
+    /// counter `i` is one of two words (2i, 2i + 1) of the block, 16 nibbles each.
     #[inline]
-    fn spread(hash: u64) -> u64 {
+    fn counters(&self, hash: u64) -> [(usize, u32); 4] {
         let x = (hash ^ (hash >> 29)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-        x ^ (x >> 32)
-    }
-
-    #[inline]
-    fn index(&self, h: u64, i: usize) -> usize {
-        let x = h.wrapping_add(SEEDS[i]).wrapping_mul(SEEDS[i]);
-        ((x ^ (x >> 31)) & self.mask) as usize
+        let h = x ^ (x >> 32);
+        let block = ((h & self.block_mask) << 3) as usize;
+        let c = (h >> 32).wrapping_mul(0x9e37_79b9) as u32;
+        std::array::from_fn(|i| {
+            let byte = c >> (i << 3);
+            (block + (byte & 1) as usize + (i << 1), ((byte >> 1) & 15) << 2)
+        })
     }
 
     /// Estimated number of recent occurrences of `hash` (0..=15).
     #[inline]
     pub fn frequency(&self, hash: u64) -> u8 {
-        let h = Self::spread(hash);
-        let start = ((h & 3) << 2) as usize;
-        let mut min = 15;
-        for i in 0..4 {
-            let shift = (start + i) << 2;
-            let count = ((self.table[self.index(h, i)] >> shift) & 0xf) as u8;
-            min = min.min(count);
-        }
-        min
+        self.counters(hash).iter().map(|&(word, shift)| ((self.table[word] >> shift) & 0xf) as u8).min().unwrap_or(0)
     }
 
     /// Counts one occurrence of `hash`.
     #[inline]
     pub fn increment(&mut self, hash: u64) {
-        let h = Self::spread(hash);
-        let start = ((h & 3) << 2) as usize;
         let mut added = false;
-        for i in 0..4 {
-            let idx = self.index(h, i);
-            let shift = (start + i) << 2;
-            if (self.table[idx] >> shift) & 0xf < 15 {
-                self.table[idx] += 1 << shift;
+        for (word, shift) in self.counters(hash) {
+            if (self.table[word] >> shift) & 0xf < 15 {
+                self.table[word] += 1 << shift;
                 added = true;
             }
         }

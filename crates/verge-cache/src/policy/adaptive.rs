@@ -7,26 +7,31 @@
 //! `1/rate` of keys whose hash falls in the sample; hit ratios of such
 //! miniatures track the full-size ones closely. Every epoch the scores
 //! (exponentially decayed hit counts) are compared; when another candidate
-//! beats the live one by a margin, the live policy is rebuilt as that
-//! candidate from the resident entries, oldest access first.
+//! beats the live one by a margin (a share of the sampled requests), the
+//! live policy is rebuilt as that candidate from the resident entries, in
+//! the old one's eviction order.
 
 use super::{grow, Base, Eviction, Meta, PolicyKind, Sizing};
 use std::collections::HashMap;
 
-/// The candidates simulated in miniature; the first one serves first.
-/// (ARC and SIEVE were tried too: never the sole winner on the traces of
-/// the README, and every extra miniature costs time and wrong switches.)
-const CANDIDATES: [PolicyKind; 5] = [PolicyKind::WTinyLfu, PolicyKind::Lirs, PolicyKind::S3Fifo, PolicyKind::Lru, PolicyKind::Gdsf];
+/// The candidates simulated in miniature; the first one serves first, and
+/// ties go to the earlier one. (ARC and SIEVE were tried too: never the
+/// sole winner on the traces of the README, and every extra miniature costs
+/// time and wrong switches.)
+const CANDIDATES: [PolicyKind; 5] = [PolicyKind::WTinyLfu, PolicyKind::Lirs, PolicyKind::Gdsf, PolicyKind::S3Fifo, PolicyKind::Lru];
 /// Miniatures hold at least this many entries (smaller ones are too noisy).
-const MIN_SHADOW_ENTRIES: usize = 1024;
+const MIN_SHADOW_ENTRIES: usize = 512;
 /// At most one key in this many is simulated.
 const MAX_RATE: u64 = 64;
-/// Sampled accesses per epoch: the miniature's entry count, at least this.
-const MIN_EPOCH: u64 = 1024;
+/// Sampled accesses per epoch: a quarter of the miniature's entry count, at least this.
+const MIN_EPOCH: u64 = 256;
 /// Weight of the past in the scores after each epoch.
-const DECAY: f64 = 0.95;
-/// Relative lead a challenger needs over the live candidate to take over.
-const MARGIN: f64 = 0.02;
+const DECAY: f64 = 0.995;
+/// Lead a challenger needs over the live candidate to take over, as a share
+/// of the (decayed) sampled requests: 0.8 hit-ratio points. A share of the
+/// requests rather than of the hits, so that a lead means as much at a 90 %
+/// hit ratio as at 10 %.
+const MARGIN: f64 = 0.008;
 
 /// A key-only cache simulation used as a miniature.
 #[derive(Debug)]
@@ -56,7 +61,7 @@ impl Sim {
     /// One request: a hit, or a miss followed by an insert. Returns the hit.
     fn access(&mut self, meta: &Meta) -> bool {
         if let Some(&slot) = self.slot_of.get(&meta.hash) {
-            self.policy.on_hit(slot);
+            self.policy.on_hit(slot, meta.hash);
             return true;
         }
         if meta.weight > self.capacity {
@@ -101,14 +106,16 @@ pub struct Adaptive {
     sizing: Sizing,
     live: Base,
     live_index: usize,
-    /// Metadata of resident entries, and the tick of their last access (0 = free slot).
+    /// Metadata of resident entries (what a rebuilt policy and the miniatures see).
     metas: Vec<Meta>,
-    ticks: Vec<u64>,
-    tick: u64,
     shadows: Vec<Shadow>,
-    sample_shift: u32,
+    /// A key is simulated when its hash is at most this (the top
+    /// log2(`rate`) bits clear): one compare, and only sampled keys pay more.
+    sample_limit: u64,
     epoch_len: u64,
     epoch_seen: u64,
+    /// Sampled requests, decayed like the scores.
+    seen: f64,
 }
 
 impl Adaptive {
@@ -125,12 +132,11 @@ impl Adaptive {
             live,
             live_index: 0,
             metas: Vec::new(),
-            ticks: Vec::new(),
-            tick: 0,
             shadows,
-            sample_shift: rate.trailing_zeros(),
-            epoch_len: (mini.entries as u64).max(MIN_EPOCH),
+            sample_limit: u64::MAX >> rate.trailing_zeros(),
+            epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
             epoch_seen: 0,
+            seen: 0.0,
         }
     }
 
@@ -141,9 +147,10 @@ impl Adaptive {
 
     #[inline]
     fn sampled(&self, hash: u64) -> bool {
-        self.sample_shift == 0 || (hash.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> (64 - self.sample_shift)) == 0
+        hash <= self.sample_limit
     }
 
+    #[cold]
     fn observe(&mut self, meta: &Meta) {
         for s in &mut self.shadows {
             if s.sim.access(meta) {
@@ -157,6 +164,7 @@ impl Adaptive {
     }
 
     fn end_epoch(&mut self) {
+        self.seen = self.seen * DECAY + self.epoch_seen as f64;
         self.epoch_seen = 0;
         for s in &mut self.shadows {
             s.score = s.score * DECAY + s.epoch_hits as f64;
@@ -168,32 +176,29 @@ impl Adaptive {
             return;
         };
         let live_score = self.shadows[self.live_index].score;
-        if best != self.live_index && best_score > live_score * (1.0 + MARGIN) + 1.0 {
+        if best != self.live_index && best_score > live_score + MARGIN * self.seen + 1.0 {
             self.switch_to(best);
         }
     }
 
-    /// Rebuilds the live policy as candidate `index` from the resident entries.
+    /// Rebuilds the live policy as candidate `index` from the resident
+    /// entries: the old policy is drained victim by victim, so the new one
+    /// sees the entries the old one valued least as its oldest.
     fn switch_to(&mut self, index: usize) {
-        let Some(mut next) = Base::new(self.shadows[index].kind, self.sizing) else { return };
-        let mut resident: Vec<(u64, u32)> =
-            self.ticks.iter().enumerate().filter(|(_, &t)| t != 0).map(|(slot, &t)| (t, slot as u32)).collect();
-        resident.sort_unstable();
-        for (_, slot) in resident {
-            next.on_insert(slot, &self.metas[slot as usize]);
+        let Some(next) = Base::new(self.shadows[index].kind, self.sizing) else { return };
+        let mut old = std::mem::replace(&mut self.live, next);
+        while let Some(slot) = old.evict() {
+            self.live.on_insert(slot, &self.metas[slot as usize]);
         }
-        self.live = next;
         self.live_index = index;
     }
 }
 
 impl Eviction for Adaptive {
+    #[inline]
     fn on_insert(&mut self, slot: u32, meta: &Meta) {
         grow(&mut self.metas, slot, *meta);
-        grow(&mut self.ticks, slot, 0);
-        self.tick += 1;
         self.metas[slot as usize] = *meta;
-        self.ticks[slot as usize] = self.tick;
         self.live.on_insert(slot, meta);
         if self.sampled(meta.hash) {
             self.observe(meta);
@@ -201,24 +206,21 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn on_hit(&mut self, slot: u32) {
-        self.tick += 1;
-        self.ticks[slot as usize] = self.tick;
-        self.live.on_hit(slot);
-        let meta = self.metas[slot as usize];
-        if self.sampled(meta.hash) {
+    fn on_hit(&mut self, slot: u32, hash: u64) {
+        self.live.on_hit(slot, hash);
+        if self.sampled(hash) {
+            let meta = self.metas[slot as usize];
             self.observe(&meta);
         }
     }
 
+    #[inline]
     fn evict(&mut self) -> Option<u32> {
-        let slot = self.live.evict()?;
-        self.ticks[slot as usize] = 0;
-        Some(slot)
+        self.live.evict()
     }
 
+    #[inline]
     fn on_remove(&mut self, slot: u32) {
-        self.ticks[slot as usize] = 0;
         self.live.on_remove(slot);
     }
 }

@@ -148,7 +148,7 @@ impl Eviction for Lirs {
         }
     }
 
-    fn on_hit(&mut self, slot: u32) {
+    fn on_hit(&mut self, slot: u32, _hash: u64) {
         let n = self.node_of[slot as usize];
         let node = self.nodes[n as usize];
         if node.lir {

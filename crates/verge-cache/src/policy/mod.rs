@@ -59,8 +59,8 @@ pub struct Sizing {
 pub trait Eviction {
     /// A new entry now lives in `slot`.
     fn on_insert(&mut self, slot: u32, meta: &Meta);
-    /// The entry in `slot` was read.
-    fn on_hit(&mut self, slot: u32);
+    /// The entry in `slot`, whose key hashes to `hash`, was read.
+    fn on_hit(&mut self, slot: u32, hash: u64);
     /// Picks a victim, forgets it and returns its slot; `None` when empty.
     /// May return the slot inserted last (an admission refusal).
     fn evict(&mut self) -> Option<u32>;
@@ -211,8 +211,8 @@ impl Eviction for Base {
         dispatch!(self, p => p.on_insert(slot, meta))
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32) {
-        dispatch!(self, p => p.on_hit(slot))
+    fn on_hit(&mut self, slot: u32, hash: u64) {
+        dispatch!(self, p => p.on_hit(slot, hash))
     }
     #[inline]
     fn evict(&mut self) -> Option<u32> {
@@ -263,10 +263,10 @@ impl Eviction for AnyPolicy {
         }
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32) {
+    fn on_hit(&mut self, slot: u32, hash: u64) {
         match self {
-            AnyPolicy::Base(p) => p.on_hit(slot),
-            AnyPolicy::Adaptive(p) => p.on_hit(slot),
+            AnyPolicy::Base(p) => p.on_hit(slot, hash),
+            AnyPolicy::Adaptive(p) => p.on_hit(slot, hash),
         }
     }
     #[inline]
@@ -298,9 +298,10 @@ pub(crate) mod testutil {
         let mut free: Vec<u32> = Vec::new();
         let mut hits = 0;
         for &k in keys {
+            let hash = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             if let Some(&s) = slot_of.get(&k) {
                 hits += 1;
-                policy.on_hit(s);
+                policy.on_hit(s, hash);
                 continue;
             }
             let s = free.pop().unwrap_or(key_of.len() as u32);
@@ -309,7 +310,7 @@ pub(crate) mod testutil {
             }
             key_of[s as usize] = Some(k);
             slot_of.insert(k, s);
-            policy.on_insert(s, &Meta { hash: k.wrapping_mul(0x9e37_79b9_7f4a_7c15), weight: 1, expires_at: u64::MAX, cost: 1 });
+            policy.on_insert(s, &Meta { hash, weight: 1, expires_at: u64::MAX, cost: 1 });
             while slot_of.len() > cap {
                 let v = policy.evict().expect("over capacity means non-empty");
                 let key = key_of[v as usize].take().expect("victim is resident");

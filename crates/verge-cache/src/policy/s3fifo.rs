@@ -10,7 +10,6 @@ use crate::list::{Links, List};
 struct Entry {
     hash: u64,
     weight: u64,
-    freq: u8,
     in_main: bool,
 }
 
@@ -25,6 +24,8 @@ pub struct S3Fifo {
     ghost: GhostList,
     ghost_limit: u64,
     entries: Vec<Entry>,
+    /// 2-bit access counters, apart from `entries`: a hit writes one byte.
+    freqs: Vec<u8>,
 }
 
 impl S3Fifo {
@@ -40,6 +41,7 @@ impl S3Fifo {
             ghost: GhostList::default(),
             ghost_limit: units - units / 10,
             entries: Vec::new(),
+            freqs: Vec::new(),
         }
     }
 }
@@ -47,8 +49,10 @@ impl S3Fifo {
 impl Eviction for S3Fifo {
     fn on_insert(&mut self, slot: u32, meta: &Meta) {
         grow(&mut self.entries, slot, Entry::default());
+        grow(&mut self.freqs, slot, 0);
+        self.freqs[slot as usize] = 0;
         let in_main = self.ghost.remove(meta.hash).is_some();
-        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, freq: 0, in_main };
+        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
         if in_main {
             self.links.push_front(&mut self.main, slot);
         } else {
@@ -58,9 +62,9 @@ impl Eviction for S3Fifo {
     }
 
     #[inline]
-    fn on_hit(&mut self, slot: u32) {
-        let e = &mut self.entries[slot as usize];
-        e.freq = (e.freq + 1).min(3);
+    fn on_hit(&mut self, slot: u32, _hash: u64) {
+        let f = &mut self.freqs[slot as usize];
+        *f = (*f + 1).min(3);
     }
 
     fn evict(&mut self) -> Option<u32> {
@@ -69,8 +73,9 @@ impl Eviction for S3Fifo {
                 let slot = self.links.pop_back(&mut self.small)?;
                 let e = &mut self.entries[slot as usize];
                 self.small_weight -= e.weight;
-                if e.freq > 0 {
-                    e.freq = 0;
+                let freq = &mut self.freqs[slot as usize];
+                if *freq > 0 {
+                    *freq = 0;
                     e.in_main = true;
                     self.links.push_front(&mut self.main, slot);
                     continue;
@@ -81,9 +86,9 @@ impl Eviction for S3Fifo {
                 return Some(slot);
             }
             let slot = self.links.pop_back(&mut self.main)?;
-            let e = &mut self.entries[slot as usize];
-            if e.freq > 0 {
-                e.freq -= 1;
+            let freq = &mut self.freqs[slot as usize];
+            if *freq > 0 {
+                *freq -= 1;
                 self.links.push_front(&mut self.main, slot);
                 continue;
             }

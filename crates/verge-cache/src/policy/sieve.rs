@@ -27,7 +27,7 @@ impl Eviction for Sieve {
         self.links.push_front(&mut self.list, slot);
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32) {
+    fn on_hit(&mut self, slot: u32, _hash: u64) {
         self.visited[slot as usize] = true;
     }
     fn evict(&mut self) -> Option<u32> {

@@ -34,7 +34,7 @@ impl Eviction for Ttl {
         self.live += 1;
     }
 
-    fn on_hit(&mut self, _slot: u32) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
 
     fn evict(&mut self) -> Option<u32> {
         while let Some(Reverse((_, seq, slot))) = self.heap.pop() {

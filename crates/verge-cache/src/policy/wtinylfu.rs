@@ -26,7 +26,6 @@ const HASHDOS_THRESHOLD: u8 = 6;
 struct Entry {
     hash: u64,
     weight: u64,
-    region: u8,
 }
 
 /// W-TinyLFU with a hill-climbed window.
@@ -40,6 +39,8 @@ pub struct WTinyLfu {
     capacity: u64,
     sketch: FrequencySketch,
     entries: Vec<Entry>,
+    /// Region of each slot, apart from `entries`: most hits read only this.
+    regions: Vec<u8>,
     climb: Option<Climber>,
     rng: u64,
 }
@@ -75,6 +76,7 @@ impl WTinyLfu {
             capacity,
             sketch: FrequencySketch::new(sizing.entries),
             entries: Vec::new(),
+            regions: Vec::new(),
             climb: climb.then(|| Climber {
                 hits: 0,
                 misses: 0,
@@ -87,17 +89,15 @@ impl WTinyLfu {
     }
 
     fn take(&mut self, slot: u32) {
-        let e = self.entries[slot as usize];
-        self.links.unlink(&mut self.lists[e.region as usize], slot);
-        self.weights[e.region as usize] -= e.weight;
+        let region = self.regions[slot as usize] as usize;
+        self.links.unlink(&mut self.lists[region], slot);
+        self.weights[region] -= self.entries[slot as usize].weight;
     }
 
     fn put_front(&mut self, slot: u32, region: u8) {
-        let e = &mut self.entries[slot as usize];
-        e.region = region;
-        let w = e.weight;
+        self.regions[slot as usize] = region;
         self.links.push_front(&mut self.lists[region as usize], slot);
-        self.weights[region as usize] += w;
+        self.weights[region as usize] += self.entries[slot as usize].weight;
     }
 
     fn demote_protected(&mut self) {
@@ -133,14 +133,26 @@ impl WTinyLfu {
         }
     }
 
+    /// Counts a request for the hill climber; climbs once a sample is complete.
+    #[inline]
+    fn count_request(&mut self, hit: bool) {
+        let Some(c) = &mut self.climb else { return };
+        if hit {
+            c.hits += 1;
+        } else {
+            c.misses += 1;
+        }
+        if c.hits + c.misses >= c.sample {
+            self.climb();
+        }
+    }
+
     /// Caffeine's hill climbing: compare this sample's hit rate with the
     /// last one and keep moving the window the same way while it helps.
-    fn maybe_climb(&mut self) {
+    #[cold]
+    fn climb(&mut self) {
         let Some(c) = &mut self.climb else { return };
         let requests = c.hits + c.misses;
-        if requests < c.sample {
-            return;
-        }
         let rate = c.hits as f64 / requests as f64;
         let change = rate - c.previous_rate;
         let amount = if change >= 0.0 { c.step } else { -c.step };
@@ -191,20 +203,17 @@ impl WTinyLfu {
 impl Eviction for WTinyLfu {
     fn on_insert(&mut self, slot: u32, meta: &Meta) {
         grow(&mut self.entries, slot, Entry::default());
+        grow(&mut self.regions, slot, WINDOW);
         self.sketch.increment(meta.hash);
-        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, region: WINDOW };
+        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight };
         self.put_front(slot, WINDOW);
         self.spill_window();
-        if let Some(c) = &mut self.climb {
-            c.misses += 1;
-            self.maybe_climb();
-        }
+        self.count_request(false);
     }
 
-    fn on_hit(&mut self, slot: u32) {
-        let e = self.entries[slot as usize];
-        self.sketch.increment(e.hash);
-        match e.region {
+    fn on_hit(&mut self, slot: u32, hash: u64) {
+        self.sketch.increment(hash);
+        match self.regions[slot as usize] {
             WINDOW => self.links.move_to_front(&mut self.lists[WINDOW as usize], slot),
             PROBATION => {
                 self.take(slot);
@@ -213,10 +222,7 @@ impl Eviction for WTinyLfu {
             }
             _ => self.links.move_to_front(&mut self.lists[PROTECTED as usize], slot),
         }
-        if let Some(c) = &mut self.climb {
-            c.hits += 1;
-            self.maybe_climb();
-        }
+        self.count_request(true);
     }
 
     fn evict(&mut self) -> Option<u32> {
