@@ -1,7 +1,7 @@
 //! The single-threaded cache: a hash table of slab slots, a slab of
 //! entries, an eviction policy over slots, and an expiry heap for TTLs.
 
-use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Sizing};
+use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Role, Sizing};
 use crate::CacheError;
 use hashbrown::{hash_table, HashTable};
 use std::borrow::Borrow;
@@ -112,6 +112,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// A cache built from `config` hashing with `hasher` (a fixed seed makes
     /// runs reproducible, since sampling follows key hashes).
     pub fn with_hasher(config: CacheConfig, hasher: S) -> Result<Self, CacheError> {
+        Self::with_role(config, hasher, Role::Solo)
+    }
+
+    /// Like [`Cache::with_hasher`]; an adaptive policy decides as `role`
+    /// says (a shard of a [`crate::SyncCache`] may follow another's choice).
+    pub(crate) fn with_role(config: CacheConfig, hasher: S, role: Role) -> Result<Self, CacheError> {
         if config.max_entries == 0 {
             return Err(CacheError::ZeroCapacity("max_entries"));
         }
@@ -127,7 +133,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             hasher,
             slab: Vec::new(),
             free: Vec::new(),
-            policy: AnyPolicy::new(config.policy, sizing),
+            policy: AnyPolicy::new(config.policy, sizing, role),
             kind: config.policy,
             max_entries: config.max_entries,
             max_bytes: config.max_bytes,

@@ -3,10 +3,11 @@
 //! never contend.
 
 use crate::cache::{Cache, CacheConfig, EntryOptions};
+use crate::policy::Role;
 use crate::CacheError;
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 
 /// One shard, alone on its cache lines (two, for the adjacent-line
 /// prefetcher): a lock taken by one thread never slows another's shard.
@@ -41,8 +42,22 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
             max_bytes: config.max_bytes.map(|b| b.div_ceil(n as u64)),
             policy: config.policy,
         };
-        let shards =
-            (0..n).map(|_| Cache::with_hasher(per_shard, hasher.clone()).map(|c| Shard(Mutex::new(c)))).collect::<Result<Vec<_>, _>>()?;
+        // With the adaptive policy, shard 0 alone runs the miniatures (its
+        // keys are a hash-partitioned sample of all of them) and the other
+        // shards adopt its choice: their requests pay only for the live policy.
+        let choice = Arc::default();
+        let role = |i: usize| {
+            if n == 1 {
+                Role::Solo
+            } else if i == 0 {
+                Role::Leader(Arc::clone(&choice))
+            } else {
+                Role::Follower(Arc::clone(&choice))
+            }
+        };
+        let shards = (0..n)
+            .map(|i| Cache::with_role(per_shard, hasher.clone(), role(i)).map(|c| Shard(Mutex::new(c))))
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(SyncCache { shards: shards.into_boxed_slice(), hasher, mask: n as u64 - 1 })
     }
 
@@ -132,6 +147,23 @@ mod tests {
         assert_eq!(cache.get(&7, 0), Some(14));
         assert_eq!(cache.remove(&7), Some(14));
         assert!(!cache.is_empty());
+    }
+
+    #[test]
+    fn adaptive_shards_follow_the_first_ones_choice() {
+        // A loop a little larger than the cache: the leader's miniatures
+        // move it off W-TinyLFU's first guess or keep it; either way every
+        // follower serves with what the leader chose.
+        let config = CacheConfig { max_entries: 4096, max_bytes: None, policy: PolicyKind::Adaptive };
+        let cache: SyncCache<u64, u64> = SyncCache::new(config, 4).expect("valid config");
+        for i in 0..400_000u64 {
+            let k = i % 4500;
+            if cache.get(&k, 0).is_none() {
+                cache.insert(k, k, 0).expect("fits");
+            }
+        }
+        let active: Vec<PolicyKind> = cache.shards.iter().map(|s| s.0.lock().expect("not poisoned").active_policy()).collect();
+        assert!(active.iter().all(|&p| p == active[0]), "{active:?}");
     }
 
     #[test]

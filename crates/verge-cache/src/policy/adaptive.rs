@@ -13,6 +13,8 @@
 
 use super::{grow, Base, Eviction, Meta, PolicyKind, Sizing};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 
 /// The candidates simulated in miniature; the first one serves first, and
 /// ties go to the earlier one. (ARC and SIEVE were tried too: never the
@@ -94,10 +96,25 @@ impl Sim {
 
 #[derive(Debug)]
 struct Shadow {
-    kind: PolicyKind,
     sim: Sim,
     epoch_hits: u64,
     score: f64,
+}
+
+/// How an adaptive policy decides, alone or as one of the shards of a
+/// [`crate::SyncCache`]: there, one shard (the leader) runs the miniatures on
+/// its own keys (a hash-partitioned sample of the whole cache's) and
+/// publishes its choice, and the other shards (followers) sample nothing
+/// and adopt the published choice on their next insert.
+#[derive(Clone, Debug, Default)]
+pub(crate) enum Role {
+    /// Runs its own miniatures and tells no one.
+    #[default]
+    Solo,
+    /// Runs the miniatures and stores each new choice (an index into the candidates).
+    Leader(Arc<AtomicUsize>),
+    /// Runs no miniatures and follows the stored choice.
+    Follower(Arc<AtomicUsize>),
 }
 
 /// Serves with the candidate policy whose miniature simulation wins.
@@ -116,16 +133,28 @@ pub struct Adaptive {
     epoch_seen: u64,
     /// Sampled requests, decayed like the scores.
     seen: f64,
+    role: Role,
+    /// The sketch of the last live W-TinyLFU: a re-adopted one starts warm.
+    sketch: Option<crate::sketch::FrequencySketch>,
 }
 
 impl Adaptive {
     /// The adaptive policy for a cache of `sizing`.
     pub fn new(sizing: Sizing) -> Self {
+        Self::with_role(sizing, Role::Solo)
+    }
+
+    /// The adaptive policy for a cache (or a shard) of `sizing`, deciding as `role` says.
+    pub(crate) fn with_role(sizing: Sizing, role: Role) -> Self {
         let rate = ((sizing.entries / MIN_SHADOW_ENTRIES).max(1) as u64).min(MAX_RATE);
         let rate = if rate.is_power_of_two() { rate } else { rate.next_power_of_two() / 2 };
         let mini = Sizing { units: (sizing.units / rate).max(1), entries: (sizing.entries / rate as usize).max(1) };
-        let shadows =
-            CANDIDATES.iter().filter_map(|&kind| Some(Shadow { kind, sim: Sim::new(kind, mini)?, epoch_hits: 0, score: 0.0 })).collect();
+        let follower = matches!(role, Role::Follower(_));
+        let shadows = if follower {
+            Vec::new()
+        } else {
+            CANDIDATES.iter().filter_map(|&kind| Some(Shadow { sim: Sim::new(kind, mini)?, epoch_hits: 0, score: 0.0 })).collect()
+        };
         let live = Base::new(CANDIDATES[0], sizing).unwrap_or_else(|| Base::Lru(super::Lru::default()));
         Adaptive {
             sizing,
@@ -133,16 +162,20 @@ impl Adaptive {
             live_index: 0,
             metas: Vec::new(),
             shadows,
-            sample_limit: u64::MAX >> rate.trailing_zeros(),
+            // A follower samples (almost) nothing: only a hash of 0, and then
+            // `observe` finds no miniatures to feed.
+            sample_limit: if follower { 0 } else { u64::MAX >> rate.trailing_zeros() },
             epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
             epoch_seen: 0,
             seen: 0.0,
+            role,
+            sketch: None,
         }
     }
 
     /// The candidate serving right now.
     pub fn live_kind(&self) -> PolicyKind {
-        self.shadows.get(self.live_index).map_or(CANDIDATES[0], |s| s.kind)
+        CANDIDATES[self.live_index]
     }
 
     #[inline]
@@ -185,10 +218,21 @@ impl Adaptive {
     /// entries: the old policy is drained victim by victim, so the new one
     /// sees the entries the old one valued least as its oldest.
     fn switch_to(&mut self, index: usize) {
-        let Some(next) = Base::new(self.shadows[index].kind, self.sizing) else { return };
+        let Some(mut next) = Base::new(CANDIDATES[index], self.sizing) else { return };
+        if let Base::WTinyLfu(w) = &mut next {
+            if let Some(sketch) = self.sketch.take() {
+                w.set_sketch(sketch);
+            }
+        }
+        if let Role::Leader(choice) = &self.role {
+            choice.store(index, Ordering::Relaxed);
+        }
         let mut old = std::mem::replace(&mut self.live, next);
         while let Some(slot) = old.evict() {
             self.live.on_insert(slot, &self.metas[slot as usize]);
+        }
+        if let Base::WTinyLfu(w) = old {
+            self.sketch = Some(w.into_sketch());
         }
         self.live_index = index;
     }
@@ -202,6 +246,11 @@ impl Eviction for Adaptive {
         self.live.on_insert(slot, meta);
         if self.sampled(meta.hash) {
             self.observe(meta);
+        } else if let Role::Follower(choice) = &self.role {
+            let index = choice.load(Ordering::Relaxed);
+            if index != self.live_index {
+                self.switch_to(index);
+            }
         }
     }
 

@@ -19,6 +19,7 @@ mod ttl;
 mod wtinylfu;
 
 pub use adaptive::Adaptive;
+pub(crate) use adaptive::Role;
 pub use arc::Arc;
 pub use gdsf::Gdsf;
 pub use lfu::Lfu;
@@ -235,11 +236,12 @@ pub(crate) enum AnyPolicy {
 }
 
 impl AnyPolicy {
-    /// A fresh policy of `kind` for a cache of `sizing`.
-    pub fn new(kind: PolicyKind, sizing: Sizing) -> AnyPolicy {
+    /// A fresh policy of `kind` for a cache of `sizing`; an adaptive one
+    /// decides as `role` says (fixed policies ignore it).
+    pub fn new(kind: PolicyKind, sizing: Sizing, role: Role) -> AnyPolicy {
         match Base::new(kind, sizing) {
             Some(b) => AnyPolicy::Base(b),
-            None => AnyPolicy::Adaptive(Box::new(Adaptive::new(sizing))),
+            None => AnyPolicy::Adaptive(Box::new(Adaptive::with_role(sizing, role))),
         }
     }
 }

@@ -88,6 +88,17 @@ impl WTinyLfu {
         }
     }
 
+    /// Gives up the frequency sketch (the history worth keeping when this
+    /// policy is replaced, to hand to a later one).
+    pub(crate) fn into_sketch(self) -> FrequencySketch {
+        self.sketch
+    }
+
+    /// Starts from `sketch`'s frequencies instead of an empty sketch.
+    pub(crate) fn set_sketch(&mut self, sketch: FrequencySketch) {
+        self.sketch = sketch;
+    }
+
     fn take(&mut self, slot: u32) {
         let region = self.regions[slot as usize] as usize;
         self.links.unlink(&mut self.lists[region], slot);
