@@ -58,6 +58,9 @@ pub struct NodeTls {
     node: String,
     binary: PathBuf,
     config_bytes: Vec<u8>,
+    /// Measured once: the binary, kernel, command line, config and boot id
+    /// cannot change while this process runs.
+    measured: std::sync::OnceLock<Measurements>,
     evidence_path: PathBuf,
 }
 
@@ -79,6 +82,7 @@ impl NodeTls {
             node: node.to_string(),
             binary: std::env::current_exe().unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
             config_bytes,
+            measured: std::sync::OnceLock::new(),
             evidence_path,
         })
     }
@@ -100,10 +104,16 @@ impl NodeTls {
         Tls { config: self.client(), server_name: tls::node_name(), peer: Some(Identity::Node(node.to_string())) }
     }
 
-    /// Evidence over `nonce`: measured now, signed with the node key, and
+    /// Evidence over `nonce`: the process's measurements, signed with the node key, and
     /// kept in `attestation.json` for operators.
     pub fn attest(&self, nonce: &str) -> Result<AgentMessage, String> {
-        let measurements = Measurements::collect(&self.binary, &self.config_bytes).map_err(|e| format!("measuring: {e}"))?;
+        let measurements = match self.measured.get() {
+            Some(m) => m.clone(),
+            None => {
+                let m = Measurements::collect(&self.binary, &self.config_bytes).map_err(|e| format!("measuring: {e}"))?;
+                self.measured.get_or_init(|| m).clone()
+            }
+        };
         let key = self.identity.lock().unwrap_or_else(|p| p.into_inner()).key_pkcs8().map_err(|e| e.to_string())?;
         let evidence = Evidence::sign(&key, &self.node, nonce, now_ms(), measurements).map_err(|e| e.to_string())?;
         let json = serde_json::to_string(&evidence).map_err(|e| e.to_string())?;

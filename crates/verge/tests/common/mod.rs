@@ -156,6 +156,23 @@ pub struct Cluster {
     pub agent_yaml: String,
 }
 
+/// Starts `verge server` with its data in `tmp/server`; returns it, its API
+/// as admin, its gateway `host:port` and its CA fingerprint.
+fn launch_server(tmp: &Path, args: &[String], api: &str, gateway: &str) -> (Child, Endpoint, String, String) {
+    let mut child = Command::new(VERGE)
+        .args(["server", "--api-addr", api, "--gateway-addr", gateway, "--heartbeat-interval", HEARTBEAT, "--lease"])
+        .arg(format!("{LEASE_MS}ms"))
+        .args(args)
+        .arg("--data-dir")
+        .arg(tmp.join("server"))
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(tmp.join("server.log")).unwrap())
+        .spawn()
+        .expect("start verge server");
+    let (a, g, ca) = read_addresses(&mut child);
+    (child, Endpoint::server(&a, &tmp.join("server")), g, ca)
+}
+
 /// Reads the server's `listening` line and returns (api, gateway) host:port
 /// and the CA fingerprint.
 fn read_addresses(child: &mut Child) -> (String, String, String) {
@@ -182,18 +199,18 @@ impl Cluster {
             std::fs::write(&path, yaml).unwrap();
             server_args = vec!["--config".to_string(), path.display().to_string()];
         }
-        let placeholder = Endpoint::custom("", tls::discovery_config().unwrap(), tls::server_name());
+        let (child, api, gateway, ca) = launch_server(tmp.path(), &server_args, "127.0.0.1:0", "127.0.0.1:0");
         let mut c = Cluster {
             tmp,
-            server: None,
-            api: placeholder,
-            gateway: String::new(),
-            join: (String::new(), String::new()),
+            server: Some(child),
+            api,
+            gateway,
+            join: (String::new(), ca),
             agents: Vec::new(),
             server_args,
             agent_yaml: String::new(),
         };
-        c.start_server("127.0.0.1:0", "127.0.0.1:0");
+        c.join.0 = c.token("node", None);
         c
     }
 
@@ -217,25 +234,12 @@ impl Cluster {
         Endpoint::custom(n["data_addr"].as_str().unwrap(), tls::client_config(&ca, Some(me)).unwrap(), tls::node_name())
     }
 
-    /// (Re)starts the server on the given addresses with the same data dir.
+    /// Starts the server again on the given addresses with the same data dir.
     pub fn start_server(&mut self, api: &str, gateway: &str) {
-        let mut child = Command::new(VERGE)
-            .args(["server", "--api-addr", api, "--gateway-addr", gateway, "--heartbeat-interval", HEARTBEAT, "--lease"])
-            .arg(format!("{LEASE_MS}ms"))
-            .args(&self.server_args)
-            .arg("--data-dir")
-            .arg(self.tmp.path().join("server"))
-            .stdout(Stdio::piped())
-            .stderr(std::fs::File::create(self.tmp.path().join("server.log")).unwrap())
-            .spawn()
-            .expect("start verge server");
-        let (a, g, ca) = read_addresses(&mut child);
+        let (child, api, gateway, _) = launch_server(self.tmp.path(), &self.server_args, api, gateway);
         self.server = Some(child);
-        self.api = Endpoint::server(&a, &self.tmp.path().join("server"));
-        self.gateway = g;
-        if self.join.0.is_empty() {
-            self.join = (self.token("node", None), ca);
-        }
+        self.api = api;
+        self.gateway = gateway;
     }
 
     /// Kills the server with SIGKILL.
