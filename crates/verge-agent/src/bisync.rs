@@ -79,7 +79,7 @@ pub async fn bisync(
             if let (Action::Pull | Action::Conflict, Ok(i)) = (action, remote_c.files.binary_search_by(|f| f.entry.path.as_str().cmp(path)))
             {
                 let need = match mine.get(path) {
-                    Some(_) => Need::Delta(Signature::of(&read(&local_owned, path)?)),
+                    Some(_) => Need::Delta(Signature::of_file(&join(&local_owned, path))?),
                     None => Need::Whole,
                 };
                 needs.push((i, need));
@@ -106,7 +106,7 @@ pub async fn bisync(
             unpack(&remote, &request, &bundle)?.rebuild(
                 &remote,
                 &request,
-                |rel| read(&local_owned, rel),
+                &local_owned,
                 |_| None,
                 |i, content| {
                     let e = &remote.files[i].entry;

@@ -3,9 +3,11 @@
 //! lists, and sends copy instructions for those and literal bytes for the
 //! rest. The receiver rebuilds the file from its old copy.
 
+use std::io::Read;
+
 use crate::error::Result;
 use crate::rollsum::Rollsum;
-use crate::signature::{strong_hash, Signature};
+use crate::signature::{read_full, strong_hash, Signature, READ_PIECE};
 use crate::wire::{put_varint, Reader};
 
 /// One instruction of a delta.
@@ -36,6 +38,8 @@ pub struct Delta {
     pub literal_bytes: u64,
     /// Bytes rebuilt from the old file.
     pub matched_bytes: u64,
+    /// The literal bytes, in output order.
+    pub literals: Vec<u8>,
 }
 
 /// The signature's full blocks sorted by weak sum, with a bit filter in
@@ -76,6 +80,13 @@ impl BlockIndex {
     /// The block whose sums match `window`, preferring `expected` (the one
     /// after the previous match) so runs stay contiguous.
     fn find(&self, sig: &Signature, weak: u32, window: &[u8], expected: Option<u32>) -> Option<u32> {
+        // Inside a run of matches the next block is the likely one: no search.
+        let next = expected.filter(|&e| (e as usize) < self.sorted.len() && sig.blocks[e as usize].weak == weak);
+        if let Some(e) = next {
+            if sig.blocks[e as usize].strong == strong_hash(window, sig.strong_len) {
+                return Some(e);
+            }
+        }
         let first = self.sorted.partition_point(|&(w, _)| w < weak);
         let mut strong = None;
         let mut found = None;
@@ -95,54 +106,137 @@ impl BlockIndex {
     }
 }
 
-/// Builds the delta that turns the file `sig` describes into `new`.
-pub fn compute(sig: &Signature, new: &[u8]) -> Delta {
-    let mut out = DeltaBuilder::default();
-    let bs = sig.block_size as usize;
-    let len = new.len();
-    let index = BlockIndex::new(sig);
-    let mut pos = 0usize;
-    let mut lit_start = 0usize;
-    let mut expected: Option<u32> = None;
-    if !index.sorted.is_empty() && len >= bs {
-        let mut rs = Rollsum::of(&new[..bs]);
-        loop {
-            let weak = rs.digest();
-            if index.maybe(weak) {
-                if let Some(idx) = index.find(sig, weak, &new[pos..pos + bs], expected) {
-                    out.literal(lit_start, pos);
-                    out.copy(u64::from(idx), bs as u64);
-                    expected = idx.checked_add(1);
-                    pos += bs;
-                    lit_start = pos;
-                    if pos + bs > len {
-                        break;
-                    }
-                    rs = Rollsum::of(&new[pos..pos + bs]);
-                    continue;
-                }
+/// The new file as it is read: a window of it starting at file offset
+/// `off`, refilled piece by piece. Bytes of the literal run in progress are
+/// saved before the window moves past them.
+struct Stream<R> {
+    src: R,
+    buf: Vec<u8>,
+    len: usize,
+    off: usize,
+    eof: bool,
+    /// The literal bytes so far, in output order.
+    literals: Vec<u8>,
+    /// File offset up to which the current run's literal bytes are saved.
+    saved: usize,
+}
+
+impl<R: Read> Stream<R> {
+    fn new(src: R, bs: usize) -> Self {
+        Stream { src, buf: vec![0; READ_PIECE + bs + 1], len: 0, off: 0, eof: false, literals: Vec::new(), saved: 0 }
+    }
+
+    /// The `n` bytes at file offset `at` (which [`Stream::have`] made available).
+    #[inline(always)]
+    fn at(&self, at: usize, n: usize) -> &[u8] {
+        &self.buf[at - self.off..at - self.off + n]
+    }
+
+    /// Makes the file available up to offset `end`, moving the window to
+    /// start at `keep`; false when the file ends first.
+    #[inline(always)]
+    fn have(&mut self, keep: usize, end: usize, lit_start: usize) -> std::io::Result<bool> {
+        while self.off + self.len < end {
+            if self.eof {
+                return Ok(false);
             }
-            if pos + bs >= len {
-                break;
-            }
-            rs.rotate(new[pos], new[pos + bs]);
-            pos += 1;
+            self.refill(keep, lit_start)?;
+        }
+        Ok(true)
+    }
+
+    /// Saves the pending literals before `keep`, drops them from the
+    /// window, and reads the next piece.
+    #[cold]
+    fn refill(&mut self, keep: usize, lit_start: usize) -> std::io::Result<()> {
+        self.save(lit_start, keep);
+        self.buf.copy_within(keep - self.off..self.len, 0);
+        self.len -= keep - self.off;
+        self.off = keep;
+        let n = read_full(&mut self.src, &mut self.buf[self.len..])?;
+        self.len += n;
+        self.eof = self.len < self.buf.len();
+        Ok(())
+    }
+
+    /// Saves the literal bytes of the run that began at `lit_start` up to `end`.
+    fn save(&mut self, lit_start: usize, end: usize) {
+        let from = lit_start.max(self.saved);
+        if end > from {
+            self.literals.extend_from_slice(&self.buf[from - self.off..end - self.off]);
+            self.saved = end;
         }
     }
-    // The old file's short last block can only match the end of the new file.
+}
+
+/// Builds the delta that turns the file `sig` describes into what `src`
+/// yields, reading it piece by piece (memory stays a few pieces, plus the
+/// literals). Gives up with `None` once the literals pass `max_literal`
+/// bytes: sending the whole file is then cheaper.
+pub fn compute_from(sig: &Signature, src: impl Read, max_literal: u64) -> std::io::Result<Option<Delta>> {
+    let bs = sig.block_size as usize;
+    let index = BlockIndex::new(sig);
+    let mut s = Stream::new(src, bs);
+    let mut out = DeltaBuilder::default();
+    let (mut pos, mut lit_start) = (0usize, 0usize);
+    let mut expected: Option<u32> = None;
+    if !index.sorted.is_empty() {
+        'blocks: while s.have(pos, pos + bs, lit_start)? {
+            let mut rs = Rollsum::of(s.at(pos, bs));
+            loop {
+                let weak = rs.digest();
+                if index.maybe(weak) {
+                    if let Some(idx) = index.find(sig, weak, s.at(pos, bs), expected) {
+                        s.save(lit_start, pos);
+                        out.literal(lit_start, pos);
+                        out.copy(u64::from(idx), bs as u64);
+                        expected = idx.checked_add(1);
+                        pos += bs;
+                        lit_start = pos;
+                        continue 'blocks;
+                    }
+                }
+                if !s.have(pos, pos + bs + 1, lit_start)? {
+                    break 'blocks;
+                }
+                if s.literals.len() as u64 > max_literal {
+                    return Ok(None);
+                }
+                let w = s.at(pos, bs + 1);
+                rs.rotate(w[0], w[bs]);
+                pos += 1;
+            }
+        }
+    }
+    // The rest is literal, unless the old file's short last block matches
+    // the very end (which lies past `pos`: the window stopped a block short).
+    while !s.eof {
+        let keep = (s.off + s.len).saturating_sub(bs).max(pos);
+        s.refill(keep, lit_start)?;
+        if s.literals.len() as u64 > max_literal {
+            return Ok(None);
+        }
+    }
+    let len = s.off + s.len;
     let tail = sig.tail_len();
     if tail > 0 && tail < bs && len >= lit_start + tail {
         let start = len - tail;
         let last = sig.blocks.len() - 1;
-        let window = &new[start..];
+        let window = s.at(start, tail);
         if Rollsum::of(window).digest() == sig.blocks[last].weak && strong_hash(window, sig.strong_len) == sig.blocks[last].strong {
+            s.save(lit_start, start);
             out.literal(lit_start, start);
             out.copy(last as u64, tail as u64);
             lit_start = len;
         }
     }
+    s.save(lit_start, len);
     out.literal(lit_start, len);
-    out.delta
+    if s.literals.len() as u64 > max_literal {
+        return Ok(None);
+    }
+    out.delta.literals = s.literals;
+    Ok(Some(out.delta))
 }
 
 #[derive(Default)]
@@ -184,8 +278,8 @@ fn unzigzag(v: u64) -> i64 {
 impl Delta {
     /// Appends the wire form: block size, the instructions (copy block
     /// numbers relative to the next expected block, so runs compress), then
-    /// the literal bytes taken from `new`.
-    pub fn encode(&self, block_size: u32, new: &[u8], out: &mut Vec<u8>) {
+    /// the literal bytes.
+    pub fn encode(&self, block_size: u32, out: &mut Vec<u8>) {
         out.push(block_size.trailing_zeros() as u8);
         put_varint(out, self.ops.len() as u64);
         let mut next: u64 = 0;
@@ -199,15 +293,12 @@ impl Delta {
                 Op::Literal { len, .. } => put_varint(out, (len << 1) | KIND_LITERAL),
             }
         }
-        for op in &self.ops {
-            if let Op::Literal { start, len } = *op {
-                out.extend_from_slice(&new[start as usize..(start + len) as usize]);
-            }
-        }
+        out.extend_from_slice(&self.literals);
     }
 }
 
 /// An instruction as read from the wire, already checked against the base.
+#[derive(Clone, Copy)]
 enum Step {
     Copy { from: usize, to: usize },
     Literal(usize),
@@ -270,15 +361,37 @@ pub fn plan(base_len: usize, encoded: &[u8], new_len: u64) -> Result<Plan<'_>> {
     Ok(Plan { steps, literals: r.take(r.remaining())? })
 }
 
+/// The receiver's copy that a delta's copies are read from.
+pub enum Base<'a> {
+    /// Held in memory.
+    Bytes(&'a [u8]),
+    /// On disk, read a piece at a time, so a large file is never held whole.
+    File(std::fs::File),
+}
+
 impl Plan<'_> {
-    /// Hands the new file to `out` piece by piece, copies straight from
-    /// `base` (the base [`plan`] checked against) and literals from the delta.
-    pub fn emit<E>(&self, base: &[u8], mut out: impl FnMut(&[u8]) -> std::result::Result<(), E>) -> std::result::Result<(), E> {
+    /// Hands the new file to `out` piece by piece: copies from `base` (the
+    /// base [`plan`] checked against) and literals from the delta. A base
+    /// that shrank since is an error, not a short file.
+    pub fn emit(&self, base: &Base<'_>, mut out: impl FnMut(&[u8]) -> std::io::Result<()>) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        let gone = || std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the base is shorter than the delta expects");
+        let mut piece = Vec::new();
         let mut lit = 0usize;
         for step in &self.steps {
-            match *step {
-                Step::Copy { from, to } => out(&base[from..to])?,
-                Step::Literal(n) => {
+            match (*step, base) {
+                (Step::Copy { from, to }, Base::Bytes(b)) => out(b.get(from..to).ok_or_else(gone)?)?,
+                (Step::Copy { from, to }, Base::File(f)) => {
+                    piece.resize(READ_PIECE.min(to - from).max(piece.len()), 0);
+                    let mut at = from;
+                    while at < to {
+                        let n = (to - at).min(piece.len());
+                        f.read_exact_at(&mut piece[..n], at as u64)?;
+                        out(&piece[..n])?;
+                        at += n;
+                    }
+                }
+                (Step::Literal(n), _) => {
                     out(&self.literals[lit..lit + n])?;
                     lit += n;
                 }
@@ -293,11 +406,11 @@ impl Plan<'_> {
 pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
     let p = plan(base.len(), encoded, new_len)?;
     let mut out = Vec::with_capacity(new_len as usize);
-    p.emit(base, |piece| {
+    p.emit(&Base::Bytes(base), |piece| {
         out.extend_from_slice(piece);
-        Ok::<(), std::convert::Infallible>(())
+        Ok(())
     })
-    .unwrap_or_else(|never| match never {});
+    .map_err(|e| crate::error::SyncError::io("rebuilding from the delta", e))?;
     Ok(out)
 }
 
@@ -306,13 +419,70 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
+    fn compute(sig: &Signature, new: &[u8]) -> Delta {
+        compute_from(sig, new, u64::MAX).unwrap().unwrap()
+    }
+
     /// The encoded delta from `old` to `new`.
     fn encode_between(old: &[u8], new: &[u8]) -> (Vec<u8>, Delta) {
         let sig = Signature::of(old);
         let d = compute(&sig, new);
         let mut enc = Vec::new();
-        d.encode(sig.block_size, new, &mut enc);
+        d.encode(sig.block_size, &mut enc);
         (enc, d)
+    }
+
+    /// A reader that hands out at most `step` bytes per call.
+    struct Trickle<'a>(&'a [u8], usize);
+
+    impl Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = buf.len().min(self.1).min(self.0.len());
+            buf[..n].copy_from_slice(&self.0[..n]);
+            self.0 = &self.0[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn files_larger_than_a_piece_stream_exactly() {
+        let old = noise(3 * READ_PIECE + 1000, 11);
+        let piece = READ_PIECE;
+        let cases: Vec<Vec<u8>> = vec![
+            old.clone(),
+            // Edits straddling piece boundaries, and a short last block matched right after literals.
+            {
+                let mut n = old.clone();
+                n[piece - 10..piece + 10].fill(7);
+                n.splice(2 * piece - 3..2 * piece - 3, noise(5000, 12));
+                let tail = n.len() - 1000;
+                n[tail - 300..tail].fill(9);
+                n
+            },
+            // A large unmatched run crossing several pieces.
+            {
+                let mut n = old.clone();
+                n.splice(100_000..100_000, noise(2 * READ_PIECE + 17, 13));
+                n
+            },
+            noise(READ_PIECE + 5, 14),
+            Vec::new(),
+        ];
+        for (k, new) in cases.iter().enumerate() {
+            for bs in [512u32, 4096, 1 << 17] {
+                let sig = Signature::with_block_size(&old, bs);
+                let d = compute_from(&sig, Trickle(new, 70_001), u64::MAX).unwrap().unwrap();
+                assert_eq!(d, compute(&sig, new), "case {k} bs {bs}");
+                let mut enc = Vec::new();
+                d.encode(sig.block_size, &mut enc);
+                assert_eq!(apply(&old, &enc, new.len() as u64).unwrap(), *new, "case {k} bs {bs}");
+                assert_eq!(d.literals.len() as u64, d.literal_bytes);
+            }
+        }
+        // Giving up past the literal budget.
+        let sig = Signature::of(&old);
+        assert!(compute_from(&sig, &cases[3][..], 1000).unwrap().is_none());
+        assert!(compute_from(&sig, &cases[1][..], 100_000).unwrap().is_some());
     }
 
     fn noise(n: usize, seed: u64) -> Vec<u8> {
@@ -331,6 +501,11 @@ mod tests {
     fn unchanged_file_is_all_copies() {
         let old = noise(100_000, 1);
         let (enc, d) = encode_between(&old, &old);
+        let file = tempfile::tempfile().unwrap();
+        std::io::Write::write_all(&mut &file, &old).unwrap();
+        let mut rebuilt = Vec::new();
+        plan(old.len(), &enc, old.len() as u64).unwrap().emit(&Base::File(file), |p| Ok(rebuilt.extend_from_slice(p))).unwrap();
+        assert_eq!(rebuilt, old);
         assert_eq!(d.literal_bytes, 0);
         assert_eq!(d.ops.len(), 1, "{:?}", d.ops);
         assert!(enc.len() < 16);
@@ -380,7 +555,7 @@ mod tests {
             let sig = Signature::with_block_size(&old, 1 << bs_log);
             let d = compute(&sig, &new);
             let mut enc = Vec::new();
-            d.encode(sig.block_size, &new, &mut enc);
+            d.encode(sig.block_size, &mut enc);
             prop_assert_eq!(apply(&old, &enc, new.len() as u64).unwrap(), new);
         }
 

@@ -113,7 +113,7 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
         unpack(&offer_rx, &request, &bundle)?.rebuild(
             &offer_rx,
             &request,
-            |rel| std::fs::read(join(old, rel)).map_err(|e| SyncError::io(format!("reading {rel}"), e)),
+            old,
             |c| chunks.read(old, c),
             |i, rebuilt| {
                 if let Err(e) = rebuilt.and_then(|c| c.write_checked(&offer_rx.files[i].entry, &mut std::io::sink())) {

@@ -1,9 +1,12 @@
 //! Block signatures: what a receiver tells a sender about its copy of a
 //! file so the sender can find the blocks it already has.
 
+use std::io::Read;
+use std::path::Path;
+
 use xxhash_rust::xxh3::xxh3_64;
 
-use crate::error::Result;
+use crate::error::{Result, SyncError};
 use crate::rollsum::Rollsum;
 use crate::wire::{put_varint, Reader};
 
@@ -15,6 +18,23 @@ pub const MAX_BLOCK: u32 = 1 << 17;
 pub const PAGE_BLOCK: u32 = 4096;
 /// Largest file a signature may describe (1 TiB).
 pub const MAX_FILE_LEN: u64 = 1 << 40;
+/// Bytes read at a time when a file is signed or matched from disk: a
+/// multiple of every block size, so pieces end on block boundaries.
+pub const READ_PIECE: usize = 1 << 20;
+
+/// Reads until `buf` is full or the source ends; returns the bytes read.
+pub fn read_full(src: &mut impl Read, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut n = 0;
+    while n < buf.len() {
+        match src.read(&mut buf[n..]) {
+            Ok(0) => break,
+            Ok(k) => n += k,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(n)
+}
 
 /// The weak and strong checksums of one block.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -87,6 +107,11 @@ pub fn strong_hash(block: &[u8], strong_len: u8) -> u64 {
     }
 }
 
+/// The sums of `data`'s blocks of `block_size` bytes (the last may be short).
+fn block_sums(data: &[u8], block_size: u32, strong_len: u8) -> impl Iterator<Item = BlockSum> + '_ {
+    data.chunks(block_size as usize).map(move |b| BlockSum { weak: Rollsum::of(b).digest(), strong: strong_hash(b, strong_len) })
+}
+
 impl Signature {
     /// Computes the signature of `data` with the block size [`choose_block_size`] picks.
     pub fn of(data: &[u8]) -> Self {
@@ -96,13 +121,48 @@ impl Signature {
     /// Computes the signature of `data` with a given block size.
     pub fn with_block_size(data: &[u8], block_size: u32) -> Self {
         let block_size = block_size.clamp(MIN_BLOCK, MAX_BLOCK).next_power_of_two();
-        let nblocks = data.len().div_ceil(block_size as usize) as u64;
-        let strong_len = strong_len_for(data.len() as u64, nblocks);
-        let blocks = data
-            .chunks(block_size as usize)
-            .map(|b| BlockSum { weak: Rollsum::of(b).digest(), strong: strong_hash(b, strong_len) })
-            .collect();
+        let strong_len = strong_len_for(data.len() as u64, data.len().div_ceil(block_size as usize) as u64);
+        let blocks = block_sums(data, block_size, strong_len).collect();
         Signature { block_size, file_len: data.len() as u64, strong_len, blocks }
+    }
+
+    /// The signature of the file at `path`, read piece by piece: the file
+    /// is never held whole in memory.
+    pub fn of_file(path: &Path) -> Result<Self> {
+        let io = |e| SyncError::io(format!("reading {}", path.display()), e);
+        let mut file = std::fs::File::open(path).map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
+        Self::from_reader(&mut file, len).map_err(io)
+    }
+
+    /// The signature of what `src` yields, expected to be about `len`
+    /// bytes (the block size is chosen for `len`; the signature describes
+    /// what was actually read).
+    pub fn from_reader(mut src: impl Read, len: u64) -> std::io::Result<Self> {
+        // One byte more than announced, so that the end shows without another read.
+        let mut buf = vec![0u8; READ_PIECE.min(len.saturating_add(1) as usize)];
+        let mut n = read_full(&mut src, &mut buf)?;
+        let block_size = choose_block_size(len, &buf[..n]);
+        if buf.len() < READ_PIECE && n == buf.len() {
+            // The file grew past `len`: read on in full pieces.
+            buf.resize(READ_PIECE, 0);
+            n += read_full(&mut src, &mut buf[n..])?;
+        }
+        let strong_len = strong_len_for(len, len.div_ceil(u64::from(block_size)));
+        let mut blocks = Vec::with_capacity(len.div_ceil(u64::from(block_size)).min(1 << 20) as usize);
+        let mut file_len = 0u64;
+        loop {
+            blocks.extend(block_sums(&buf[..n], block_size, strong_len));
+            file_len += n as u64;
+            if n < buf.len() {
+                break;
+            }
+            n = read_full(&mut src, &mut buf)?;
+            if n == 0 {
+                break;
+            }
+        }
+        Ok(Signature { block_size, file_len, strong_len, blocks })
     }
 
     /// Length of the last block (equal to `block_size` when the file is block-aligned).
@@ -185,5 +245,20 @@ mod tests {
         for cut in [0, 1, 3, enc.len() - 1] {
             assert!(Signature::decode(&mut Reader::new(&enc[..cut], "signature")).is_err(), "cut {cut}");
         }
+    }
+
+    #[test]
+    fn reading_in_pieces_gives_the_same_signature() {
+        let data: Vec<u8> = (0..(3 * READ_PIECE + 777) as u32).map(|i| (i.wrapping_mul(2654435761) >> 11) as u8).collect();
+        for len in [0, 1, 4095, 4096, READ_PIECE, READ_PIECE + 1, data.len()] {
+            let d = &data[..len];
+            assert_eq!(Signature::from_reader(d, len as u64).unwrap(), Signature::of(d), "len {len}");
+        }
+        // A file longer than announced is signed as read, with the announced length's block size.
+        let grown = Signature::from_reader(&data[..], 100).unwrap();
+        assert_eq!(grown.file_len, data.len() as u64);
+        let whole = Signature::with_block_size(&data, grown.block_size);
+        assert!(grown.blocks.iter().zip(&whole.blocks).all(|(a, b)| a.weak == b.weak));
+        assert_eq!(grown.blocks.len(), whole.blocks.len());
     }
 }

@@ -418,11 +418,7 @@ impl Request {
             let need = match mine {
                 Some(mine) if mine.hash == f.entry.hash => continue,
                 Some(mine) if f.base == Some(mine.hash) => Need::Base,
-                Some(_) => {
-                    let path = join(root, &f.entry.path);
-                    let data = std::fs::read(&path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))?;
-                    Need::Delta(Signature::of(&data))
-                }
+                Some(_) => Need::Delta(Signature::of_file(&join(root, &f.entry.path))?),
                 None if f.chunks.is_empty() => Need::Whole,
                 None => {
                     let index = match &mut chunk_index {
@@ -613,20 +609,39 @@ pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases
     let mut next = 0usize;
     for (i, need) in &req.needs {
         let f = &offer.files[*i];
-        let data = read_file(root, &f.entry.path)?;
         // A file that changed since the offer fails the receiver's hash check; the size is checked here for free.
-        if data.len() as u64 != f.entry.size {
-            return Err(SyncError::io(format!("{}: changed since it was offered", f.entry.path), std::io::ErrorKind::Other.into()));
-        }
+        let changed = || SyncError::io(format!("{}: changed since it was offered", f.entry.path), std::io::ErrorKind::Other.into());
         let mut report = FileReport {
             path: f.entry.path.clone(),
             strategy: Strategy::Whole,
-            size: data.len() as u64,
-            literal_bytes: data.len() as u64,
+            size: f.entry.size,
+            literal_bytes: f.entry.size,
             matched_bytes: 0,
         };
         let mut payload = None;
         let mut tag = TAG_WHOLE;
+        // A block delta reads the file piece by piece; the other ways need it whole.
+        if let Need::Delta(sig) = need {
+            let path = join(root, &f.entry.path);
+            let io = |e| SyncError::io(format!("reading {}", path.display()), e);
+            let file = std::fs::File::open(&path).map_err(io)?;
+            if let Some(d) = delta::compute_from(sig, file, (WHOLE_THRESHOLD * f.entry.size as f64) as u64).map_err(io)? {
+                if d.literal_bytes + d.matched_bytes != f.entry.size {
+                    return Err(changed());
+                }
+                let mut enc = Vec::new();
+                d.encode(sig.block_size, &mut enc);
+                payload = Some(enc);
+                report.strategy = Strategy::Delta;
+                report.literal_bytes = d.literal_bytes;
+                report.matched_bytes = d.matched_bytes;
+                tag = TAG_DELTA;
+            }
+        }
+        let data = if tag == TAG_DELTA { Vec::new() } else { read_file(root, &f.entry.path)? };
+        if tag != TAG_DELTA && data.len() as u64 != f.entry.size {
+            return Err(changed());
+        }
         match need {
             Need::Base => {
                 if let Some(old) = f.base.and_then(|b| bases.load(&f.entry.path, &b)) {
@@ -636,18 +651,6 @@ pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases
                     joint_reports.push(reports.len());
                     payload = Some(Vec::new());
                     tag = TAG_BASE;
-                }
-            }
-            Need::Delta(sig) => {
-                let d = delta::compute(sig, &data);
-                if (d.literal_bytes as f64) <= WHOLE_THRESHOLD * data.len() as f64 {
-                    let mut enc = Vec::new();
-                    d.encode(sig.block_size, &data, &mut enc);
-                    payload = Some(enc);
-                    report.strategy = Strategy::Delta;
-                    report.literal_bytes = d.literal_bytes;
-                    report.matched_bytes = d.matched_bytes;
-                    tag = TAG_DELTA;
                 }
             }
             Need::Chunks(held) => {
@@ -664,7 +667,7 @@ pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases
                 payload = Some(missing);
                 tag = TAG_CHUNKS;
             }
-            Need::Whole => {}
+            Need::Whole | Need::Delta(_) => {}
         }
         if tag == TAG_WHOLE && any_base {
             joint_new.extend_from_slice(&data);
@@ -754,7 +757,7 @@ impl Unpacked<'_> {
         &self,
         offer: &Offer,
         req: &Request,
-        current: impl Fn(&str) -> Result<Vec<u8>>,
+        root: &Path,
         held_chunk: impl Fn(&ChunkRef) -> Option<Vec<u8>>,
         mut each: impl FnMut(usize, Result<Content<'_>>),
     ) -> Result<()> {
@@ -765,7 +768,7 @@ impl Unpacked<'_> {
             let joint = (|| {
                 let mut bases = Vec::new();
                 for p in parts.iter().filter(|p| p.tag == TAG_BASE) {
-                    bases.extend_from_slice(&current(&offer.files[p.index].entry.path)?);
+                    bases.extend_from_slice(&read_file(root, &offer.files[p.index].entry.path)?);
                 }
                 let total = group.iter().map(|&i| offer.files[i].entry.size).sum();
                 base::decode(&bases, self.joint, total)
@@ -801,12 +804,13 @@ impl Unpacked<'_> {
                 continue;
             }
             let e = &offer.files[part.index].entry;
-            let rebuilt = current(&e.path).and_then(|base| {
-                let plan = delta::plan(base.len(), part.payload, e.size)?;
-                Ok((base, plan))
-            });
+            let path = join(root, &e.path);
+            let rebuilt = std::fs::File::open(&path)
+                .and_then(|f| Ok((f.metadata()?.len(), f)))
+                .map_err(|err| SyncError::io(format!("reading {}", path.display()), err))
+                .and_then(|(len, file)| Ok((delta::Base::File(file), delta::plan(len as usize, part.payload, e.size)?)));
             match rebuilt {
-                Ok((base, plan)) => each(part.index, Ok(Content::Delta { base: &base, plan })),
+                Ok((base, plan)) => each(part.index, Ok(Content::Delta { base, plan })),
                 Err(err) => each(part.index, Err(err)),
             }
         }
@@ -857,7 +861,7 @@ pub enum Content<'a> {
     /// Copies from `base` and literals, in order.
     Delta {
         /// The receiver's current copy.
-        base: &'a [u8],
+        base: delta::Base<'a>,
         /// The checked delta.
         plan: delta::Plan<'a>,
     },
@@ -919,7 +923,7 @@ pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result
     unpacked.rebuild(
         offer,
         req,
-        |rel| read_file(root, rel),
+        root,
         |c| chunk_index.read(root, c),
         |index, rebuilt| {
             let e = &offer.files[index].entry;
@@ -1105,9 +1109,11 @@ mod tests {
             };
             let req = Request { needs: vec![(0, Need::Whole)], ..Request::default() };
             let _ = Request::decode(&compressed, &offer);
+            let root = tempfile::tempdir().unwrap();
+            std::fs::write(root.path().join("f"), [1, 2, 3]).unwrap();
             for candidate in [&bytes, &compressed] {
                 if let Ok(u) = unpack(&offer, &req, candidate) {
-                    let _ = u.rebuild(&offer, &req, |_| Ok(vec![1, 2, 3]), |_| None, |_, _| {});
+                    let _ = u.rebuild(&offer, &req, root.path(), |_| None, |_, _| {});
                 }
             }
         }
