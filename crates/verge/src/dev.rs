@@ -148,7 +148,10 @@ fn banner(api: &str, dir: &std::path::Path, procs: &[Proc], node: &str) {
     println!("  verge node drain {node}        # hello-edge moves to the next best node");
     println!("  verge cache put greeting hello; verge cache get greeting --node {node}");
     if let Ok(addr) = std::fs::read_to_string(dir.join(node).join("data/cache/resp.addr")) {
-        println!("  redis-cli -p {} GET greeting   # {node}'s cache speaks the Redis protocol", addr.trim().rsplit(':').next().unwrap_or(""));
+        println!(
+            "  redis-cli -p {} GET greeting   # {node}'s cache speaks the Redis protocol",
+            addr.trim().rsplit(':').next().unwrap_or("")
+        );
     }
     println!("  verge audit verify             # check the hash-chained audit log");
     println!("  verge compliance report        # ISO 27001 / SOC 2 / HIPAA findings per node");

@@ -185,10 +185,15 @@ fn slow_origin() -> (String, std::sync::Arc<std::sync::atomic::AtomicUsize>, Sto
                     seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                     std::thread::sleep(Duration::from_millis(300));
                     match store.lock().unwrap().get(&path).cloned() {
-                        _ if path == "/objects/missing" => "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string(),
+                        _ if path == "/objects/missing" => {
+                            "HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n".to_string()
+                        }
                         stored => {
                             let body = stored.unwrap_or_else(|| format!("origin:{path}"));
-                            format!("HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+                            format!(
+                                "HTTP/1.1 200 OK\r\nx-verge-type: ml_model\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                                body.len()
+                            )
                         }
                     }
                 };
