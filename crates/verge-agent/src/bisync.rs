@@ -103,7 +103,7 @@ pub async fn bisync(
         let action: BTreeMap<&str, Action> = steps.iter().map(|(p, a)| (p.as_str(), *a)).collect();
         let (mut pulled, mut conflicts, mut failure) = (Vec::new(), Vec::new(), None);
         if !request.needs.is_empty() {
-            unpack(&remote, &request, &bundle)?.rebuild(
+            unpack(&remote, &request, &bundle[..])?.rebuild(
                 &remote,
                 &request,
                 &local_owned,

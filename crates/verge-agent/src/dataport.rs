@@ -212,22 +212,51 @@ async fn commit(
         let tree = port.tree(&rel)?;
         let offer = Offer::decode(&read("offer")?)?;
         let request = Request::decode(&read("request")?, &offer)?;
-        let mut bundle = Vec::new();
-        for n in 0..q.chunks {
-            let part = read(&format!("chunk-{n}"))
-                .map_err(|_| PortError(StatusCode::CONFLICT, "incomplete", format!("chunk {n} of {} is missing", q.chunks)))?;
-            bundle.extend_from_slice(&part);
+        if let Some(n) = (0..q.chunks).find(|n| !dir.join(format!("chunk-{n}")).is_file()) {
+            return Err(PortError(StatusCode::CONFLICT, "incomplete", format!("chunk {n} of {} is missing", q.chunks)));
         }
-        if hex(blake3::hash(&bundle).as_bytes()) != q.blake3.to_ascii_lowercase() {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update_reader(StagedChunks::new(&port, &dir, q.chunks)).map_err(|e| SyncError::io("reading the staged chunks", e))?;
+        if hex(hasher.finalize().as_bytes()) != q.blake3.to_ascii_lowercase() {
             return Err(bad("the assembled bundle does not match its BLAKE3 hash; resend the chunks"));
         }
-        let report = apply(&offer, &request, &bundle, &tree)?;
+        let report = apply(&offer, &request, StagedChunks::new(&port, &dir, q.chunks), &tree)?;
         // Remember what this sender now believes we hold, for its next incremental offer.
         port.keep(&port.remembered_file(&offer.opts.sender, &rel), &read("offer")?)?;
         let _ = std::fs::remove_dir_all(&dir);
         Ok(Json(serde_json::to_value(&report).unwrap_or_default()))
     })
     .await
+}
+
+/// The staged chunks of a bundle read one after another, each recalled
+/// (and unsealed) only when reached: a bundle is never held whole.
+struct StagedChunks<'a> {
+    port: &'a DataPort,
+    dir: &'a Path,
+    next: u32,
+    count: u32,
+    current: std::io::Cursor<Vec<u8>>,
+}
+
+impl<'a> StagedChunks<'a> {
+    fn new(port: &'a DataPort, dir: &'a Path, count: u32) -> Self {
+        StagedChunks { port, dir, next: 0, count, current: std::io::Cursor::new(Vec::new()) }
+    }
+}
+
+impl std::io::Read for StagedChunks<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.current.read(buf)?;
+            if n > 0 || buf.is_empty() || self.next >= self.count {
+                return Ok(n);
+            }
+            let chunk = self.port.recall(&self.dir.join(format!("chunk-{}", self.next))).map_err(std::io::Error::other)?;
+            self.current = std::io::Cursor::new(chunk);
+            self.next += 1;
+        }
+    }
 }
 
 /// Step 1 of a pull: this agent is the sender and offers its tree.
@@ -252,7 +281,8 @@ async fn pull_bundle(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuer
         let (offer_wire, request_wire) = split_pair(&body)?;
         let offer = Offer::decode(offer_wire)?;
         let request = Request::decode(request_wire, &offer)?;
-        let (bundle, _) = build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, 3)?;
+        let mut bundle = Vec::new();
+        build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, 3, &mut bundle)?;
         Ok(bundle)
     })
     .await

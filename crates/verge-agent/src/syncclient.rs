@@ -193,32 +193,49 @@ pub async fn push(
     let id = id.ok_or_else(|| SyncClientError::GaveUp(Duration::ZERO, "the receiver returned no transfer id".into()))?;
     let request = Request::decode(&request_wire, &offer)?;
     let (local_owned, level) = (local.to_path_buf(), opts.level);
-    let (offer, request, bundle, sent, bases) = blocking(move || {
-        let (bundle, sent) = build_bundle(&offer, &request, &local_owned, bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b), level)?;
-        Ok((offer, request, bundle, sent, bases))
+    // The bundle is spooled to an unnamed temporary file and uploaded from
+    // there a chunk at a time: a large file is never held in memory.
+    let (offer, request, spool, sent, bases, digest) = blocking(move || {
+        let io = |what: &str, e| verge_sync::SyncError::io(format!("{what} the bundle spool"), e);
+        let spool = tempfile::tempfile().map_err(|e| io("creating", e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool);
+        let sent = build_bundle(&offer, &request, &local_owned, bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b), level, &mut w)?;
+        w.into_inner().map_err(|e| io("writing", e.into_error()))?;
+        let mut hasher = blake3::Hasher::new();
+        let mut reader = &spool;
+        std::io::Seek::rewind(&mut reader).map_err(|e| io("reading", e))?;
+        hasher.update_reader(reader).map_err(|e| io("reading", e))?;
+        Ok((offer, request, spool, sent, bases, hex(hasher.finalize().as_bytes())))
     })
     .await?;
-    let digest = hex(blake3::hash(&bundle).as_bytes());
-    let chunks: Vec<&[u8]> = if bundle.is_empty() { Vec::new() } else { bundle.chunks(opts.chunk_bytes.max(1)).collect() };
-    let total = bundle.len() as u64;
+    let total = spool.metadata().map_err(|e| verge_sync::SyncError::io("reading the bundle spool", e))?.len();
+    let chunk_bytes = opts.chunk_bytes.max(1) as u64;
+    let count = total.div_ceil(chunk_bytes) as usize;
+    let chunk_len = |n: usize| (total - n as u64 * chunk_bytes).min(chunk_bytes);
+    let read_chunk = |n: usize| -> Result<Vec<u8>, SyncClientError> {
+        use std::os::unix::fs::FileExt;
+        let mut buf = vec![0u8; chunk_len(n) as usize];
+        spool.read_exact_at(&mut buf, n as u64 * chunk_bytes).map_err(|e| verge_sync::SyncError::io("reading the bundle spool", e))?;
+        Ok(buf)
+    };
     let mut bucket = opts.limit_bps.map(|r| TokenBucket::new(r, (opts.chunk_bytes as u64).min(r.max(1)), 0));
-    let (mut uploaded, mut resumed, mut uploads, mut done) = (0u64, 0u32, 0u32, vec![false; chunks.len()]);
+    let (mut uploaded, mut resumed, mut uploads, mut done) = (0u64, 0u32, 0u32, vec![false; count]);
     loop {
         let mut failed = None;
-        for (n, chunk) in chunks.iter().enumerate() {
-            if done[n] {
-                continue;
-            }
+        let pending: Vec<usize> = (0..count).filter(|&n| !done[n]).collect();
+        for n in pending {
+            let chunk = read_chunk(n)?;
             if let Some(b) = bucket.as_mut() {
                 let wait = b.take(chunk.len() as u64, started.elapsed().as_millis() as u64);
                 tokio::time::sleep(Duration::from_millis(wait)).await;
             }
             uploads += 1;
-            match api.call_bytes(Method::PUT, &format!("/sync/v1/transfers/{id}/chunks/{n}"), chunk.to_vec(), "").await {
+            let len = chunk.len() as u64;
+            match api.call_bytes(Method::PUT, &format!("/sync/v1/transfers/{id}/chunks/{n}"), chunk, "").await {
                 Ok(_) => {
                     done[n] = true;
-                    uploaded += chunk.len() as u64;
-                    wire += chunk.len() as u64;
+                    uploaded += len;
+                    wire += len;
                     progress(uploaded, total);
                 }
                 Err(e @ (ClientError::Unreachable { .. } | ClientError::Body(_))) => {
@@ -240,12 +257,12 @@ pub async fn push(
             if n < done.len() && !done[n] {
                 done[n] = true;
                 resumed += 1;
-                uploaded += chunks[n].len() as u64;
+                uploaded += chunk_len(n);
                 progress(uploaded, total);
             }
         }
     }
-    let commit = format!("/sync/v1/transfers/{id}/commit?chunks={}&blake3={digest}", chunks.len());
+    let commit = format!("/sync/v1/transfers/{id}/commit?chunks={count}&blake3={digest}");
     let answer = retrying(deadline, || api.call(Method::POST, &commit, None)).await?;
     let applied: ApplyReport =
         serde_json::from_value(answer).map_err(|e| SyncClientError::GaveUp(Duration::ZERO, format!("unreadable commit answer: {e}")))?;
@@ -268,11 +285,7 @@ pub async fn push(
                 if bases.known(rel).as_ref() == Some(h) {
                     continue;
                 }
-                let data = std::fs::read(verge_sync::manifest::join(&local_owned, rel))
-                    .map_err(|err| verge_sync::SyncError::io(format!("reading {rel}"), err))?;
-                if verge_sync::manifest::hash(&data) == *h {
-                    bases.acknowledge(rel, h, &data)?;
-                }
+                bases.acknowledge(rel, h, &verge_sync::manifest::join(&local_owned, rel))?;
             }
             bases.retain(|p| confirmed.contains(p));
             bases.save()
@@ -283,7 +296,7 @@ pub async fn push(
         files: manifest.files.len(),
         sent,
         bytes_sent: wire,
-        chunks: chunks.len() as u32,
+        chunks: count as u32,
         chunks_resumed: resumed,
         chunk_uploads: uploads,
         applied,
@@ -309,5 +322,5 @@ pub async fn pull(peer: &Peer, remote_path: &str, local: &Path, mirror: bool, re
     let bundle_url = format!("/sync/v1/pull/bundle{q}");
     let (bundle, _) = retrying(deadline, || api.call_bytes(Method::POST, &bundle_url, body.clone(), "")).await?;
     let local_owned = local.to_path_buf();
-    blocking(move || apply(&offer, &request, &bundle, &local_owned)).await
+    blocking(move || apply(&offer, &request, &bundle[..], &local_owned)).await
 }

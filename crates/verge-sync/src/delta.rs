@@ -504,7 +504,13 @@ mod tests {
         let file = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut &file, &old).unwrap();
         let mut rebuilt = Vec::new();
-        plan(old.len(), &enc, old.len() as u64).unwrap().emit(&Base::File(file), |p| Ok(rebuilt.extend_from_slice(p))).unwrap();
+        plan(old.len(), &enc, old.len() as u64)
+            .unwrap()
+            .emit(&Base::File(file), |p| {
+                rebuilt.extend_from_slice(p);
+                Ok(())
+            })
+            .unwrap();
         assert_eq!(rebuilt, old);
         assert_eq!(d.literal_bytes, 0);
         assert_eq!(d.ops.len(), 1, "{:?}", d.ops);

@@ -101,16 +101,17 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
     let request = Request::build(&offer_rx, old, &old_m, None)?;
     let request_wire = request.encode()?;
     let request_tx = Request::decode(&request_wire, &offer)?;
-    let (bundle, reports) = build_bundle(&offer, &request_tx, new, bases.as_ref(), level)?;
+    let mut bundle = Vec::new();
+    let reports = build_bundle(&offer, &request_tx, new, bases.as_ref(), level, &mut bundle)?;
     if write {
-        let applied = apply(&offer_rx, &request, &bundle, old)?;
+        let applied = apply(&offer_rx, &request, &bundle[..], old)?;
         if let Some((path, why)) = applied.failed.into_iter().next() {
             return Err(SyncError::io(format!("{path}: {why}"), std::io::ErrorKind::InvalidData.into()));
         }
     } else {
         let mut failures = Vec::new();
         let chunks = held_chunks(&request, old, Some(&old_m))?;
-        unpack(&offer_rx, &request, &bundle)?.rebuild(
+        unpack(&offer_rx, &request, &bundle[..])?.rebuild(
             &offer_rx,
             &request,
             old,

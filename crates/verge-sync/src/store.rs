@@ -6,10 +6,29 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use std::io::Write;
+
 use crate::error::{Result, SyncError};
-use crate::fsio::write_atomic;
-use crate::manifest::{hex, hex_decode, Hash};
+use crate::fsio::{write_atomic, write_atomic_with};
+use crate::manifest::{hex, hex_decode, Hash, HASH_LEN};
+use crate::signature::READ_PIECE;
 use crate::transfer::Bases;
+
+/// Writes to two writers at once (the store's copy and its hash).
+struct Tee<'a, A, B>(&'a mut A, &'a mut B);
+
+impl<A: Write, B: Write> Write for Tee<'_, A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
 
 /// Acknowledged versions for one (peer, remote path), kept under a directory.
 pub struct BaseStore {
@@ -29,14 +48,32 @@ impl BaseStore {
         Ok(BaseStore { objects, acked_file, acked })
     }
 
-    /// Records that the receiver now holds `data` (hash `h`) at `path`.
-    pub fn acknowledge(&mut self, path: &str, h: &Hash, data: &[u8]) -> Result<()> {
+    /// Records that the receiver now holds version `h` of `path`, keeping
+    /// a copy of that version from `source` (streamed, unless already
+    /// stored). Returns false, and records nothing, when `source` no longer
+    /// holds that version.
+    pub fn acknowledge(&mut self, path: &str, h: &Hash, source: &Path) -> Result<bool> {
         let object = self.objects.join(hex(h));
         if !object.exists() {
-            write_atomic(&object, data)?;
+            let copied = write_atomic_with(&object, |w| {
+                let io = |e| SyncError::io(format!("copying {}", source.display()), e);
+                let mut hasher = blake3::Hasher::new();
+                let mut tee = std::io::BufWriter::with_capacity(READ_PIECE, Tee(&mut hasher, w));
+                std::io::copy(&mut std::fs::File::open(source).map_err(io)?, &mut tee).map_err(io)?;
+                tee.flush().map_err(io)?;
+                drop(tee);
+                if hasher.finalize().as_bytes()[..HASH_LEN] != h[..] {
+                    return Err(SyncError::HashMismatch { path: path.to_string() });
+                }
+                Ok(())
+            });
+            match copied {
+                Err(SyncError::HashMismatch { .. }) => return Ok(false),
+                other => other?,
+            }
         }
         self.acked.insert(path.to_string(), hex(h));
-        Ok(())
+        Ok(true)
     }
 
     /// Forgets every path but those `keep` accepts: after a sync, the
@@ -79,7 +116,11 @@ mod tests {
     fn remembers_acknowledged_versions_across_reopen() {
         let dir = tempfile::tempdir().unwrap();
         let mut s = BaseStore::open(dir.path(), "node-b:/data").unwrap();
-        s.acknowledge("a.txt", &hash(b"v1"), b"v1").unwrap();
+        let source = dir.path().join("a.txt");
+        std::fs::write(&source, b"v1").unwrap();
+        assert!(!s.acknowledge("a.txt", &hash(b"v0"), &source).unwrap(), "a version the source no longer holds");
+        assert_eq!(s.known("a.txt"), None);
+        assert!(s.acknowledge("a.txt", &hash(b"v1"), &source).unwrap());
         s.save().unwrap();
         let s = BaseStore::open(dir.path(), "node-b:/data").unwrap();
         assert_eq!(s.known("a.txt"), Some(hash(b"v1")));

@@ -11,7 +11,7 @@
 //! 3. the sender answers with one compressed **bundle** of payloads; the
 //!    receiver rebuilds each file, checks its hash and writes it atomically.
 
-use std::io::Read;
+use std::io::{Read, Write};
 use std::path::Path;
 
 use serde::Serialize;
@@ -24,7 +24,7 @@ use crate::error::{Result, SyncError};
 use crate::fsio::{sync_dir, write_atomic_with};
 use crate::manifest::{check_path, join, Entry, Hash, HashIndex, Manifest, HASH_LEN};
 use crate::signature::{Signature, MAX_FILE_LEN};
-use crate::wire::{put_bytes, put_varint, Reader};
+use crate::wire::{put_bytes, put_varint, read_u8, read_varint, Reader};
 
 /// Most entries one offer may list.
 const MAX_ENTRIES: u64 = 10_000_000;
@@ -594,23 +594,37 @@ fn read_file(root: &Path, rel: &str) -> Result<Vec<u8>> {
     std::fs::read(&path).map_err(|e| SyncError::io(format!("reading {}", path.display()), e))
 }
 
-/// Step 3 (sender): the compressed bundle answering `req`, read from the
-/// tree at `root`, with zstd `level` (chosen from the link speed). Files
-/// with a known base travel together as one patch-from frame of their
-/// concatenation against their bases' concatenation, so similar content
-/// across files is found too.
-pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases, level: i32) -> Result<(Vec<u8>, Vec<FileReport>)> {
-    let mut raw = Vec::new();
+/// What the entry section carries for one file.
+enum Body {
+    /// Bytes at hand (a delta, missing chunks).
+    Bytes(Vec<u8>),
+    /// The whole file, streamed from disk: it is never held in memory.
+    File,
+}
+
+/// Step 3 (sender): writes the bundle answering `req` to `out`, reading
+/// the tree at `root`, with zstd `level` (chosen from the link speed).
+///
+/// Layout: the known-base group (files with a base the receiver holds,
+/// and, when there are any, the whole files too) as one patch-from frame of
+/// their concatenation against their bases' concatenation, so similar
+/// content across files is found; then one zstd stream of the other
+/// entries. Whole files and block deltas are streamed piece by piece, so a
+/// large file costs memory for neither side.
+pub fn build_bundle(
+    offer: &Offer,
+    req: &Request,
+    root: &Path,
+    bases: &dyn Bases,
+    level: i32,
+    out: &mut impl std::io::Write,
+) -> Result<Vec<FileReport>> {
     let mut reports = Vec::with_capacity(req.needs.len());
     let (mut joint_base, mut joint_new) = (Vec::new(), Vec::new());
-    let mut joint_reports = Vec::new();
+    let (mut group, mut entries) = (Vec::new(), Vec::new());
     let any_base = req.needs.iter().any(|(_, n)| *n == Need::Base);
-    put_varint(&mut raw, req.needs.len() as u64);
-    let mut next = 0usize;
     for (i, need) in &req.needs {
         let f = &offer.files[*i];
-        // A file that changed since the offer fails the receiver's hash check; the size is checked here for free.
-        let changed = || SyncError::io(format!("{}: changed since it was offered", f.entry.path), std::io::ErrorKind::Other.into());
         let mut report = FileReport {
             path: f.entry.path.clone(),
             strategy: Strategy::Whole,
@@ -618,201 +632,250 @@ pub fn build_bundle(offer: &Offer, req: &Request, root: &Path, bases: &dyn Bases
             literal_bytes: f.entry.size,
             matched_bytes: 0,
         };
-        let mut payload = None;
-        let mut tag = TAG_WHOLE;
-        // A block delta reads the file piece by piece; the other ways need it whole.
         if let Need::Delta(sig) = need {
             let path = join(root, &f.entry.path);
             let io = |e| SyncError::io(format!("reading {}", path.display()), e);
             let file = std::fs::File::open(&path).map_err(io)?;
             if let Some(d) = delta::compute_from(sig, file, (WHOLE_THRESHOLD * f.entry.size as f64) as u64).map_err(io)? {
                 if d.literal_bytes + d.matched_bytes != f.entry.size {
-                    return Err(changed());
+                    return Err(changed_since_offer(&f.entry.path));
                 }
                 let mut enc = Vec::new();
                 d.encode(sig.block_size, &mut enc);
-                payload = Some(enc);
                 report.strategy = Strategy::Delta;
                 report.literal_bytes = d.literal_bytes;
                 report.matched_bytes = d.matched_bytes;
-                tag = TAG_DELTA;
+                entries.push((*i, TAG_DELTA, Body::Bytes(enc)));
+                reports.push(report);
+                continue;
             }
         }
-        let data = if tag == TAG_DELTA { Vec::new() } else { read_file(root, &f.entry.path)? };
-        if tag != TAG_DELTA && data.len() as u64 != f.entry.size {
-            return Err(changed());
+        let base = if *need == Need::Base { f.base.and_then(|b| bases.load(&f.entry.path, &b)) } else { None };
+        let tag = match (need, base.is_some()) {
+            (_, true) => TAG_BASE,
+            (Need::Chunks(_), _) => TAG_CHUNKS,
+            _ if any_base => TAG_JOINT_WHOLE,
+            _ => TAG_WHOLE,
+        };
+        if tag == TAG_WHOLE {
+            entries.push((*i, TAG_WHOLE, Body::File));
+            reports.push(report);
+            continue;
         }
-        match need {
-            Need::Base => {
-                if let Some(old) = f.base.and_then(|b| bases.load(&f.entry.path, &b)) {
-                    joint_base.extend_from_slice(&old);
-                    joint_new.extend_from_slice(&data);
-                    report.strategy = Strategy::Base;
-                    joint_reports.push(reports.len());
-                    payload = Some(Vec::new());
-                    tag = TAG_BASE;
+        let data = read_file(root, &f.entry.path)?;
+        if data.len() as u64 != f.entry.size {
+            return Err(changed_since_offer(&f.entry.path));
+        }
+        if let (Need::Chunks(held), TAG_CHUNKS) = (need, tag) {
+            let mut missing = Vec::new();
+            for ((offset, c), held) in cdc::chunk_data(&data).into_iter().zip(held) {
+                if *held {
+                    report.matched_bytes += u64::from(c.len);
+                } else {
+                    missing.extend_from_slice(&data[offset..offset + c.len as usize]);
                 }
             }
-            Need::Chunks(held) => {
-                let mut missing = Vec::new();
-                for ((offset, c), held) in cdc::chunk_data(&data).into_iter().zip(held) {
-                    if *held {
-                        report.matched_bytes += u64::from(c.len);
-                    } else {
-                        missing.extend_from_slice(&data[offset..offset + c.len as usize]);
-                    }
-                }
-                report.literal_bytes = missing.len() as u64;
-                report.strategy = Strategy::Dedupe;
-                payload = Some(missing);
-                tag = TAG_CHUNKS;
+            report.literal_bytes = missing.len() as u64;
+            report.strategy = Strategy::Dedupe;
+            entries.push((*i, TAG_CHUNKS, Body::Bytes(missing)));
+        } else {
+            if let Some(old) = base {
+                joint_base.extend_from_slice(&old);
+                report.strategy = Strategy::Base;
             }
-            Need::Whole | Need::Delta(_) => {}
-        }
-        if tag == TAG_WHOLE && any_base {
             joint_new.extend_from_slice(&data);
-            joint_reports.push(reports.len());
-            payload = Some(Vec::new());
-            tag = TAG_JOINT_WHOLE;
+            group.push((*i, tag, reports.len()));
         }
-        put_varint(&mut raw, (i - next) as u64);
-        next = i + 1;
-        raw.push(tag);
-        put_bytes(&mut raw, payload.as_deref().unwrap_or(&data));
         reports.push(report);
     }
-    let joint = if joint_reports.is_empty() { Vec::new() } else { base::encode(&joint_base, &joint_new, level)? };
-    for &r in &joint_reports {
+    let joint = if group.is_empty() { Vec::new() } else { base::encode(&joint_base, &joint_new, level)? };
+    for &(_, _, r) in &group {
         reports[r].literal_bytes = (joint.len() as u64 * reports[r].size) / (joint_new.len() as u64).max(1);
     }
-    let mut bundle = compress(&raw, level)?;
-    let mut out = Vec::with_capacity(bundle.len() + joint.len() + 10);
-    put_varint(&mut out, bundle.len() as u64);
-    out.append(&mut bundle);
-    out.extend_from_slice(&joint);
-    Ok((out, reports))
-}
-
-/// One decoded bundle entry.
-pub struct Part<'a> {
-    /// Index into the offer.
-    pub index: usize,
-    /// Its tag (`TAG_*`).
-    tag: u8,
-    /// The payload (empty for entries in the joint frame).
-    pub payload: &'a [u8],
-}
-
-/// A bundle taken apart: the decompressed entries and the joint
-/// known-base frame, bounded by what the request asked for.
-pub struct Unpacked<'a> {
-    raw: Vec<u8>,
-    joint: &'a [u8],
-}
-
-/// Splits a received bundle into its entries and its joint frame.
-pub fn unpack<'a>(offer: &Offer, req: &Request, bundle: &'a [u8]) -> Result<Unpacked<'a>> {
-    let mut r = Reader::new(bundle, "bundle");
-    let compressed = r.bytes(bundle.len() as u64, "entry section")?;
-    let joint = r.take(r.remaining())?;
-    let max: u64 = req.needs.iter().map(|(i, _)| offer.files[*i].entry.size.saturating_mul(2).saturating_add(1024)).sum::<u64>() + 64;
-    Ok(Unpacked { raw: decompress("bundle", compressed, max)?, joint })
-}
-
-impl Unpacked<'_> {
-    /// The entries, each checked to answer a request.
-    pub fn parts(&self, offer: &Offer, req: &Request) -> Result<Vec<Part<'_>>> {
-        let mut r = Reader::new(&self.raw, "bundle");
-        let n = r.varint_max(req.needs.len() as u64, "entry count")?;
-        let mut parts = Vec::with_capacity(n);
-        let mut next = 0usize;
-        for _ in 0..n {
-            let index = next + r.varint_max(offer.files.len() as u64, "file index")?;
-            if index >= offer.files.len() || req.needs.binary_search_by_key(&index, |(i, _)| *i).is_err() {
-                return Err(r.error(format!("file index {index} was not requested")));
-            }
-            next = index + 1;
-            let tag = r.u8()?;
-            if tag > TAG_CHUNKS {
-                return Err(r.error(format!("entry tag {tag}")));
-            }
-            let asked_chunks = matches!(req.needs.binary_search_by_key(&index, |(i, _)| *i).map(|k| &req.needs[k].1), Ok(Need::Chunks(_)));
-            if (tag == TAG_CHUNKS) != asked_chunks {
-                return Err(r.error(format!("file index {index}: chunks sent where none were asked for, or the reverse")));
-            }
-            let payload = r.bytes(MAX_FILE_LEN, "payload")?;
-            if matches!(tag, TAG_BASE | TAG_JOINT_WHOLE) && !payload.is_empty() {
-                return Err(r.error("a joint-frame entry with its own payload"));
-            }
-            parts.push(Part { index, tag, payload });
-        }
-        r.finish()?;
-        Ok(parts)
+    drop((joint_base, joint_new));
+    let io = |e| SyncError::io("writing the bundle", e);
+    let mut head = Vec::new();
+    put_varint(&mut head, group.len() as u64);
+    let mut next = 0usize;
+    for &(i, tag, _) in &group {
+        put_varint(&mut head, (i - next) as u64);
+        head.push(tag);
+        next = i + 1;
     }
+    put_varint(&mut head, joint.len() as u64);
+    out.write_all(&head).and_then(|_| out.write_all(&joint)).map_err(io)?;
+    let mut z = zstd::stream::write::Encoder::new(out, level).map_err(io)?;
+    head.clear();
+    put_varint(&mut head, entries.len() as u64);
+    z.write_all(&head).map_err(io)?;
+    head.clear();
+    next = 0;
+    for (i, tag, body) in entries {
+        put_varint(&mut head, (i - next) as u64);
+        head.push(tag);
+        next = i + 1;
+        let e = &offer.files[i].entry;
+        match body {
+            Body::Bytes(b) => {
+                put_bytes(&mut head, &b);
+                z.write_all(&head).map_err(io)?;
+            }
+            Body::File => {
+                put_varint(&mut head, e.size);
+                z.write_all(&head).map_err(io)?;
+                let path = join(root, &e.path);
+                let file = std::fs::File::open(&path).map_err(|err| SyncError::io(format!("reading {}", path.display()), err))?;
+                let copied = std::io::copy(&mut file.take(e.size), &mut z)
+                    .map_err(|err| SyncError::io(format!("reading {}", path.display()), err))?;
+                if copied != e.size {
+                    return Err(changed_since_offer(&e.path));
+                }
+            }
+        }
+        head.clear();
+    }
+    z.finish().map_err(io)?;
+    Ok(reports)
+}
 
+/// A file that changed since the offer fails the receiver's hash check; its size is checked here for free.
+fn changed_since_offer(path: &str) -> SyncError {
+    SyncError::io(format!("{path}: changed since it was offered"), std::io::ErrorKind::Other.into())
+}
+
+/// A received bundle being read: the known-base group and its joint frame
+/// in memory, the other entries as a zstd stream.
+pub struct Unpacked<R: Read> {
+    /// Offer index and tag of each file in the joint frame.
+    group: Vec<(usize, u8)>,
+    joint: Vec<u8>,
+    entries: zstd::stream::read::Decoder<'static, std::io::BufReader<R>>,
+}
+
+/// Starts reading a bundle answering `req` from `bundle`: its header and
+/// joint frame are read and checked here, the entries as they are rebuilt.
+pub fn unpack<R: Read>(offer: &Offer, req: &Request, mut bundle: R) -> Result<Unpacked<R>> {
+    const WHAT: &str = "bundle";
+    let asked = |i: usize| req.needs.binary_search_by_key(&i, |(k, _)| *k).map(|k| &req.needs[k].1).ok();
+    let n = read_varint(&mut bundle, req.needs.len() as u64, WHAT, "joint entry count")? as usize;
+    let mut group = Vec::with_capacity(n);
+    let mut next = 0usize;
+    for _ in 0..n {
+        let index = next.saturating_add(read_varint(&mut bundle, offer.files.len() as u64, WHAT, "file index")? as usize);
+        let tag = read_u8(&mut bundle, WHAT)?;
+        match (asked(index), tag) {
+            (Some(Need::Base), TAG_BASE) | (Some(Need::Whole | Need::Delta(_) | Need::Base), TAG_JOINT_WHOLE) => {}
+            (None, _) => return Err(SyncError::corrupt(WHAT, format!("file index {index} was not requested"))),
+            _ => return Err(SyncError::corrupt(WHAT, format!("file index {index}: tag {tag} in the joint frame"))),
+        }
+        group.push((index, tag));
+        next = index + 1;
+    }
+    let max: u64 = req.needs.iter().map(|(i, _)| offer.files[*i].entry.size.saturating_mul(2).saturating_add(1024)).sum::<u64>() + 64;
+    let len = read_varint(&mut bundle, max, WHAT, "joint frame length")?;
+    let mut joint = Vec::new();
+    (&mut bundle).take(len).read_to_end(&mut joint).map_err(|e| SyncError::corrupt(WHAT, e.to_string()))?;
+    if joint.len() as u64 != len {
+        return Err(SyncError::corrupt(WHAT, format!("joint frame truncated at {} of {len} bytes", joint.len())));
+    }
+    if group.is_empty() != joint.is_empty() {
+        return Err(SyncError::corrupt(WHAT, "a joint frame without known-base entries, or the reverse"));
+    }
+    let entries = zstd::stream::read::Decoder::new(bundle).map_err(|e| SyncError::corrupt(WHAT, e.to_string()))?;
+    Ok(Unpacked { group, joint, entries })
+}
+
+impl<R: Read> Unpacked<R> {
     /// Rebuilds every file and hands each to `each` with its offer index:
-    /// whole files as sent, deltas against the receiver's copy, and the
-    /// known-base group from one joint frame.
+    /// the known-base group from the joint frame, then the entries in
+    /// stream order (whole files as a stream, deltas against the
+    /// receiver's copy under `root`). A malformed entry stops the rebuild
+    /// with an error; files handed over before it stand on their own.
     pub fn rebuild(
-        &self,
+        mut self,
         offer: &Offer,
         req: &Request,
         root: &Path,
         held_chunk: impl Fn(&ChunkRef) -> Option<Vec<u8>>,
         mut each: impl FnMut(usize, Result<Content<'_>>),
     ) -> Result<()> {
-        let parts = self.parts(offer, req)?;
-        let in_joint = |p: &&Part<'_>| matches!(p.tag, TAG_BASE | TAG_JOINT_WHOLE);
-        let group: Vec<usize> = parts.iter().filter(in_joint).map(|p| p.index).collect();
-        if !group.is_empty() {
+        const WHAT: &str = "bundle";
+        let mut seen = vec![false; offer.files.len()];
+        if !self.group.is_empty() {
             let joint = (|| {
                 let mut bases = Vec::new();
-                for p in parts.iter().filter(|p| p.tag == TAG_BASE) {
-                    bases.extend_from_slice(&read_file(root, &offer.files[p.index].entry.path)?);
+                for &(i, _) in self.group.iter().filter(|(_, tag)| *tag == TAG_BASE) {
+                    bases.extend_from_slice(&read_file(root, &offer.files[i].entry.path)?);
                 }
-                let total = group.iter().map(|&i| offer.files[i].entry.size).sum();
-                base::decode(&bases, self.joint, total)
+                let total = self.group.iter().map(|&(i, _)| offer.files[i].entry.size).sum();
+                base::decode(&bases, &self.joint, total)
             })();
-            match joint {
-                Ok(all) => {
-                    let mut at = 0usize;
-                    for &i in &group {
-                        let n = offer.files[i].entry.size as usize;
-                        each(i, Ok(Content::Bytes(&all[at..at + n])));
-                        at += n;
-                    }
+            let mut at = 0usize;
+            for &(i, _) in &self.group {
+                seen[i] = true;
+                let n = offer.files[i].entry.size as usize;
+                match &joint {
+                    Ok(all) => each(i, Ok(Content::Bytes(&all[at..at + n]))),
+                    Err(e) => each(i, Err(SyncError::corrupt("known-base group", e.to_string()))),
                 }
-                Err(e) => {
-                    for &i in &group {
-                        each(i, Err(SyncError::corrupt("known-base group", e.to_string())));
-                    }
-                }
+                at += n;
             }
-        } else if !self.joint.is_empty() {
-            return Err(SyncError::corrupt("bundle", "a joint frame without known-base entries"));
         }
-        for part in parts.iter().filter(|p| !in_joint(p)) {
-            if part.tag == TAG_CHUNKS {
-                match assemble(offer, req, part, &held_chunk) {
-                    Ok(data) => each(part.index, Ok(Content::Bytes(&data))),
-                    Err(err) => each(part.index, Err(err)),
+        let z = &mut self.entries;
+        let n = read_varint(z, req.needs.len() as u64, WHAT, "entry count")?;
+        let mut next = 0usize;
+        for _ in 0..n {
+            let index = next.saturating_add(read_varint(z, offer.files.len() as u64, WHAT, "file index")? as usize);
+            let Ok(k) = req.needs.binary_search_by_key(&index, |(i, _)| *i) else {
+                return Err(SyncError::corrupt(WHAT, format!("file index {index} was not requested")));
+            };
+            if std::mem::replace(&mut seen[index], true) {
+                return Err(SyncError::corrupt(WHAT, format!("file index {index} sent twice")));
+            }
+            next = index + 1;
+            let tag = read_u8(z, WHAT)?;
+            let e = &offer.files[index].entry;
+            let asked_chunks = matches!(req.needs[k].1, Need::Chunks(_));
+            if (tag == TAG_CHUNKS) != asked_chunks || !matches!(tag, TAG_WHOLE | TAG_DELTA | TAG_CHUNKS) {
+                return Err(SyncError::corrupt(WHAT, format!("file index {index}: entry tag {tag} does not answer the request")));
+            }
+            let limit = if tag == TAG_DELTA { e.size.saturating_mul(2).saturating_add(1024) } else { e.size };
+            let len = read_varint(z, limit, WHAT, "payload length")?;
+            if tag == TAG_WHOLE {
+                if len != e.size {
+                    return Err(SyncError::corrupt(WHAT, format!("{}: {len} bytes sent, {} offered", e.path, e.size)));
+                }
+                let mut payload = z.take(len);
+                each(index, Ok(Content::Stream(&mut payload)));
+                // Whatever the receiver did not read still precedes the next entry.
+                std::io::copy(&mut payload, &mut std::io::sink()).map_err(|err| SyncError::corrupt(WHAT, err.to_string()))?;
+                continue;
+            }
+            let mut payload = Vec::new();
+            z.take(len).read_to_end(&mut payload).map_err(|err| SyncError::corrupt(WHAT, err.to_string()))?;
+            if payload.len() as u64 != len {
+                return Err(SyncError::corrupt(WHAT, format!("{}: payload truncated", e.path)));
+            }
+            if tag == TAG_CHUNKS {
+                match assemble(offer, req, index, &payload, &held_chunk) {
+                    Ok(data) => each(index, Ok(Content::Bytes(&data))),
+                    Err(err) => each(index, Err(err)),
                 }
                 continue;
             }
-            if part.tag != TAG_DELTA {
-                each(part.index, Ok(Content::Bytes(part.payload)));
-                continue;
-            }
-            let e = &offer.files[part.index].entry;
             let path = join(root, &e.path);
             let rebuilt = std::fs::File::open(&path)
                 .and_then(|f| Ok((f.metadata()?.len(), f)))
                 .map_err(|err| SyncError::io(format!("reading {}", path.display()), err))
-                .and_then(|(len, file)| Ok((delta::Base::File(file), delta::plan(len as usize, part.payload, e.size)?)));
+                .and_then(|(len, file)| Ok((delta::Base::File(file), delta::plan(len as usize, &payload, e.size)?)));
             match rebuilt {
-                Ok((base, plan)) => each(part.index, Ok(Content::Delta { base, plan })),
-                Err(err) => each(part.index, Err(err)),
+                Ok((base, plan)) => each(index, Ok(Content::Delta { base, plan })),
+                Err(err) => each(index, Err(err)),
             }
+        }
+        let mut rest = [0u8; 1];
+        if z.read(&mut rest).map_err(|err| SyncError::corrupt(WHAT, err.to_string()))? != 0 {
+            return Err(SyncError::corrupt(WHAT, "bytes after the last entry"));
         }
         Ok(())
     }
@@ -832,14 +895,20 @@ pub fn held_chunks(req: &Request, root: &Path, have: Option<&Manifest>) -> Resul
 
 /// A deduplicated file: held chunks from the receiver's tree, the others
 /// from the payload, in offer order.
-fn assemble(offer: &Offer, req: &Request, part: &Part<'_>, held_chunk: &impl Fn(&ChunkRef) -> Option<Vec<u8>>) -> Result<Vec<u8>> {
-    let f = &offer.files[part.index];
-    let held = match req.needs.binary_search_by_key(&part.index, |(i, _)| *i).map(|k| &req.needs[k].1) {
+fn assemble(
+    offer: &Offer,
+    req: &Request,
+    index: usize,
+    payload: &[u8],
+    held_chunk: &impl Fn(&ChunkRef) -> Option<Vec<u8>>,
+) -> Result<Vec<u8>> {
+    let f = &offer.files[index];
+    let held = match req.needs.binary_search_by_key(&index, |(i, _)| *i).map(|k| &req.needs[k].1) {
         Ok(Need::Chunks(h)) => h,
         _ => return Err(SyncError::corrupt("bundle", format!("{}: chunks were not asked for", f.entry.path))),
     };
     let mut out = Vec::with_capacity(f.entry.size.min(1 << 30) as usize);
-    let mut r = Reader::new(part.payload, "chunk payload");
+    let mut r = Reader::new(payload, "chunk payload");
     for (c, held) in f.chunks.iter().zip(held) {
         if *held {
             let data = held_chunk(c)
@@ -853,11 +922,14 @@ fn assemble(offer: &Offer, req: &Request, part: &Part<'_>, held_chunk: &impl Fn(
     Ok(out)
 }
 
-/// One rebuilt file, not yet checked: bytes at hand, or a checked delta
-/// plan over the receiver's copy, emitted without building the file in memory.
+/// One rebuilt file, not yet checked: bytes at hand, the file as it
+/// streams out of the bundle, or a checked delta plan over the receiver's
+/// copy; the last two never hold the file in memory.
 pub enum Content<'a> {
     /// The file's bytes.
     Bytes(&'a [u8]),
+    /// The file's bytes, read from the bundle as they are written.
+    Stream(&'a mut dyn Read),
     /// Copies from `base` and literals, in order.
     Delta {
         /// The receiver's current copy.
@@ -870,7 +942,7 @@ pub enum Content<'a> {
 impl Content<'_> {
     /// Writes the file to `w` while hashing it; fails unless it is exactly
     /// the offered `e` (length and hash).
-    pub fn write_checked(&self, e: &Entry, w: &mut impl std::io::Write) -> Result<()> {
+    pub fn write_checked(self, e: &Entry, w: &mut impl std::io::Write) -> Result<()> {
         let mut hasher = blake3::Hasher::new();
         let mut len = 0u64;
         let mut piece = |b: &[u8]| -> std::io::Result<()> {
@@ -880,7 +952,18 @@ impl Content<'_> {
         };
         let written = match self {
             Content::Bytes(b) => piece(b),
-            Content::Delta { base, plan } => plan.emit(base, piece),
+            Content::Stream(src) => (|| {
+                let mut buf = vec![0u8; crate::signature::READ_PIECE];
+                loop {
+                    match src.read(&mut buf) {
+                        Ok(0) => return Ok(()),
+                        Ok(n) => piece(&buf[..n])?,
+                        Err(err) if err.kind() == std::io::ErrorKind::Interrupted => {}
+                        Err(err) => return Err(err),
+                    }
+                }
+            })(),
+            Content::Delta { base, plan } => plan.emit(&base, piece),
         };
         written.map_err(|err| SyncError::io(format!("writing {}", e.path), err))?;
         if len != e.size || hasher.finalize().as_bytes()[..HASH_LEN] != e.hash {
@@ -908,7 +991,7 @@ pub struct ApplyReport {
 /// Step 3 (receiver): applies a bundle to the tree at `root`. Each file is
 /// rebuilt, verified and renamed into place on its own, so a bad file
 /// leaves its old version and the others still land.
-pub fn apply(offer: &Offer, req: &Request, bundle: &[u8], root: &Path) -> Result<ApplyReport> {
+pub fn apply(offer: &Offer, req: &Request, bundle: impl Read, root: &Path) -> Result<ApplyReport> {
     let unpacked = unpack(offer, req, bundle)?;
     let single_file = offer.files.len() == 1 && offer.files[0].entry.path.is_empty();
     if !single_file {
@@ -998,8 +1081,9 @@ mod tests {
         let offer = Offer::decode(&Offer::new(&m, bases.as_ref(), opts).encode().unwrap()).unwrap();
         let req = Request::build(&offer, dst, &Manifest::scan(dst, None).unwrap(), None).unwrap();
         let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
-        let (bundle, _) = build_bundle(&offer, &req, src, bases.as_ref(), 3).unwrap();
-        apply(&offer, &req, &bundle, dst).unwrap()
+        let mut bundle = Vec::new();
+        build_bundle(&offer, &req, src, bases.as_ref(), 3, &mut bundle).unwrap();
+        apply(&offer, &req, &bundle[..], dst).unwrap()
     }
 
     #[test]
@@ -1041,10 +1125,11 @@ mod tests {
         let req = Request::build(&offer, &dst, &Manifest::scan(&dst, None).unwrap(), None).unwrap();
         assert!(matches!(req.needs[..], [(1, Need::Chunks(_))]), "{:?}", req.needs.iter().map(|(i, _)| i).collect::<Vec<_>>());
         let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
-        let (bundle, reports) = build_bundle(&offer, &req, &src, &bases, 3).unwrap();
+        let mut bundle = Vec::new();
+        let reports = build_bundle(&offer, &req, &src, &bases, 3, &mut bundle).unwrap();
         assert_eq!(reports[0].strategy, super::Strategy::Dedupe);
         assert!(reports[0].literal_bytes < 600_000, "{} literal bytes", reports[0].literal_bytes);
-        let report = apply(&offer, &req, &bundle, &dst).unwrap();
+        let report = apply(&offer, &req, &bundle[..], &dst).unwrap();
         assert_eq!(report.written, ["models/v2.bin"]);
         assert_eq!(std::fs::read(dst.join("models/v2.bin")).unwrap(), tuned);
     }
@@ -1094,6 +1179,45 @@ mod tests {
         assert_eq!(std::fs::read(dst.join("new")).unwrap(), b"new");
     }
 
+    #[test]
+    fn damaged_bundles_leave_every_file_old_or_exactly_new() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let noise = |n: usize, seed: u32| -> Vec<u8> {
+            (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+        };
+        let (whole, edited) = (noise(3 << 20, 1), noise(1 << 20, 2));
+        let mut old = edited.clone();
+        old[500_000] ^= 0xff;
+        write(&src, &[("a-whole.bin", &whole), ("b-edited.bin", &edited)]);
+        write(&dst, &[("b-edited.bin", &old)]);
+        let offer =
+            Offer::decode(&Offer::new(&Manifest::scan(&src, None).unwrap(), &NoBases, OfferOptions::default()).encode().unwrap()).unwrap();
+        let req = Request::build(&offer, &dst, &Manifest::scan(&dst, None).unwrap(), None).unwrap();
+        let mut bundle = Vec::new();
+        let reports = build_bundle(&offer, &req, &src, &NoBases, 3, &mut bundle).unwrap();
+        assert_eq!(reports.iter().map(|r| r.strategy).collect::<Vec<_>>(), [super::Strategy::Whole, super::Strategy::Delta]);
+        let mut flipped = bundle.clone();
+        let at = flipped.len() / 2;
+        flipped[at] ^= 0x55;
+        for damaged in [&bundle[..bundle.len() / 3], &bundle[..bundle.len() - 1], &flipped[..]] {
+            let result = apply(&offer, &req, damaged, &dst);
+            assert!(result.is_err() || !result.unwrap().failed.is_empty(), "{} bytes", damaged.len());
+            // Every file is its old version or exactly the new one, and no temporary file is left.
+            let whole_now = std::fs::read(dst.join("a-whole.bin")).ok();
+            assert!(whole_now.is_none() || whole_now.as_deref() == Some(&whole[..]));
+            let edited_now = std::fs::read(dst.join("b-edited.bin")).unwrap();
+            assert!(edited_now == old || edited_now == edited);
+            assert_eq!(crate::fsio::clean_temporaries(&dst), 0);
+            write(&dst, &[("b-edited.bin", &old)]);
+            let _ = std::fs::remove_file(dst.join("a-whole.bin"));
+        }
+        let report = apply(&offer, &req, &bundle[..], &dst).unwrap();
+        assert_eq!(report.written, ["a-whole.bin", "b-edited.bin"]);
+        assert!(std::fs::read(dst.join("a-whole.bin")).unwrap() == whole);
+        assert!(std::fs::read(dst.join("b-edited.bin")).unwrap() == edited);
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(300))]
         #[test]
@@ -1112,7 +1236,7 @@ mod tests {
             let root = tempfile::tempdir().unwrap();
             std::fs::write(root.path().join("f"), [1, 2, 3]).unwrap();
             for candidate in [&bytes, &compressed] {
-                if let Ok(u) = unpack(&offer, &req, candidate) {
+                if let Ok(u) = unpack(&offer, &req, &candidate[..]) {
                     let _ = u.rebuild(&offer, &req, root.path(), |_| None, |_, _| {});
                 }
             }

@@ -12,6 +12,32 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// Reads one byte from a stream; `what` names the message in errors.
+pub fn read_u8(r: &mut impl std::io::Read, what: &'static str) -> Result<u8> {
+    let mut b = [0u8];
+    r.read_exact(&mut b).map_err(|e| SyncError::corrupt(what, format!("truncated: {e}")))?;
+    Ok(b[0])
+}
+
+/// Reads an unsigned LEB128 varint of at most `max` from a stream.
+pub fn read_varint(r: &mut impl std::io::Read, max: u64, what: &'static str, field: &str) -> Result<u64> {
+    let mut v: u64 = 0;
+    for i in 0..10 {
+        let b = read_u8(r, what)?;
+        if i == 9 && b > 1 {
+            return Err(SyncError::corrupt(what, format!("{field}: varint overflows 64 bits")));
+        }
+        v |= u64::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            if v > max {
+                return Err(SyncError::corrupt(what, format!("{field} {v} exceeds {max}")));
+            }
+            return Ok(v);
+        }
+    }
+    Err(SyncError::corrupt(what, format!("{field}: varint longer than 10 bytes")))
+}
+
 /// Appends a varint length followed by the bytes.
 pub fn put_bytes(out: &mut Vec<u8>, b: &[u8]) {
     put_varint(out, b.len() as u64);
