@@ -24,7 +24,7 @@ use crate::error::{Result, SyncError};
 use crate::fsio::{sync_dir, write_atomic_with};
 use crate::manifest::{check_path, join, Entry, Hash, HashIndex, Manifest, HASH_LEN};
 use crate::signature::{Signature, MAX_FILE_LEN};
-use crate::wire::{put_bytes, put_varint, read_u8, read_varint, Reader};
+use crate::wire::{put_bytes, put_varint, read_u8, read_varint, varint_len, Reader};
 
 /// Most entries one offer may list.
 const MAX_ENTRIES: u64 = 10_000_000;
@@ -705,6 +705,18 @@ pub fn build_bundle(
     put_varint(&mut head, joint.len() as u64);
     out.write_all(&head).and_then(|_| out.write_all(&joint)).map_err(io)?;
     let mut z = zstd::stream::write::Encoder::new(out, level).map_err(io)?;
+    // Announcing the length up front gets the parameters a one-shot compression would pick.
+    let payloads = entries.iter().map(|(i, _, body)| match body {
+        Body::Bytes(b) => b.len() as u64,
+        Body::File => offer.files[*i].entry.size,
+    });
+    let mut raw_len = varint_len(entries.len() as u64);
+    next = 0;
+    for ((i, _, _), len) in entries.iter().zip(payloads) {
+        raw_len += varint_len((i - next) as u64) + 1 + varint_len(len) + len;
+        next = i + 1;
+    }
+    z.set_pledged_src_size(Some(raw_len)).map_err(io)?;
     head.clear();
     put_varint(&mut head, entries.len() as u64);
     z.write_all(&head).map_err(io)?;

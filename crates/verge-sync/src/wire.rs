@@ -12,6 +12,11 @@ pub fn put_varint(out: &mut Vec<u8>, mut v: u64) {
     out.push(v as u8);
 }
 
+/// How many bytes [`put_varint`] writes for `v`.
+pub fn varint_len(v: u64) -> u64 {
+    u64::from((64 - v.max(1).leading_zeros()).div_ceil(7))
+}
+
 /// Reads one byte from a stream; `what` names the message in errors.
 pub fn read_u8(r: &mut impl std::io::Read, what: &'static str) -> Result<u8> {
     let mut b = [0u8];
@@ -152,6 +157,7 @@ mod tests {
         for v in [0, 1, 127, 128, 300, u64::from(u32::MAX), u64::MAX] {
             let mut b = Vec::new();
             put_varint(&mut b, v);
+            assert_eq!(varint_len(v), b.len() as u64);
             let mut r = Reader::new(&b, "test");
             assert_eq!(r.varint().unwrap(), v);
             r.finish().unwrap();
