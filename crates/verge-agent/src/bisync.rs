@@ -19,7 +19,7 @@ use verge_sync::transfer::{set_metadata, unpack, Bases, Need, Offer, Request};
 use verge_sync::SyncError;
 
 use crate::dataport::join_pair;
-use crate::syncclient::{blocking, encode_query, push, retrying, Peer, PushOptions, PushReport, SyncClientError};
+use crate::syncclient::{blocking, download, encode_query, push, retrying, Peer, PushOptions, PushReport, SyncClientError};
 
 /// What a bidirectional sync did.
 #[derive(Clone, Debug, Serialize)]
@@ -90,11 +90,10 @@ pub async fn bisync(
     })
     .await?;
     let bundle = if request.needs.is_empty() {
-        Vec::new()
+        None
     } else {
         let body = join_pair(&offer_wire, &request.encode()?);
-        let bundle_url = format!("/sync/v1/pull/bundle{q}");
-        retrying(deadline, || api.call_bytes(Method::POST, &bundle_url, body.clone(), "")).await?.0
+        Some(download(&api, deadline, &format!("/sync/v1/pull/bundle{q}"), body).await?)
     };
     let (local_owned, bases_dir, peer, remote_name) =
         (local.to_path_buf(), opts.bases_dir.clone(), format!("{addr}:{remote_path}"), remote_name.to_string());
@@ -102,8 +101,8 @@ pub async fn bisync(
         let bases = bases_dir.map(|d| BaseStore::open(&d, &peer)).transpose()?;
         let action: BTreeMap<&str, Action> = steps.iter().map(|(p, a)| (p.as_str(), *a)).collect();
         let (mut pulled, mut conflicts, mut failure) = (Vec::new(), Vec::new(), None);
-        if !request.needs.is_empty() {
-            unpack(&remote, &request, &bundle[..])?.rebuild(
+        if let Some(bundle) = bundle {
+            unpack(&remote, &request, std::io::BufReader::with_capacity(1 << 20, bundle))?.rebuild(
                 &remote,
                 &request,
                 &local_owned,

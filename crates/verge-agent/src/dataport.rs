@@ -274,18 +274,37 @@ async fn pull_offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery
 }
 
 /// Step 3 of a pull: the puller sends back the offer and its request; the
-/// bundle is built from this agent's files.
-async fn pull_bundle(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Vec<u8>> {
-    blocking(move || {
+/// bundle is built from this agent's files into a temporary file and
+/// streamed from there, never held in memory.
+async fn pull_bundle(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Response> {
+    use tokio::io::AsyncReadExt;
+    let spool = blocking(move || {
         let tree = port.tree(&q.path)?;
         let (offer_wire, request_wire) = split_pair(&body)?;
         let offer = Offer::decode(offer_wire)?;
         let request = Request::decode(request_wire, &offer)?;
-        let mut bundle = Vec::new();
-        build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, 3, &mut bundle)?;
-        Ok(bundle)
+        let io = |what: &str, e| SyncError::io(format!("{what} the bundle spool"), e);
+        let mut spool = tempfile::tempfile().map_err(|e| io("creating", e))?;
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool);
+        build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, 3, &mut w)?;
+        w.into_inner().map_err(|e| io("writing", e.into_error()))?;
+        std::io::Seek::rewind(&mut spool).map_err(|e| io("reading", e))?;
+        Ok(spool)
     })
-    .await
+    .await?;
+    let pieces = futures_util::stream::unfold(Some(tokio::fs::File::from_std(spool)), |file| async move {
+        let mut file = file?;
+        let mut buf = vec![0u8; 1 << 20];
+        match file.read(&mut buf).await {
+            Ok(0) => None,
+            Ok(n) => {
+                buf.truncate(n);
+                Some((Ok(Bytes::from(buf)), Some(file)))
+            }
+            Err(e) => Some((Err(e), None)),
+        }
+    });
+    Ok(axum::body::Body::from_stream(pieces).into_response())
 }
 
 /// Joins an offer and a request into one body: a varint length, then both.

@@ -127,6 +127,21 @@ where
     }
 }
 
+/// Fetches a bundle into an unnamed temporary file (a fresh one per try),
+/// so a large bundle is never held in memory; returns it rewound.
+pub(crate) async fn download(api: &Api, deadline: Instant, url: &str, body: Vec<u8>) -> Result<std::fs::File, SyncClientError> {
+    let local = |what: &str, e: std::io::Error| ClientError::Request(format!("{what} a bundle spool: {e}"));
+    let mut spool = retrying(deadline, || async {
+        let spool = tempfile::tempfile().map_err(|e| local("creating", e))?;
+        let mut out = tokio::fs::File::from_std(spool.try_clone().map_err(|e| local("opening", e))?);
+        api.call_to_writer(Method::POST, url, body.clone(), &mut out).await?;
+        Ok(spool)
+    })
+    .await?;
+    std::io::Seek::rewind(&mut spool).map_err(|e| verge_sync::SyncError::io("reading the bundle spool", e))?;
+    Ok(spool)
+}
+
 /// Another agent's data port: its address and, with TLS, how to verify it
 /// (its node identity) and who we are (our certificate).
 #[derive(Clone)]
@@ -319,8 +334,7 @@ pub async fn pull(peer: &Peer, remote_path: &str, local: &Path, mirror: bool, re
     })
     .await?;
     let body = join_pair(&offer_wire, &request.encode()?);
-    let bundle_url = format!("/sync/v1/pull/bundle{q}");
-    let (bundle, _) = retrying(deadline, || api.call_bytes(Method::POST, &bundle_url, body.clone(), "")).await?;
+    let bundle = download(&api, deadline, &format!("/sync/v1/pull/bundle{q}"), body).await?;
     let local_owned = local.to_path_buf();
-    blocking(move || apply(&offer, &request, &bundle[..], &local_owned)).await
+    blocking(move || apply(&offer, &request, std::io::BufReader::with_capacity(1 << 20, bundle), &local_owned)).await
 }

@@ -165,6 +165,58 @@ impl Api {
         content_type: &str,
         header: &str,
     ) -> Result<(Bytes, Option<String>), ClientError> {
+        let (sender, resp) = self.request(method, path, body, content_type).await?;
+        let status = resp.status();
+        let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
+        let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
+        self.keep_idle(sender);
+        if !status.is_success() {
+            return Err(api_error(status, &body));
+        }
+        Ok((body, value))
+    }
+
+    /// Sends raw bytes and writes the answer's body to `out` as it arrives,
+    /// so a large answer (a sync bundle) is never held in memory; returns
+    /// the bytes written. An error answer is read whole, as JSON.
+    pub async fn call_to_writer(
+        &self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+        out: &mut (impl tokio::io::AsyncWrite + Unpin),
+    ) -> Result<u64, ClientError> {
+        use tokio::io::AsyncWriteExt;
+        let (sender, resp) = self.request(method, path, Bytes::from(body), "application/octet-stream").await?;
+        let status = resp.status();
+        let mut body = resp.into_body();
+        if !status.is_success() {
+            let body = body.collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
+            self.keep_idle(sender);
+            return Err(api_error(status, &body));
+        }
+        let mut written = 0u64;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| ClientError::Body(e.to_string()))?;
+            if let Ok(data) = frame.into_data() {
+                out.write_all(&data).await.map_err(|e| ClientError::Body(format!("writing the answer: {e}")))?;
+                written += data.len() as u64;
+            }
+        }
+        out.flush().await.map_err(|e| ClientError::Body(format!("writing the answer: {e}")))?;
+        self.keep_idle(sender);
+        Ok(written)
+    }
+
+    /// Sends one request on a kept connection, or a fresh one, and returns
+    /// the connection with the answer (its body not yet read).
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Bytes,
+        content_type: &str,
+    ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ClientError> {
         let make = || {
             let mut req =
                 Request::builder().method(method.clone()).uri(path).header("host", &self.authority).header("content-type", content_type);
@@ -188,36 +240,36 @@ impl Api {
             },
             None => None,
         };
-        let (sender, resp) = match reused {
-            Some(pair) => pair,
+        match reused {
+            Some(pair) => Ok(pair),
             None => {
                 let mut s = self.connect().await?;
                 s.ready().await.map_err(unreachable)?;
                 let r = s.send_request(make()?).await.map_err(unreachable)?;
-                (s, r)
-            }
-        };
-        let status = resp.status();
-        let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
-        let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
-        {
-            let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-            if pool.len() < MAX_IDLE {
-                pool.push(sender);
+                Ok((s, r))
             }
         }
-        if !status.is_success() {
-            let json: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
-            let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(&body).into_owned(), str::to_string);
-            return Err(ClientError::Api { status: status.as_u16(), message });
+    }
+
+    /// Keeps a connection whose answer was read whole for the next request.
+    fn keep_idle(&self, sender: SendRequest<Full<Bytes>>) {
+        let mut pool = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if pool.len() < MAX_IDLE {
+            pool.push(sender);
         }
-        Ok((body, value))
     }
 
     /// `GET path`.
     pub async fn get(&self, path: &str) -> Result<Value, ClientError> {
         self.call(Method::GET, path, None).await
     }
+}
+
+/// The error an answer with a non-2xx `status` and `body` stands for.
+fn api_error(status: hyper::StatusCode, body: &[u8]) -> ClientError {
+    let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_string);
+    ClientError::Api { status: status.as_u16(), message }
 }
 
 /// `s` as a URL path: unreserved characters and `/` kept, the rest
