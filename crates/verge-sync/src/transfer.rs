@@ -595,11 +595,14 @@ fn read_file(root: &Path, rel: &str) -> Result<Vec<u8>> {
 }
 
 /// What the entry section carries for one file.
-enum Body {
-    /// Bytes at hand (a delta, missing chunks).
+enum Body<'a> {
+    /// Bytes at hand (a delta).
     Bytes(Vec<u8>),
     /// The whole file, streamed from disk: it is never held in memory.
     File,
+    /// The offered chunks the receiver does not hold (flags true: held),
+    /// streamed from disk.
+    Missing(&'a [bool]),
 }
 
 /// Step 3 (sender): writes the bundle answering `req` to `out`, reading
@@ -662,30 +665,28 @@ pub fn build_bundle(
             reports.push(report);
             continue;
         }
+        if let (Need::Chunks(held), TAG_CHUNKS) = (need, tag) {
+            for (c, held) in f.chunks.iter().zip(held) {
+                if *held {
+                    report.matched_bytes += u64::from(c.len);
+                }
+            }
+            report.literal_bytes = f.entry.size.saturating_sub(report.matched_bytes);
+            report.strategy = Strategy::Dedupe;
+            entries.push((*i, TAG_CHUNKS, Body::Missing(held)));
+            reports.push(report);
+            continue;
+        }
         let data = read_file(root, &f.entry.path)?;
         if data.len() as u64 != f.entry.size {
             return Err(changed_since_offer(&f.entry.path));
         }
-        if let (Need::Chunks(held), TAG_CHUNKS) = (need, tag) {
-            let mut missing = Vec::new();
-            for ((offset, c), held) in cdc::chunk_data(&data).into_iter().zip(held) {
-                if *held {
-                    report.matched_bytes += u64::from(c.len);
-                } else {
-                    missing.extend_from_slice(&data[offset..offset + c.len as usize]);
-                }
-            }
-            report.literal_bytes = missing.len() as u64;
-            report.strategy = Strategy::Dedupe;
-            entries.push((*i, TAG_CHUNKS, Body::Bytes(missing)));
-        } else {
-            if let Some(old) = base {
-                joint_base.extend_from_slice(&old);
-                report.strategy = Strategy::Base;
-            }
-            joint_new.extend_from_slice(&data);
-            group.push((*i, tag, reports.len()));
+        if let Some(old) = base {
+            joint_base.extend_from_slice(&old);
+            report.strategy = Strategy::Base;
         }
+        joint_new.extend_from_slice(&data);
+        group.push((*i, tag, reports.len()));
         reports.push(report);
     }
     let joint = if group.is_empty() { Vec::new() } else { base::encode(&joint_base, &joint_new, level)? };
@@ -706,13 +707,19 @@ pub fn build_bundle(
     out.write_all(&head).and_then(|_| out.write_all(&joint)).map_err(io)?;
     let mut z = zstd::stream::write::Encoder::new(out, level).map_err(io)?;
     // Announcing the length up front gets the parameters a one-shot compression would pick.
-    let payloads = entries.iter().map(|(i, _, body)| match body {
-        Body::Bytes(b) => b.len() as u64,
-        Body::File => offer.files[*i].entry.size,
-    });
+    let payloads: Vec<u64> = entries
+        .iter()
+        .map(|(i, _, body)| match body {
+            Body::Bytes(b) => b.len() as u64,
+            Body::File => offer.files[*i].entry.size,
+            Body::Missing(held) => {
+                offer.files[*i].chunks.iter().zip(held.iter()).filter(|(_, h)| !**h).map(|(c, _)| u64::from(c.len)).sum()
+            }
+        })
+        .collect();
     let mut raw_len = varint_len(entries.len() as u64);
     next = 0;
-    for ((i, _, _), len) in entries.iter().zip(payloads) {
+    for ((i, _, _), &len) in entries.iter().zip(&payloads) {
         raw_len += varint_len((i - next) as u64) + 1 + varint_len(len) + len;
         next = i + 1;
     }
@@ -722,29 +729,36 @@ pub fn build_bundle(
     z.write_all(&head).map_err(io)?;
     head.clear();
     next = 0;
-    for (i, tag, body) in entries {
+    for ((i, tag, body), len) in entries.into_iter().zip(payloads) {
         put_varint(&mut head, (i - next) as u64);
         head.push(tag);
         next = i + 1;
-        let e = &offer.files[i].entry;
+        put_varint(&mut head, len);
+        z.write_all(&head).map_err(io)?;
+        head.clear();
+        let f = &offer.files[i];
+        let path = join(root, &f.entry.path);
+        let read_err = |err| SyncError::io(format!("reading {}", path.display()), err);
         match body {
-            Body::Bytes(b) => {
-                put_bytes(&mut head, &b);
-                z.write_all(&head).map_err(io)?;
-            }
+            Body::Bytes(b) => z.write_all(&b).map_err(io)?,
             Body::File => {
-                put_varint(&mut head, e.size);
-                z.write_all(&head).map_err(io)?;
-                let path = join(root, &e.path);
-                let file = std::fs::File::open(&path).map_err(|err| SyncError::io(format!("reading {}", path.display()), err))?;
-                let copied = std::io::copy(&mut file.take(e.size), &mut z)
-                    .map_err(|err| SyncError::io(format!("reading {}", path.display()), err))?;
-                if copied != e.size {
-                    return Err(changed_since_offer(&e.path));
+                let file = std::fs::File::open(&path).map_err(read_err)?;
+                if std::io::copy(&mut file.take(len), &mut z).map_err(read_err)? != len {
+                    return Err(changed_since_offer(&f.entry.path));
+                }
+            }
+            Body::Missing(held) => {
+                let mut file = std::fs::File::open(&path).map_err(read_err)?;
+                for (c, held) in f.chunks.iter().zip(held) {
+                    let n = u64::from(c.len);
+                    if *held {
+                        std::io::Seek::seek(&mut file, std::io::SeekFrom::Current(n as i64)).map_err(read_err)?;
+                    } else if std::io::copy(&mut (&mut file).take(n), &mut z).map_err(read_err)? != n {
+                        return Err(changed_since_offer(&f.entry.path));
+                    }
                 }
             }
         }
-        head.clear();
     }
     z.finish().map_err(io)?;
     Ok(reports)
@@ -863,17 +877,29 @@ impl<R: Read> Unpacked<R> {
                 std::io::copy(&mut payload, &mut std::io::sink()).map_err(|err| SyncError::corrupt(WHAT, err.to_string()))?;
                 continue;
             }
+            if let Need::Chunks(held) = &req.needs[k].1 {
+                let chunks = &offer.files[index].chunks;
+                let missing: u64 = chunks.iter().zip(held).filter(|(_, h)| !**h).map(|(c, _)| u64::from(c.len)).sum();
+                if len != missing {
+                    return Err(SyncError::corrupt(WHAT, format!("{}: {len} chunk bytes sent, {missing} missing", e.path)));
+                }
+                let mut payload = z.take(len);
+                let mut file = Assembled {
+                    path: &e.path,
+                    chunks: chunks.iter().zip(held),
+                    payload: &mut payload,
+                    held_chunk: &held_chunk,
+                    current: std::io::Cursor::new(Vec::new()),
+                    from_payload: 0,
+                };
+                each(index, Ok(Content::Stream(&mut file)));
+                std::io::copy(&mut payload, &mut std::io::sink()).map_err(|err| SyncError::corrupt(WHAT, err.to_string()))?;
+                continue;
+            }
             let mut payload = Vec::new();
             z.take(len).read_to_end(&mut payload).map_err(|err| SyncError::corrupt(WHAT, err.to_string()))?;
             if payload.len() as u64 != len {
                 return Err(SyncError::corrupt(WHAT, format!("{}: payload truncated", e.path)));
-            }
-            if tag == TAG_CHUNKS {
-                match assemble(offer, req, index, &payload, &held_chunk) {
-                    Ok(data) => each(index, Ok(Content::Bytes(&data))),
-                    Err(err) => each(index, Err(err)),
-                }
-                continue;
             }
             let path = join(root, &e.path);
             let rebuilt = std::fs::File::open(&path)
@@ -905,33 +931,46 @@ pub fn held_chunks(req: &Request, root: &Path, have: Option<&Manifest>) -> Resul
     }
 }
 
-/// A deduplicated file: held chunks from the receiver's tree, the others
-/// from the payload, in offer order.
-fn assemble(
-    offer: &Offer,
-    req: &Request,
-    index: usize,
-    payload: &[u8],
-    held_chunk: &impl Fn(&ChunkRef) -> Option<Vec<u8>>,
-) -> Result<Vec<u8>> {
-    let f = &offer.files[index];
-    let held = match req.needs.binary_search_by_key(&index, |(i, _)| *i).map(|k| &req.needs[k].1) {
-        Ok(Need::Chunks(h)) => h,
-        _ => return Err(SyncError::corrupt("bundle", format!("{}: chunks were not asked for", f.entry.path))),
-    };
-    let mut out = Vec::with_capacity(f.entry.size.min(1 << 30) as usize);
-    let mut r = Reader::new(payload, "chunk payload");
-    for (c, held) in f.chunks.iter().zip(held) {
-        if *held {
-            let data = held_chunk(c)
-                .ok_or_else(|| SyncError::io(format!("{}: a chunk it held is gone", f.entry.path), std::io::ErrorKind::NotFound.into()))?;
-            out.extend_from_slice(&data);
-        } else {
-            out.extend_from_slice(r.take(c.len as usize)?);
+/// A deduplicated file as it is read: held chunks from the receiver's tree,
+/// the others from the payload, in offer order, one chunk in memory at a time.
+struct Assembled<'a, F> {
+    path: &'a str,
+    chunks: std::iter::Zip<std::slice::Iter<'a, ChunkRef>, std::slice::Iter<'a, bool>>,
+    payload: &'a mut dyn Read,
+    held_chunk: F,
+    current: std::io::Cursor<Vec<u8>>,
+    /// Bytes of the current missing chunk still to come from the payload.
+    from_payload: u64,
+}
+
+impl<F: Fn(&ChunkRef) -> Option<Vec<u8>>> Read for Assembled<'_, F> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            if self.from_payload > 0 {
+                let want = (buf.len() as u64).min(self.from_payload) as usize;
+                let n = self.payload.read(&mut buf[..want])?;
+                if n == 0 && want > 0 {
+                    return Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "the chunk payload ends early"));
+                }
+                self.from_payload -= n as u64;
+                return Ok(n);
+            }
+            let n = self.current.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            match self.chunks.next() {
+                None => return Ok(0),
+                Some((c, true)) => {
+                    let held = (self.held_chunk)(c).ok_or_else(|| {
+                        std::io::Error::new(std::io::ErrorKind::NotFound, format!("{}: a chunk it held is gone", self.path))
+                    })?;
+                    self.current = std::io::Cursor::new(held);
+                }
+                Some((c, false)) => self.from_payload = u64::from(c.len),
+            }
         }
     }
-    r.finish()?;
-    Ok(out)
 }
 
 /// One rebuilt file, not yet checked: bytes at hand, the file as it
