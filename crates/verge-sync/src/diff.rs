@@ -31,6 +31,9 @@ impl Bases for TreeBases {
     fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>> {
         (self.known(path).as_ref() == Some(hash)).then(|| std::fs::read(join(&self.root, path)).ok()).flatten()
     }
+    fn base_path(&self, path: &str, hash: &Hash) -> Option<PathBuf> {
+        (self.known(path).as_ref() == Some(hash)).then(|| join(&self.root, path))
+    }
     fn acked(&self) -> Vec<(String, Hash)> {
         self.manifest.files.iter().map(|e| (e.path.clone(), e.hash)).collect()
     }

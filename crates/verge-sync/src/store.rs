@@ -102,6 +102,10 @@ impl Bases for BaseStore {
         (crate::manifest::hash(&data) == *hash).then_some(data)
     }
 
+    fn base_path(&self, path: &str, hash: &Hash) -> Option<PathBuf> {
+        (self.known(path).as_ref() == Some(hash)).then(|| self.objects.join(hex(hash)))
+    }
+
     fn acked(&self) -> Vec<(String, Hash)> {
         self.acked.iter().filter_map(|(p, h)| Some((p.clone(), hex_decode(h)?.try_into().ok()?))).collect()
     }

@@ -32,6 +32,11 @@ const MAX_ENTRIES: u64 = 10_000_000;
 const MAX_MESSAGE: u64 = 1 << 30;
 /// A delta whose literals exceed this share of the file is sent whole.
 pub const WHOLE_THRESHOLD: f64 = 0.9;
+/// Most bytes of new content in a bundle's joint known-base frame, which
+/// both ends build in memory (with the bases). Files beyond it travel
+/// streamed: a large file with a known base as a block delta against the
+/// sender's stored copy of that base.
+pub const JOINT_MAX: u64 = 64 << 20;
 
 /// The sender's memory of what each path's receiver last acknowledged.
 pub trait Bases {
@@ -39,6 +44,11 @@ pub trait Bases {
     fn known(&self, path: &str) -> Option<Hash>;
     /// That version's content, if the sender still has it.
     fn load(&self, path: &str, hash: &Hash) -> Option<Vec<u8>>;
+    /// Where that version is stored as a file, so that a base too large to
+    /// load whole can be read piece by piece instead.
+    fn base_path(&self, _path: &str, _hash: &Hash) -> Option<std::path::PathBuf> {
+        None
+    }
     /// Every path the receiver acknowledged with its hash, sorted by path:
     /// the state an incremental offer describes changes against.
     fn acked(&self) -> Vec<(String, Hash)> {
@@ -622,10 +632,23 @@ pub fn build_bundle(
     level: i32,
     out: &mut impl std::io::Write,
 ) -> Result<Vec<FileReport>> {
+    build_bundle_within(offer, req, root, bases, level, out, JOINT_MAX)
+}
+
+/// [`build_bundle`] with a joint frame of at most `joint_max` new bytes.
+fn build_bundle_within(
+    offer: &Offer,
+    req: &Request,
+    root: &Path,
+    bases: &dyn Bases,
+    level: i32,
+    out: &mut impl std::io::Write,
+    joint_max: u64,
+) -> Result<Vec<FileReport>> {
     let mut reports = Vec::with_capacity(req.needs.len());
     let (mut joint_base, mut joint_new) = (Vec::new(), Vec::new());
     let (mut group, mut entries) = (Vec::new(), Vec::new());
-    let any_base = req.needs.iter().any(|(_, n)| *n == Need::Base);
+    let any_base = req.needs.iter().any(|(i, n)| *n == Need::Base && offer.files[*i].entry.size <= joint_max);
     for (i, need) in &req.needs {
         let f = &offer.files[*i];
         let mut report = FileReport {
@@ -635,14 +658,20 @@ pub fn build_bundle(
             literal_bytes: f.entry.size,
             matched_bytes: 0,
         };
-        if let Need::Delta(sig) = need {
-            let path = join(root, &f.entry.path);
-            let io = |e| SyncError::io(format!("reading {}", path.display()), e);
-            let file = std::fs::File::open(&path).map_err(io)?;
-            if let Some(d) = delta::compute_from(sig, file, (WHOLE_THRESHOLD * f.entry.size as f64) as u64).map_err(io)? {
-                if d.literal_bytes + d.matched_bytes != f.entry.size {
-                    return Err(changed_since_offer(&f.entry.path));
-                }
+        let joins = joint_new.len() as u64 + f.entry.size <= joint_max;
+        // A block delta against the receiver's signature, or, for a known
+        // base too large for the joint frame, against the sender's own copy.
+        let stored;
+        let sig = match need {
+            Need::Delta(sig) => Some(sig),
+            Need::Base if !joins => {
+                stored = f.base.and_then(|b| stored_base_signature(bases, &f.entry.path, &b));
+                stored.as_ref()
+            }
+            _ => None,
+        };
+        if let Some(sig) = sig {
+            if let Some(d) = delta_from_disk(sig, root, &f.entry)? {
                 let mut enc = Vec::new();
                 d.encode(sig.block_size, &mut enc);
                 report.strategy = Strategy::Delta;
@@ -653,19 +682,7 @@ pub fn build_bundle(
                 continue;
             }
         }
-        let base = if *need == Need::Base { f.base.and_then(|b| bases.load(&f.entry.path, &b)) } else { None };
-        let tag = match (need, base.is_some()) {
-            (_, true) => TAG_BASE,
-            (Need::Chunks(_), _) => TAG_CHUNKS,
-            _ if any_base => TAG_JOINT_WHOLE,
-            _ => TAG_WHOLE,
-        };
-        if tag == TAG_WHOLE {
-            entries.push((*i, TAG_WHOLE, Body::File));
-            reports.push(report);
-            continue;
-        }
-        if let (Need::Chunks(held), TAG_CHUNKS) = (need, tag) {
+        if let Need::Chunks(held) = need {
             for (c, held) in f.chunks.iter().zip(held) {
                 if *held {
                     report.matched_bytes += u64::from(c.len);
@@ -677,14 +694,24 @@ pub fn build_bundle(
             reports.push(report);
             continue;
         }
+        let base = if *need == Need::Base && joins { f.base.and_then(|b| bases.load(&f.entry.path, &b)) } else { None };
+        if base.is_none() && !(any_base && joins) {
+            entries.push((*i, TAG_WHOLE, Body::File));
+            reports.push(report);
+            continue;
+        }
         let data = read_file(root, &f.entry.path)?;
         if data.len() as u64 != f.entry.size {
             return Err(changed_since_offer(&f.entry.path));
         }
-        if let Some(old) = base {
-            joint_base.extend_from_slice(&old);
-            report.strategy = Strategy::Base;
-        }
+        let tag = match base {
+            Some(old) => {
+                joint_base.extend_from_slice(&old);
+                report.strategy = Strategy::Base;
+                TAG_BASE
+            }
+            None => TAG_JOINT_WHOLE,
+        };
         joint_new.extend_from_slice(&data);
         group.push((*i, tag, reports.len()));
         reports.push(report);
@@ -762,6 +789,42 @@ pub fn build_bundle(
     }
     z.finish().map_err(io)?;
     Ok(reports)
+}
+
+/// The block delta from the file `sig` describes to `e` as it is on disk
+/// under `root`, read piece by piece; `None` when it would carry so many
+/// literals that the whole file is cheaper.
+fn delta_from_disk(sig: &Signature, root: &Path, e: &Entry) -> Result<Option<delta::Delta>> {
+    let path = join(root, &e.path);
+    let io = |err| SyncError::io(format!("reading {}", path.display()), err);
+    let file = std::fs::File::open(&path).map_err(io)?;
+    let Some(d) = delta::compute_from(sig, file, (WHOLE_THRESHOLD * e.size as f64) as u64).map_err(io)? else {
+        return Ok(None);
+    };
+    if d.literal_bytes + d.matched_bytes != e.size {
+        return Err(changed_since_offer(&e.path));
+    }
+    Ok(Some(d))
+}
+
+/// The signature of the stored version `hash` of `path`, read piece by
+/// piece and checked against its hash on the way (`None` when it is not
+/// stored as a file, or no longer matches).
+fn stored_base_signature(bases: &dyn Bases, path: &str, hash: &Hash) -> Option<Signature> {
+    /// Hashes what passes through.
+    struct Hashing<R>(R, blake3::Hasher);
+    impl<R: Read> Read for Hashing<R> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            let n = self.0.read(buf)?;
+            self.1.update(&buf[..n]);
+            Ok(n)
+        }
+    }
+    let file = std::fs::File::open(bases.base_path(path, hash)?).ok()?;
+    let len = file.metadata().ok()?.len();
+    let mut reader = Hashing(file, blake3::Hasher::new());
+    let sig = Signature::from_reader(&mut reader, len).ok()?;
+    (reader.1.finalize().as_bytes()[..HASH_LEN] == hash[..]).then_some(sig)
 }
 
 /// A file that changed since the offer fails the receiver's hash check; its size is checked here for free.
@@ -1228,6 +1291,39 @@ mod tests {
         assert_eq!(report.written, ["a/b.bin", "new"]);
         assert_eq!(std::fs::read(dst.join("a/b.bin")).unwrap(), big);
         assert_eq!(std::fs::read(dst.join("new")).unwrap(), b"new");
+    }
+
+    #[test]
+    fn files_beyond_the_joint_budget_stream_even_with_a_known_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let noise = |n: usize, seed: u32| -> Vec<u8> {
+            (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+        };
+        let (big_old, mut big_new) = (noise(400_000, 1), noise(400_000, 1));
+        big_new[200_000..204_000].fill(7);
+        write(&dst, &[("big.bin", &big_old), ("small.txt", b"one\ntwo\n")]);
+        write(
+            &src,
+            &[("big.bin", &big_new), ("small.txt", b"one\ntwo\nthree\n"), ("new-big.bin", &noise(300_000, 2)), ("new.txt", b"hello")],
+        );
+        let bases = TreeBases::new(&dst, Manifest::scan(&dst, None).unwrap());
+        let offer =
+            Offer::decode(&Offer::new(&Manifest::scan(&src, None).unwrap(), &bases, OfferOptions::default()).encode().unwrap()).unwrap();
+        let req = Request::build(&offer, &dst, &Manifest::scan(&dst, None).unwrap(), None).unwrap();
+        assert!(req.needs.iter().all(|(i, n)| (*n == Need::Base) == offer.files[*i].base.is_some()));
+        let mut bundle = Vec::new();
+        let reports = build_bundle_within(&offer, &req, &src, &bases, 3, &mut bundle, 100_000).unwrap();
+        let by_path: std::collections::BTreeMap<&str, super::Strategy> = reports.iter().map(|r| (r.path.as_str(), r.strategy)).collect();
+        assert_eq!(by_path["big.bin"], super::Strategy::Delta, "a base beyond the budget goes by block delta");
+        assert_eq!(by_path["small.txt"], super::Strategy::Base);
+        assert_eq!(by_path["new-big.bin"], super::Strategy::Whole);
+        assert!(reports.iter().find(|r| r.path == "big.bin").unwrap().literal_bytes < 20_000);
+        let report = apply(&offer, &req, &bundle[..], &dst).unwrap();
+        assert!(report.failed.is_empty(), "{:?}", report.failed);
+        for f in ["big.bin", "small.txt", "new-big.bin", "new.txt"] {
+            assert!(std::fs::read(dst.join(f)).unwrap() == std::fs::read(src.join(f)).unwrap(), "{f}");
+        }
     }
 
     #[test]
