@@ -15,7 +15,7 @@ use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use verge_sync::manifest::{check_path, hex, HashIndex, Manifest};
-use verge_sync::transfer::{apply, build_bundle, Offer, Request};
+use verge_sync::transfer::{apply, build_bundle, BundleOptions, Offer, Request};
 use verge_sync::SyncError;
 
 /// Header carrying a new transfer's id.
@@ -286,7 +286,7 @@ async fn pull_bundle(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuer
         let io = |what: &str, e| SyncError::io(format!("{what} the bundle spool"), e);
         let mut spool = tempfile::tempfile().map_err(|e| io("creating", e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool);
-        build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, 3, &mut w)?;
+        build_bundle(&offer, &request, &tree, &verge_sync::transfer::NoBases, BundleOptions::level(3), &mut w)?;
         w.into_inner().map_err(|e| io("writing", e.into_error()))?;
         std::io::Seek::rewind(&mut spool).map_err(|e| io("reading", e))?;
         Ok(spool)

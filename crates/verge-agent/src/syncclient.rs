@@ -13,7 +13,7 @@ use verge_sync::bandwidth::TokenBucket;
 use verge_sync::conflict::Resolution;
 use verge_sync::manifest::{hex, Manifest};
 use verge_sync::store::BaseStore;
-use verge_sync::transfer::{apply, build_bundle, ApplyReport, Bases, FileReport, NoBases, Offer, Request};
+use verge_sync::transfer::{apply, build_bundle, ApplyReport, Bases, BundleOptions, FileReport, NoBases, Offer, Request};
 
 use crate::dataport::{join_pair, TRANSFER_HEADER};
 
@@ -214,7 +214,14 @@ pub async fn push(
         let io = |what: &str, e| verge_sync::SyncError::io(format!("{what} the bundle spool"), e);
         let spool = tempfile::tempfile().map_err(|e| io("creating", e))?;
         let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool);
-        let sent = build_bundle(&offer, &request, &local_owned, bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b), level, &mut w)?;
+        let sent = build_bundle(
+            &offer,
+            &request,
+            &local_owned,
+            bases.as_ref().map_or(&NoBases as &dyn Bases, |b| b),
+            BundleOptions::level(level),
+            &mut w,
+        )?;
         w.into_inner().map_err(|e| io("writing", e.into_error()))?;
         let mut hasher = blake3::Hasher::new();
         let mut reader = &spool;

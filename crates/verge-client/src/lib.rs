@@ -133,10 +133,16 @@ impl Api {
             return handshake(TokioIo::new(tcp)).await.map_err(|e| unreachable(&e));
         };
         let tls_err = |err: String| ClientError::Tls { base: self.base.clone(), err };
-        let stream = tokio_rustls::TlsConnector::from(tls.config.clone())
-            .connect(tls.server_name.clone(), tcp)
-            .await
-            .map_err(|e| tls_err(e.to_string()))?;
+        // rustls reports a refused handshake (certificate, protocol) as
+        // invalid data; anything else is the connection failing under it
+        // (a peer restarting), which callers may retry.
+        let stream = tokio_rustls::TlsConnector::from(tls.config.clone()).connect(tls.server_name.clone(), tcp).await.map_err(|e| {
+            if e.kind() == std::io::ErrorKind::InvalidData {
+                tls_err(e.to_string())
+            } else {
+                unreachable(&e)
+            }
+        })?;
         if let Some(want) = &tls.peer {
             let got = stream
                 .get_ref()

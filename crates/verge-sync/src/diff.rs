@@ -8,7 +8,7 @@ use serde::Serialize;
 
 use crate::error::{Result, SyncError};
 use crate::manifest::{join, Hash, Manifest};
-use crate::transfer::{apply, build_bundle, held_chunks, unpack, Bases, FileReport, NoBases, Offer, OfferOptions, Request};
+use crate::transfer::{apply, build_bundle, held_chunks, unpack, Bases, BundleOptions, FileReport, NoBases, Offer, OfferOptions, Request};
 
 /// A sender whose acknowledged base for each path is the receiver's tree
 /// itself (`--known-base`: the sender kept what it sent last time).
@@ -105,7 +105,7 @@ fn run(old: &Path, new: &Path, known_base: bool, level: i32, verbose: bool, writ
     let request_wire = request.encode()?;
     let request_tx = Request::decode(&request_wire, &offer)?;
     let mut bundle = Vec::new();
-    let reports = build_bundle(&offer, &request_tx, new, bases.as_ref(), level, &mut bundle)?;
+    let reports = build_bundle(&offer, &request_tx, new, bases.as_ref(), BundleOptions::level(level), &mut bundle)?;
     if write {
         let applied = apply(&offer_rx, &request, &bundle[..], old)?;
         if let Some((path, why)) = applied.failed.into_iter().next() {

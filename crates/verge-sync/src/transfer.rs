@@ -615,8 +615,24 @@ enum Body<'a> {
     Missing(&'a [bool]),
 }
 
+/// How a bundle is built.
+#[derive(Clone, Copy, Debug)]
+pub struct BundleOptions {
+    /// zstd level, chosen from the link speed.
+    pub level: i32,
+    /// Most new bytes in the joint known-base frame.
+    pub joint_max: u64,
+}
+
+impl BundleOptions {
+    /// zstd `level` and a joint frame of at most [`JOINT_MAX`].
+    pub fn level(level: i32) -> Self {
+        BundleOptions { level, joint_max: JOINT_MAX }
+    }
+}
+
 /// Step 3 (sender): writes the bundle answering `req` to `out`, reading
-/// the tree at `root`, with zstd `level` (chosen from the link speed).
+/// the tree at `root`, as `opts` says.
 ///
 /// Layout: the known-base group (files with a base the receiver holds,
 /// and, when there are any, the whole files too) as one patch-from frame of
@@ -629,22 +645,10 @@ pub fn build_bundle(
     req: &Request,
     root: &Path,
     bases: &dyn Bases,
-    level: i32,
+    opts: BundleOptions,
     out: &mut impl std::io::Write,
 ) -> Result<Vec<FileReport>> {
-    build_bundle_within(offer, req, root, bases, level, out, JOINT_MAX)
-}
-
-/// [`build_bundle`] with a joint frame of at most `joint_max` new bytes.
-fn build_bundle_within(
-    offer: &Offer,
-    req: &Request,
-    root: &Path,
-    bases: &dyn Bases,
-    level: i32,
-    out: &mut impl std::io::Write,
-    joint_max: u64,
-) -> Result<Vec<FileReport>> {
+    let BundleOptions { level, joint_max } = opts;
     let mut reports = Vec::with_capacity(req.needs.len());
     let (mut joint_base, mut joint_new) = (Vec::new(), Vec::new());
     let (mut group, mut entries) = (Vec::new(), Vec::new());
@@ -1196,7 +1200,7 @@ mod tests {
         let req = Request::build(&offer, dst, &Manifest::scan(dst, None).unwrap(), None).unwrap();
         let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
         let mut bundle = Vec::new();
-        build_bundle(&offer, &req, src, bases.as_ref(), 3, &mut bundle).unwrap();
+        build_bundle(&offer, &req, src, bases.as_ref(), BundleOptions::level(3), &mut bundle).unwrap();
         apply(&offer, &req, &bundle[..], dst).unwrap()
     }
 
@@ -1240,7 +1244,7 @@ mod tests {
         assert!(matches!(req.needs[..], [(1, Need::Chunks(_))]), "{:?}", req.needs.iter().map(|(i, _)| i).collect::<Vec<_>>());
         let req = Request::decode(&req.encode().unwrap(), &offer).unwrap();
         let mut bundle = Vec::new();
-        let reports = build_bundle(&offer, &req, &src, &bases, 3, &mut bundle).unwrap();
+        let reports = build_bundle(&offer, &req, &src, &bases, BundleOptions::level(3), &mut bundle).unwrap();
         assert_eq!(reports[0].strategy, super::Strategy::Dedupe);
         assert!(reports[0].literal_bytes < 600_000, "{} literal bytes", reports[0].literal_bytes);
         let report = apply(&offer, &req, &bundle[..], &dst).unwrap();
@@ -1313,7 +1317,7 @@ mod tests {
         let req = Request::build(&offer, &dst, &Manifest::scan(&dst, None).unwrap(), None).unwrap();
         assert!(req.needs.iter().all(|(i, n)| (*n == Need::Base) == offer.files[*i].base.is_some()));
         let mut bundle = Vec::new();
-        let reports = build_bundle_within(&offer, &req, &src, &bases, 3, &mut bundle, 100_000).unwrap();
+        let reports = build_bundle(&offer, &req, &src, &bases, BundleOptions { level: 3, joint_max: 100_000 }, &mut bundle).unwrap();
         let by_path: std::collections::BTreeMap<&str, super::Strategy> = reports.iter().map(|r| (r.path.as_str(), r.strategy)).collect();
         assert_eq!(by_path["big.bin"], super::Strategy::Delta, "a base beyond the budget goes by block delta");
         assert_eq!(by_path["small.txt"], super::Strategy::Base);
@@ -1342,7 +1346,7 @@ mod tests {
             Offer::decode(&Offer::new(&Manifest::scan(&src, None).unwrap(), &NoBases, OfferOptions::default()).encode().unwrap()).unwrap();
         let req = Request::build(&offer, &dst, &Manifest::scan(&dst, None).unwrap(), None).unwrap();
         let mut bundle = Vec::new();
-        let reports = build_bundle(&offer, &req, &src, &NoBases, 3, &mut bundle).unwrap();
+        let reports = build_bundle(&offer, &req, &src, &NoBases, BundleOptions::level(3), &mut bundle).unwrap();
         assert_eq!(reports.iter().map(|r| r.strategy).collect::<Vec<_>>(), [super::Strategy::Whole, super::Strategy::Delta]);
         let mut flipped = bundle.clone();
         let at = flipped.len() / 2;
