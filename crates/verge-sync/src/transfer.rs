@@ -635,11 +635,12 @@ impl BundleOptions {
 /// the tree at `root`, as `opts` says.
 ///
 /// Layout: the known-base group (files with a base the receiver holds,
-/// and, when there are any, the whole files too) as one patch-from frame of
-/// their concatenation against their bases' concatenation, so similar
-/// content across files is found; then one zstd stream of the other
-/// entries. Whole files and block deltas are streamed piece by piece, so a
-/// large file costs memory for neither side.
+/// and, when there are any, the whole files too, up to `opts.joint_max`
+/// new bytes) as one patch-from frame of their concatenation against their
+/// bases' concatenation, so similar content across files is found; then
+/// one zstd stream of the other entries. Whole files, block deltas and
+/// missing chunks are streamed piece by piece, so a large file costs
+/// memory for neither side.
 pub fn build_bundle(
     offer: &Offer,
     req: &Request,
