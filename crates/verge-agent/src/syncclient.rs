@@ -212,8 +212,10 @@ pub async fn push(
     // there a chunk at a time: a large file is never held in memory.
     let (offer, request, spool, sent, bases, digest) = blocking(move || {
         let io = |what: &str, e| verge_sync::SyncError::io(format!("{what} the bundle spool"), e);
+        // The bundle is hashed as it is written: one pass over it.
         let spool = tempfile::tempfile().map_err(|e| io("creating", e))?;
-        let mut w = std::io::BufWriter::with_capacity(1 << 20, &spool);
+        let (mut hasher, mut file) = (blake3::Hasher::new(), &spool);
+        let mut w = std::io::BufWriter::with_capacity(1 << 20, verge_sync::fsio::Tee(&mut hasher, &mut file));
         let sent = build_bundle(
             &offer,
             &request,
@@ -223,10 +225,6 @@ pub async fn push(
             &mut w,
         )?;
         w.into_inner().map_err(|e| io("writing", e.into_error()))?;
-        let mut hasher = blake3::Hasher::new();
-        let mut reader = &spool;
-        std::io::Seek::rewind(&mut reader).map_err(|e| io("reading", e))?;
-        hasher.update_reader(reader).map_err(|e| io("reading", e))?;
         Ok((offer, request, spool, sent, bases, hex(hasher.finalize().as_bytes())))
     })
     .await?;

@@ -401,23 +401,23 @@ impl Plan<'_> {
     }
 }
 
-/// Rebuilds the new file from `base` and an encoded delta that must
-/// produce exactly `new_len` bytes.
-pub fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
-    let p = plan(base.len(), encoded, new_len)?;
-    let mut out = Vec::with_capacity(new_len as usize);
-    p.emit(&Base::Bytes(base), |piece| {
-        out.extend_from_slice(piece);
-        Ok(())
-    })
-    .map_err(|e| crate::error::SyncError::io("rebuilding from the delta", e))?;
-    Ok(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// Rebuilds the new file from `base` and an encoded delta that must
+    /// produce exactly `new_len` bytes.
+    fn apply(base: &[u8], encoded: &[u8], new_len: u64) -> Result<Vec<u8>> {
+        let p = plan(base.len(), encoded, new_len)?;
+        let mut out = Vec::with_capacity(new_len as usize);
+        p.emit(&Base::Bytes(base), |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })
+        .map_err(|e| crate::error::SyncError::io("rebuilding from the delta", e))?;
+        Ok(out)
+    }
 
     fn compute(sig: &Signature, new: &[u8]) -> Delta {
         compute_from(sig, new, u64::MAX).unwrap().unwrap()

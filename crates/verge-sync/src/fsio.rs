@@ -39,6 +39,22 @@ pub fn write_atomic_with(path: &Path, fill: impl FnOnce(&mut BufWriter<std::fs::
     result
 }
 
+/// Writes to two writers at once: a copy and its hash, say, in one pass.
+pub struct Tee<'a, A, B>(pub &'a mut A, pub &'a mut B);
+
+impl<A: Write, B: Write> Write for Tee<'_, A, B> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.write_all(buf)?;
+        self.1.write_all(buf)?;
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.0.flush()?;
+        self.1.flush()
+    }
+}
+
 /// Fsyncs a directory so a rename or removal in it is durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(|e| SyncError::io(format!("syncing directory {}", dir.display()), e))

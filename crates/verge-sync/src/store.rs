@@ -9,26 +9,10 @@ use std::path::{Path, PathBuf};
 use std::io::Write;
 
 use crate::error::{Result, SyncError};
-use crate::fsio::{write_atomic, write_atomic_with};
+use crate::fsio::{write_atomic, write_atomic_with, Tee};
 use crate::manifest::{hex, hex_decode, Hash, HASH_LEN};
 use crate::signature::READ_PIECE;
 use crate::transfer::Bases;
-
-/// Writes to two writers at once (the store's copy and its hash).
-struct Tee<'a, A, B>(&'a mut A, &'a mut B);
-
-impl<A: Write, B: Write> Write for Tee<'_, A, B> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.0.write_all(buf)?;
-        self.1.write_all(buf)?;
-        Ok(buf.len())
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.0.flush()?;
-        self.1.flush()
-    }
-}
 
 /// Acknowledged versions for one (peer, remote path), kept under a directory.
 pub struct BaseStore {
