@@ -2,7 +2,7 @@
 //! entries, an eviction policy over slots, and an expiry heap for TTLs.
 
 use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Role, Sizing};
-use crate::CacheError;
+use crate::{CacheError, Marks};
 use hashbrown::{hash_table, HashTable};
 use std::borrow::Borrow;
 use std::cmp::Reverse;
@@ -79,7 +79,11 @@ pub struct Cache<K, V, S = foldhash::fast::RandomState> {
     hasher: S,
     slab: Vec<Option<Entry<K, V>>>,
     free: Vec<u32>,
+    /// A byte per slot that every hit bumps (lazy policies read it while evicting).
+    marks: Marks,
     policy: AnyPolicy,
+    /// Hits on hashes at most this are reported to the policy (its `hit_hook`).
+    hook: u64,
     kind: PolicyKind,
     max_entries: usize,
     max_bytes: Option<u64>,
@@ -128,12 +132,15 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             Some(bytes) => Sizing { units: bytes, entries: config.max_entries.min((bytes / 1024).clamp(16, 1 << 22) as usize) },
             None => Sizing { units: config.max_entries as u64, entries: config.max_entries },
         };
+        let policy = AnyPolicy::new(config.policy, sizing, role);
         Ok(Cache {
             table: HashTable::with_capacity(config.max_entries.min(1 << 20)),
             hasher,
             slab: Vec::new(),
             free: Vec::new(),
-            policy: AnyPolicy::new(config.policy, sizing, role),
+            marks: Marks::default(),
+            hook: policy.hit_hook(),
+            policy,
             kind: config.policy,
             max_entries: config.max_entries,
             max_bytes: config.max_bytes,
@@ -205,7 +212,10 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             return None;
         }
         self.stats.hits += 1;
-        self.policy.on_hit(slot, hash);
+        self.marks.hit(slot);
+        if hash <= self.hook {
+            self.policy.on_hit(slot, hash);
+        }
         self.slab[slot as usize].as_ref().map(|e| &e.value)
     }
 
@@ -288,12 +298,15 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         if expires_at != NEVER {
             self.expiry.push(Reverse((expires_at, slot)));
         }
-        self.policy.on_insert(slot, &Meta { hash, weight, expires_at, cost: options.cost });
+        self.marks.reset(slot);
+        self.policy.on_insert(slot, &Meta { hash, weight, expires_at, cost: options.cost }, &mut self.marks);
+        // An adaptive policy may have switched to a policy that hooks hits differently.
+        self.hook = self.policy.hit_hook();
         let mut kept = true;
         while self.over_budget() {
             let victim = match self.pop_expired(now) {
                 Some(s) => s,
-                None => match self.policy.evict() {
+                None => match self.policy.evict(&mut self.marks) {
                     Some(s) => {
                         self.stats.evictions += 1;
                         s

@@ -15,6 +15,7 @@ mod error;
 mod ghost;
 pub mod hotspot;
 mod list;
+mod marks;
 pub mod policy;
 pub mod predict;
 mod sketch;
@@ -24,6 +25,7 @@ pub use cache::{Cache, CacheConfig, CacheStats, EntryOptions};
 pub use error::CacheError;
 /// The fixed-seed hasher of [`Cache::with_seed`], for callers that want the same hashing.
 pub use foldhash::fast::FixedState;
+pub use marks::Marks;
 pub use policy::PolicyKind;
 pub use sketch::FrequencySketch;
 pub use sync::SyncCache;

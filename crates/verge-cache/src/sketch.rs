@@ -55,15 +55,24 @@ impl FrequencySketch {
     /// Counts one occurrence of `hash`.
     #[inline]
     pub fn increment(&mut self, hash: u64) {
+        self.add(hash, 1);
+    }
+
+    /// Counts `n` occurrences of `hash` at once (hits a lazy policy
+    /// gathered in a slot's mark), each counter saturating at 15.
+    #[inline]
+    pub fn add(&mut self, hash: u64, n: u8) {
         let mut added = false;
         for (word, shift) in self.counters(hash) {
-            if (self.table[word] >> shift) & 0xf < 15 {
-                self.table[word] += 1 << shift;
+            let count = (self.table[word] >> shift) & 0xf;
+            let room = 15 - count;
+            if room > 0 {
+                self.table[word] += room.min(u64::from(n)) << shift;
                 added = true;
             }
         }
         if added {
-            self.additions += 1;
+            self.additions += u64::from(n);
             if self.additions >= self.sample_size {
                 self.reset();
             }
@@ -77,7 +86,7 @@ impl FrequencySketch {
             odd += u64::from((*w & ONE_MASK).count_ones());
             *w = (*w >> 1) & RESET_MASK;
         }
-        self.additions = (self.additions - (odd >> 2)) >> 1;
+        self.additions = self.additions.saturating_sub(odd >> 2) >> 1;
     }
 }
 
@@ -96,6 +105,9 @@ mod tests {
             s.increment(42);
         }
         assert_eq!(s.frequency(42), 15, "counters saturate at 15");
+        s.add(7, 4);
+        s.add(7, 14);
+        assert_eq!(s.frequency(7), 15, "a batch saturates too");
         // 160 additions trigger a halving.
         for k in 0..200u64 {
             s.increment(1000 + k);

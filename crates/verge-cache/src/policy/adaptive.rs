@@ -12,6 +12,7 @@
 //! the old one's eviction order.
 
 use super::{grow, Base, Eviction, Meta, PolicyKind, Sizing};
+use crate::Marks;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -39,6 +40,7 @@ const MARGIN: f64 = 0.008;
 #[derive(Debug)]
 struct Sim {
     slot_of: HashMap<u64, u32, foldhash::fast::FixedState>,
+    marks: Marks,
     hashes: Vec<u64>,
     weights: Vec<u64>,
     free: Vec<u32>,
@@ -51,6 +53,7 @@ impl Sim {
     fn new(kind: PolicyKind, sizing: Sizing) -> Option<Sim> {
         Some(Sim {
             slot_of: HashMap::default(),
+            marks: Marks::default(),
             hashes: Vec::new(),
             weights: Vec::new(),
             free: Vec::new(),
@@ -63,7 +66,10 @@ impl Sim {
     /// One request: a hit, or a miss followed by an insert. Returns the hit.
     fn access(&mut self, meta: &Meta) -> bool {
         if let Some(&slot) = self.slot_of.get(&meta.hash) {
-            self.policy.on_hit(slot, meta.hash);
+            self.marks.hit(slot);
+            if meta.hash <= self.policy.hit_hook() {
+                self.policy.on_hit(slot, meta.hash);
+            }
             return true;
         }
         if meta.weight > self.capacity {
@@ -83,9 +89,10 @@ impl Sim {
         };
         self.slot_of.insert(meta.hash, slot);
         self.weight += meta.weight;
-        self.policy.on_insert(slot, meta);
+        self.marks.reset(slot);
+        self.policy.on_insert(slot, meta, &mut self.marks);
         while self.weight > self.capacity {
-            let Some(victim) = self.policy.evict() else { break };
+            let Some(victim) = self.policy.evict(&mut self.marks) else { break };
             self.slot_of.remove(&self.hashes[victim as usize]);
             self.weight -= self.weights[victim as usize];
             self.free.push(victim);
@@ -123,6 +130,9 @@ pub struct Adaptive {
     sizing: Sizing,
     live: Base,
     live_index: usize,
+    /// The candidate the miniatures chose at the end of an epoch, adopted
+    /// on the next insert (which can reorder the cache's marks; a hit cannot).
+    pending: Option<usize>,
     /// Metadata of resident entries (what a rebuilt policy and the miniatures see).
     metas: Vec<Meta>,
     shadows: Vec<Shadow>,
@@ -160,6 +170,7 @@ impl Adaptive {
             sizing,
             live,
             live_index: 0,
+            pending: None,
             metas: Vec::new(),
             shadows,
             // A follower samples (almost) nothing: only a hash of 0, and then
@@ -210,14 +221,14 @@ impl Adaptive {
         };
         let live_score = self.shadows[self.live_index].score;
         if best != self.live_index && best_score > live_score + MARGIN * self.seen + 1.0 {
-            self.switch_to(best);
+            self.pending = Some(best);
         }
     }
 
     /// Rebuilds the live policy as candidate `index` from the resident
     /// entries: the old policy is drained victim by victim, so the new one
     /// sees the entries the old one valued least as its oldest.
-    fn switch_to(&mut self, index: usize) {
+    fn switch_to(&mut self, index: usize, marks: &mut Marks) {
         let Some(mut next) = Base::new(CANDIDATES[index], self.sizing) else { return };
         if let Base::WTinyLfu(w) = &mut next {
             if let Some(sketch) = self.sketch.take() {
@@ -228,8 +239,8 @@ impl Adaptive {
             choice.store(index, Ordering::Relaxed);
         }
         let mut old = std::mem::replace(&mut self.live, next);
-        while let Some(slot) = old.evict() {
-            self.live.on_insert(slot, &self.metas[slot as usize]);
+        while let Some(slot) = old.evict(marks) {
+            self.live.on_insert(slot, &self.metas[slot as usize], marks);
         }
         if let Base::WTinyLfu(w) = old {
             self.sketch = Some(w.into_sketch());
@@ -239,17 +250,27 @@ impl Adaptive {
 }
 
 impl Eviction for Adaptive {
+    /// Every hit when the live policy reorders on hits, else only the
+    /// sampled ones (which feed the miniatures).
     #[inline]
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn hit_hook(&self) -> u64 {
+        self.live.hit_hook().max(self.sample_limit)
+    }
+
+    #[inline]
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
         grow(&mut self.metas, slot, *meta);
         self.metas[slot as usize] = *meta;
-        self.live.on_insert(slot, meta);
+        if let Some(index) = self.pending.take() {
+            self.switch_to(index, marks);
+        }
+        self.live.on_insert(slot, meta, marks);
         if self.sampled(meta.hash) {
             self.observe(meta);
         } else if let Role::Follower(choice) = &self.role {
             let index = choice.load(Ordering::Relaxed);
             if index != self.live_index {
-                self.switch_to(index);
+                self.switch_to(index, marks);
             }
         }
     }
@@ -264,8 +285,8 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn evict(&mut self) -> Option<u32> {
-        self.live.evict()
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+        self.live.evict(marks)
     }
 
     #[inline]

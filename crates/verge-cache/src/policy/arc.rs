@@ -3,6 +3,7 @@
 //! sizes and `p` are in capacity units.
 
 use super::{grow, Eviction, Meta, Sizing};
+use crate::Marks;
 use crate::ghost::GhostList;
 use crate::list::{Links, List};
 
@@ -64,7 +65,7 @@ impl Arc {
 }
 
 impl Eviction for Arc {
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.entries, slot, Entry::default());
         let w = meta.weight;
         let in_t2 = if self.b1.contains(meta.hash) {
@@ -104,7 +105,7 @@ impl Eviction for Arc {
         }
     }
 
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         let from_t1 = !self.t1.is_empty() && (self.t1_weight > self.p || self.t2.is_empty());
         let slot = if from_t1 { self.t1.tail } else { self.t2.tail };
         if self.t2.is_empty() && self.t1.is_empty() {

@@ -5,6 +5,7 @@
 //! sizes and costs this is LFU with dynamic aging.
 
 use super::{grow, Eviction, Meta};
+use crate::Marks;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -44,7 +45,7 @@ impl Gdsf {
 }
 
 impl Eviction for Gdsf {
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.entries, slot, Entry::default());
         self.entries[slot as usize] = Entry { stamp: 0, freq: 1, cost: meta.cost, weight: meta.weight };
         self.live += 1;
@@ -57,7 +58,7 @@ impl Eviction for Gdsf {
         self.push(slot);
     }
 
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         while let Some(Reverse((priority, stamp, slot))) = self.heap.pop() {
             let e = &mut self.entries[slot as usize];
             if e.stamp == stamp {
@@ -83,19 +84,20 @@ mod tests {
     #[test]
     fn prefers_small_costly_frequent_entries() {
         let mut p = Gdsf::default();
+        let mut m = Marks::default();
         let meta = |weight, cost| Meta { hash: 0, weight, expires_at: u64::MAX, cost };
-        p.on_insert(0, &meta(100, 1)); // big, cheap: priority 0.01
-        p.on_insert(1, &meta(1, 1)); // small: 1
-        p.on_insert(2, &meta(100, 1000)); // big but costly: 10
-        p.on_insert(3, &meta(1, 1));
+        p.on_insert(0, &meta(100, 1), &mut m); // big, cheap: priority 0.01
+        p.on_insert(1, &meta(1, 1), &mut m); // small: 1
+        p.on_insert(2, &meta(100, 1000), &mut m); // big but costly: 10
+        p.on_insert(3, &meta(1, 1), &mut m);
         p.on_hit(3, 0); // 2
-        assert_eq!(p.evict(), Some(0));
-        assert_eq!(p.evict(), Some(1));
+        assert_eq!(p.evict(&mut m), Some(0));
+        assert_eq!(p.evict(&mut m), Some(1));
         // L is now 1: a new small entry starts at 2, ties with 3 (older goes first).
-        p.on_insert(4, &meta(1, 1));
-        assert_eq!(p.evict(), Some(3));
-        assert_eq!(p.evict(), Some(4));
-        assert_eq!(p.evict(), Some(2));
-        assert_eq!(p.evict(), None);
+        p.on_insert(4, &meta(1, 1), &mut m);
+        assert_eq!(p.evict(&mut m), Some(3));
+        assert_eq!(p.evict(&mut m), Some(4));
+        assert_eq!(p.evict(&mut m), Some(2));
+        assert_eq!(p.evict(&mut m), None);
     }
 }

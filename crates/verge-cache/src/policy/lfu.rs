@@ -5,6 +5,7 @@
 //! eviction takes the least recent entry of the lowest bucket.
 
 use super::{grow, Eviction, Meta};
+use crate::Marks;
 use crate::list::{Links, List, NIL};
 
 #[derive(Debug, Clone, Copy)]
@@ -77,7 +78,7 @@ impl Lfu {
 }
 
 impl Eviction for Lfu {
-    fn on_insert(&mut self, slot: u32, _meta: &Meta) {
+    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.bucket_of, slot, NIL);
         let b = if self.lowest != NIL && self.buckets[self.lowest as usize].count == 1 {
             self.lowest
@@ -98,7 +99,7 @@ impl Eviction for Lfu {
         self.bucket_of[slot as usize] = target;
     }
 
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         if self.lowest == NIL {
             return None;
         }

@@ -5,6 +5,7 @@
 //! so loops and scans larger than the cache still get hits.
 
 use super::{grow, Eviction, Meta, Sizing};
+use crate::Marks;
 use crate::list::{Links, List, NIL};
 use std::collections::HashMap;
 
@@ -120,7 +121,7 @@ impl Lirs {
 }
 
 impl Eviction for Lirs {
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.node_of, slot, NIL);
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
         if let Some(&n) = self.by_hash.get(&meta.hash) {
@@ -168,7 +169,7 @@ impl Eviction for Lirs {
         }
     }
 
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         if let Some(n) = self.q_links.pop_back(&mut self.q) {
             let node = &mut self.nodes[n as usize];
             let slot = node.slot;

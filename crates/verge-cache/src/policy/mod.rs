@@ -30,7 +30,7 @@ pub use sieve::Sieve;
 pub use ttl::Ttl;
 pub use wtinylfu::WTinyLfu;
 
-use crate::CacheError;
+use crate::{CacheError, Marks};
 use std::fmt;
 use std::str::FromStr;
 
@@ -57,14 +57,25 @@ pub struct Sizing {
 }
 
 /// The interface between the cache and an eviction policy.
+///
+/// Every hit bumps the slot's [`Marks`]; the cache calls [`Eviction::on_hit`]
+/// only for hashes at or below [`Eviction::hit_hook`], so that lazy policies,
+/// which read the marks while they evict, cost a hit nothing.
 pub trait Eviction {
-    /// A new entry now lives in `slot`.
-    fn on_insert(&mut self, slot: u32, meta: &Meta);
+    /// Hits on keys whose hash is at most this are reported to
+    /// [`Eviction::on_hit`]: `u64::MAX` (the default) for policies that
+    /// reorder on every hit, 0 for those that read only the marks (a hash
+    /// of 0 then costs a call that does nothing).
+    fn hit_hook(&self) -> u64 {
+        u64::MAX
+    }
+    /// A new entry now lives in `slot` (its mark is 0).
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks);
     /// The entry in `slot`, whose key hashes to `hash`, was read.
     fn on_hit(&mut self, slot: u32, hash: u64);
     /// Picks a victim, forgets it and returns its slot; `None` when empty.
     /// May return the slot inserted last (an admission refusal).
-    fn evict(&mut self) -> Option<u32>;
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32>;
     /// The entry in `slot` left the cache for another reason (delete, expiry).
     fn on_remove(&mut self, slot: u32);
 }
@@ -208,16 +219,20 @@ impl Base {
 
 impl Eviction for Base {
     #[inline]
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
-        dispatch!(self, p => p.on_insert(slot, meta))
+    fn hit_hook(&self) -> u64 {
+        dispatch!(self, p => p.hit_hook())
+    }
+    #[inline]
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+        dispatch!(self, p => p.on_insert(slot, meta, marks))
     }
     #[inline]
     fn on_hit(&mut self, slot: u32, hash: u64) {
         dispatch!(self, p => p.on_hit(slot, hash))
     }
     #[inline]
-    fn evict(&mut self) -> Option<u32> {
-        dispatch!(self, p => p.evict())
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+        dispatch!(self, p => p.evict(marks))
     }
     #[inline]
     fn on_remove(&mut self, slot: u32) {
@@ -258,10 +273,17 @@ impl AnyPolicy {
 
 impl Eviction for AnyPolicy {
     #[inline]
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn hit_hook(&self) -> u64 {
         match self {
-            AnyPolicy::Base(p) => p.on_insert(slot, meta),
-            AnyPolicy::Adaptive(p) => p.on_insert(slot, meta),
+            AnyPolicy::Base(p) => p.hit_hook(),
+            AnyPolicy::Adaptive(p) => p.hit_hook(),
+        }
+    }
+    #[inline]
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+        match self {
+            AnyPolicy::Base(p) => p.on_insert(slot, meta, marks),
+            AnyPolicy::Adaptive(p) => p.on_insert(slot, meta, marks),
         }
     }
     #[inline]
@@ -272,10 +294,10 @@ impl Eviction for AnyPolicy {
         }
     }
     #[inline]
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         match self {
-            AnyPolicy::Base(p) => p.evict(),
-            AnyPolicy::Adaptive(p) => p.evict(),
+            AnyPolicy::Base(p) => p.evict(marks),
+            AnyPolicy::Adaptive(p) => p.evict(marks),
         }
     }
     #[inline]
@@ -298,12 +320,16 @@ pub(crate) mod testutil {
         let mut slot_of = std::collections::HashMap::new();
         let mut key_of: Vec<Option<u64>> = Vec::new();
         let mut free: Vec<u32> = Vec::new();
+        let mut marks = Marks::default();
         let mut hits = 0;
         for &k in keys {
             let hash = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             if let Some(&s) = slot_of.get(&k) {
                 hits += 1;
-                policy.on_hit(s, hash);
+                marks.hit(s);
+                if hash <= policy.hit_hook() {
+                    policy.on_hit(s, hash);
+                }
                 continue;
             }
             let s = free.pop().unwrap_or(key_of.len() as u32);
@@ -312,9 +338,10 @@ pub(crate) mod testutil {
             }
             key_of[s as usize] = Some(k);
             slot_of.insert(k, s);
-            policy.on_insert(s, &Meta { hash, weight: 1, expires_at: u64::MAX, cost: 1 });
+            marks.reset(s);
+            policy.on_insert(s, &Meta { hash, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut marks);
             while slot_of.len() > cap {
-                let v = policy.evict().expect("over capacity means non-empty");
+                let v = policy.evict(&mut marks).expect("over capacity means non-empty");
                 let key = key_of[v as usize].take().expect("victim is resident");
                 slot_of.remove(&key);
                 free.push(v);

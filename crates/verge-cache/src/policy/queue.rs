@@ -4,6 +4,7 @@
 //! policy, and S3-FIFO's building block.
 
 use super::{Eviction, Meta};
+use crate::Marks;
 use crate::list::{Links, List};
 
 /// One list in insertion order; with `MOVE_ON_HIT` a hit moves the entry to
@@ -21,7 +22,15 @@ pub type Fifo = Queue<false>;
 
 impl<const MOVE_ON_HIT: bool> Eviction for Queue<MOVE_ON_HIT> {
     #[inline]
-    fn on_insert(&mut self, slot: u32, _meta: &Meta) {
+    fn hit_hook(&self) -> u64 {
+        if MOVE_ON_HIT {
+            u64::MAX
+        } else {
+            0
+        }
+    }
+    #[inline]
+    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut Marks) {
         self.links.push_front(&mut self.list, slot);
     }
     #[inline]
@@ -31,7 +40,7 @@ impl<const MOVE_ON_HIT: bool> Eviction for Queue<MOVE_ON_HIT> {
         }
     }
     #[inline]
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         self.links.pop_back(&mut self.list)
     }
     #[inline]

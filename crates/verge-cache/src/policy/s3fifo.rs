@@ -3,6 +3,7 @@
 //! a ghost FIFO sends returning keys straight to main.
 
 use super::{grow, Eviction, Meta, Sizing};
+use crate::Marks;
 use crate::ghost::GhostList;
 use crate::list::{Links, List};
 
@@ -24,9 +25,10 @@ pub struct S3Fifo {
     ghost: GhostList,
     ghost_limit: u64,
     entries: Vec<Entry>,
-    /// 2-bit access counters, apart from `entries`: a hit writes one byte.
-    freqs: Vec<u8>,
 }
+
+/// S3-FIFO's access counter is 2 bits: the slot's mark, capped.
+const MAX_FREQ: u8 = 3;
 
 impl S3Fifo {
     /// S3-FIFO for a cache of `sizing`.
@@ -41,16 +43,17 @@ impl S3Fifo {
             ghost: GhostList::default(),
             ghost_limit: units - units / 10,
             entries: Vec::new(),
-            freqs: Vec::new(),
         }
     }
 }
 
 impl Eviction for S3Fifo {
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn hit_hook(&self) -> u64 {
+        0
+    }
+
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.entries, slot, Entry::default());
-        grow(&mut self.freqs, slot, 0);
-        self.freqs[slot as usize] = 0;
         let in_main = self.ghost.remove(meta.hash).is_some();
         self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
         if in_main {
@@ -61,21 +64,17 @@ impl Eviction for S3Fifo {
         }
     }
 
+    /// A hit only marks the slot (the cache does that): the access counter.
     #[inline]
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
-        let f = &mut self.freqs[slot as usize];
-        *f = (*f + 1).min(3);
-    }
+    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
 
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         loop {
             if !self.small.is_empty() && (self.small_weight >= self.small_target || self.main.is_empty()) {
                 let slot = self.links.pop_back(&mut self.small)?;
                 let e = &mut self.entries[slot as usize];
                 self.small_weight -= e.weight;
-                let freq = &mut self.freqs[slot as usize];
-                if *freq > 0 {
-                    *freq = 0;
+                if marks.take(slot) > 0 {
                     e.in_main = true;
                     self.links.push_front(&mut self.main, slot);
                     continue;
@@ -86,9 +85,9 @@ impl Eviction for S3Fifo {
                 return Some(slot);
             }
             let slot = self.links.pop_back(&mut self.main)?;
-            let freq = &mut self.freqs[slot as usize];
-            if *freq > 0 {
-                *freq -= 1;
+            let freq = marks.get(slot).min(MAX_FREQ);
+            if freq > 0 {
+                marks.set(slot, freq - 1);
                 self.links.push_front(&mut self.main, slot);
                 continue;
             }

@@ -1,7 +1,8 @@
 //! SIEVE (Zhang et al., NSDI'24): a FIFO with a visited bit and a moving
 //! hand; lazy promotion and quick demotion at FIFO cost.
 
-use super::{grow, Eviction, Meta};
+use super::{Eviction, Meta};
+use crate::Marks;
 use crate::list::{Links, List, NIL};
 
 /// SIEVE: new entries at the head, the hand sweeps from tail to head.
@@ -9,34 +10,33 @@ use crate::list::{Links, List, NIL};
 pub struct Sieve {
     links: Links,
     list: List,
-    visited: Vec<bool>,
     hand: u32,
 }
 
 impl Default for Sieve {
     fn default() -> Self {
-        Sieve { links: Links::default(), list: List::default(), visited: Vec::new(), hand: NIL }
+        Sieve { links: Links::default(), list: List::default(), hand: NIL }
     }
 }
 
 impl Eviction for Sieve {
     #[inline]
-    fn on_insert(&mut self, slot: u32, _meta: &Meta) {
-        grow(&mut self.visited, slot, false);
-        self.visited[slot as usize] = false;
-        self.links.push_front(&mut self.list, slot);
+    fn hit_hook(&self) -> u64 {
+        0
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
-        self.visited[slot as usize] = true;
+    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut Marks) {
+        self.links.push_front(&mut self.list, slot);
     }
-    fn evict(&mut self) -> Option<u32> {
+    /// A hit only marks the slot (the cache does that): SIEVE's visited bit.
+    #[inline]
+    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         if self.list.is_empty() {
             return None;
         }
         let mut at = if self.hand == NIL { self.list.tail } else { self.hand };
-        while self.visited[at as usize] {
-            self.visited[at as usize] = false;
+        while marks.take(at) > 0 {
             at = self.links.prev(at);
             if at == NIL {
                 at = self.list.tail;

@@ -2,6 +2,7 @@
 //! their TTL anyway. Entries without a TTL go last, oldest first.
 
 use super::{grow, Eviction, Meta};
+use crate::Marks;
 use std::cmp::Reverse;
 use std::collections::BinaryHeap;
 
@@ -26,7 +27,7 @@ impl Ttl {
 }
 
 impl Eviction for Ttl {
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.seq_of, slot, 0);
         self.next_seq += 1;
         self.seq_of[slot as usize] = self.next_seq;
@@ -34,9 +35,13 @@ impl Eviction for Ttl {
         self.live += 1;
     }
 
+    fn hit_hook(&self) -> u64 {
+        0
+    }
+
     fn on_hit(&mut self, _slot: u32, _hash: u64) {}
 
-    fn evict(&mut self) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         while let Some(Reverse((_, seq, slot))) = self.heap.pop() {
             if self.seq_of[slot as usize] == seq {
                 self.seq_of[slot as usize] = 0;
@@ -61,15 +66,16 @@ mod tests {
     #[test]
     fn evicts_soonest_expiry_then_oldest() {
         let mut p = Ttl::default();
+        let mut m = Marks::default();
         let meta = |expires_at| Meta { hash: 0, weight: 1, expires_at, cost: 1 };
-        p.on_insert(0, &meta(u64::MAX));
-        p.on_insert(1, &meta(50));
-        p.on_insert(2, &meta(10));
-        p.on_insert(3, &meta(u64::MAX));
+        p.on_insert(0, &meta(u64::MAX), &mut m);
+        p.on_insert(1, &meta(50), &mut m);
+        p.on_insert(2, &meta(10), &mut m);
+        p.on_insert(3, &meta(u64::MAX), &mut m);
         p.on_remove(1);
-        assert_eq!(p.evict(), Some(2));
-        assert_eq!(p.evict(), Some(0));
-        assert_eq!(p.evict(), Some(3));
-        assert_eq!(p.evict(), None);
+        assert_eq!(p.evict(&mut m), Some(2));
+        assert_eq!(p.evict(&mut m), Some(0));
+        assert_eq!(p.evict(&mut m), Some(3));
+        assert_eq!(p.evict(&mut m), None);
     }
 }

@@ -1,13 +1,21 @@
-//! W-TinyLFU (Einziger et al.; Caffeine): a small LRU *window* admits every
-//! new entry; an entry leaving the window enters the segmented LRU *main*
-//! area (probation + protected) only if the frequency sketch says it is
-//! more popular than main's victim. A hill climber resizes the window from
-//! the hit rate of successive samples (Caffeine's `climb`), so the policy
+//! W-TinyLFU (Einziger et al.; Caffeine): a small *window* admits every
+//! new entry; an entry leaving the window enters the segmented *main* area
+//! (probation + protected) only if the frequency sketch says it is more
+//! popular than main's victim. A hill climber resizes the window from the
+//! hit rate of successive samples (Caffeine's `climb`), so the policy
 //! slides between LRU-like (large window) and LFU-like (small window).
+//!
+//! Unlike Caffeine, a hit changes nothing here but the slot's mark (see
+//! [`crate::Marks`]): the segments are CLOCK queues, and a marked entry
+//! found at a queue's end gets a second chance (window, protected) or its
+//! promotion (probation to protected) then, with its marked hits added to
+//! the sketch. Every frequency compared for admission is therefore
+//! complete, and a hit touches neither a list nor the sketch.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::list::{Links, List};
+use crate::list::{Links, List, NIL};
 use crate::sketch::FrequencySketch;
+use crate::Marks;
 
 const WINDOW: u8 = 0;
 const PROBATION: u8 = 1;
@@ -39,7 +47,6 @@ pub struct WTinyLfu {
     capacity: u64,
     sketch: FrequencySketch,
     entries: Vec<Entry>,
-    /// Region of each slot, apart from `entries`: most hits read only this.
     regions: Vec<u8>,
     climb: Option<Climber>,
     rng: u64,
@@ -48,7 +55,9 @@ pub struct WTinyLfu {
 /// Caffeine's hill climber state.
 #[derive(Debug)]
 struct Climber {
-    hits: u64,
+    /// The marks' hit count when the sample began (`None` before the first
+    /// miss: a policy adopted mid-run must not count the hits before it).
+    hits_before: Option<u64>,
     misses: u64,
     sample: u64,
     previous_rate: f64,
@@ -78,7 +87,7 @@ impl WTinyLfu {
             entries: Vec::new(),
             regions: Vec::new(),
             climb: climb.then(|| Climber {
-                hits: 0,
+                hits_before: None,
                 misses: 0,
                 sample: 10 * sizing.entries.max(16) as u64,
                 previous_rate: 0.0,
@@ -111,11 +120,52 @@ impl WTinyLfu {
         self.weights[region as usize] += self.entries[slot as usize].weight;
     }
 
-    fn demote_protected(&mut self) {
+    /// Adds the hits marked on `slot` to the sketch; true when there were any.
+    fn flush(&mut self, slot: u32, marks: &mut Marks) -> bool {
+        let hits = marks.take(slot);
+        if hits > 0 {
+            self.sketch.add(self.entries[slot as usize].hash, hits);
+        }
+        hits > 0
+    }
+
+    /// The unmarked end of `region`'s queue (`NIL` when empty); marked
+    /// entries on the way go back to the front with their hits flushed.
+    fn clock_tail(&mut self, region: u8, marks: &mut Marks) -> u32 {
+        loop {
+            let tail = self.lists[region as usize].tail;
+            if tail == NIL || !self.flush(tail, marks) {
+                return tail;
+            }
+            self.links.move_to_front(&mut self.lists[region as usize], tail);
+        }
+    }
+
+    fn demote_protected(&mut self, marks: &mut Marks) {
         while self.weights[PROTECTED as usize] > self.protected_max {
-            let Some(slot) = self.links.pop_back(&mut self.lists[PROTECTED as usize]) else { break };
-            self.weights[PROTECTED as usize] -= self.entries[slot as usize].weight;
+            let slot = self.clock_tail(PROTECTED, marks);
+            if slot == NIL {
+                break;
+            }
+            self.take(slot);
             self.put_front(slot, PROBATION);
+        }
+    }
+
+    /// Main's victim: probation's unmarked end (marked entries met on the
+    /// way are promoted to protected), else protected's; `NIL` when main is empty.
+    fn main_victim(&mut self, marks: &mut Marks) -> u32 {
+        loop {
+            let tail = self.lists[PROBATION as usize].tail;
+            if tail == NIL {
+                return self.clock_tail(PROTECTED, marks);
+            }
+            if !self.flush(tail, marks) {
+                return tail;
+            }
+            self.take(tail);
+            self.put_front(tail, PROTECTED);
+            self.demote_protected(marks);
         }
     }
 
@@ -136,55 +186,56 @@ impl WTinyLfu {
     }
 
     /// Moves window overflow into probation while the cache is not full.
-    fn spill_window(&mut self) {
+    fn spill_window(&mut self, marks: &mut Marks) {
         while self.weights[WINDOW as usize] > self.window_max && self.weights.iter().sum::<u64>() <= self.capacity {
-            let Some(slot) = self.links.pop_back(&mut self.lists[WINDOW as usize]) else { break };
-            self.weights[WINDOW as usize] -= self.entries[slot as usize].weight;
+            let slot = self.clock_tail(WINDOW, marks);
+            if slot == NIL {
+                break;
+            }
+            self.take(slot);
             self.put_front(slot, PROBATION);
         }
     }
 
-    /// Counts a request for the hill climber; climbs once a sample is complete.
+    /// Counts a miss for the hill climber; climbs once a sample of
+    /// requests (the marks count the hits) is complete.
     #[inline]
-    fn count_request(&mut self, hit: bool) {
+    fn count_miss(&mut self, marks: &mut Marks) {
         let Some(c) = &mut self.climb else { return };
-        if hit {
-            c.hits += 1;
-        } else {
-            c.misses += 1;
-        }
-        if c.hits + c.misses >= c.sample {
-            self.climb();
+        c.misses += 1;
+        let hits = marks.hits() - *c.hits_before.get_or_insert(marks.hits());
+        if hits + c.misses >= c.sample {
+            self.climb(hits, marks);
         }
     }
 
     /// Caffeine's hill climbing: compare this sample's hit rate with the
     /// last one and keep moving the window the same way while it helps.
     #[cold]
-    fn climb(&mut self) {
+    fn climb(&mut self, hits: u64, marks: &mut Marks) {
         let Some(c) = &mut self.climb else { return };
-        let requests = c.hits + c.misses;
-        let rate = c.hits as f64 / requests as f64;
+        let requests = hits + c.misses;
+        let rate = hits as f64 / requests as f64;
         let change = rate - c.previous_rate;
         let amount = if change >= 0.0 { c.step } else { -c.step };
         c.step =
             if change.abs() >= RESTART_THRESHOLD { STEP_PERCENT * self.capacity as f64 * amount.signum() } else { STEP_DECAY * amount };
         c.previous_rate = rate;
-        c.hits = 0;
+        c.hits_before = Some(marks.hits());
         c.misses = 0;
         let amount = amount as i64;
         if amount > 0 {
-            self.grow_window(amount as u64);
+            self.grow_window(amount as u64, marks);
         } else if amount < 0 {
             self.shrink_window(amount.unsigned_abs());
         }
     }
 
-    fn grow_window(&mut self, amount: u64) {
+    fn grow_window(&mut self, amount: u64, marks: &mut Marks) {
         let quota = amount.min(self.protected_max);
         self.protected_max -= quota;
         self.window_max += quota;
-        self.demote_protected();
+        self.demote_protected(marks);
         let mut moved = 0;
         while moved < quota {
             let from = if !self.lists[PROBATION as usize].is_empty() { PROBATION } else { PROTECTED };
@@ -212,38 +263,33 @@ impl WTinyLfu {
 }
 
 impl Eviction for WTinyLfu {
-    fn on_insert(&mut self, slot: u32, meta: &Meta) {
+    fn hit_hook(&self) -> u64 {
+        0
+    }
+
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
         grow(&mut self.entries, slot, Entry::default());
         grow(&mut self.regions, slot, WINDOW);
         self.sketch.increment(meta.hash);
         self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight };
         self.put_front(slot, WINDOW);
-        self.spill_window();
-        self.count_request(false);
+        self.spill_window(marks);
+        self.count_miss(marks);
     }
 
-    fn on_hit(&mut self, slot: u32, hash: u64) {
-        self.sketch.increment(hash);
-        match self.regions[slot as usize] {
-            WINDOW => self.links.move_to_front(&mut self.lists[WINDOW as usize], slot),
-            PROBATION => {
-                self.take(slot);
-                self.put_front(slot, PROTECTED);
-                self.demote_protected();
-            }
-            _ => self.links.move_to_front(&mut self.lists[PROTECTED as usize], slot),
-        }
-        self.count_request(true);
-    }
+    /// A hit only marks the slot (the cache does that); the marks are read
+    /// when the slot reaches the end of its queue.
+    #[inline]
+    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
 
-    fn evict(&mut self) -> Option<u32> {
-        let main_victim = |s: &Self| [PROBATION, PROTECTED].into_iter().map(|r| s.lists[r as usize].tail).find(|&t| t != crate::list::NIL);
-        if self.weights[WINDOW as usize] > self.window_max {
-            let candidate = self.lists[WINDOW as usize].tail;
-            let Some(victim) = main_victim(self) else {
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+        let candidate = if self.weights[WINDOW as usize] > self.window_max { self.clock_tail(WINDOW, marks) } else { NIL };
+        if candidate != NIL {
+            let victim = self.main_victim(marks);
+            if victim == NIL {
                 self.take(candidate);
                 return Some(candidate);
-            };
+            }
             let (ch, vh) = (self.entries[candidate as usize].hash, self.entries[victim as usize].hash);
             if self.admit(ch, vh) {
                 self.take(victim);
@@ -254,10 +300,13 @@ impl Eviction for WTinyLfu {
             self.take(candidate);
             return Some(candidate);
         }
-        let victim = main_victim(self).or_else(|| {
-            let t = self.lists[WINDOW as usize].tail;
-            (t != crate::list::NIL).then_some(t)
-        })?;
+        let mut victim = self.main_victim(marks);
+        if victim == NIL {
+            victim = self.clock_tail(WINDOW, marks);
+        }
+        if victim == NIL {
+            return None;
+        }
         self.take(victim);
         Some(victim)
     }
