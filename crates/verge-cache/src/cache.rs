@@ -47,14 +47,21 @@ impl Default for EntryOptions {
     }
 }
 
+/// What a hit reads; the key's hash is recomputed when needed (eviction,
+/// table growth) and the size lives apart, so that with small keys and
+/// values an entry fills half a cache line.
 #[derive(Debug)]
 struct Entry<K, V> {
-    hash: u64,
     key: K,
     value: V,
-    bytes: u64,
     expires_at: u64,
 }
+
+/// A slab slot, 32-byte aligned so that a small entry never straddles two
+/// cache lines.
+#[derive(Debug)]
+#[repr(align(32))]
+struct Slot<K, V>(Option<Entry<K, V>>);
 
 /// Hit and miss counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -77,7 +84,9 @@ pub struct Cache<K, V, S = foldhash::fast::RandomState> {
     /// Slots, found by the key's hash and compared by the slab's key.
     table: HashTable<u32>,
     hasher: S,
-    slab: Vec<Option<Entry<K, V>>>,
+    slab: Vec<Slot<K, V>>,
+    /// Each slot's size in bytes (read on removal only).
+    sizes: Vec<u64>,
     free: Vec<u32>,
     /// A byte per slot that every hit bumps (lazy policies read it while evicting).
     marks: Marks,
@@ -137,6 +146,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             table: HashTable::with_capacity(config.max_entries.min(1 << 20)),
             hasher,
             slab: Vec::new(),
+            sizes: Vec::new(),
             free: Vec::new(),
             marks: Marks::default(),
             hook: policy.hit_hook(),
@@ -204,19 +214,33 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             self.stats.misses += 1;
             return None;
         };
-        let expires_at = self.slab[slot as usize].as_ref().map_or(0, |e| e.expires_at);
+        let expires_at = self.slab[slot as usize].0.as_ref().map_or(0, |e| e.expires_at);
         if expires_at != NEVER && now >= expires_at {
-            self.stats.misses += 1;
-            self.stats.expirations += 1;
-            self.drop_slot(slot);
+            self.expire_on_read(slot);
             return None;
         }
         self.stats.hits += 1;
         self.marks.hit(slot);
         if hash <= self.hook {
-            self.policy.on_hit(slot, hash);
+            self.report_hit(slot, hash);
         }
-        self.slab[slot as usize].as_ref().map(|e| &e.value)
+        self.slab[slot as usize].0.as_ref().map(|e| &e.value)
+    }
+
+    /// A read found `slot` expired: it counts as a miss and the entry goes.
+    #[cold]
+    #[inline(never)]
+    fn expire_on_read(&mut self, slot: u32) {
+        self.stats.misses += 1;
+        self.stats.expirations += 1;
+        self.drop_slot(slot);
+    }
+
+    /// Tells the policy of a hit (out of line: lazy policies seldom need it,
+    /// and the hit path stays small enough to inline).
+    #[inline(never)]
+    fn report_hit(&mut self, slot: u32, hash: u64) {
+        self.policy.on_hit(slot, hash);
     }
 
     /// Looks `key` up without telling the policy (no effect on eviction).
@@ -226,7 +250,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         Q: Hash + Eq + ?Sized,
     {
         let slot = self.find(key)?;
-        let e = self.slab[slot as usize].as_ref()?;
+        let e = self.slab[slot as usize].0.as_ref()?;
         (e.expires_at == NEVER || now < e.expires_at).then_some(&e.value)
     }
 
@@ -268,22 +292,23 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         }
         // One probe finds the old entry (whose slot the new one takes over,
         // so that a key keeps its place in memory) or the free bucket.
-        let slab = &self.slab;
-        let eq = |&s: &u32| slab[s as usize].as_ref().is_some_and(|e| e.key == key);
-        let slot = match self.table.entry(hash, eq, |&s| slab[s as usize].as_ref().map_or(0, |e| e.hash)) {
+        let (slab, hasher) = (&self.slab, &self.hasher);
+        let eq = |&s: &u32| slab[s as usize].0.as_ref().is_some_and(|e| e.key == key);
+        let rehash = |&s: &u32| slab[s as usize].0.as_ref().map_or(0, |e| hasher.hash_one(&e.key));
+        let slot = match self.table.entry(hash, eq, rehash) {
             hash_table::Entry::Occupied(found) => {
                 let old = *found.get();
                 self.policy.on_remove(old);
-                if let Some(e) = self.slab[old as usize].take() {
-                    self.bytes -= e.bytes;
-                }
+                self.slab[old as usize].0 = None;
+                self.bytes -= self.sizes[old as usize];
                 old
             }
             hash_table::Entry::Vacant(free) => {
                 let slot = match self.free.pop() {
                     Some(s) => s,
                     None => {
-                        self.slab.push(None);
+                        self.slab.push(Slot(None));
+                        self.sizes.push(0);
                         (self.slab.len() - 1) as u32
                     }
                 };
@@ -293,7 +318,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         };
         let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
         let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
-        self.slab[slot as usize] = Some(Entry { hash, key, value, bytes: options.bytes, expires_at });
+        self.slab[slot as usize].0 = Some(Entry { key, value, expires_at });
+        self.sizes[slot as usize] = options.bytes;
         self.bytes += options.bytes;
         if expires_at != NEVER {
             self.expiry.push(Reverse((expires_at, slot)));
@@ -361,7 +387,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         Q: Hash + Eq + ?Sized,
     {
         let slab = &self.slab;
-        self.table.find(hash, |&s| slab[s as usize].as_ref().is_some_and(|e| e.key.borrow() == key)).copied()
+        self.table.find(hash, |&s| slab[s as usize].0.as_ref().is_some_and(|e| e.key.borrow() == key)).copied()
     }
 
     fn over_budget(&self) -> bool {
@@ -376,7 +402,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
                 return None;
             }
             self.expiry.pop();
-            let live = self.slab[slot as usize].as_ref().is_some_and(|e| e.expires_at == at);
+            let live = self.slab[slot as usize].0.as_ref().is_some_and(|e| e.expires_at == at);
             if live {
                 self.policy.on_remove(slot);
                 self.stats.expirations += 1;
@@ -393,15 +419,15 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
 
     /// Frees `slot` (the policy must already have forgotten it).
     fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
-        let e = self.slab[slot as usize].take()?;
-        if let Ok(found) = self.table.find_entry(e.hash, |&s| s == slot) {
+        let e = self.slab[slot as usize].0.take()?;
+        if let Ok(found) = self.table.find_entry(self.hasher.hash_one(&e.key), |&s| s == slot) {
             found.remove();
         }
-        self.bytes -= e.bytes;
+        self.bytes -= self.sizes[slot as usize];
         self.free.push(slot);
         if self.expiry.len() > 2 * self.table.len() + 64 {
             let slab = &self.slab;
-            self.expiry.retain(|Reverse((at, s))| slab[*s as usize].as_ref().is_some_and(|e| e.expires_at == *at));
+            self.expiry.retain(|Reverse((at, s))| slab[*s as usize].0.as_ref().is_some_and(|e| e.expires_at == *at));
         }
         Some(e)
     }
