@@ -220,8 +220,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             return None;
         }
         self.stats.hits += 1;
-        self.marks.hit(slot);
-        if hash <= self.hook {
+        if self.marks.hit(slot) || hash <= self.hook {
             self.report_hit(slot, hash);
         }
         self.slab[slot as usize].0.as_ref().map(|e| &e.value)
@@ -240,7 +239,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// and the hit path stays small enough to inline).
     #[inline(never)]
     fn report_hit(&mut self, slot: u32, hash: u64) {
-        self.policy.on_hit(slot, hash);
+        self.policy.on_hit(slot, hash, &mut self.marks);
     }
 
     /// Looks `key` up without telling the policy (no effect on eviction).

@@ -10,6 +10,10 @@
 
 /// Hits per slot since the policy last cleared the slot's mark, saturating
 /// at [`Marks::MAX`], and the count of all hits (hill climbers use it).
+///
+/// A policy may also flag a slot as *reported*: hits on it are then passed
+/// to [`crate::policy::Eviction::on_hit`] as well (LIRS handles hits on its
+/// few HIR entries at once and lets hits on LIR entries wait).
 #[derive(Clone, Debug, Default)]
 pub struct Marks {
     marks: Vec<u8>,
@@ -19,13 +23,28 @@ pub struct Marks {
 impl Marks {
     /// A mark saturates here (S3-FIFO reads at most 3, W-TinyLFU's sketch counters hold 15).
     pub const MAX: u8 = 15;
+    /// The bit of a slot's byte that asks for its hits to be reported.
+    const REPORT: u8 = 0x80;
 
-    /// Counts a hit on `slot` (which [`Marks::reset`] made valid).
+    /// Counts a hit on `slot` (which [`Marks::reset`] made valid); true when
+    /// the policy flagged the slot to hear of its hits.
     #[inline]
-    pub fn hit(&mut self, slot: u32) {
+    pub fn hit(&mut self, slot: u32) -> bool {
         self.hits += 1;
+        match self.marks.get_mut(slot as usize) {
+            Some(m) => {
+                *m += u8::from(*m & Self::MAX < Self::MAX);
+                *m & Self::REPORT != 0
+            }
+            None => false,
+        }
+    }
+
+    /// Flags `slot` to have its hits reported, or stops doing so.
+    #[inline]
+    pub fn report(&mut self, slot: u32, on: bool) {
         if let Some(m) = self.marks.get_mut(slot as usize) {
-            *m += u8::from(*m < Self::MAX);
+            *m = if on { *m | Self::REPORT } else { *m & !Self::REPORT };
         }
     }
 
@@ -39,21 +58,25 @@ impl Marks {
     /// The hits marked on `slot`.
     #[inline]
     pub fn get(&self, slot: u32) -> u8 {
-        self.marks.get(slot as usize).copied().unwrap_or(0)
+        self.marks.get(slot as usize).map_or(0, |m| m & Self::MAX)
     }
 
-    /// Overwrites the mark of `slot` (a policy spending part of it).
+    /// Overwrites the hits marked on `slot` (a policy spending part of them).
     #[inline]
-    pub fn set(&mut self, slot: u32, mark: u8) {
+    pub fn set(&mut self, slot: u32, hits: u8) {
         if let Some(m) = self.marks.get_mut(slot as usize) {
-            *m = mark;
+            *m = (*m & Self::REPORT) | hits.min(Self::MAX);
         }
     }
 
-    /// The hits marked on `slot`, clearing the mark.
+    /// The hits marked on `slot`, clearing them (the report flag stays).
     #[inline]
     pub fn take(&mut self, slot: u32) -> u8 {
-        self.marks.get_mut(slot as usize).map_or(0, std::mem::take)
+        self.marks.get_mut(slot as usize).map_or(0, |m| {
+            let hits = *m & Self::MAX;
+            *m &= Self::REPORT;
+            hits
+        })
     }
 
     /// Hits counted since the marks were created.
@@ -77,8 +100,13 @@ mod tests {
         assert_eq!(m.take(3), Marks::MAX);
         assert_eq!(m.get(3), 0);
         m.set(3, 2);
+        m.report(3, true);
+        assert!(m.hit(3), "a flagged slot's hits are reported");
+        assert_eq!(m.take(3), 3, "the flag is not a hit");
+        m.report(3, false);
+        assert!(!m.hit(3));
         m.reset(3);
-        assert_eq!((m.get(3), m.hits()), (0, 20));
+        assert_eq!((m.get(3), m.hits()), (0, 22));
         assert_eq!(m.get(99), 0, "an unknown slot has no mark");
     }
 }

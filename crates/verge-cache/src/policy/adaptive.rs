@@ -69,9 +69,8 @@ impl Sim {
     /// One request: a hit, or a miss followed by an insert. Returns the hit.
     fn access(&mut self, meta: &Meta) -> bool {
         if let Some(&slot) = self.slot_of.get(&meta.hash) {
-            self.marks.hit(slot);
-            if meta.hash <= self.policy.hit_hook() {
-                self.policy.on_hit(slot, meta.hash);
+            if self.marks.hit(slot) || meta.hash <= self.policy.hit_hook() {
+                self.policy.on_hit(slot, meta.hash, &mut self.marks);
             }
             return true;
         }
@@ -243,6 +242,8 @@ impl Adaptive {
         }
         let mut old = std::mem::replace(&mut self.live, next);
         while let Some(slot) = old.evict(marks) {
+            // Whether a hit on the slot is reported is the new policy's say.
+            marks.report(slot, false);
             self.live.on_insert(slot, &self.metas[slot as usize], marks);
         }
         if let Base::WTinyLfu(w) = old {
@@ -279,8 +280,8 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn on_hit(&mut self, slot: u32, hash: u64) {
-        self.live.on_hit(slot, hash);
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks) {
+        self.live.on_hit(slot, hash, marks);
         if self.sampled(hash) {
             let meta = self.metas[slot as usize];
             self.observe(&meta);

@@ -91,7 +91,7 @@ impl Eviction for Arc {
         }
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
         let e = &mut self.entries[slot as usize];
         if e.in_t2 {
             self.links.move_to_front(&mut self.t2, slot);

@@ -52,7 +52,7 @@ impl Eviction for Gdsf {
         self.push(slot);
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
         let e = &mut self.entries[slot as usize];
         e.freq = e.freq.saturating_add(1);
         self.push(slot);
@@ -90,7 +90,7 @@ mod tests {
         p.on_insert(1, &meta(1, 1), &mut m); // small: 1
         p.on_insert(2, &meta(100, 1000), &mut m); // big but costly: 10
         p.on_insert(3, &meta(1, 1), &mut m);
-        p.on_hit(3, 0); // 2
+        p.on_hit(3, 0, &mut m); // 2
         assert_eq!(p.evict(&mut m), Some(0));
         assert_eq!(p.evict(&mut m), Some(1));
         // L is now 1: a new small entry starts at 2, ties with 3 (older goes first).

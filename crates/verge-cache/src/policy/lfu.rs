@@ -89,7 +89,7 @@ impl Eviction for Lfu {
         self.bucket_of[slot as usize] = b;
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
         let b = self.bucket_of[slot as usize];
         let Bucket { count, higher, .. } = self.buckets[b as usize];
         let target =

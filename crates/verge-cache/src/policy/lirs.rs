@@ -3,6 +3,12 @@
 //! distance) hold ~99 % of the space; the rest is a FIFO of resident HIR
 //! entries. Non-resident HIR entries stay in the recency stack as ghosts,
 //! so loops and scans larger than the cache still get hits.
+//!
+//! Hits on LIR entries (nearly all hits) wait in the slot's mark
+//! ([`crate::Marks`]): an LIR entry is moved to the top of S only when it is
+//! found marked at the bottom, just before a decision that depends on the
+//! bottom (demoting it, evicting it, or whether a hit HIR entry is still in
+//! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
 
 use super::{grow, Eviction, Meta, Sizing};
 use crate::Marks;
@@ -94,10 +100,24 @@ impl Lirs {
         }
     }
 
-    /// Turns bottom LIR entries into resident HIR ones while LIR is over budget.
-    fn demote_excess(&mut self) {
-        while self.lir_weight > self.lir_max {
+    /// Brings the bottom of S up to date: LIR entries found there marked
+    /// (hit since they were last moved) go to the top, and HIR entries
+    /// below the lowest LIR one leave S.
+    fn settle(&mut self, marks: &mut Marks) {
+        loop {
             self.prune();
+            let n = self.s.tail;
+            if n == NIL || marks.take(self.nodes[n as usize].slot) == 0 {
+                return;
+            }
+            self.s_links.move_to_front(&mut self.s, n);
+        }
+    }
+
+    /// Turns bottom LIR entries into resident HIR ones while LIR is over budget.
+    fn demote_excess(&mut self, marks: &mut Marks) {
+        while self.lir_weight > self.lir_max {
+            self.settle(marks);
             let b = self.s.tail;
             if b == NIL {
                 break;
@@ -107,21 +127,27 @@ impl Lirs {
             node.in_s = false;
             node.lir = false;
             self.lir_weight -= node.weight;
+            marks.report(node.slot, true);
             self.q_links.push_front(&mut self.q, b);
             self.prune();
         }
     }
 
-    fn make_lir(&mut self, n: u32) {
+    fn make_lir(&mut self, n: u32, marks: &mut Marks) {
         let node = &mut self.nodes[n as usize];
         node.lir = true;
         self.lir_weight += node.weight;
-        self.demote_excess();
+        marks.report(node.slot, false);
+        self.demote_excess(marks);
     }
 }
 
 impl Eviction for Lirs {
-    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
+    fn hit_hook(&self) -> u64 {
+        0
+    }
+
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
         grow(&mut self.node_of, slot, NIL);
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
         if let Some(&n) = self.by_hash.get(&meta.hash) {
@@ -133,7 +159,7 @@ impl Eviction for Lirs {
             node.weight = meta.weight;
             self.node_of[slot as usize] = n;
             self.s_links.move_to_front(&mut self.s, n);
-            self.make_lir(n);
+            self.make_lir(n, marks);
             return;
         }
         let n = self.alloc(Node { hash: meta.hash, slot, weight: meta.weight, lir: false, in_s: true });
@@ -141,27 +167,33 @@ impl Eviction for Lirs {
         self.node_of[slot as usize] = n;
         self.s_links.push_front(&mut self.s, n);
         if fits_lir {
-            self.make_lir(n);
+            self.make_lir(n, marks);
         } else {
+            marks.report(slot, true);
             self.q_links.push_front(&mut self.q, n);
             // Keeps an LIR entry at the bottom of S (S may have held no LIR).
             self.prune();
         }
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, marks: &mut Marks) {
+        // This hit is handled now, not when the slot reaches the bottom.
+        marks.take(slot);
         let n = self.node_of[slot as usize];
-        let node = self.nodes[n as usize];
-        if node.lir {
+        if self.nodes[n as usize].lir {
             let was_bottom = self.s.tail == n;
             self.s_links.move_to_front(&mut self.s, n);
             if was_bottom {
                 self.prune();
             }
-        } else if node.in_s {
+            return;
+        }
+        // Whether the entry is still in S depends on the true bottom.
+        self.settle(marks);
+        if self.nodes[n as usize].in_s {
             self.s_links.move_to_front(&mut self.s, n);
             self.q_links.unlink(&mut self.q, n);
-            self.make_lir(n);
+            self.make_lir(n, marks);
         } else {
             self.s_links.push_front(&mut self.s, n);
             self.nodes[n as usize].in_s = true;
@@ -169,7 +201,7 @@ impl Eviction for Lirs {
         }
     }
 
-    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         if let Some(n) = self.q_links.pop_back(&mut self.q) {
             let node = &mut self.nodes[n as usize];
             let slot = node.slot;
@@ -188,6 +220,7 @@ impl Eviction for Lirs {
             return Some(slot);
         }
         // Only LIR entries are resident: evict the bottom one.
+        self.settle(marks);
         let n = self.s.tail;
         if n == NIL {
             return None;

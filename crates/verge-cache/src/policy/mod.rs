@@ -59,8 +59,9 @@ pub struct Sizing {
 /// The interface between the cache and an eviction policy.
 ///
 /// Every hit bumps the slot's [`Marks`]; the cache calls [`Eviction::on_hit`]
-/// only for hashes at or below [`Eviction::hit_hook`], so that lazy policies,
-/// which read the marks while they evict, cost a hit nothing.
+/// only for hashes at or below [`Eviction::hit_hook`] and for slots the
+/// policy flagged in the marks, so that lazy policies, which read the marks
+/// while they evict, cost a hit nothing.
 pub trait Eviction {
     /// Hits on keys whose hash is at most this are reported to
     /// [`Eviction::on_hit`]: `u64::MAX` (the default) for policies that
@@ -71,8 +72,9 @@ pub trait Eviction {
     }
     /// A new entry now lives in `slot` (its mark is 0).
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks);
-    /// The entry in `slot`, whose key hashes to `hash`, was read.
-    fn on_hit(&mut self, slot: u32, hash: u64);
+    /// The entry in `slot`, whose key hashes to `hash`, was read (and its
+    /// mark already counts this hit).
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks);
     /// Picks a victim, forgets it and returns its slot; `None` when empty.
     /// May return the slot inserted last (an admission refusal).
     fn evict(&mut self, marks: &mut Marks) -> Option<u32>;
@@ -227,8 +229,8 @@ impl Eviction for Base {
         dispatch!(self, p => p.on_insert(slot, meta, marks))
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, hash: u64) {
-        dispatch!(self, p => p.on_hit(slot, hash))
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks) {
+        dispatch!(self, p => p.on_hit(slot, hash, marks))
     }
     #[inline]
     fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
@@ -287,10 +289,10 @@ impl Eviction for AnyPolicy {
         }
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, hash: u64) {
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks) {
         match self {
-            AnyPolicy::Base(p) => p.on_hit(slot, hash),
-            AnyPolicy::Adaptive(p) => p.on_hit(slot, hash),
+            AnyPolicy::Base(p) => p.on_hit(slot, hash, marks),
+            AnyPolicy::Adaptive(p) => p.on_hit(slot, hash, marks),
         }
     }
     #[inline]
@@ -326,9 +328,8 @@ pub(crate) mod testutil {
             let hash = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);
             if let Some(&s) = slot_of.get(&k) {
                 hits += 1;
-                marks.hit(s);
-                if hash <= policy.hit_hook() {
-                    policy.on_hit(s, hash);
+                if marks.hit(s) || hash <= policy.hit_hook() {
+                    policy.on_hit(s, hash, &mut marks);
                 }
                 continue;
             }

@@ -34,7 +34,7 @@ impl<const MOVE_ON_HIT: bool> Eviction for Queue<MOVE_ON_HIT> {
         self.links.push_front(&mut self.list, slot);
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, _hash: u64) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
         if MOVE_ON_HIT {
             self.links.move_to_front(&mut self.list, slot);
         }

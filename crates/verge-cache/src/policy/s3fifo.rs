@@ -66,7 +66,7 @@ impl Eviction for S3Fifo {
 
     /// A hit only marks the slot (the cache does that): the access counter.
     #[inline]
-    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
 
     fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         loop {

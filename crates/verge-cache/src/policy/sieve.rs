@@ -30,7 +30,7 @@ impl Eviction for Sieve {
     }
     /// A hit only marks the slot (the cache does that): SIEVE's visited bit.
     #[inline]
-    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
     fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         if self.list.is_empty() {
             return None;

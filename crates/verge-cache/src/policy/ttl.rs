@@ -39,7 +39,7 @@ impl Eviction for Ttl {
         0
     }
 
-    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
 
     fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
         while let Some(Reverse((_, seq, slot))) = self.heap.pop() {

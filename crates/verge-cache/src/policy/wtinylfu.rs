@@ -280,7 +280,7 @@ impl Eviction for WTinyLfu {
     /// A hit only marks the slot (the cache does that); the marks are read
     /// when the slot reaches the end of its queue.
     #[inline]
-    fn on_hit(&mut self, _slot: u32, _hash: u64) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
 
     fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
         let candidate = if self.weights[WINDOW as usize] > self.window_max { self.clock_tail(WINDOW, marks) } else { NIL };
