@@ -283,7 +283,7 @@ fn hit_path(trace: &str, keys: &[u64], unique: usize, json: bool) -> anyhow::Res
         map.insert(k, k);
     }
     results.push(("hashmap", time(&mut |k| map.contains_key(&k)).1));
-    for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::WTinyLfu, PolicyKind::Adaptive] {
+    for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::WTinyLfu, PolicyKind::Lirs, PolicyKind::Adaptive] {
         let mut cache = Cache::with_seed(CacheConfig { max_entries: unique, max_bytes: None, policy: kind }, SEED)?;
         for &k in keys {
             cache.insert(k, k, 0)?;

@@ -1,0 +1,122 @@
+//! One cache, one trace, one loop: a probe for measuring what a request
+//! costs in instructions and cache misses under `valgrind --tool=cachegrind`,
+//! which counts the same on a busy machine as on an idle one (wall-clock
+//! figures on a shared VM swing by 2×).
+//!
+//! ```sh
+//! cargo build --release -p verge-cache --example request_cost
+//! request_cost hit|replay CONTENDER TRACE [CAPACITY] [PASSES]
+//! ```
+//!
+//! `hit` fills a cache as large as the trace's key set, then looks every
+//! request up (all hits); `replay` runs get-then-insert-on-miss at
+//! `CAPACITY`. CONTENDER is a Verge policy name, `quick_cache` or `hashmap`
+//! (a `std` map with the same hasher, `hit` only). TRACE holds one integer
+//! key per line, or little-endian u64s when it ends in `.u64`. Run it with
+//! 1 and 2 passes under cachegrind: the difference, divided by the trace
+//! length, is the cost of one request without the loading and filling.
+
+use std::collections::HashMap;
+use std::time::Instant;
+use verge_cache::{Cache, CacheConfig, FixedState, PolicyKind};
+
+/// The seed of `verge bench cache`, so that sampling matches its runs.
+const SEED: u64 = 0x7665_7267_6521;
+
+fn load(path: &str) -> Result<Vec<u64>, String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("cannot read {path}: {e}"))?;
+    if path.ends_with(".u64") {
+        if bytes.len() % 8 != 0 {
+            return Err(format!("{path}: not a whole number of u64 keys"));
+        }
+        return Ok(bytes.chunks_exact(8).map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8]))).collect());
+    }
+    let text = String::from_utf8(bytes).map_err(|_| format!("{path}: not UTF-8 text"))?;
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| l.trim().parse().map_err(|_| format!("{path}: {l:?} is not a key"))).collect()
+}
+
+fn run(args: &[String]) -> Result<(), String> {
+    let [mode, contender, trace, rest @ ..] = args else {
+        return Err("usage: request_cost hit|replay CONTENDER TRACE [CAPACITY] [PASSES]".into());
+    };
+    let keys = load(trace)?;
+    let mut unique = keys.clone();
+    unique.sort_unstable();
+    unique.dedup();
+    let hit = match mode.as_str() {
+        "hit" => true,
+        "replay" => false,
+        other => return Err(format!("unknown mode {other:?}: hit or replay")),
+    };
+    let number = |i: usize, default: usize| rest.get(i).map_or(Ok(default), |s| s.parse().map_err(|_| format!("{s:?} is not a number")));
+    let capacity = if hit { unique.len() } else { number(0, 0)? };
+    let passes = number(1, 1)?;
+    if capacity == 0 || passes == 0 {
+        return Err("CAPACITY and PASSES must be at least 1".into());
+    }
+    let mut hits = 0u64;
+    let start;
+    match contender.as_str() {
+        "hashmap" if hit => {
+            let mut map: HashMap<u64, u64, FixedState> = HashMap::with_capacity_and_hasher(capacity, FixedState::with_seed(SEED));
+            for &k in &keys {
+                map.insert(k, k);
+            }
+            start = Instant::now();
+            for _ in 0..passes {
+                hits += keys.iter().filter(|k| map.contains_key(k)).count() as u64;
+            }
+        }
+        "quick_cache" => {
+            let mut cache = quick_cache::unsync::Cache::new(capacity);
+            if hit {
+                keys.iter().for_each(|&k| cache.insert(k, k));
+            }
+            start = Instant::now();
+            for _ in 0..passes {
+                for &k in &keys {
+                    if cache.get(&k).is_some() {
+                        hits += 1;
+                    } else {
+                        cache.insert(k, k);
+                    }
+                }
+            }
+        }
+        policy => {
+            let kind: PolicyKind = policy.parse().map_err(|e| format!("{e}"))?;
+            let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
+            let mut cache = Cache::with_seed(config, SEED).map_err(|e| e.to_string())?;
+            if hit {
+                for &k in &keys {
+                    cache.insert(k, k, 0).map_err(|e| e.to_string())?;
+                }
+            }
+            start = Instant::now();
+            for _ in 0..passes {
+                for &k in &keys {
+                    if cache.get(&k, 0).is_some() {
+                        hits += 1;
+                    } else {
+                        cache.insert(k, k, 0).map_err(|e| e.to_string())?;
+                    }
+                }
+            }
+        }
+    }
+    let requests = (keys.len() * passes) as f64;
+    println!(
+        "{mode} {contender} capacity {capacity}: hit ratio {:.2} %, {:.1} Mops/s",
+        100.0 * hits as f64 / requests,
+        requests / start.elapsed().as_secs_f64().max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Err(e) = run(&args) {
+        eprintln!("request_cost: {e}");
+        std::process::exit(2);
+    }
+}
