@@ -220,7 +220,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             return None;
         }
         self.stats.hits += 1;
-        if self.marks.hit(slot) || hash <= self.hook {
+        // A policy that hears of every hit keeps no marks.
+        if self.hook == u64::MAX || self.marks.hit(slot) || hash <= self.hook {
             self.report_hit(slot, hash);
         }
         self.slab[slot as usize].0.as_ref().map(|e| &e.value)

@@ -11,35 +11,51 @@ use std::collections::BinaryHeap;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    /// Heap record that is current for this slot (0 = not resident).
-    stamp: u64,
+    /// Sequence number of this slot's record in the heap (0 = not resident).
+    pushed: u64,
+    /// Sequence number of the last insert or hit (the tie-breaker).
+    seq: u64,
+    /// Priority as of the last insert or hit.
+    priority: f64,
     freq: u32,
     cost: u32,
     weight: u64,
 }
 
-/// GDSF over a min-heap with lazy deletion.
+/// GDSF over a min-heap.
+///
+/// A hit raises the entry's priority but pushes nothing: priorities only
+/// grow, so the entry's record in the heap is a lower bound, and when it
+/// reaches the top it is pushed again with the priority and sequence number
+/// of the last hit. Victims come out in exactly the order of a heap updated
+/// on every hit, and a hit costs one entry update.
 #[derive(Debug, Default)]
 pub struct Gdsf {
     heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
     entries: Vec<Entry>,
     clock: f64,
-    next_stamp: u64,
+    next_seq: u64,
     live: usize,
 }
 
 impl Gdsf {
-    /// Pushes a fresh heap record for `slot` with its current priority.
+    /// Sets `slot`'s priority from `L` now and its frequency, with a new sequence number.
+    fn touch(&mut self, slot: u32) {
+        self.next_seq += 1;
+        let e = &mut self.entries[slot as usize];
+        e.priority = self.clock + f64::from(e.freq) * f64::from(e.cost.max(1)) / e.weight.max(1) as f64;
+        e.seq = self.next_seq;
+    }
+
+    /// Pushes `slot`'s current priority as its heap record.
     fn push(&mut self, slot: u32) {
         let e = &mut self.entries[slot as usize];
-        let priority = self.clock + f64::from(e.freq) * f64::from(e.cost.max(1)) / e.weight.max(1) as f64;
-        self.next_stamp += 1;
-        e.stamp = self.next_stamp;
+        e.pushed = e.seq;
         // Non-negative floats order like their bit patterns.
-        self.heap.push(Reverse((priority.to_bits(), self.next_stamp, slot)));
+        self.heap.push(Reverse((e.priority.to_bits(), e.seq, slot)));
         if self.heap.len() > 2 * self.live + 64 {
             let entries = &self.entries;
-            self.heap.retain(|Reverse((_, stamp, slot))| entries[*slot as usize].stamp == *stamp);
+            self.heap.retain(|Reverse((_, seq, slot))| entries[*slot as usize].pushed == *seq);
         }
     }
 }
@@ -47,32 +63,38 @@ impl Gdsf {
 impl Eviction for Gdsf {
     fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
         grow(&mut self.entries, slot, Entry::default());
-        self.entries[slot as usize] = Entry { stamp: 0, freq: 1, cost: meta.cost, weight: meta.weight };
+        self.entries[slot as usize] = Entry { freq: 1, cost: meta.cost, weight: meta.weight, ..Entry::default() };
         self.live += 1;
+        self.touch(slot);
         self.push(slot);
     }
 
     fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
         let e = &mut self.entries[slot as usize];
         e.freq = e.freq.saturating_add(1);
-        self.push(slot);
+        self.touch(slot);
     }
 
     fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
-        while let Some(Reverse((priority, stamp, slot))) = self.heap.pop() {
+        while let Some(Reverse((priority, seq, slot))) = self.heap.pop() {
             let e = &mut self.entries[slot as usize];
-            if e.stamp == stamp {
-                e.stamp = 0;
-                self.live -= 1;
-                self.clock = f64::from_bits(priority);
-                return Some(slot);
+            if e.pushed != seq {
+                continue; // removed, or a former occupant of the slot
             }
+            if e.seq != seq {
+                self.push(slot); // hit since pushed: back with its real priority
+                continue;
+            }
+            e.pushed = 0;
+            self.live -= 1;
+            self.clock = f64::from_bits(priority);
+            return Some(slot);
         }
         None
     }
 
     fn on_remove(&mut self, slot: u32) {
-        self.entries[slot as usize].stamp = 0;
+        self.entries[slot as usize].pushed = 0;
         self.live -= 1;
     }
 }
