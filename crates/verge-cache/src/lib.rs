@@ -7,6 +7,8 @@
 //! - [`SyncCache`]: the same, sharded behind mutexes, for many threads.
 //! - [`policy`]: LRU, LFU, FIFO, TTL, ARC, GDSF, S3-FIFO, SIEVE, W-TinyLFU,
 //!   LIRS and the adaptive default, behind the [`policy::Eviction`] trait.
+//! - [`Marks`]: a byte per slot that every hit bumps, so that lazy policies
+//!   need not be called on hits.
 //! - [`predict`]: the pre-warming predictor (periodicity, key sequences).
 //! - [`hotspot`]: top-K hot keys from a count-min sketch.
 
