@@ -3,9 +3,9 @@
 //! sizes and `p` are in capacity units.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::Marks;
 use crate::ghost::GhostList;
 use crate::list::{Links, List};
+use crate::Marks;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {

@@ -5,8 +5,8 @@
 //! eviction takes the least recent entry of the lowest bucket.
 
 use super::{grow, Eviction, Meta};
-use crate::Marks;
 use crate::list::{Links, List, NIL};
+use crate::Marks;
 
 #[derive(Debug, Clone, Copy)]
 struct Bucket {

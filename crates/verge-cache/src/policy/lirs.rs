@@ -11,8 +11,8 @@
 //! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::Marks;
 use crate::list::{Links, List, NIL};
+use crate::Marks;
 use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]

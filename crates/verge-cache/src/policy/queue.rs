@@ -4,8 +4,8 @@
 //! policy, and S3-FIFO's building block.
 
 use super::{Eviction, Meta};
-use crate::Marks;
 use crate::list::{Links, List};
+use crate::Marks;
 
 /// One list in insertion order; with `MOVE_ON_HIT` a hit moves the entry to
 /// the front, turning insertion order into recency order.

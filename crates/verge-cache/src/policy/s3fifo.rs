@@ -3,9 +3,9 @@
 //! a ghost FIFO sends returning keys straight to main.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::Marks;
 use crate::ghost::GhostList;
 use crate::list::{Links, List};
+use crate::Marks;
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {

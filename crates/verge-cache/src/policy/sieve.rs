@@ -2,8 +2,8 @@
 //! hand; lazy promotion and quick demotion at FIFO cost.
 
 use super::{Eviction, Meta};
-use crate::Marks;
 use crate::list::{Links, List, NIL};
+use crate::Marks;
 
 /// SIEVE: new entries at the head, the hand sweeps from tail to head.
 #[derive(Debug)]
