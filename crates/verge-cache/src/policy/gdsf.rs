@@ -122,4 +122,56 @@ mod tests {
         assert_eq!(p.evict(&mut m), Some(2));
         assert_eq!(p.evict(&mut m), None);
     }
+
+    #[test]
+    fn same_victims_as_pushing_on_every_hit() {
+        // The textbook form: every insert and hit pushes a record, stale
+        // records are skipped.
+        let mut heap = BinaryHeap::new();
+        let mut freq = std::collections::HashMap::new();
+        let mut current = std::collections::HashMap::new();
+        let (mut clock, mut seq) = (0.0f64, 0u64);
+        let mut push =
+            |heap: &mut BinaryHeap<_>, current: &mut std::collections::HashMap<u32, u64>, clock: f64, slot: u32, f: u32, w: u64, c: u32| {
+                seq += 1;
+                current.insert(slot, seq);
+                heap.push(Reverse(((clock + f64::from(f) * f64::from(c) / w as f64).to_bits(), seq, slot)));
+            };
+        let mut p = Gdsf::default();
+        let mut m = Marks::default();
+        let mut resident: Vec<u32> = Vec::new();
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        for step in 0..20_000u32 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let (w, c) = (1 + rng % 7, 1 + (rng >> 8) as u32 % 5);
+            if resident.len() < 50 || rng.is_multiple_of(3) {
+                let slot = step;
+                p.on_insert(slot, &Meta { hash: 0, weight: w, expires_at: u64::MAX, cost: c }, &mut m);
+                freq.insert(slot, (1u32, w, c));
+                push(&mut heap, &mut current, clock, slot, 1, w, c);
+                resident.push(slot);
+            } else {
+                let slot = resident[(rng >> 16) as usize % resident.len()];
+                p.on_hit(slot, 0, &mut m);
+                let e = freq.get_mut(&slot).expect("resident");
+                e.0 += 1;
+                let (f, w, c) = *e;
+                push(&mut heap, &mut current, clock, slot, f, w, c);
+            }
+            if resident.len() > 60 {
+                let expected = loop {
+                    let Some(Reverse((priority, s, slot))) = heap.pop() else { panic!("the reference ran dry") };
+                    if current.get(&slot) == Some(&s) {
+                        clock = f64::from_bits(priority);
+                        current.remove(&slot);
+                        break slot;
+                    }
+                };
+                assert_eq!(p.evict(&mut m), Some(expected), "step {step}");
+                resident.retain(|&r| r != expected);
+            }
+        }
+    }
 }
