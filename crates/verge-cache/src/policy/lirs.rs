@@ -268,6 +268,25 @@ mod tests {
     }
 
     #[test]
+    fn hits_on_hir_entries_are_reported_and_lir_hits_wait_in_the_marks() {
+        let mut p = Lirs::new(units(3));
+        let mut m = Marks::default();
+        for slot in 0..3u32 {
+            m.reset(slot);
+            p.on_insert(slot, &Meta { hash: u64::from(slot) + 1, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut m);
+        }
+        // 0 and 1 fill the LIR space; 2 is a resident HIR entry.
+        assert!(!m.hit(0), "an LIR hit is only marked");
+        assert!(m.hit(2), "a HIR hit is reported");
+        p.on_hit(2, 3, &mut m);
+        // 2 was in S: it becomes LIR, and 0 (the bottom, marked) gets a
+        // second chance, so 1 is demoted and now reported.
+        assert!(!m.hit(2));
+        assert!(m.hit(1));
+        assert_eq!(m.get(0), 0, "the second chance spent 0's mark");
+    }
+
+    #[test]
     fn ghost_reference_becomes_lir() {
         let mut p = Lirs::new(units(3));
         // 1, 2 become LIR; 3 is resident HIR; 4 evicts 3 (ghost in S); 3 again.
