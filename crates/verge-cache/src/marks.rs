@@ -33,7 +33,11 @@ impl Marks {
         self.hits += 1;
         match self.marks.get_mut(slot as usize) {
             Some(m) => {
-                *m += u8::from(*m & Self::MAX < Self::MAX);
+                // A saturated mark is not written again: no store, so a hot
+                // slot's cache line is not pulled from another core's cache.
+                if *m & Self::MAX < Self::MAX {
+                    *m += 1;
+                }
                 *m & Self::REPORT != 0
             }
             None => false,
