@@ -1298,13 +1298,15 @@ mod tests {
         assert_eq!(std::fs::read(dst.join("new")).unwrap(), b"new");
     }
 
+    /// `n` bytes of deterministic noise (no block repeats), distinct per `seed`.
+    fn noise(n: usize, seed: u32) -> Vec<u8> {
+        (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
+    }
+
     #[test]
     fn files_beyond_the_joint_budget_stream_even_with_a_known_base() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-        let noise = |n: usize, seed: u32| -> Vec<u8> {
-            (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
-        };
         let (big_old, mut big_new) = (noise(400_000, 1), noise(400_000, 1));
         big_new[200_000..204_000].fill(7);
         write(&dst, &[("big.bin", &big_old), ("small.txt", b"one\ntwo\n")]);
@@ -1335,9 +1337,6 @@ mod tests {
     fn damaged_bundles_leave_every_file_old_or_exactly_new() {
         let dir = tempfile::tempdir().unwrap();
         let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
-        let noise = |n: usize, seed: u32| -> Vec<u8> {
-            (0..n as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 13) as u8).collect()
-        };
         let (whole, edited) = (noise(3 << 20, 1), noise(1 << 20, 2));
         let mut old = edited.clone();
         old[500_000] ^= 0xff;

@@ -133,7 +133,8 @@ pub struct Adaptive {
     live: Base,
     live_index: usize,
     /// The candidate the miniatures chose at the end of an epoch, adopted
-    /// on the next insert (which can reorder the cache's marks; a hit cannot).
+    /// on the next insert: the cache reads `hit_hook` again after each
+    /// insert, so a switch made there never leaves it with a stale hook.
     pending: Option<usize>,
     /// Metadata of resident entries (what a rebuilt policy and the miniatures see).
     metas: Vec<Meta>,
