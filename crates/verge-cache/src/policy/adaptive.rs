@@ -178,7 +178,10 @@ impl Adaptive {
             shadows,
             // A follower samples (almost) nothing: only a hash of 0, and then
             // `observe` finds no miniatures to feed.
-            sample_limit: if follower { 0 } else { u64::MAX >> rate.trailing_zeros() },
+            // Never `u64::MAX` (every key but the one hashing to it): a hook
+            // of `u64::MAX` means an eager policy, for which the cache marks
+            // no hits, and a lazy live policy needs its marks.
+            sample_limit: if follower { 0 } else { (u64::MAX >> rate.trailing_zeros()).min(u64::MAX - 1) },
             epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
             epoch_seen: 0,
             seen: 0.0,
@@ -304,6 +307,16 @@ impl Eviction for Adaptive {
 mod tests {
     use super::super::testutil::{replay, units};
     use super::*;
+
+    #[test]
+    fn a_lazy_live_policy_keeps_its_marks_when_every_key_is_sampled() {
+        // 100 entries: too few to sample, so every key feeds the miniatures
+        // and every hit is reported. A hook of u64::MAX would also tell the
+        // cache to mark no hits, and a lazy live policy would go blind.
+        let adaptive = Adaptive::new(units(100));
+        assert_eq!(adaptive.live.hit_hook(), 0, "LIRS serves first and reads marks");
+        assert_eq!(adaptive.hit_hook(), u64::MAX - 1);
+    }
 
     #[test]
     fn switches_away_from_a_losing_candidate_on_a_loop() {

@@ -65,15 +65,16 @@ pub struct Sizing {
 pub trait Eviction {
     /// Hits on keys whose hash is at most this are reported to
     /// [`Eviction::on_hit`]: `u64::MAX` (the default) for policies that
-    /// reorder on every hit, 0 for those that read only the marks (a hash
-    /// of 0 then costs a call that does nothing).
+    /// reorder on every hit and read no marks (the cache then marks no
+    /// hits), 0 for those that read only the marks (a hash of 0 then costs
+    /// a call that does nothing).
     fn hit_hook(&self) -> u64 {
         u64::MAX
     }
     /// A new entry now lives in `slot` (its mark is 0).
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks);
-    /// The entry in `slot`, whose key hashes to `hash`, was read (and its
-    /// mark already counts this hit).
+    /// The entry in `slot`, whose key hashes to `hash`, was read (unless the
+    /// policy's hook is `u64::MAX`, its mark already counts this hit).
     fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks);
     /// Picks a victim, forgets it and returns its slot; `None` when empty.
     /// May return the slot inserted last (an admission refusal).
