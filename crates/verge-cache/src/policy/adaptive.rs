@@ -13,6 +13,7 @@
 
 use super::{grow, Base, Eviction, Meta, PolicyKind, Sizing};
 use crate::Marks;
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -25,8 +26,11 @@ use std::sync::Arc;
 /// too: never the sole winner on the traces of the README, and every extra
 /// miniature costs time and wrong switches.)
 const CANDIDATES: [PolicyKind; 5] = [PolicyKind::Lirs, PolicyKind::WTinyLfu, PolicyKind::Gdsf, PolicyKind::S3Fifo, PolicyKind::Lru];
-/// Miniatures hold at least this many entries (smaller ones are too noisy).
-const MIN_SHADOW_ENTRIES: usize = 512;
+// A key's residency in the miniatures is a byte of flags.
+const _: () = assert!(CANDIDATES.len() <= 8);
+/// Miniatures hold at least this many entries (smaller ones are too noisy;
+/// on the README's grid 256 chooses as well as 512 did, at half the cost).
+const MIN_SHADOW_ENTRIES: usize = 256;
 /// At most one key in this many is simulated.
 const MAX_RATE: u64 = 64;
 /// Sampled accesses per epoch: a quarter of the miniature's entry count, at least this.
@@ -39,75 +43,107 @@ const DECAY: f64 = 0.995;
 /// hit ratio as at 10 %.
 const MARGIN: f64 = 0.01;
 
-/// A key-only cache simulation used as a miniature.
-#[derive(Debug)]
-struct Sim {
-    slot_of: HashMap<u64, u32, foldhash::fast::FixedState>,
-    marks: Marks,
-    hashes: Vec<u64>,
-    weights: Vec<u64>,
-    free: Vec<u32>,
+/// A sampled key as the miniatures see it.
+#[derive(Clone, Copy, Debug)]
+struct Sampled {
+    hash: u64,
+    /// Its weight when first sampled (what every miniature holding it counts).
     weight: u64,
-    capacity: u64,
-    policy: Base,
+    /// Bit `i` set: resident in miniature `i`.
+    resident: u8,
 }
 
-impl Sim {
-    fn new(kind: PolicyKind, sizing: Sizing) -> Option<Sim> {
-        Some(Sim {
-            slot_of: HashMap::default(),
-            marks: Marks::default(),
-            hashes: Vec::new(),
-            weights: Vec::new(),
-            free: Vec::new(),
-            weight: 0,
-            capacity: sizing.units,
-            policy: Base::new(kind, sizing)?,
-        })
-    }
-
-    /// One request: a hit, or a miss followed by an insert. Returns the hit.
-    fn access(&mut self, meta: &Meta) -> bool {
-        if let Some(&slot) = self.slot_of.get(&meta.hash) {
-            if self.marks.hit(slot) || meta.hash <= self.policy.hit_hook() {
-                self.policy.on_hit(slot, meta.hash, &mut self.marks);
-            }
-            return true;
-        }
-        if meta.weight > self.capacity {
-            return false;
-        }
-        let slot = match self.free.pop() {
-            Some(s) => {
-                self.hashes[s as usize] = meta.hash;
-                self.weights[s as usize] = meta.weight;
-                s
-            }
-            None => {
-                self.hashes.push(meta.hash);
-                self.weights.push(meta.weight);
-                (self.hashes.len() - 1) as u32
-            }
-        };
-        self.slot_of.insert(meta.hash, slot);
-        self.weight += meta.weight;
-        self.marks.reset(slot);
-        self.policy.on_insert(slot, meta, &mut self.marks);
-        while self.weight > self.capacity {
-            let Some(victim) = self.policy.evict(&mut self.marks) else { break };
-            self.slot_of.remove(&self.hashes[victim as usize]);
-            self.weight -= self.weights[victim as usize];
-            self.free.push(victim);
-        }
-        false
-    }
-}
-
+/// One candidate's miniature: its policy over the shared slots, the marks
+/// of its hits, its fill and its score.
 #[derive(Debug)]
-struct Shadow {
-    sim: Sim,
+struct Miniature {
+    policy: Base,
+    marks: Marks,
+    weight: u64,
     epoch_hits: u64,
     score: f64,
+}
+
+/// Key-only simulations of every candidate over one set of sampled keys.
+/// A key has the same slot in every miniature, so a request looks its key
+/// up once, not once per candidate; the slot is freed when no miniature
+/// holds the key any more.
+#[derive(Debug)]
+struct Miniatures {
+    slot_of: HashMap<u64, u32, foldhash::fast::FixedState>,
+    keys: Vec<Sampled>,
+    free: Vec<u32>,
+    capacity: u64,
+    minis: Vec<Miniature>,
+}
+
+impl Miniatures {
+    fn new(kinds: &[PolicyKind], sizing: Sizing) -> Miniatures {
+        let minis = kinds
+            .iter()
+            .filter_map(|&kind| {
+                Some(Miniature { policy: Base::new(kind, sizing)?, marks: Marks::default(), weight: 0, epoch_hits: 0, score: 0.0 })
+            })
+            .collect();
+        Miniatures { slot_of: HashMap::default(), keys: Vec::new(), free: Vec::new(), capacity: sizing.units, minis }
+    }
+
+    /// One request in every miniature: a hit (counted), or a miss followed by an insert.
+    fn access(&mut self, meta: &Meta) {
+        if self.minis.is_empty() {
+            return;
+        }
+        let slot = match self.slot_of.entry(meta.hash) {
+            Entry::Occupied(found) => *found.get(),
+            Entry::Vacant(free) => {
+                let key = Sampled { hash: meta.hash, weight: meta.weight, resident: 0 };
+                let slot = match self.free.pop() {
+                    Some(s) => {
+                        self.keys[s as usize] = key;
+                        s
+                    }
+                    None => {
+                        self.keys.push(key);
+                        (self.keys.len() - 1) as u32
+                    }
+                };
+                *free.insert(slot)
+            }
+        };
+        let weight = self.keys[slot as usize].weight;
+        for (i, m) in self.minis.iter_mut().enumerate() {
+            let bit = 1u8 << i;
+            if self.keys[slot as usize].resident & bit != 0 {
+                m.epoch_hits += 1;
+                if m.marks.hit(slot) || meta.hash <= m.policy.hit_hook() {
+                    m.policy.on_hit(slot, meta.hash, &mut m.marks);
+                }
+                continue;
+            }
+            if weight > self.capacity {
+                continue;
+            }
+            self.keys[slot as usize].resident |= bit;
+            m.weight += weight;
+            m.marks.reset(slot);
+            m.policy.on_insert(slot, &Meta { weight, ..*meta }, &mut m.marks);
+            while m.weight > self.capacity {
+                let Some(victim) = m.policy.evict(&mut m.marks) else { break };
+                let key = &mut self.keys[victim as usize];
+                key.resident &= !bit;
+                m.weight -= key.weight;
+                // The requested key's slot stays taken until every miniature has seen it.
+                if key.resident == 0 && victim != slot {
+                    self.slot_of.remove(&key.hash);
+                    self.free.push(victim);
+                }
+            }
+        }
+        if self.keys[slot as usize].resident == 0 {
+            self.slot_of.remove(&meta.hash);
+            self.free.push(slot);
+        }
+    }
 }
 
 /// How an adaptive policy decides, alone or as one of the shards of a
@@ -138,7 +174,7 @@ pub struct Adaptive {
     pending: Option<usize>,
     /// Metadata of resident entries (what a rebuilt policy and the miniatures see).
     metas: Vec<Meta>,
-    shadows: Vec<Shadow>,
+    miniatures: Miniatures,
     /// A key is simulated when its hash is at most this (the top
     /// log2(`rate`) bits clear): one compare, and only sampled keys pay more.
     sample_limit: u64,
@@ -163,11 +199,7 @@ impl Adaptive {
         let rate = if rate.is_power_of_two() { rate } else { rate.next_power_of_two() / 2 };
         let mini = Sizing { units: (sizing.units / rate).max(1), entries: (sizing.entries / rate as usize).max(1) };
         let follower = matches!(role, Role::Follower(_));
-        let shadows = if follower {
-            Vec::new()
-        } else {
-            CANDIDATES.iter().filter_map(|&kind| Some(Shadow { sim: Sim::new(kind, mini)?, epoch_hits: 0, score: 0.0 })).collect()
-        };
+        let miniatures = Miniatures::new(if follower { &[] } else { &CANDIDATES }, mini);
         let live = Base::new(CANDIDATES[0], sizing).unwrap_or_else(|| Base::Lru(super::Lru::default()));
         Adaptive {
             sizing,
@@ -175,7 +207,7 @@ impl Adaptive {
             live_index: 0,
             pending: None,
             metas: Vec::new(),
-            shadows,
+            miniatures,
             // A follower samples (almost) nothing: only a hash of 0, and then
             // `observe` finds no miniatures to feed.
             // Never `u64::MAX` (every key but the one hashing to it): a hook
@@ -202,11 +234,7 @@ impl Adaptive {
 
     #[cold]
     fn observe(&mut self, meta: &Meta) {
-        for s in &mut self.shadows {
-            if s.sim.access(meta) {
-                s.epoch_hits += 1;
-            }
-        }
+        self.miniatures.access(meta);
         self.epoch_seen += 1;
         if self.epoch_seen >= self.epoch_len {
             self.end_epoch();
@@ -216,16 +244,16 @@ impl Adaptive {
     fn end_epoch(&mut self) {
         self.seen = self.seen * DECAY + self.epoch_seen as f64;
         self.epoch_seen = 0;
-        for s in &mut self.shadows {
-            s.score = s.score * DECAY + s.epoch_hits as f64;
-            s.epoch_hits = 0;
+        let minis = &mut self.miniatures.minis;
+        for m in minis.iter_mut() {
+            m.score = m.score * DECAY + m.epoch_hits as f64;
+            m.epoch_hits = 0;
         }
         // Ties go to the earlier candidate (`max_by` keeps the last maximum).
-        let Some((best, best_score)) = self.shadows.iter().enumerate().rev().map(|(i, s)| (i, s.score)).max_by(|a, b| a.1.total_cmp(&b.1))
-        else {
+        let Some((best, best_score)) = minis.iter().enumerate().rev().map(|(i, m)| (i, m.score)).max_by(|a, b| a.1.total_cmp(&b.1)) else {
             return;
         };
-        let live_score = self.shadows[self.live_index].score;
+        let live_score = minis[self.live_index].score;
         if best != self.live_index && best_score > live_score + MARGIN * self.seen + 1.0 {
             self.pending = Some(best);
         }
