@@ -21,12 +21,9 @@ pub struct FrequencySketch {
 }
 
 impl FrequencySketch {
-    /// A sketch sized for about `entries` distinct hot keys, and never
-    /// smaller than 512 words (4 KiB): the few counters of a tiny cache
-    /// collide so often that W-TinyLFU admits by noise (on lirs_sprite at
-    /// 100 entries, 16 words give 27.4 % over six hash seeds, 512 give 28.2 %).
+    /// A sketch sized for about `entries` distinct hot keys.
     pub fn new(entries: usize) -> Self {
-        let words = entries.clamp(512, 1 << 26).next_power_of_two();
+        let words = entries.clamp(16, 1 << 26).next_power_of_two();
         FrequencySketch {
             table: vec![0; words],
             block_mask: (words / 8 - 1) as u64,
