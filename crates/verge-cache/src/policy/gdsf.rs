@@ -7,6 +7,7 @@
 use super::{grow, Eviction, Meta};
 use crate::Marks;
 use std::cmp::Reverse;
+use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
 
 #[derive(Debug, Clone, Copy, Default)]
@@ -76,21 +77,27 @@ impl Eviction for Gdsf {
     }
 
     fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
-        while let Some(Reverse((priority, seq, slot))) = self.heap.pop() {
+        loop {
+            let mut top = self.heap.peek_mut()?;
+            let Reverse((priority, seq, slot)) = *top;
             let e = &mut self.entries[slot as usize];
             if e.pushed != seq {
-                continue; // removed, or a former occupant of the slot
-            }
-            if e.seq != seq {
-                self.push(slot); // hit since pushed: back with its real priority
+                PeekMut::pop(top); // removed, or a former occupant of the slot
                 continue;
             }
+            if e.seq != seq {
+                // Hit since pushed: the record takes its real priority in
+                // place (one sift-down, not a pop and a push).
+                e.pushed = e.seq;
+                *top = Reverse((e.priority.to_bits(), e.seq, slot));
+                continue;
+            }
+            PeekMut::pop(top);
             e.pushed = 0;
             self.live -= 1;
             self.clock = f64::from_bits(priority);
             return Some(slot);
         }
-        None
     }
 
     fn on_remove(&mut self, slot: u32) {
@@ -124,9 +131,29 @@ mod tests {
     }
 
     #[test]
+    fn records_of_removed_entries_are_dropped_without_reordering() {
+        let mut p = Gdsf::default();
+        let mut m = Marks::default();
+        let meta = Meta { hash: 0, weight: 1, expires_at: u64::MAX, cost: 1 };
+        for slot in 0..1000 {
+            p.on_insert(slot, &meta, &mut m);
+        }
+        for slot in (0..1000).filter(|s| s % 10 != 0) {
+            p.on_remove(slot);
+        }
+        // This push finds 900 records of removed entries in the heap.
+        p.on_insert(1000, &meta, &mut m);
+        assert!(p.heap.len() <= 2 * p.live + 64, "{} records for {} entries", p.heap.len(), p.live);
+        let victims: Vec<u32> = std::iter::from_fn(|| p.evict(&mut m)).collect();
+        let expected: Vec<u32> = (0..1000).step_by(10).chain([1000]).collect();
+        assert_eq!(victims, expected, "equal priorities: oldest first");
+    }
+
+    #[test]
     fn same_victims_as_pushing_on_every_hit() {
-        // The textbook form: every insert and hit pushes a record, stale
-        // records are skipped.
+        // The textbook form: every insert and hit pushes a record into a
+        // binary heap, stale records are skipped. Removals leave records
+        // behind in both.
         let mut heap = BinaryHeap::new();
         let mut freq = std::collections::HashMap::new();
         let mut current = std::collections::HashMap::new();
@@ -146,7 +173,11 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let (w, c) = (1 + rng % 7, 1 + (rng >> 8) as u32 % 5);
-            if resident.len() < 50 || rng.is_multiple_of(3) {
+            if resident.len() > 50 && rng % 11 == 5 {
+                let slot = resident.swap_remove((rng >> 16) as usize % resident.len());
+                p.on_remove(slot);
+                current.remove(&slot);
+            } else if resident.len() < 50 || rng.is_multiple_of(3) {
                 let slot = step;
                 p.on_insert(slot, &Meta { hash: 0, weight: w, expires_at: u64::MAX, cost: c }, &mut m);
                 freq.insert(slot, (1u32, w, c));
