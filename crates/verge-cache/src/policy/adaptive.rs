@@ -351,6 +351,33 @@ mod tests {
     use super::*;
 
     #[test]
+    fn miniatures_share_keys_without_losing_or_overfilling_any() {
+        // Weighted keys (some larger than a miniature) over a key space
+        // larger than the miniatures: after every request each miniature
+        // is within its capacity, and a key keeps its slot exactly while
+        // some miniature holds it.
+        let mut minis = Miniatures::new(&CANDIDATES, Sizing { units: 400, entries: 100 });
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for _ in 0..50_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let key = rng % 700;
+            let weight = if key % 97 == 0 { 500 } else { 1 + key % 9 };
+            minis.access(&Meta { hash: key.wrapping_mul(0x2545_f491_4f6c_dd1d), weight, expires_at: u64::MAX, cost: 1 });
+            for m in &minis.minis {
+                assert!(m.weight <= minis.capacity, "{} over {}", m.weight, minis.capacity);
+            }
+            let held: u64 = minis.keys.iter().filter(|k| k.resident != 0).count() as u64;
+            assert_eq!(held, minis.slot_of.len() as u64, "a held key without a slot, or a slot kept for no one");
+            for (&hash, &slot) in &minis.slot_of {
+                assert_eq!(minis.keys[slot as usize].hash, hash);
+            }
+        }
+        assert!(minis.minis.iter().all(|m| m.weight > 0));
+    }
+
+    #[test]
     fn a_lazy_live_policy_keeps_its_marks_when_every_key_is_sampled() {
         // 100 entries: too few to sample, so every key feeds the miniatures
         // and every hit is reported. A hook of u64::MAX would also tell the
