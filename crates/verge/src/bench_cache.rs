@@ -15,6 +15,8 @@ use verge_cache::{Cache, CacheConfig, FixedState, PolicyKind, SyncCache};
 
 /// Fixed hash seed, so sampling in the adaptive policy is reproducible.
 const SEED: u64 = 0x7665_7267_6521;
+/// Rounds of the hit-path measurement (medians are reported).
+const HIT_PATH_ROUNDS: usize = 5;
 
 /// Arguments of `verge bench cache`.
 #[derive(clap::Args)]
@@ -35,7 +37,8 @@ pub struct CacheBenchArgs {
     /// Print one JSON object per line instead of tables.
     #[arg(long)]
     json: bool,
-    /// Also measure the hit path (every key resident) against a plain hash map and quick_cache.
+    /// Also measure the hit path (every key resident) against a plain hash map and quick_cache,
+    /// in interleaved rounds (medians, and each round's share of the map's speed).
     #[arg(long)]
     hit_path: bool,
     /// Also measure the thread-safe caches with this many threads (0: skip).
@@ -268,45 +271,65 @@ fn replay(c: Contender, capacity: usize, keys: &[u64]) -> anyhow::Result<(u64, f
 
 /// Lookups only, every key resident: the cost of a hit.
 fn hit_path(trace: &str, keys: &[u64], unique: usize, json: bool) -> anyhow::Result<()> {
-    let mut results: Vec<(&'static str, f64)> = Vec::new();
     let time = |f: &mut dyn FnMut(u64) -> bool| {
         let start = Instant::now();
         let mut found = 0u64;
         for &k in keys {
             found += u64::from(f(k));
         }
-        (found, keys.len() as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6)
+        std::hint::black_box(found);
+        keys.len() as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6
     };
     // A plain std map with the same hasher the caches use.
     let mut map: HashMap<u64, u64, FixedState> = HashMap::with_capacity_and_hasher(unique, FixedState::with_seed(SEED));
-    for &k in keys {
-        map.insert(k, k);
-    }
-    results.push(("hashmap", time(&mut |k| map.contains_key(&k)).1));
+    let mut caches = Vec::new();
     for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::WTinyLfu, PolicyKind::Lirs, PolicyKind::Adaptive] {
-        let mut cache = Cache::with_seed(CacheConfig { max_entries: unique, max_bytes: None, policy: kind }, SEED)?;
-        for &k in keys {
-            cache.insert(k, k, 0)?;
-        }
-        results.push((kind.name(), time(&mut |k| cache.get(&k, 0).is_some()).1));
+        caches.push((kind.name(), Cache::with_seed(CacheConfig { max_entries: unique, max_bytes: None, policy: kind }, SEED)?));
     }
     let mut qc = quick_cache::unsync::Cache::new(unique);
     for &k in keys {
+        map.insert(k, k);
         qc.insert(k, k);
+        for (_, cache) in &mut caches {
+            cache.insert(k, k, 0)?;
+        }
     }
-    results.push(("quick_cache", time(&mut |k| qc.get(&k).is_some()).1));
-    let base = results[0].1;
-    for (name, mops) in results {
+    // Every round times each contender once, in turn, so that within a
+    // round all of them run on the same (noisy) machine; ratios to the
+    // map are taken per round, and medians reported.
+    let mut names = vec!["hashmap"];
+    names.extend(caches.iter().map(|(name, _)| *name));
+    names.push("quick_cache");
+    let mut mops: Vec<Vec<f64>> = vec![Vec::new(); names.len()];
+    for _ in 0..HIT_PATH_ROUNDS {
+        mops[0].push(time(&mut |k| map.contains_key(&k)));
+        for (i, (_, cache)) in caches.iter_mut().enumerate() {
+            mops[i + 1].push(time(&mut |k| cache.get(&k, 0).is_some()));
+        }
+        mops[names.len() - 1].push(time(&mut |k| qc.get(&k).is_some()));
+    }
+    let base = mops[0].clone();
+    for (name, runs) in names.iter().zip(&mops) {
+        let mut ratios: Vec<f64> = runs.iter().zip(&base).map(|(m, b)| 100.0 * m / b).collect();
+        let ratio = median(&mut ratios);
+        let (low, high) = (ratios[0], ratios[ratios.len() - 1]);
+        let median_mops = median(&mut runs.clone());
         if json {
             println!(
                 "{}",
-                serde_json::json!({"trace": trace, "capacity": unique, "policy": format!("hit-path/{name}"), "hit_ratio": 100.0, "mops": mops})
+                serde_json::json!({"trace": trace, "capacity": unique, "policy": format!("hit-path/{name}"), "hit_ratio": 100.0, "mops": median_mops, "pct_of_hashmap": ratio})
             );
         } else {
-            println!("  hit path {name:<12} {mops:>8.1} Mops/s  ({:>5.1} % of a HashMap lookup)", 100.0 * mops / base);
+            println!("  hit path {name:<12} {median_mops:>8.1} Mops/s  ({ratio:>5.1} % of a HashMap lookup; rounds {low:.0}–{high:.0} %)");
         }
     }
     Ok(())
+}
+
+/// The middle value of `values` (sorted in place; the upper middle for an even count).
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
 /// The thread-safe caches, `threads` threads each replaying the trace from its own offset.
