@@ -1,0 +1,91 @@
+//! `verge bench cache` on small traces written here: one JSON row per
+//! policy and capacity in the shape the README documents, known answers
+//! where the trace makes them certain, the same hit ratios on every run
+//! (speed is the only figure allowed to differ), and a clear error for a
+//! bad trace.
+
+mod common;
+
+use std::path::Path;
+use std::process::Command;
+
+use common::VERGE;
+use serde_json::Value;
+
+/// Runs `verge bench cache ARGS --json` and returns its JSON rows.
+fn bench(args: &[&str]) -> Vec<Value> {
+    let out = Command::new(VERGE).args(["bench", "cache"]).args(args).arg("--json").output().expect("run verge");
+    assert!(out.status.success(), "verge bench cache {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{l:?} is not JSON: {e}")))
+        .collect()
+}
+
+/// A loop over 150 keys, 40 times round.
+fn write_loop(dir: &Path) -> String {
+    let path = dir.join("loop.keys");
+    let keys: String = (0..6000).map(|i| format!("{}\n", i % 150)).collect();
+    std::fs::write(&path, keys).expect("write trace");
+    path.to_string_lossy().into_owned()
+}
+
+fn row<'a>(rows: &'a [Value], policy: &str, capacity: u64) -> &'a Value {
+    rows.iter()
+        .find(|r| r["policy"] == policy && r["capacity"] == capacity)
+        .unwrap_or_else(|| panic!("no row for {policy} at {capacity} in {rows:?}"))
+}
+
+#[test]
+fn bench_cache_prints_a_row_per_policy_and_capacity_with_known_answers() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = write_loop(dir.path());
+    let args = ["--trace", trace.as_str(), "--capacity", "100,200", "--policy", "lru,adaptive,quick_cache"];
+    let rows = bench(&args);
+    assert_eq!(rows.len(), 6, "{rows:?}");
+    for r in &rows {
+        assert!(r["trace"].as_str().is_some_and(|t| t.starts_with("loop")), "{r}");
+        let ratio = r["hit_ratio"].as_f64().unwrap_or(-1.0);
+        assert!((0.0..=100.0).contains(&ratio), "{r}");
+        assert!(r["mops"].as_f64().is_some_and(|m| m > 0.0), "{r}");
+    }
+    // A loop longer than the cache: LRU always evicts the next key wanted.
+    assert_eq!(row(&rows, "lru", 100)["hit_ratio"].as_f64(), Some(0.0));
+    // Room for the whole loop: everything after the first round hits.
+    for policy in ["lru", "adaptive", "quick_cache"] {
+        assert_eq!(row(&rows, policy, 200)["hit_ratio"].as_f64(), Some(100.0 * 5850.0 / 6000.0), "{policy}");
+    }
+    // The default starts with LIRS, which keeps most of a loop resident.
+    assert!(row(&rows, "adaptive", 100)["hit_ratio"].as_f64().is_some_and(|h| h > 50.0), "{rows:?}");
+    let again = bench(&args);
+    for r in &rows {
+        let policy = r["policy"].as_str().unwrap_or_default();
+        let capacity = r["capacity"].as_u64().unwrap_or_default();
+        assert_eq!(row(&again, policy, capacity)["hit_ratio"], r["hit_ratio"], "{policy} at {capacity} differs between runs");
+    }
+}
+
+#[test]
+fn bench_cache_hit_path_gives_each_cache_a_share_of_a_hash_maps_speed() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = write_loop(dir.path());
+    let rows = bench(&["--trace", trace.as_str(), "--capacity", "100", "--policy", "adaptive", "--hit-path"]);
+    assert_eq!(row(&rows, "hit-path/hashmap", 150)["pct_of_hashmap"].as_f64(), Some(100.0));
+    for name in ["hit-path/adaptive", "hit-path/wtinylfu", "hit-path/quick_cache"] {
+        let r = row(&rows, name, 150);
+        assert_eq!(r["hit_ratio"].as_f64(), Some(100.0), "{r}");
+        assert!(r["pct_of_hashmap"].as_f64().is_some_and(|p| p > 0.0), "{r}");
+    }
+}
+
+#[test]
+fn bench_cache_names_the_bad_line_of_a_trace() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bad.keys");
+    std::fs::write(&path, "12\n7\nseven\n").expect("write trace");
+    let out = Command::new(VERGE).args(["bench", "cache", "--trace"]).arg(&path).args(["--capacity", "10"]).output().expect("run verge");
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("bad.keys:3") && stderr.contains("\"seven\""), "{stderr}");
+}
