@@ -3,10 +3,10 @@
 //! quick_cache, S3-FIFO and SIEVE show that a hit need not reorder
 //! anything: it can bump a small counter that the policy reads when it next
 //! looks for a victim. The cache owns one byte per slot and bumps it on
-//! every hit; lazy policies (FIFO, TTL, S3-FIFO, SIEVE, W-TinyLFU) read and
-//! clear it while they evict, and are not called on a hit at all. Eager
-//! policies (LRU, LFU, ARC, GDSF, LIRS) ignore the marks and are told of
-//! every hit as before.
+//! every hit; lazy policies (FIFO, TTL, S3-FIFO, SIEVE, W-TinyLFU, LIRS)
+//! read and clear it while they evict, and are not called on most hits.
+//! Eager policies (LRU, LFU, ARC, GDSF) are told of every hit instead, and
+//! for them the cache marks nothing.
 
 /// Hits per slot since the policy last cleared the slot's mark, saturating
 /// at [`Marks::MAX`], and the count of all hits (hill climbers use it).

@@ -11,7 +11,7 @@
 //! live policy is rebuilt as that candidate from the resident entries, in
 //! the old one's eviction order.
 
-use super::{grow, Base, Eviction, Meta, PolicyKind, Sizing};
+use super::{alloc, grow, Base, Eviction, Meta, PolicyKind, Sizing};
 use crate::Marks;
 use std::collections::hash_map::Entry;
 use std::collections::HashMap;
@@ -112,17 +112,7 @@ impl Miniatures {
             Entry::Occupied(found) => *found.get(),
             Entry::Vacant(free) => {
                 let key = Sampled { hash: meta.hash, weight: meta.weight, resident: 0 };
-                let slot = match self.free.pop() {
-                    Some(s) => {
-                        self.keys[s as usize] = key;
-                        s
-                    }
-                    None => {
-                        self.keys.push(key);
-                        (self.keys.len() - 1) as u32
-                    }
-                };
-                *free.insert(slot)
+                *free.insert(alloc(&mut self.keys, &mut self.free, key))
             }
         };
         let weight = self.keys[slot as usize].weight;

@@ -4,7 +4,7 @@
 //! a list in increasing count. A hit moves the entry to the next bucket,
 //! eviction takes the least recent entry of the lowest bucket.
 
-use super::{grow, Eviction, Meta};
+use super::{alloc, grow, Eviction, Meta};
 use crate::list::{Links, List, NIL};
 use crate::Marks;
 
@@ -36,16 +36,7 @@ impl Lfu {
     /// A new empty bucket for `count` between `lower` and `higher`.
     fn new_bucket(&mut self, count: u64, lower: u32, higher: u32) -> u32 {
         let b = Bucket { count, entries: List::default(), lower, higher };
-        let id = match self.free.pop() {
-            Some(id) => {
-                self.buckets[id as usize] = b;
-                id
-            }
-            None => {
-                self.buckets.push(b);
-                (self.buckets.len() - 1) as u32
-            }
-        };
+        let id = alloc(&mut self.buckets, &mut self.free, b);
         if lower != NIL {
             self.buckets[lower as usize].higher = id;
         } else {

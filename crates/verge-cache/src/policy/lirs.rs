@@ -10,7 +10,7 @@
 //! bottom (demoting it, evicting it, or whether a hit HIR entry is still in
 //! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
 
-use super::{grow, Eviction, Meta, Sizing};
+use super::{alloc, grow, Eviction, Meta, Sizing};
 use crate::list::{Links, List, NIL};
 use crate::Marks;
 use std::collections::HashMap;
@@ -62,19 +62,6 @@ impl Lirs {
             lir_weight: 0,
             lir_max: units - hir,
             ghost_limit: 2 * sizing.entries.max(1),
-        }
-    }
-
-    fn alloc(&mut self, node: Node) -> u32 {
-        match self.free.pop() {
-            Some(n) => {
-                self.nodes[n as usize] = node;
-                n
-            }
-            None => {
-                self.nodes.push(node);
-                (self.nodes.len() - 1) as u32
-            }
         }
     }
 
@@ -162,7 +149,7 @@ impl Eviction for Lirs {
             self.make_lir(n, marks);
             return;
         }
-        let n = self.alloc(Node { hash: meta.hash, slot, weight: meta.weight, lir: false, in_s: true });
+        let n = alloc(&mut self.nodes, &mut self.free, Node { hash: meta.hash, slot, weight: meta.weight, lir: false, in_s: true });
         self.by_hash.insert(meta.hash, n);
         self.node_of[slot as usize] = n;
         self.s_links.push_front(&mut self.s, n);

@@ -92,6 +92,22 @@ pub(crate) fn grow<T: Clone>(v: &mut Vec<T>, slot: u32, fill: T) {
     }
 }
 
+/// Puts `item` in a free index of `items` (or a new one at the end) and
+/// returns that index: the slab allocation of index-linked structures.
+#[inline]
+pub(crate) fn alloc<T>(items: &mut Vec<T>, free: &mut Vec<u32>, item: T) -> u32 {
+    match free.pop() {
+        Some(i) => {
+            items[i as usize] = item;
+            i
+        }
+        None => {
+            items.push(item);
+            (items.len() - 1) as u32
+        }
+    }
+}
+
 /// The selectable policies.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
 pub enum PolicyKind {
