@@ -2,7 +2,7 @@
 //! entries, an eviction policy over slots, and an expiry heap for TTLs.
 
 use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Role, Sizing};
-use crate::{CacheError, Marks};
+use crate::{CacheError, Mark, Marks};
 use hashbrown::{hash_table, HashTable};
 use std::borrow::Borrow;
 use std::cmp::Reverse;
@@ -47,14 +47,16 @@ impl Default for EntryOptions {
     }
 }
 
-/// What a hit reads; the key's hash is recomputed when needed (eviction,
-/// table growth) and the size lives apart, so that with small keys and
-/// values an entry fills half a cache line.
+/// What a hit reads and writes; the key's hash is recomputed when needed
+/// (eviction, table growth) and the size lives apart, so that with small
+/// keys and values an entry fills half a cache line.
 #[derive(Debug)]
 struct Entry<K, V> {
     key: K,
     value: V,
     expires_at: u64,
+    /// The hits lazy policies read (see [`crate::marks`]).
+    mark: Mark,
 }
 
 /// A slab slot, 32-byte aligned so that a small entry never straddles two
@@ -62,6 +64,31 @@ struct Entry<K, V> {
 #[derive(Debug)]
 #[repr(align(32))]
 struct Slot<K, V>(Option<Entry<K, V>>);
+
+// The mark fits in the entry's padding and no slot word marks it free.
+const _: () = assert!(std::mem::size_of::<Slot<u64, u64>>() == 32);
+
+/// The slab seen as the marks of its slots, for the policy's calls.
+struct SlabMarks<'a, K, V> {
+    slab: &'a mut [Slot<K, V>],
+    hits: u64,
+}
+
+impl<K, V> Marks for SlabMarks<'_, K, V> {
+    #[inline]
+    fn mark(&self, slot: u32) -> Option<Mark> {
+        Some(self.slab.get(slot as usize)?.0.as_ref()?.mark)
+    }
+
+    #[inline]
+    fn mark_mut(&mut self, slot: u32) -> Option<&mut Mark> {
+        Some(&mut self.slab.get_mut(slot as usize)?.0.as_mut()?.mark)
+    }
+
+    fn hits(&self) -> u64 {
+        self.hits
+    }
+}
 
 /// Hit and miss counters.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -88,8 +115,6 @@ pub struct Cache<K, V, S = foldhash::fast::RandomState> {
     /// Each slot's size in bytes (read on removal only).
     sizes: Vec<u64>,
     free: Vec<u32>,
-    /// A byte per slot that every hit bumps (lazy policies read it while evicting).
-    marks: Marks,
     policy: AnyPolicy,
     /// Hits on hashes at most this are reported to the policy (its `hit_hook`).
     hook: u64,
@@ -148,7 +173,6 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             slab: Vec::new(),
             sizes: Vec::new(),
             free: Vec::new(),
-            marks: Marks::default(),
             hook: policy.hit_hook(),
             policy,
             kind: config.policy,
@@ -214,14 +238,14 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             self.stats.misses += 1;
             return None;
         };
-        let expires_at = self.slab[slot as usize].0.as_ref().map_or(0, |e| e.expires_at);
-        if expires_at != NEVER && now >= expires_at {
+        let e = self.slab[slot as usize].0.as_mut()?;
+        if e.expires_at != NEVER && now >= e.expires_at {
             self.expire_on_read(slot);
             return None;
         }
         self.stats.hits += 1;
         // A policy that hears of every hit keeps no marks.
-        if self.hook == u64::MAX || self.marks.hit(slot) || hash <= self.hook {
+        if self.hook == u64::MAX || e.mark.hit() || hash <= self.hook {
             self.report_hit(slot, hash);
         }
         self.slab[slot as usize].0.as_ref().map(|e| &e.value)
@@ -240,7 +264,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// and the hit path stays small enough to inline).
     #[inline(never)]
     fn report_hit(&mut self, slot: u32, hash: u64) {
-        self.policy.on_hit(slot, hash, &mut self.marks);
+        self.policy.on_hit(slot, hash, &mut SlabMarks { slab: &mut self.slab, hits: self.stats.hits });
     }
 
     /// Looks `key` up without telling the policy (no effect on eviction).
@@ -318,21 +342,21 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         };
         let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
         let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
-        self.slab[slot as usize].0 = Some(Entry { key, value, expires_at });
+        self.slab[slot as usize].0 = Some(Entry { key, value, expires_at, mark: Mark::NEW });
         self.sizes[slot as usize] = options.bytes;
         self.bytes += options.bytes;
         if expires_at != NEVER {
             self.expiry.push(Reverse((expires_at, slot)));
         }
-        self.marks.reset(slot);
-        self.policy.on_insert(slot, &Meta { hash, weight, expires_at, cost: options.cost }, &mut self.marks);
+        let meta = Meta { hash, weight, expires_at, cost: options.cost };
+        self.policy.on_insert(slot, &meta, &mut SlabMarks { slab: &mut self.slab, hits: self.stats.hits });
         // An adaptive policy may have switched to a policy that hooks hits differently.
         self.hook = self.policy.hit_hook();
         let mut kept = true;
         while self.over_budget() {
             let victim = match self.pop_expired(now) {
                 Some(s) => s,
-                None => match self.policy.evict(&mut self.marks) {
+                None => match self.policy.evict(&mut SlabMarks { slab: &mut self.slab, hits: self.stats.hits }) {
                     Some(s) => {
                         self.stats.evictions += 1;
                         s

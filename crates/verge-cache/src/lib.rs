@@ -7,8 +7,8 @@
 //! - [`SyncCache`]: the same, sharded behind mutexes, for many threads.
 //! - [`policy`]: LRU, LFU, FIFO, TTL, ARC, GDSF, S3-FIFO, SIEVE, W-TinyLFU,
 //!   LIRS and the adaptive default, behind the [`policy::Eviction`] trait.
-//! - [`Marks`]: a byte per slot that every hit bumps, so that lazy policies
-//!   need not be called on hits.
+//! - [`Marks`]: a [`Mark`] per slot that every hit bumps (inside the slab
+//!   entry), so that lazy policies need not be called on hits.
 //! - [`predict`]: the pre-warming predictor (periodicity, key sequences).
 //! - [`hotspot`]: top-K hot keys from a count-min sketch.
 
@@ -27,7 +27,7 @@ pub use cache::{Cache, CacheConfig, CacheStats, EntryOptions};
 pub use error::CacheError;
 /// The fixed-seed hasher of [`Cache::with_seed`], for callers that want the same hashing.
 pub use foldhash::fast::FixedState;
-pub use marks::Marks;
+pub use marks::{Mark, MarkVec, Marks};
 pub use policy::PolicyKind;
 pub use sketch::FrequencySketch;
 pub use sync::SyncCache;

@@ -2,89 +2,151 @@
 //!
 //! quick_cache, S3-FIFO and SIEVE show that a hit need not reorder
 //! anything: it can bump a small counter that the policy reads when it next
-//! looks for a victim. The cache owns one byte per slot and bumps it on
-//! every hit; lazy policies (FIFO, TTL, S3-FIFO, SIEVE, W-TinyLFU, LIRS)
-//! read and clear it while they evict, and are not called on most hits.
-//! Eager policies (LRU, LFU, ARC, GDSF) are told of every hit instead, and
-//! for them the cache marks nothing.
+//! looks for a victim. Every hit bumps its slot's [`Mark`]; lazy policies
+//! (FIFO, TTL, S3-FIFO, SIEVE, W-TinyLFU, LIRS) read and clear marks while
+//! they evict, and are not called on most hits. Eager policies (LRU, LFU,
+//! ARC, GDSF) are told of every hit instead, and for them nothing is marked.
+//!
+//! The cache keeps each mark inside its slab entry, on the cache line a hit
+//! reads anyway (a separate byte array cost a hit a third of its speed);
+//! policies reach marks through the [`Marks`] trait, which the slab and the
+//! plain [`MarkVec`] (miniature simulations, tests) both implement.
 
-/// Hits per slot since the policy last cleared the slot's mark, saturating
-/// at [`Marks::MAX`], and the count of all hits (hill climbers use it).
+use std::num::NonZeroU8;
+
+/// One slot's mark: hits since the policy last cleared it, saturating at
+/// [`Mark::MAX`], and a flag asking for the slot's hits to be reported.
 ///
-/// A policy may also flag a slot as *reported*: hits on it are then passed
-/// to [`crate::policy::Eviction::on_hit`] as well (LIRS handles hits on its
-/// few HIR entries at once and lets hits on LIR entries wait).
-#[derive(Clone, Debug, Default)]
-pub struct Marks {
-    marks: Vec<u8>,
-    hits: u64,
-}
+/// Never zero, so that an optional entry holding a mark is no larger than
+/// the entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Mark(NonZeroU8);
 
-impl Marks {
+impl Mark {
     /// A mark saturates here (S3-FIFO reads at most 3, W-TinyLFU's sketch counters hold 15).
     pub const MAX: u8 = 15;
-    /// The bit of a slot's byte that asks for its hits to be reported.
+    /// The bit that asks for the slot's hits to be reported.
     const REPORT: u8 = 0x80;
+    /// Always set: keeps the byte non-zero.
+    const ALWAYS: NonZeroU8 = match NonZeroU8::new(0x40) {
+        Some(bit) => bit,
+        None => panic!("0x40 is not zero"),
+    };
+    /// A new entry's mark: no hits, not reported.
+    pub const NEW: Mark = Mark(Self::ALWAYS);
 
-    /// Counts a hit on `slot` (which [`Marks::reset`] made valid); true when
-    /// the policy flagged the slot to hear of its hits.
+    /// Counts a hit; true when the slot is flagged to have its hits reported.
     #[inline]
-    pub fn hit(&mut self, slot: u32) -> bool {
-        self.hits += 1;
-        match self.marks.get_mut(slot as usize) {
-            Some(m) => {
-                // A saturated mark is not written again: no store, so a hot
-                // slot's cache line is not pulled from another core's cache.
-                if *m & Self::MAX < Self::MAX {
-                    *m += 1;
-                }
-                *m & Self::REPORT != 0
-            }
-            None => false,
+    pub fn hit(&mut self) -> bool {
+        let b = self.0.get();
+        // A saturated mark is not written again: no store, so a hot
+        // slot's cache line is not pulled from another core's cache.
+        if b & Self::MAX < Self::MAX {
+            self.0 = Self::ALWAYS | (b + 1);
         }
+        b & Self::REPORT != 0
     }
 
-    /// Flags `slot` to have its hits reported, or stops doing so.
+    /// The hits marked.
     #[inline]
-    pub fn report(&mut self, slot: u32, on: bool) {
-        if let Some(m) = self.marks.get_mut(slot as usize) {
-            *m = if on { *m | Self::REPORT } else { *m & !Self::REPORT };
-        }
+    pub fn hits(self) -> u8 {
+        self.0.get() & Self::MAX
     }
 
-    /// A new entry lives in `slot`: no hits yet.
     #[inline]
-    pub fn reset(&mut self, slot: u32) {
-        crate::policy::grow(&mut self.marks, slot, 0);
-        self.marks[slot as usize] = 0;
+    fn with(self, hits: u8, report: bool) -> Mark {
+        let flag = if report { Self::REPORT } else { 0 };
+        Mark(Self::ALWAYS | flag | hits.min(Self::MAX))
     }
+
+    #[inline]
+    fn reported(self) -> bool {
+        self.0.get() & Self::REPORT != 0
+    }
+}
+
+/// The marks of a set of slots, as a policy reads and clears them.
+///
+/// A slot without an entry has no mark: it reads as 0 hits, and writes to
+/// it are ignored.
+pub trait Marks {
+    /// The mark of `slot`, if it holds an entry.
+    fn mark(&self, slot: u32) -> Option<Mark>;
+    /// The mark of `slot` to change, if it holds an entry.
+    fn mark_mut(&mut self, slot: u32) -> Option<&mut Mark>;
+    /// Hits counted since the marks were created (hill climbers use it).
+    fn hits(&self) -> u64;
 
     /// The hits marked on `slot`.
     #[inline]
-    pub fn get(&self, slot: u32) -> u8 {
-        self.marks.get(slot as usize).map_or(0, |m| m & Self::MAX)
+    fn get(&self, slot: u32) -> u8 {
+        self.mark(slot).map_or(0, Mark::hits)
     }
 
     /// Overwrites the hits marked on `slot` (a policy spending part of them).
     #[inline]
-    pub fn set(&mut self, slot: u32, hits: u8) {
-        if let Some(m) = self.marks.get_mut(slot as usize) {
-            *m = (*m & Self::REPORT) | hits.min(Self::MAX);
+    fn set(&mut self, slot: u32, hits: u8) {
+        if let Some(m) = self.mark_mut(slot) {
+            *m = m.with(hits, m.reported());
         }
     }
 
     /// The hits marked on `slot`, clearing them (the report flag stays).
     #[inline]
-    pub fn take(&mut self, slot: u32) -> u8 {
-        self.marks.get_mut(slot as usize).map_or(0, |m| {
-            let hits = *m & Self::MAX;
-            *m &= Self::REPORT;
+    fn take(&mut self, slot: u32) -> u8 {
+        self.mark_mut(slot).map_or(0, |m| {
+            let hits = m.hits();
+            *m = m.with(0, m.reported());
             hits
         })
     }
 
-    /// Hits counted since the marks were created.
-    pub fn hits(&self) -> u64 {
+    /// Flags `slot` to have its hits reported, or stops doing so.
+    #[inline]
+    fn report(&mut self, slot: u32, on: bool) {
+        if let Some(m) = self.mark_mut(slot) {
+            *m = m.with(m.hits(), on);
+        }
+    }
+}
+
+/// Marks in a vector of their own, for a policy run without a cache (the
+/// adaptive policy's miniatures, tests); every slot counts as holding an
+/// entry once [`MarkVec::reset`] has named it.
+#[derive(Clone, Debug, Default)]
+pub struct MarkVec {
+    marks: Vec<Mark>,
+    hits: u64,
+}
+
+impl MarkVec {
+    /// Counts a hit on `slot`; true when the policy flagged the slot to hear of its hits.
+    #[inline]
+    pub fn hit(&mut self, slot: u32) -> bool {
+        self.hits += 1;
+        self.marks.get_mut(slot as usize).is_some_and(Mark::hit)
+    }
+
+    /// A new entry lives in `slot`: no hits yet.
+    #[inline]
+    pub fn reset(&mut self, slot: u32) {
+        crate::policy::grow(&mut self.marks, slot, Mark::NEW);
+        self.marks[slot as usize] = Mark::NEW;
+    }
+}
+
+impl Marks for MarkVec {
+    #[inline]
+    fn mark(&self, slot: u32) -> Option<Mark> {
+        self.marks.get(slot as usize).copied()
+    }
+
+    #[inline]
+    fn mark_mut(&mut self, slot: u32) -> Option<&mut Mark> {
+        self.marks.get_mut(slot as usize)
+    }
+
+    fn hits(&self) -> u64 {
         self.hits
     }
 }
@@ -95,13 +157,13 @@ mod tests {
 
     #[test]
     fn marks_saturate_and_clear() {
-        let mut m = Marks::default();
+        let mut m = MarkVec::default();
         m.reset(3);
         for _ in 0..20 {
             m.hit(3);
         }
-        assert_eq!(m.get(3), Marks::MAX);
-        assert_eq!(m.take(3), Marks::MAX);
+        assert_eq!(m.get(3), Mark::MAX);
+        assert_eq!(m.take(3), Mark::MAX);
         assert_eq!(m.get(3), 0);
         m.set(3, 2);
         m.report(3, true);
@@ -112,5 +174,6 @@ mod tests {
         m.reset(3);
         assert_eq!((m.get(3), m.hits()), (0, 22));
         assert_eq!(m.get(99), 0, "an unknown slot has no mark");
+        assert_eq!(std::mem::size_of::<Option<Mark>>(), 1, "a missing mark costs no byte");
     }
 }

@@ -73,7 +73,7 @@ struct Sampled {
 #[derive(Debug)]
 struct Miniature {
     policy: Base,
-    marks: Marks,
+    marks: crate::MarkVec,
     weight: u64,
     epoch_hits: u64,
     score: f64,
@@ -97,7 +97,7 @@ impl Miniatures {
         let minis = kinds
             .iter()
             .filter_map(|&kind| {
-                Some(Miniature { policy: Base::new(kind, sizing)?, marks: Marks::default(), weight: 0, epoch_hits: 0, score: 0.0 })
+                Some(Miniature { policy: Base::new(kind, sizing)?, marks: crate::MarkVec::default(), weight: 0, epoch_hits: 0, score: 0.0 })
             })
             .collect();
         Miniatures { slot_of: HashMap::default(), keys: Vec::new(), free: Vec::new(), capacity: sizing.units, minis }
@@ -291,7 +291,7 @@ impl Adaptive {
     /// Rebuilds the live policy as candidate `index` from the resident
     /// entries: the old policy is drained victim by victim, so the new one
     /// sees the entries the old one valued least as its oldest.
-    fn switch_to(&mut self, index: usize, marks: &mut Marks) {
+    fn switch_to(&mut self, index: usize, marks: &mut impl Marks) {
         let Some(mut next) = Base::new(CANDIDATES[index], self.sizing) else { return };
         if let Base::WTinyLfu(w) = &mut next {
             if let Some(sketch) = self.sketch.take() {
@@ -323,7 +323,7 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         grow(&mut self.metas, slot, *meta);
         self.metas[slot as usize] = *meta;
         if let Some(index) = self.pending.take() {
@@ -341,7 +341,7 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut impl Marks) {
         self.live.on_hit(slot, hash, marks);
         if self.sampled(hash) {
             let meta = self.metas[slot as usize];
@@ -350,7 +350,7 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         self.live.evict(marks)
     }
 

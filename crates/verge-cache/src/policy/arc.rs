@@ -65,7 +65,7 @@ impl Arc {
 }
 
 impl Eviction for Arc {
-    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
         grow(&mut self.entries, slot, Entry::default());
         let w = meta.weight;
         let in_t2 = if self.b1.contains(meta.hash) {
@@ -91,7 +91,7 @@ impl Eviction for Arc {
         }
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut impl Marks) {
         let e = &mut self.entries[slot as usize];
         if e.in_t2 {
             self.links.move_to_front(&mut self.t2, slot);
@@ -105,7 +105,7 @@ impl Eviction for Arc {
         }
     }
 
-    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
         let from_t1 = !self.t1.is_empty() && (self.t1_weight > self.p || self.t2.is_empty());
         let slot = if from_t1 { self.t1.tail } else { self.t2.tail };
         if self.t2.is_empty() && self.t1.is_empty() {

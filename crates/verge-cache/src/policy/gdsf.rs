@@ -62,7 +62,7 @@ impl Gdsf {
 }
 
 impl Eviction for Gdsf {
-    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
         grow(&mut self.entries, slot, Entry::default());
         self.entries[slot as usize] = Entry { freq: 1, cost: meta.cost, weight: meta.weight, ..Entry::default() };
         self.live += 1;
@@ -70,13 +70,13 @@ impl Eviction for Gdsf {
         self.push(slot);
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut impl Marks) {
         let e = &mut self.entries[slot as usize];
         e.freq = e.freq.saturating_add(1);
         self.touch(slot);
     }
 
-    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
         loop {
             let mut top = self.heap.peek_mut()?;
             let Reverse((priority, seq, slot)) = *top;
@@ -113,7 +113,7 @@ mod tests {
     #[test]
     fn prefers_small_costly_frequent_entries() {
         let mut p = Gdsf::default();
-        let mut m = Marks::default();
+        let mut m = crate::MarkVec::default();
         let meta = |weight, cost| Meta { hash: 0, weight, expires_at: u64::MAX, cost };
         p.on_insert(0, &meta(100, 1), &mut m); // big, cheap: priority 0.01
         p.on_insert(1, &meta(1, 1), &mut m); // small: 1
@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn records_of_removed_entries_are_dropped_without_reordering() {
         let mut p = Gdsf::default();
-        let mut m = Marks::default();
+        let mut m = crate::MarkVec::default();
         let meta = Meta { hash: 0, weight: 1, expires_at: u64::MAX, cost: 1 };
         for slot in 0..1000 {
             p.on_insert(slot, &meta, &mut m);
@@ -165,7 +165,7 @@ mod tests {
                 heap.push(Reverse(((clock + f64::from(f) * f64::from(c) / w as f64).to_bits(), seq, slot)));
             };
         let mut p = Gdsf::default();
-        let mut m = Marks::default();
+        let mut m = crate::MarkVec::default();
         let mut resident: Vec<u32> = Vec::new();
         let mut rng = 0x2545_f491_4f6c_dd1du64;
         for step in 0..20_000u32 {

@@ -69,7 +69,7 @@ impl Lfu {
 }
 
 impl Eviction for Lfu {
-    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut impl Marks) {
         grow(&mut self.bucket_of, slot, NIL);
         let b = if self.lowest != NIL && self.buckets[self.lowest as usize].count == 1 {
             self.lowest
@@ -80,7 +80,7 @@ impl Eviction for Lfu {
         self.bucket_of[slot as usize] = b;
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut impl Marks) {
         let b = self.bucket_of[slot as usize];
         let Bucket { count, higher, .. } = self.buckets[b as usize];
         let target =
@@ -90,7 +90,7 @@ impl Eviction for Lfu {
         self.bucket_of[slot as usize] = target;
     }
 
-    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
         if self.lowest == NIL {
             return None;
         }

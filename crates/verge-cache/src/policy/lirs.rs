@@ -90,7 +90,7 @@ impl Lirs {
     /// Brings the bottom of S up to date: LIR entries found there marked
     /// (hit since they were last moved) go to the top, and HIR entries
     /// below the lowest LIR one leave S.
-    fn settle(&mut self, marks: &mut Marks) {
+    fn settle(&mut self, marks: &mut impl Marks) {
         loop {
             self.prune();
             let n = self.s.tail;
@@ -102,7 +102,7 @@ impl Lirs {
     }
 
     /// Turns bottom LIR entries into resident HIR ones while LIR is over budget.
-    fn demote_excess(&mut self, marks: &mut Marks) {
+    fn demote_excess(&mut self, marks: &mut impl Marks) {
         while self.lir_weight > self.lir_max {
             self.settle(marks);
             let b = self.s.tail;
@@ -120,7 +120,7 @@ impl Lirs {
         }
     }
 
-    fn make_lir(&mut self, n: u32, marks: &mut Marks) {
+    fn make_lir(&mut self, n: u32, marks: &mut impl Marks) {
         let node = &mut self.nodes[n as usize];
         node.lir = true;
         self.lir_weight += node.weight;
@@ -134,7 +134,7 @@ impl Eviction for Lirs {
         0
     }
 
-    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         grow(&mut self.node_of, slot, NIL);
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
         if let Some(&n) = self.by_hash.get(&meta.hash) {
@@ -163,7 +163,7 @@ impl Eviction for Lirs {
         }
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64, marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, marks: &mut impl Marks) {
         // This hit is handled now, not when the slot reaches the bottom.
         marks.take(slot);
         let n = self.node_of[slot as usize];
@@ -188,7 +188,7 @@ impl Eviction for Lirs {
         }
     }
 
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         if let Some(n) = self.q_links.pop_back(&mut self.q) {
             let node = &mut self.nodes[n as usize];
             let slot = node.slot;
@@ -257,7 +257,7 @@ mod tests {
     #[test]
     fn hits_on_hir_entries_are_reported_and_lir_hits_wait_in_the_marks() {
         let mut p = Lirs::new(units(3));
-        let mut m = Marks::default();
+        let mut m = crate::MarkVec::default();
         for slot in 0..3u32 {
             m.reset(slot);
             p.on_insert(slot, &Meta { hash: u64::from(slot) + 1, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut m);

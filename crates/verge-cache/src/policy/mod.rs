@@ -72,13 +72,13 @@ pub trait Eviction {
         u64::MAX
     }
     /// A new entry now lives in `slot` (its mark is 0).
-    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks);
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks);
     /// The entry in `slot`, whose key hashes to `hash`, was read (unless the
     /// policy's hook is `u64::MAX`, its mark already counts this hit).
-    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks);
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut impl Marks);
     /// Picks a victim, forgets it and returns its slot; `None` when empty.
     /// May return the slot inserted last (an admission refusal).
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32>;
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32>;
     /// The entry in `slot` left the cache for another reason (delete, expiry).
     fn on_remove(&mut self, slot: u32);
 }
@@ -242,15 +242,15 @@ impl Eviction for Base {
         dispatch!(self, p => p.hit_hook())
     }
     #[inline]
-    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         dispatch!(self, p => p.on_insert(slot, meta, marks))
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut impl Marks) {
         dispatch!(self, p => p.on_hit(slot, hash, marks))
     }
     #[inline]
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         dispatch!(self, p => p.evict(marks))
     }
     #[inline]
@@ -299,21 +299,21 @@ impl Eviction for AnyPolicy {
         }
     }
     #[inline]
-    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         match self {
             AnyPolicy::Base(p) => p.on_insert(slot, meta, marks),
             AnyPolicy::Adaptive(p) => p.on_insert(slot, meta, marks),
         }
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut impl Marks) {
         match self {
             AnyPolicy::Base(p) => p.on_hit(slot, hash, marks),
             AnyPolicy::Adaptive(p) => p.on_hit(slot, hash, marks),
         }
     }
     #[inline]
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         match self {
             AnyPolicy::Base(p) => p.evict(marks),
             AnyPolicy::Adaptive(p) => p.evict(marks),
@@ -335,11 +335,11 @@ pub(crate) mod testutil {
     /// Replays `keys` (get, insert on miss, unit weights) against `policy`
     /// with room for `cap` entries; returns the hit count and the final
     /// resident keys (sorted).
-    pub fn replay(policy: &mut dyn Eviction, cap: usize, keys: &[u64]) -> (usize, Vec<u64>) {
+    pub fn replay(policy: &mut impl Eviction, cap: usize, keys: &[u64]) -> (usize, Vec<u64>) {
         let mut slot_of = std::collections::HashMap::new();
         let mut key_of: Vec<Option<u64>> = Vec::new();
         let mut free: Vec<u32> = Vec::new();
-        let mut marks = Marks::default();
+        let mut marks = crate::MarkVec::default();
         let mut hits = 0;
         for &k in keys {
             let hash = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);

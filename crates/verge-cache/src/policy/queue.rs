@@ -30,17 +30,17 @@ impl<const MOVE_ON_HIT: bool> Eviction for Queue<MOVE_ON_HIT> {
         }
     }
     #[inline]
-    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut impl Marks) {
         self.links.push_front(&mut self.list, slot);
     }
     #[inline]
-    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut Marks) {
+    fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut impl Marks) {
         if MOVE_ON_HIT {
             self.links.move_to_front(&mut self.list, slot);
         }
     }
     #[inline]
-    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
         self.links.pop_back(&mut self.list)
     }
     #[inline]

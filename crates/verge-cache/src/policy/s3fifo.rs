@@ -52,7 +52,7 @@ impl Eviction for S3Fifo {
         0
     }
 
-    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
         grow(&mut self.entries, slot, Entry::default());
         let in_main = self.ghost.remove(meta.hash).is_some();
         self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
@@ -66,9 +66,9 @@ impl Eviction for S3Fifo {
 
     /// A hit only marks the slot (the cache does that): the access counter.
     #[inline]
-    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut impl Marks) {}
 
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         loop {
             if !self.small.is_empty() && (self.small_weight >= self.small_target || self.main.is_empty()) {
                 let slot = self.links.pop_back(&mut self.small)?;

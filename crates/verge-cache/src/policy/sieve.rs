@@ -25,13 +25,13 @@ impl Eviction for Sieve {
         0
     }
     #[inline]
-    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, _meta: &Meta, _marks: &mut impl Marks) {
         self.links.push_front(&mut self.list, slot);
     }
     /// A hit only marks the slot (the cache does that): SIEVE's visited bit.
     #[inline]
-    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut impl Marks) {}
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         if self.list.is_empty() {
             return None;
         }

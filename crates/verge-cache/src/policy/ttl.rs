@@ -27,7 +27,7 @@ impl Ttl {
 }
 
 impl Eviction for Ttl {
-    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
         grow(&mut self.seq_of, slot, 0);
         self.next_seq += 1;
         self.seq_of[slot as usize] = self.next_seq;
@@ -39,9 +39,9 @@ impl Eviction for Ttl {
         0
     }
 
-    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut impl Marks) {}
 
-    fn evict(&mut self, _marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
         while let Some(Reverse((_, seq, slot))) = self.heap.pop() {
             if self.seq_of[slot as usize] == seq {
                 self.seq_of[slot as usize] = 0;
@@ -66,7 +66,7 @@ mod tests {
     #[test]
     fn evicts_soonest_expiry_then_oldest() {
         let mut p = Ttl::default();
-        let mut m = Marks::default();
+        let mut m = crate::MarkVec::default();
         let meta = |expires_at| Meta { hash: 0, weight: 1, expires_at, cost: 1 };
         p.on_insert(0, &meta(u64::MAX), &mut m);
         p.on_insert(1, &meta(50), &mut m);

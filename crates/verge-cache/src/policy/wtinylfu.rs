@@ -121,7 +121,7 @@ impl WTinyLfu {
     }
 
     /// Adds the hits marked on `slot` to the sketch; true when there were any.
-    fn flush(&mut self, slot: u32, marks: &mut Marks) -> bool {
+    fn flush(&mut self, slot: u32, marks: &mut impl Marks) -> bool {
         let hits = marks.take(slot);
         if hits > 0 {
             self.sketch.add(self.entries[slot as usize].hash, hits);
@@ -131,7 +131,7 @@ impl WTinyLfu {
 
     /// The unmarked end of `region`'s queue (`NIL` when empty); marked
     /// entries on the way go back to the front with their hits flushed.
-    fn clock_tail(&mut self, region: u8, marks: &mut Marks) -> u32 {
+    fn clock_tail(&mut self, region: u8, marks: &mut impl Marks) -> u32 {
         loop {
             let tail = self.lists[region as usize].tail;
             if tail == NIL || !self.flush(tail, marks) {
@@ -141,7 +141,7 @@ impl WTinyLfu {
         }
     }
 
-    fn demote_protected(&mut self, marks: &mut Marks) {
+    fn demote_protected(&mut self, marks: &mut impl Marks) {
         while self.weights[PROTECTED as usize] > self.protected_max {
             let slot = self.clock_tail(PROTECTED, marks);
             if slot == NIL {
@@ -154,7 +154,7 @@ impl WTinyLfu {
 
     /// Main's victim: probation's unmarked end (marked entries met on the
     /// way are promoted to protected), else protected's; `NIL` when main is empty.
-    fn main_victim(&mut self, marks: &mut Marks) -> u32 {
+    fn main_victim(&mut self, marks: &mut impl Marks) -> u32 {
         loop {
             let tail = self.lists[PROBATION as usize].tail;
             if tail == NIL {
@@ -186,7 +186,7 @@ impl WTinyLfu {
     }
 
     /// Moves window overflow into probation while the cache is not full.
-    fn spill_window(&mut self, marks: &mut Marks) {
+    fn spill_window(&mut self, marks: &mut impl Marks) {
         while self.weights[WINDOW as usize] > self.window_max && self.weights.iter().sum::<u64>() <= self.capacity {
             let slot = self.clock_tail(WINDOW, marks);
             if slot == NIL {
@@ -200,7 +200,7 @@ impl WTinyLfu {
     /// Counts a miss for the hill climber; climbs once a sample of
     /// requests (the marks count the hits) is complete.
     #[inline]
-    fn count_miss(&mut self, marks: &mut Marks) {
+    fn count_miss(&mut self, marks: &mut impl Marks) {
         let Some(c) = &mut self.climb else { return };
         c.misses += 1;
         let hits = marks.hits() - *c.hits_before.get_or_insert(marks.hits());
@@ -212,7 +212,7 @@ impl WTinyLfu {
     /// Caffeine's hill climbing: compare this sample's hit rate with the
     /// last one and keep moving the window the same way while it helps.
     #[cold]
-    fn climb(&mut self, hits: u64, marks: &mut Marks) {
+    fn climb(&mut self, hits: u64, marks: &mut impl Marks) {
         let Some(c) = &mut self.climb else { return };
         let requests = hits + c.misses;
         let rate = hits as f64 / requests as f64;
@@ -231,7 +231,7 @@ impl WTinyLfu {
         }
     }
 
-    fn grow_window(&mut self, amount: u64, marks: &mut Marks) {
+    fn grow_window(&mut self, amount: u64, marks: &mut impl Marks) {
         let quota = amount.min(self.protected_max);
         self.protected_max -= quota;
         self.window_max += quota;
@@ -267,7 +267,7 @@ impl Eviction for WTinyLfu {
         0
     }
 
-    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut Marks) {
+    fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         grow(&mut self.entries, slot, Entry::default());
         grow(&mut self.regions, slot, WINDOW);
         self.sketch.increment(meta.hash);
@@ -280,9 +280,9 @@ impl Eviction for WTinyLfu {
     /// A hit only marks the slot (the cache does that); the marks are read
     /// when the slot reaches the end of its queue.
     #[inline]
-    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut Marks) {}
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut impl Marks) {}
 
-    fn evict(&mut self, marks: &mut Marks) -> Option<u32> {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         let candidate = if self.weights[WINDOW as usize] > self.window_max { self.clock_tail(WINDOW, marks) } else { NIL };
         if candidate != NIL {
             let victim = self.main_victim(marks);
