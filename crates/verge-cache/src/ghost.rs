@@ -4,18 +4,28 @@
 //! a ghost list remembers those hashes in eviction order with the entry's
 //! weight, bounded by the owner.
 
-use crate::list::{Links, List};
-use std::collections::HashMap;
+use std::collections::hash_map::Entry;
+use std::collections::{HashMap, VecDeque};
 
 /// An LRU-ordered set of hashes of non-resident entries.
+///
+/// The order lives in a ring of `(hash, stamp)` records, oldest first; the
+/// map holds each remembered hash's latest stamp and weight. Forgetting a
+/// hash or pushing it again leaves its old record in the ring, where it is
+/// recognised as stale (its stamp is no longer the map's) and skipped: no
+/// list links to mend, and the ring is read in order.
 #[derive(Debug, Default)]
 pub(crate) struct GhostList {
-    map: HashMap<u64, u32, foldhash::fast::FixedState>,
-    hashes: Vec<u64>,
-    weights: Vec<u64>,
-    free: Vec<u32>,
-    links: Links,
-    list: List,
+    map: HashMap<u64, Ghost, foldhash::fast::FixedState>,
+    ring: VecDeque<(u64, u64)>,
+    next_stamp: u64,
+    weight: u64,
+}
+
+/// A remembered hash's latest record.
+#[derive(Clone, Copy, Debug)]
+struct Ghost {
+    stamp: u64,
     weight: u64,
 }
 
@@ -27,30 +37,28 @@ impl GhostList {
 
     /// Remembers `hash` as the most recent ghost (replacing an older record).
     pub fn push(&mut self, hash: u64, weight: u64) {
-        self.remove(hash);
-        let node = match self.free.pop() {
-            Some(n) => {
-                self.hashes[n as usize] = hash;
-                self.weights[n as usize] = weight;
-                n
+        let stamp = self.next_stamp;
+        self.next_stamp += 1;
+        let ghost = Ghost { stamp, weight };
+        match self.map.entry(hash) {
+            Entry::Occupied(mut old) => self.weight -= std::mem::replace(old.get_mut(), ghost).weight,
+            Entry::Vacant(free) => {
+                free.insert(ghost);
             }
-            None => {
-                self.hashes.push(hash);
-                self.weights.push(weight);
-                (self.hashes.len() - 1) as u32
-            }
-        };
-        self.links.push_front(&mut self.list, node);
-        self.map.insert(hash, node);
+        }
         self.weight += weight;
+        self.ring.push_back((hash, stamp));
+        // Stale records are dropped as they reach the front; a ring that
+        // gains them faster is compacted, so it stays within twice the map.
+        if self.ring.len() > 2 * self.map.len() + 64 {
+            let map = &self.map;
+            self.ring.retain(|(h, stamp)| map.get(h).is_some_and(|g| g.stamp == *stamp));
+        }
     }
 
     /// Forgets `hash`; returns its weight when it was remembered.
     pub fn remove(&mut self, hash: u64) -> Option<u64> {
-        let node = self.map.remove(&hash)?;
-        self.links.unlink(&mut self.list, node);
-        self.free.push(node);
-        let w = self.weights[node as usize];
+        let w = self.map.remove(&hash)?.weight;
         self.weight -= w;
         Some(w)
     }
@@ -62,13 +70,15 @@ impl GhostList {
 
     /// Forgets the oldest ghost.
     pub fn pop_oldest(&mut self) -> bool {
-        let Some(node) = self.links.pop_back(&mut self.list) else {
-            return false;
-        };
-        self.map.remove(&self.hashes[node as usize]);
-        self.weight -= self.weights[node as usize];
-        self.free.push(node);
-        true
+        while let Some((hash, stamp)) = self.ring.pop_front() {
+            if let Entry::Occupied(found) = self.map.entry(hash) {
+                if found.get().stamp == stamp {
+                    self.weight -= found.remove().weight;
+                    return true;
+                }
+            }
+        }
+        false
     }
 }
 
@@ -90,5 +100,29 @@ mod tests {
         assert!(g.contains(20));
         g.push(20, 5);
         assert_eq!(g.weight(), 5);
+        g.push(40, 1);
+        g.push(20, 2);
+        assert!(g.pop_oldest(), "the stale records of 20 are skipped");
+        assert!(!g.contains(40) && g.contains(20));
+        assert!(g.pop_oldest());
+        assert!(!g.pop_oldest());
+        assert_eq!(g.weight(), 0);
+    }
+
+    #[test]
+    fn stale_records_do_not_pile_up() {
+        let mut g = GhostList::default();
+        for i in 0..10_000u64 {
+            g.push(i % 7, 1);
+            assert!(g.ring.len() <= 2 * g.map.len() + 65);
+            g.remove((i + 3) % 7);
+        }
+        let live = g.map.len() as u64;
+        assert_eq!(g.weight(), live);
+        let mut popped = 0;
+        while g.pop_oldest() {
+            popped += 1;
+        }
+        assert_eq!(popped, live);
     }
 }
