@@ -289,8 +289,8 @@ impl Adaptive {
     }
 
     /// Rebuilds the live policy as candidate `index` from the resident
-    /// entries: the old policy is drained victim by victim, so the new one
-    /// sees the entries the old one valued least as its oldest.
+    /// entries: the old policy is drained victim by victim, and the new one
+    /// adopts them in that order, keeping the old ranking where it can.
     fn switch_to(&mut self, index: usize, marks: &mut impl Marks) {
         let Some(mut next) = Base::new(CANDIDATES[index], self.sizing) else { return };
         if let Base::WTinyLfu(w) = &mut next {
@@ -302,11 +302,13 @@ impl Adaptive {
             choice.store(index, Ordering::Relaxed);
         }
         let mut old = std::mem::replace(&mut self.live, next);
+        let mut order = Vec::new();
         while let Some(slot) = old.evict(marks) {
             // Whether a hit on the slot is reported is the new policy's say.
             marks.report(slot, false);
-            self.live.on_insert(slot, &self.metas[slot as usize], marks);
+            order.push(slot);
         }
+        self.live.adopt(&order, &self.metas, marks);
         if let Base::WTinyLfu(w) = old {
             self.sketch = Some(w.into_sketch());
         }

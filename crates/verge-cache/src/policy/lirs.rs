@@ -10,7 +10,7 @@
 //! bottom (demoting it, evicting it, or whether a hit HIR entry is still in
 //! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
 
-use super::{alloc, grow, Eviction, Meta, Sizing};
+use super::{alloc, grow, top_fitting, Eviction, Meta, Sizing};
 use crate::list::{Links, List, NIL};
 use crate::Marks;
 use std::collections::HashMap;
@@ -188,6 +188,29 @@ impl Eviction for Lirs {
         }
     }
 
+    /// The most valued entries that fit the LIR budget become LIR, the rest
+    /// resident HIR (evicted least valued first); S holds all of them, the
+    /// most valued on top.
+    fn adopt(&mut self, slots: &[u32], metas: &[Meta], marks: &mut impl Marks) {
+        let lir_from = slots.len() - top_fitting(slots, metas, self.lir_max - self.lir_weight);
+        for (i, &slot) in slots.iter().enumerate() {
+            let meta = &metas[slot as usize];
+            let lir = i >= lir_from;
+            grow(&mut self.node_of, slot, NIL);
+            let n = alloc(&mut self.nodes, &mut self.free, Node { hash: meta.hash, slot, weight: meta.weight, lir, in_s: true });
+            self.by_hash.insert(meta.hash, n);
+            self.node_of[slot as usize] = n;
+            self.s_links.push_front(&mut self.s, n);
+            marks.report(slot, !lir);
+            if lir {
+                self.lir_weight += meta.weight;
+            } else {
+                self.q_links.push_front(&mut self.q, n);
+            }
+        }
+        self.prune();
+    }
+
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         if let Some(n) = self.q_links.pop_back(&mut self.q) {
             let node = &mut self.nodes[n as usize];
@@ -240,8 +263,22 @@ impl Eviction for Lirs {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{replay, units};
+    use super::super::testutil::{adopt_in_order, replay, units};
     use super::*;
+
+    #[test]
+    fn adopted_entries_keep_their_rank() {
+        // Ten entries, 0 the least valued: the nine most valued are LIR, so
+        // 0 (the one resident HIR entry) goes first and nothing else is
+        // evicted while LIR entries are untouched.
+        let mut p = Lirs::new(units(10));
+        let mut m = adopt_in_order(&mut p, 10);
+        assert_eq!(p.lir_weight, 9);
+        assert!(m.hit(0), "the HIR entry's hits are reported");
+        assert!(!m.hit(9), "an LIR entry's hits wait in its mark");
+        assert_eq!(p.evict(&mut m), Some(0));
+        assert_eq!(p.evict(&mut m), Some(1), "then the bottom of S, the least valued LIR entry");
+    }
 
     #[test]
     fn loop_larger_than_cache_still_hits() {

@@ -30,6 +30,8 @@ pub use sieve::Sieve;
 pub use ttl::Ttl;
 pub use wtinylfu::WTinyLfu;
 
+#[cfg(test)]
+use crate::MarkVec;
 use crate::{CacheError, Marks};
 use std::fmt;
 use std::str::FromStr;
@@ -81,6 +83,30 @@ pub trait Eviction {
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32>;
     /// The entry in `slot` left the cache for another reason (delete, expiry).
     fn on_remove(&mut self, slot: u32);
+    /// Takes over the entries of the policy this one replaces: `slots` in
+    /// the order that policy would have evicted them (least valued first),
+    /// `metas` indexed by slot. A policy that ranks its entries places them
+    /// so that the old ranking survives the switch; by default each is
+    /// inserted in turn.
+    fn adopt(&mut self, slots: &[u32], metas: &[Meta], marks: &mut impl Marks) {
+        for &slot in slots {
+            self.on_insert(slot, &metas[slot as usize], marks);
+        }
+    }
+}
+
+/// How many of `slots` (least valued first), counted from the most valued
+/// end, fit in `budget` units: the ones an adopting policy ranks highest.
+pub(crate) fn top_fitting(slots: &[u32], metas: &[Meta], budget: u64) -> usize {
+    let mut used = 0;
+    slots
+        .iter()
+        .rev()
+        .take_while(|&&s| {
+            used += metas[s as usize].weight;
+            used <= budget
+        })
+        .count()
 }
 
 /// Grows a per-slot vector so that `slot` is a valid index.
@@ -257,6 +283,9 @@ impl Eviction for Base {
     fn on_remove(&mut self, slot: u32) {
         dispatch!(self, p => p.on_remove(slot))
     }
+    fn adopt(&mut self, slots: &[u32], metas: &[Meta], marks: &mut impl Marks) {
+        dispatch!(self, p => p.adopt(slots, metas, marks))
+    }
 }
 
 /// Any policy, the adaptive one included: what a [`crate::Cache`] runs.
@@ -373,5 +402,18 @@ pub(crate) mod testutil {
     /// Sizing for `n` unit-weight entries.
     pub fn units(n: usize) -> Sizing {
         Sizing { units: n as u64, entries: n }
+    }
+
+    /// Has `policy` adopt slots `0..n` (slot 0 the least valued) with unit
+    /// weights; returns the marks they live with.
+    pub fn adopt_in_order(policy: &mut impl Eviction, n: u32) -> MarkVec {
+        let mut marks = MarkVec::default();
+        let metas: Vec<Meta> = (0..n).map(|s| Meta { hash: u64::from(s) + 1, weight: 1, expires_at: u64::MAX, cost: 1 }).collect();
+        let slots: Vec<u32> = (0..n).collect();
+        for &s in &slots {
+            marks.reset(s);
+        }
+        policy.adopt(&slots, &metas, &mut marks);
+        marks
     }
 }

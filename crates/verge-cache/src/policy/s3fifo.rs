@@ -2,7 +2,7 @@
 //! wonders, a main FIFO with 2-bit counters and reinsertion keeps the rest,
 //! a ghost FIFO sends returning keys straight to main.
 
-use super::{grow, Eviction, Meta, Sizing};
+use super::{grow, top_fitting, Eviction, Meta, Sizing};
 use crate::ghost::GhostList;
 use crate::list::{Links, List};
 use crate::Marks;
@@ -95,6 +95,25 @@ impl Eviction for S3Fifo {
         }
     }
 
+    /// The least valued entries, up to small's target, go to small; the
+    /// rest to main; each queue ends with its least valued.
+    fn adopt(&mut self, slots: &[u32], metas: &[Meta], _marks: &mut impl Marks) {
+        let total: u64 = slots.iter().map(|&s| metas[s as usize].weight).sum();
+        let main_from = slots.len() - top_fitting(slots, metas, total.saturating_sub(self.small_target));
+        for (i, &slot) in slots.iter().enumerate() {
+            let meta = &metas[slot as usize];
+            let in_main = i >= main_from;
+            grow(&mut self.entries, slot, Entry::default());
+            self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
+            if in_main {
+                self.links.push_front(&mut self.main, slot);
+            } else {
+                self.links.push_front(&mut self.small, slot);
+                self.small_weight += meta.weight;
+            }
+        }
+    }
+
     fn on_remove(&mut self, slot: u32) {
         let e = self.entries[slot as usize];
         if e.in_main {
@@ -108,8 +127,21 @@ impl Eviction for S3Fifo {
 
 #[cfg(test)]
 mod tests {
-    use super::super::testutil::{replay, units};
+    use super::super::testutil::{adopt_in_order, replay, units};
     use super::*;
+
+    #[test]
+    fn adopted_entries_fill_main_and_the_least_valued_wait_in_small() {
+        // Ten entries, 0 the least valued: 0 fills small (a tenth), 1..=9 go
+        // to main. A newcomer then competes in small, not behind all of them.
+        let mut p = S3Fifo::new(units(10));
+        let mut m = adopt_in_order(&mut p, 10);
+        assert_eq!(p.entries.iter().filter(|e| e.in_main).count(), 9);
+        m.reset(10);
+        p.on_insert(10, &Meta { hash: 11, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut m);
+        let victims: Vec<u32> = (0..4).filter_map(|_| p.evict(&mut m)).collect();
+        assert_eq!(victims, vec![0, 10, 1, 2]);
+    }
 
     #[test]
     fn one_hit_wonders_leave_from_small_and_ghosts_return_to_main() {
