@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 use verge_cache::{Cache, CacheConfig, FixedState, PolicyKind, SyncCache};
 
-/// Fixed hash seed, so sampling in the adaptive policy is reproducible.
+/// Default hash seed, so sampling in the adaptive policy is reproducible.
 const SEED: u64 = 0x7665_7267_6521;
 /// Rounds of the hit-path measurement (medians are reported).
 const HIT_PATH_ROUNDS: usize = 5;
@@ -44,6 +44,10 @@ pub struct CacheBenchArgs {
     /// Also measure the thread-safe caches with this many threads (0: skip).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Hash seed of Verge's caches. The adaptive policy samples keys by
+    /// hash, so another seed shows how much a figure owes to the sample.
+    #[arg(long, default_value_t = SEED)]
+    seed: u64,
 }
 
 /// How a trace file is encoded.
@@ -124,7 +128,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<()> {
         let mut rows = Vec::new();
         for &capacity in &args.capacity {
             for &c in &contenders {
-                let (hits, secs) = replay(c, capacity, &keys)?;
+                let (hits, secs) = replay(c, capacity, &keys, args.seed)?;
                 let p = Point {
                     trace: trace.clone(),
                     capacity,
@@ -143,7 +147,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<()> {
         }
         points.extend(rows);
         if args.hit_path {
-            hit_path(&trace, &keys, unique, args.json)?;
+            hit_path(&trace, &keys, unique, args.json, args.seed)?;
         }
         if args.threads > 0 {
             threaded(&trace, &keys, &args.capacity, args.threads, args.json)?;
@@ -216,11 +220,11 @@ fn timed(keys: &[u64], mut access: impl FnMut(u64) -> bool) -> (u64, f64) {
 }
 
 /// Replays `keys` through a fresh cache; returns hits and seconds.
-fn replay(c: Contender, capacity: usize, keys: &[u64]) -> anyhow::Result<(u64, f64)> {
+fn replay(c: Contender, capacity: usize, keys: &[u64], seed: u64) -> anyhow::Result<(u64, f64)> {
     Ok(match c {
         Contender::Verge(kind) => {
             let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
-            let mut cache = Cache::with_seed(config, SEED)?;
+            let mut cache = Cache::with_seed(config, seed)?;
             let mut failed = None;
             let result = timed(keys, |k| {
                 cache.get(&k, 0).is_some() || {
@@ -270,7 +274,7 @@ fn replay(c: Contender, capacity: usize, keys: &[u64]) -> anyhow::Result<(u64, f
 }
 
 /// Lookups only, every key resident: the cost of a hit.
-fn hit_path(trace: &str, keys: &[u64], unique: usize, json: bool) -> anyhow::Result<()> {
+fn hit_path(trace: &str, keys: &[u64], unique: usize, json: bool, seed: u64) -> anyhow::Result<()> {
     let time = |f: &mut dyn FnMut(u64) -> bool| {
         let start = Instant::now();
         let mut found = 0u64;
@@ -281,10 +285,10 @@ fn hit_path(trace: &str, keys: &[u64], unique: usize, json: bool) -> anyhow::Res
         keys.len() as f64 / start.elapsed().as_secs_f64().max(1e-9) / 1e6
     };
     // A plain std map with the same hasher the caches use.
-    let mut map: HashMap<u64, u64, FixedState> = HashMap::with_capacity_and_hasher(unique, FixedState::with_seed(SEED));
+    let mut map: HashMap<u64, u64, FixedState> = HashMap::with_capacity_and_hasher(unique, FixedState::with_seed(seed));
     let mut caches = Vec::new();
     for kind in [PolicyKind::Lru, PolicyKind::S3Fifo, PolicyKind::WTinyLfu, PolicyKind::Lirs, PolicyKind::Adaptive] {
-        caches.push((kind.name(), Cache::with_seed(CacheConfig { max_entries: unique, max_bytes: None, policy: kind }, SEED)?));
+        caches.push((kind.name(), Cache::with_seed(CacheConfig { max_entries: unique, max_bytes: None, policy: kind }, seed)?));
     }
     let mut qc = quick_cache::unsync::Cache::new(unique);
     for &k in keys {
