@@ -65,7 +65,8 @@ struct Entry<K, V> {
 #[repr(align(32))]
 struct Slot<K, V>(Option<Entry<K, V>>);
 
-// The mark fits in the entry's padding and no slot word marks it free.
+// The mark fits in the entry's padding, and its never-zero byte tells an
+// empty slot from a full one: a small slot stays 32 bytes.
 const _: () = assert!(std::mem::size_of::<Slot<u64, u64>>() == 32);
 
 /// The slab seen as the marks of its slots, for the policy's calls.
