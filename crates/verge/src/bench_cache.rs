@@ -44,8 +44,10 @@ pub struct CacheBenchArgs {
     /// Also measure the thread-safe caches with this many threads (0: skip).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Hash seed of Verge's caches. The adaptive policy samples keys by
-    /// hash, so another seed shows how much a figure owes to the sample.
+    /// Hash seed of Verge's single-threaded caches (the threaded runs
+    /// interleave differently every time anyway). The adaptive policy
+    /// samples keys by hash, so another seed shows how much a figure owes
+    /// to the sample.
     #[arg(long, default_value_t = SEED)]
     seed: u64,
 }
