@@ -47,9 +47,9 @@ impl Default for EntryOptions {
     }
 }
 
-/// What a hit reads and writes; the key's hash is recomputed when needed
-/// (eviction, table growth) and the size lives apart, so that with small
-/// keys and values an entry fills half a cache line.
+/// What a hit reads and writes; the key's hash and the entry's size live
+/// apart ([`SlotInfo`]), so that with small keys and values an entry fills
+/// half a cache line.
 #[derive(Debug)]
 struct Entry<K, V> {
     key: K,
@@ -68,6 +68,16 @@ struct Slot<K, V>(Option<Entry<K, V>>);
 // The mark fits in the entry's padding, and its never-zero byte tells an
 // empty slot from a full one: a small slot stays 32 bytes.
 const _: () = assert!(std::mem::size_of::<Slot<u64, u64>>() == 32);
+
+/// What the cache keeps beside each slab slot: read when the entry leaves
+/// or the table grows, never on a hit.
+#[derive(Clone, Copy, Debug, Default)]
+struct SlotInfo {
+    /// The key's hash: finds the slot's bucket without hashing the key again.
+    hash: u64,
+    /// The entry's size in bytes.
+    bytes: u64,
+}
 
 /// The slab seen as the marks of its slots, for the policy's calls.
 struct SlabMarks<'a, K, V> {
@@ -113,8 +123,8 @@ pub struct Cache<K, V, S = foldhash::fast::RandomState> {
     table: HashTable<u32>,
     hasher: S,
     slab: Vec<Slot<K, V>>,
-    /// Each slot's size in bytes (read on removal only).
-    sizes: Vec<u64>,
+    /// Each slot's key hash and size.
+    info: Vec<SlotInfo>,
     free: Vec<u32>,
     policy: AnyPolicy,
     /// Hits on hashes at most this are reported to the policy (its `hit_hook`).
@@ -172,7 +182,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             table: HashTable::with_capacity(config.max_entries.min(1 << 20)),
             hasher,
             slab: Vec::new(),
-            sizes: Vec::new(),
+            info: Vec::new(),
             free: Vec::new(),
             hook: policy.hit_hook(),
             policy,
@@ -317,15 +327,15 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         }
         // One probe finds the old entry (whose slot the new one takes over,
         // so that a key keeps its place in memory) or the free bucket.
-        let (slab, hasher) = (&self.slab, &self.hasher);
+        let (slab, info) = (&self.slab, &self.info);
         let eq = |&s: &u32| slab[s as usize].0.as_ref().is_some_and(|e| e.key == key);
-        let rehash = |&s: &u32| slab[s as usize].0.as_ref().map_or(0, |e| hasher.hash_one(&e.key));
+        let rehash = |&s: &u32| info[s as usize].hash;
         let slot = match self.table.entry(hash, eq, rehash) {
             hash_table::Entry::Occupied(found) => {
                 let old = *found.get();
                 self.policy.on_remove(old);
                 self.slab[old as usize].0 = None;
-                self.bytes -= self.sizes[old as usize];
+                self.bytes -= self.info[old as usize].bytes;
                 old
             }
             hash_table::Entry::Vacant(free) => {
@@ -333,7 +343,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
                     Some(s) => s,
                     None => {
                         self.slab.push(Slot(None));
-                        self.sizes.push(0);
+                        self.info.push(SlotInfo::default());
                         (self.slab.len() - 1) as u32
                     }
                 };
@@ -344,7 +354,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
         let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
         self.slab[slot as usize].0 = Some(Entry { key, value, expires_at, mark: Mark::NEW });
-        self.sizes[slot as usize] = options.bytes;
+        self.info[slot as usize] = SlotInfo { hash, bytes: options.bytes };
         self.bytes += options.bytes;
         if expires_at != NEVER {
             self.expiry.push(Reverse((expires_at, slot)));
@@ -445,10 +455,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// Frees `slot` (the policy must already have forgotten it).
     fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
         let e = self.slab[slot as usize].0.take()?;
-        if let Ok(found) = self.table.find_entry(self.hasher.hash_one(&e.key), |&s| s == slot) {
+        let SlotInfo { hash, bytes } = self.info[slot as usize];
+        if let Ok(found) = self.table.find_entry(hash, |&s| s == slot) {
             found.remove();
         }
-        self.bytes -= self.sizes[slot as usize];
+        self.bytes -= bytes;
         self.free.push(slot);
         if self.expiry.len() > 2 * self.table.len() + 64 {
             let slab = &self.slab;
