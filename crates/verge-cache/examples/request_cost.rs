@@ -5,19 +5,21 @@
 //!
 //! ```sh
 //! cargo build --release -p verge-cache --example request_cost
-//! request_cost hit|replay CONTENDER TRACE [CAPACITY] [PASSES]
+//! request_cost hit|replay[-strings] CONTENDER TRACE [CAPACITY] [PASSES]
 //! ```
 //!
 //! `hit` fills a cache as large as the trace's key set, then looks every
 //! request up (all hits); `replay` runs get-then-insert-on-miss at
-//! `CAPACITY`. CONTENDER is a Verge policy name, `quick_cache` or `hashmap`
+//! `CAPACITY`. With `-strings`, each integer key becomes a URL of about 60
+//! bytes (`String` keys, as an edge cache's are). CONTENDER is a Verge policy name, `quick_cache` or `hashmap`
 //! (a `std` map with the same hasher, `hit` only). TRACE holds one integer
 //! key per line, or little-endian u64s when it ends in `.u64`. Run it with
 //! 1 and 2 passes under cachegrind: the difference, divided by the trace
 //! length, is the cost of one request without the loading and filling.
 
 use std::collections::HashMap;
-use std::time::Instant;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
 use verge_cache::{Cache, CacheConfig, FixedState, PolicyKind};
 
 /// The seed of `verge bench cache`, so that sampling matches its runs.
@@ -37,16 +39,18 @@ fn load(path: &str) -> Result<Vec<u64>, String> {
 
 fn run(args: &[String]) -> Result<(), String> {
     let [mode, contender, trace, rest @ ..] = args else {
-        return Err("usage: request_cost hit|replay CONTENDER TRACE [CAPACITY] [PASSES]".into());
+        return Err("usage: request_cost hit|replay[-strings] CONTENDER TRACE [CAPACITY] [PASSES]".into());
     };
     let keys = load(trace)?;
     let mut unique = keys.clone();
     unique.sort_unstable();
     unique.dedup();
-    let hit = match mode.as_str() {
-        "hit" => true,
-        "replay" => false,
-        other => return Err(format!("unknown mode {other:?}: hit or replay")),
+    let (hit, strings) = match mode.as_str() {
+        "hit" => (true, false),
+        "replay" => (false, false),
+        "hit-strings" => (true, true),
+        "replay-strings" => (false, true),
+        other => return Err(format!("unknown mode {other:?}: hit, replay, hit-strings or replay-strings")),
     };
     let number = |i: usize, default: usize| rest.get(i).map_or(Ok(default), |s| s.parse().map_err(|_| format!("{s:?} is not a number")));
     let capacity = if hit { unique.len() } else { number(0, 0)? };
@@ -54,31 +58,56 @@ fn run(args: &[String]) -> Result<(), String> {
     if capacity == 0 || passes == 0 {
         return Err("CAPACITY and PASSES must be at least 1".into());
     }
+    let (hits, elapsed) = if strings {
+        // URL-like keys of about 60 bytes, as an edge cache's keys are.
+        let keys: Vec<String> = keys.iter().map(|k| format!("https://origin.example.com/assets/v2/objects/{k}/payload.bin")).collect();
+        measure(contender, &keys, hit, capacity, passes)?
+    } else {
+        measure(contender, &keys, hit, capacity, passes)?
+    };
+    let requests = (keys.len() * passes) as f64;
+    println!(
+        "{mode} {contender} capacity {capacity}: hit ratio {:.2} %, {:.1} Mops/s",
+        100.0 * hits as f64 / requests,
+        requests / elapsed.as_secs_f64().max(1e-9) / 1e6
+    );
+    Ok(())
+}
+
+/// Fills a cache of `capacity` (with every key when `hit`), then times
+/// `passes` over `keys` (get, insert on a miss); returns hits and the time.
+fn measure<K: Hash + Eq + Clone>(
+    contender: &str,
+    keys: &[K],
+    hit: bool,
+    capacity: usize,
+    passes: usize,
+) -> Result<(u64, Duration), String> {
     let mut hits = 0u64;
     let start;
-    match contender.as_str() {
+    match contender {
         "hashmap" if hit => {
-            let mut map: HashMap<u64, u64, FixedState> = HashMap::with_capacity_and_hasher(capacity, FixedState::with_seed(SEED));
-            for &k in &keys {
-                map.insert(k, k);
+            let mut map: HashMap<K, u64, FixedState> = HashMap::with_capacity_and_hasher(capacity, FixedState::with_seed(SEED));
+            for k in keys {
+                map.insert(k.clone(), 0);
             }
             start = Instant::now();
             for _ in 0..passes {
-                hits += keys.iter().filter(|k| map.contains_key(k)).count() as u64;
+                hits += keys.iter().filter(|k| map.contains_key(*k)).count() as u64;
             }
         }
         "quick_cache" => {
             let mut cache = quick_cache::unsync::Cache::new(capacity);
             if hit {
-                keys.iter().for_each(|&k| cache.insert(k, k));
+                keys.iter().for_each(|k| cache.insert(k.clone(), 0u64));
             }
             start = Instant::now();
             for _ in 0..passes {
-                for &k in &keys {
-                    if cache.get(&k).is_some() {
+                for k in keys {
+                    if cache.get(k).is_some() {
                         hits += 1;
                     } else {
-                        cache.insert(k, k);
+                        cache.insert(k.clone(), 0);
                     }
                 }
             }
@@ -88,29 +117,23 @@ fn run(args: &[String]) -> Result<(), String> {
             let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
             let mut cache = Cache::with_seed(config, SEED).map_err(|e| e.to_string())?;
             if hit {
-                for &k in &keys {
-                    cache.insert(k, k, 0).map_err(|e| e.to_string())?;
+                for k in keys {
+                    cache.insert(k.clone(), 0u64, 0).map_err(|e| e.to_string())?;
                 }
             }
             start = Instant::now();
             for _ in 0..passes {
-                for &k in &keys {
-                    if cache.get(&k, 0).is_some() {
+                for k in keys {
+                    if cache.get(k, 0).is_some() {
                         hits += 1;
                     } else {
-                        cache.insert(k, k, 0).map_err(|e| e.to_string())?;
+                        cache.insert(k.clone(), 0, 0).map_err(|e| e.to_string())?;
                     }
                 }
             }
         }
     }
-    let requests = (keys.len() * passes) as f64;
-    println!(
-        "{mode} {contender} capacity {capacity}: hit ratio {:.2} %, {:.1} Mops/s",
-        100.0 * hits as f64 / requests,
-        requests / start.elapsed().as_secs_f64().max(1e-9) / 1e6
-    );
-    Ok(())
+    Ok((hits, start.elapsed()))
 }
 
 fn main() {
