@@ -4,8 +4,9 @@
 //! a ghost list remembers those hashes in eviction order with the entry's
 //! weight, bounded by the owner.
 
+use crate::hashed::HashKeyed;
 use std::collections::hash_map::Entry;
-use std::collections::{HashMap, VecDeque};
+use std::collections::VecDeque;
 
 /// An LRU-ordered set of hashes of non-resident entries.
 ///
@@ -16,7 +17,7 @@ use std::collections::{HashMap, VecDeque};
 /// list links to mend, and the ring is read in order.
 #[derive(Debug, Default)]
 pub(crate) struct GhostList {
-    map: HashMap<u64, Ghost, foldhash::fast::FixedState>,
+    map: HashKeyed<Ghost>,
     ring: VecDeque<(u64, u64)>,
     next_stamp: u64,
     weight: u64,

@@ -15,6 +15,7 @@
 mod cache;
 mod error;
 mod ghost;
+mod hashed;
 pub mod hotspot;
 mod list;
 mod marks;

@@ -12,9 +12,9 @@
 //! the old one's eviction order.
 
 use super::{alloc, grow, Base, Eviction, Meta, PolicyKind, Sizing};
+use crate::hashed::HashKeyed;
 use crate::Marks;
 use std::collections::hash_map::Entry;
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -136,7 +136,7 @@ struct Miniature {
 /// holds the key any more.
 #[derive(Debug)]
 struct Miniatures {
-    slot_of: HashMap<u64, u32, foldhash::fast::FixedState>,
+    slot_of: HashKeyed<u32>,
     keys: Vec<Sampled>,
     free: Vec<u32>,
     capacity: u64,
@@ -151,7 +151,7 @@ impl Miniatures {
                 Some(Miniature { policy: candidate.build(sizing)?, marks: crate::MarkVec::default(), weight: 0, epoch_hits: 0, score: 0.0 })
             })
             .collect();
-        Miniatures { slot_of: HashMap::default(), keys: Vec::new(), free: Vec::new(), capacity: sizing.units, minis }
+        Miniatures { slot_of: HashKeyed::default(), keys: Vec::new(), free: Vec::new(), capacity: sizing.units, minis }
     }
 
     /// One request in every miniature: a hit (counted), or a miss followed by an insert.

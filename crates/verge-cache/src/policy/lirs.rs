@@ -11,9 +11,9 @@
 //! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
 
 use super::{alloc, grow, top_fitting, Eviction, Meta, Sizing};
+use crate::hashed::HashKeyed;
 use crate::list::{Links, List, NIL};
 use crate::Marks;
-use std::collections::HashMap;
 
 #[derive(Debug, Clone, Copy)]
 struct Node {
@@ -29,7 +29,7 @@ struct Node {
 pub struct Lirs {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    by_hash: HashMap<u64, u32, foldhash::fast::FixedState>,
+    by_hash: HashKeyed<u32>,
     node_of: Vec<u32>,
     /// The LIRS stack S (head = top).
     s_links: Links,
@@ -52,7 +52,7 @@ impl Lirs {
         Lirs {
             nodes: Vec::new(),
             free: Vec::new(),
-            by_hash: HashMap::default(),
+            by_hash: HashKeyed::default(),
             node_of: Vec::new(),
             s_links: Links::default(),
             s: List::default(),
