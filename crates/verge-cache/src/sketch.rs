@@ -67,18 +67,16 @@ impl FrequencySketch {
     /// gathered in a slot's mark), each counter saturating at 15.
     #[inline]
     pub fn add(&mut self, hash: u64, n: u8) {
-        let mut added = false;
         let (block, counters) = self.counters(hash);
         let words = &mut self.blocks[block].0;
+        let mut added = 0;
         for (word, shift) in counters {
-            let count = (words[word] >> shift) & 0xf;
-            let room = 15 - count;
-            if room > 0 {
-                words[word] += room.min(u64::from(n)) << shift;
-                added = true;
-            }
+            // Branch-free: a full counter gets 0 added.
+            let step = (15 - ((words[word] >> shift) & 0xf)).min(u64::from(n));
+            words[word] += step << shift;
+            added |= step;
         }
-        if added {
+        if added > 0 {
             self.additions += u64::from(n);
             if self.additions >= self.sample_size {
                 self.reset();
