@@ -11,6 +11,12 @@ use std::hash::{BuildHasher, Hasher};
 /// hashes (whose top bits are all zero) still get distinct tags.
 const SPREAD: u64 = 0x9e37_79b9_7f4a_7c15;
 
+/// `hash` spread for a hash table: the product with [`SPREAD`].
+#[inline]
+pub(crate) fn spread(hash: u64) -> u64 {
+    hash.wrapping_mul(SPREAD)
+}
+
 /// A map from key hashes to `V`.
 pub(crate) type HashKeyed<V> = HashMap<u64, V, Spread>;
 
@@ -33,7 +39,7 @@ pub(crate) struct SpreadHasher(u64);
 impl Hasher for SpreadHasher {
     #[inline]
     fn write_u64(&mut self, hash: u64) {
-        self.0 = (self.0 ^ hash).wrapping_mul(SPREAD);
+        self.0 = spread(self.0 ^ hash);
     }
 
     /// Other key types (unused here) fold their bytes in one at a time.

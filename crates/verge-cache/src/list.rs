@@ -1,14 +1,15 @@
 //! Index-linked doubly linked lists over slot numbers.
 //!
 //! Every policy keeps its recency or insertion orders as lists of slots
-//! (`u32` indices into the cache's slab). The links of all lists of one
-//! policy live in one `Links` vector, so moving an entry is a few stores
-//! into a flat array: no allocation per node, O(1) everything.
+//! (`u32` indices into the cache's slab, or into the policy's own nodes).
+//! The links of all lists of one policy live in one [`LinkStore`] (a flat
+//! [`Links`] array, or fields of the policy's nodes), so moving an entry is
+//! a few stores: no allocation per node, O(1) everything.
 
 /// The "no slot" marker used for list ends.
 pub(crate) const NIL: u32 = u32::MAX;
 
-/// Head, tail and length of one list whose links live in a [`Links`].
+/// Head, tail and length of one list whose links live in a [`LinkStore`].
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct List {
     /// Most recently pushed end (MRU).
@@ -32,8 +33,79 @@ impl List {
     }
 }
 
-/// `prev`/`next` links of every slot, shared by all lists of one policy.
-/// A slot is in at most one list of a given `Links` at a time.
+/// Where the `[prev, next]` links of a set of lists live, and the list
+/// operations over them. [`Links`] keeps them in a flat array of their own;
+/// a policy whose nodes carry other data may keep them inside its nodes
+/// instead, so that visiting a node reads one cache line, not two.
+pub(crate) trait LinkStore {
+    /// The `[prev, next]` links of `n` (`prev` points towards the head).
+    fn links(&mut self, n: u32) -> &mut [u32; 2];
+
+    /// Makes room for `n` before it is first linked (a no-op where nodes
+    /// are allocated elsewhere).
+    #[inline]
+    fn ensure(&mut self, _n: u32) {}
+
+    /// The node before `n` (towards the head), or [`NIL`].
+    #[inline]
+    fn prev(&mut self, n: u32) -> u32 {
+        self.links(n)[0]
+    }
+
+    /// Links `n` in as the new head of `list`.
+    #[inline]
+    fn push_front(&mut self, list: &mut List, n: u32) {
+        self.ensure(n);
+        *self.links(n) = [NIL, list.head];
+        if list.head != NIL {
+            self.links(list.head)[0] = n;
+        } else {
+            list.tail = n;
+        }
+        list.head = n;
+        list.len += 1;
+    }
+
+    /// Takes `n` out of `list` (it must be in it).
+    #[inline]
+    fn unlink(&mut self, list: &mut List, n: u32) {
+        let [prev, next] = *self.links(n);
+        if prev != NIL {
+            self.links(prev)[1] = next;
+        } else {
+            list.head = next;
+        }
+        if next != NIL {
+            self.links(next)[0] = prev;
+        } else {
+            list.tail = prev;
+        }
+        list.len -= 1;
+    }
+
+    /// Moves `n` (already in `list`) to the head.
+    #[inline]
+    fn move_to_front(&mut self, list: &mut List, n: u32) {
+        if list.head != n {
+            self.unlink(list, n);
+            self.push_front(list, n);
+        }
+    }
+
+    /// Unlinks and returns the tail of `list`.
+    #[inline]
+    fn pop_back(&mut self, list: &mut List) -> Option<u32> {
+        let tail = list.tail;
+        if tail == NIL {
+            return None;
+        }
+        self.unlink(list, tail);
+        Some(tail)
+    }
+}
+
+/// Links of lists over slots, in a flat array indexed by slot. A slot is
+/// in at most one list of a given `Links` at a time.
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Links {
     /// `[prev, next]` per slot; `prev` points towards the head.
@@ -41,76 +113,26 @@ pub(crate) struct Links {
 }
 
 impl Links {
-    /// Makes room for `slot` (slabs grow on demand).
-    #[inline]
-    pub fn ensure(&mut self, slot: u32) {
-        let need = slot as usize + 1;
-        if self.links.len() < need {
-            self.links.resize(need.max(self.links.len() * 2), [NIL, NIL]);
-        }
-    }
-
-    /// The slot after `slot` towards the tail, or `NIL`.
+    /// The slot after `slot` (towards the tail), or [`NIL`].
     #[cfg(test)]
     pub fn next(&self, slot: u32) -> u32 {
         self.links[slot as usize][1]
     }
+}
 
-    /// The slot before `slot` towards the head, or `NIL`.
+impl LinkStore for Links {
     #[inline]
-    pub fn prev(&self, slot: u32) -> u32 {
-        self.links[slot as usize][0]
+    fn links(&mut self, n: u32) -> &mut [u32; 2] {
+        &mut self.links[n as usize]
     }
 
-    /// Pushes `slot` at the head (MRU end) of `list`.
+    /// Grows the array to hold `n` (slabs grow on demand).
     #[inline]
-    pub fn push_front(&mut self, list: &mut List, slot: u32) {
-        self.ensure(slot);
-        self.links[slot as usize] = [NIL, list.head];
-        if list.head != NIL {
-            self.links[list.head as usize][0] = slot;
-        } else {
-            list.tail = slot;
+    fn ensure(&mut self, n: u32) {
+        let need = n as usize + 1;
+        if self.links.len() < need {
+            self.links.resize(need.max(self.links.len() * 2), [NIL, NIL]);
         }
-        list.head = slot;
-        list.len += 1;
-    }
-
-    /// Removes `slot`, which must be in `list`.
-    #[inline]
-    pub fn unlink(&mut self, list: &mut List, slot: u32) {
-        let [prev, next] = self.links[slot as usize];
-        if prev != NIL {
-            self.links[prev as usize][1] = next;
-        } else {
-            list.head = next;
-        }
-        if next != NIL {
-            self.links[next as usize][0] = prev;
-        } else {
-            list.tail = prev;
-        }
-        list.len -= 1;
-    }
-
-    /// Moves `slot`, which must be in `list`, to the head of `list`.
-    #[inline]
-    pub fn move_to_front(&mut self, list: &mut List, slot: u32) {
-        if list.head != slot {
-            self.unlink(list, slot);
-            self.push_front(list, slot);
-        }
-    }
-
-    /// Removes and returns the tail (LRU end) of `list`.
-    #[inline]
-    pub fn pop_back(&mut self, list: &mut List) -> Option<u32> {
-        let tail = list.tail;
-        if tail == NIL {
-            return None;
-        }
-        self.unlink(list, tail);
-        Some(tail)
     }
 }
 

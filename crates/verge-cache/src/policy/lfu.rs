@@ -5,7 +5,7 @@
 //! eviction takes the least recent entry of the lowest bucket.
 
 use super::{alloc, grow, Eviction, Meta};
-use crate::list::{Links, List, NIL};
+use crate::list::{LinkStore, Links, List, NIL};
 use crate::Marks;
 
 #[derive(Debug, Clone, Copy)]

@@ -11,10 +11,13 @@
 //! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
 
 use super::{alloc, grow, top_fitting, Eviction, Meta, Sizing};
-use crate::hashed::HashKeyed;
-use crate::list::{Links, List, NIL};
+use crate::hashed::spread;
+use crate::list::{LinkStore, List, NIL};
 use crate::Marks;
+use hashbrown::HashTable;
 
+/// An entry or a non-resident ghost, with its links in S and in Q (or the
+/// ghost FIFO) beside its data: visiting a node reads one cache line.
 #[derive(Debug, Clone, Copy)]
 struct Node {
     hash: u64,
@@ -22,6 +25,34 @@ struct Node {
     weight: u64,
     lir: bool,
     in_s: bool,
+    s: [u32; 2],
+    q: [u32; 2],
+}
+
+impl Node {
+    fn new(hash: u64, slot: u32, weight: u64, lir: bool) -> Node {
+        Node { hash, slot, weight, lir, in_s: true, s: [NIL; 2], q: [NIL; 2] }
+    }
+}
+
+/// The nodes seen as the links of the stack S.
+struct SLinks<'a>(&'a mut [Node]);
+
+impl LinkStore for SLinks<'_> {
+    #[inline]
+    fn links(&mut self, n: u32) -> &mut [u32; 2] {
+        &mut self.0[n as usize].s
+    }
+}
+
+/// The nodes seen as the links of the queue Q and the ghost FIFO.
+struct QLinks<'a>(&'a mut [Node]);
+
+impl LinkStore for QLinks<'_> {
+    #[inline]
+    fn links(&mut self, n: u32) -> &mut [u32; 2] {
+        &mut self.0[n as usize].q
+    }
 }
 
 /// LIRS with a bounded number of non-resident ghosts.
@@ -29,14 +60,15 @@ struct Node {
 pub struct Lirs {
     nodes: Vec<Node>,
     free: Vec<u32>,
-    by_hash: HashKeyed<u32>,
+    /// Node of each key hash: node numbers only (the hash is read from the
+    /// node), a third the size of a map from hashes, so that the misses'
+    /// lookups stay in the CPU caches.
+    by_hash: HashTable<u32>,
     node_of: Vec<u32>,
     /// The LIRS stack S (head = top).
-    s_links: Links,
     s: List,
     /// Resident HIR queue Q (head = newest) and, on the same links, the
     /// FIFO of non-resident ghosts (which are never in Q).
-    q_links: Links,
     q: List,
     ghosts: List,
     lir_weight: u64,
@@ -52,11 +84,9 @@ impl Lirs {
         Lirs {
             nodes: Vec::new(),
             free: Vec::new(),
-            by_hash: HashKeyed::default(),
+            by_hash: HashTable::new(),
             node_of: Vec::new(),
-            s_links: Links::default(),
             s: List::default(),
-            q_links: Links::default(),
             q: List::default(),
             ghosts: List::default(),
             lir_weight: 0,
@@ -66,8 +96,21 @@ impl Lirs {
     }
 
     fn release(&mut self, n: u32) {
-        self.by_hash.remove(&self.nodes[n as usize].hash);
+        if let Ok(found) = self.by_hash.find_entry(spread(self.nodes[n as usize].hash), |&m| m == n) {
+            found.remove();
+        }
         self.free.push(n);
+    }
+
+    /// The node of `hash`, resident or a ghost.
+    fn node_of_hash(&self, hash: u64) -> Option<u32> {
+        self.by_hash.find(spread(hash), |&n| self.nodes[n as usize].hash == hash).copied()
+    }
+
+    /// Indexes node `n` by its hash.
+    fn index(&mut self, n: u32) {
+        let nodes = &self.nodes;
+        self.by_hash.insert_unique(spread(nodes[n as usize].hash), n, |&m| spread(nodes[m as usize].hash));
     }
 
     /// Removes HIR entries from the bottom of S until an LIR one is there.
@@ -78,10 +121,10 @@ impl Lirs {
             if node.lir {
                 break;
             }
-            self.s_links.unlink(&mut self.s, n);
+            SLinks(&mut self.nodes).unlink(&mut self.s, n);
             self.nodes[n as usize].in_s = false;
             if node.slot == NIL {
-                self.q_links.unlink(&mut self.ghosts, n);
+                QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
                 self.release(n);
             }
         }
@@ -97,7 +140,7 @@ impl Lirs {
             if n == NIL || marks.take(self.nodes[n as usize].slot) == 0 {
                 return;
             }
-            self.s_links.move_to_front(&mut self.s, n);
+            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
         }
     }
 
@@ -109,13 +152,13 @@ impl Lirs {
             if b == NIL {
                 break;
             }
-            self.s_links.unlink(&mut self.s, b);
+            SLinks(&mut self.nodes).unlink(&mut self.s, b);
             let node = &mut self.nodes[b as usize];
             node.in_s = false;
             node.lir = false;
             self.lir_weight -= node.weight;
             marks.report(node.slot, true);
-            self.q_links.push_front(&mut self.q, b);
+            QLinks(&mut self.nodes).push_front(&mut self.q, b);
             self.prune();
         }
     }
@@ -137,27 +180,27 @@ impl Eviction for Lirs {
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         grow(&mut self.node_of, slot, NIL);
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
-        if let Some(&n) = self.by_hash.get(&meta.hash) {
+        if let Some(n) = self.node_of_hash(meta.hash) {
             // A ghost (non-resident HIR, always in S): its reuse distance is
             // shorter than the bottom LIR's, so it becomes LIR.
-            self.q_links.unlink(&mut self.ghosts, n);
+            QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
             let node = &mut self.nodes[n as usize];
             node.slot = slot;
             node.weight = meta.weight;
             self.node_of[slot as usize] = n;
-            self.s_links.move_to_front(&mut self.s, n);
+            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
             self.make_lir(n, marks);
             return;
         }
-        let n = alloc(&mut self.nodes, &mut self.free, Node { hash: meta.hash, slot, weight: meta.weight, lir: false, in_s: true });
-        self.by_hash.insert(meta.hash, n);
+        let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, false));
+        self.index(n);
         self.node_of[slot as usize] = n;
-        self.s_links.push_front(&mut self.s, n);
+        SLinks(&mut self.nodes).push_front(&mut self.s, n);
         if fits_lir {
             self.make_lir(n, marks);
         } else {
             marks.report(slot, true);
-            self.q_links.push_front(&mut self.q, n);
+            QLinks(&mut self.nodes).push_front(&mut self.q, n);
             // Keeps an LIR entry at the bottom of S (S may have held no LIR).
             self.prune();
         }
@@ -169,7 +212,7 @@ impl Eviction for Lirs {
         let n = self.node_of[slot as usize];
         if self.nodes[n as usize].lir {
             let was_bottom = self.s.tail == n;
-            self.s_links.move_to_front(&mut self.s, n);
+            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
             if was_bottom {
                 self.prune();
             }
@@ -178,13 +221,13 @@ impl Eviction for Lirs {
         // Whether the entry is still in S depends on the true bottom.
         self.settle(marks);
         if self.nodes[n as usize].in_s {
-            self.s_links.move_to_front(&mut self.s, n);
-            self.q_links.unlink(&mut self.q, n);
+            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
+            QLinks(&mut self.nodes).unlink(&mut self.q, n);
             self.make_lir(n, marks);
         } else {
-            self.s_links.push_front(&mut self.s, n);
+            SLinks(&mut self.nodes).push_front(&mut self.s, n);
             self.nodes[n as usize].in_s = true;
-            self.q_links.move_to_front(&mut self.q, n);
+            QLinks(&mut self.nodes).move_to_front(&mut self.q, n);
         }
     }
 
@@ -197,31 +240,31 @@ impl Eviction for Lirs {
             let meta = &metas[slot as usize];
             let lir = i >= lir_from;
             grow(&mut self.node_of, slot, NIL);
-            let n = alloc(&mut self.nodes, &mut self.free, Node { hash: meta.hash, slot, weight: meta.weight, lir, in_s: true });
-            self.by_hash.insert(meta.hash, n);
+            let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, lir));
+            self.index(n);
             self.node_of[slot as usize] = n;
-            self.s_links.push_front(&mut self.s, n);
+            SLinks(&mut self.nodes).push_front(&mut self.s, n);
             marks.report(slot, !lir);
             if lir {
                 self.lir_weight += meta.weight;
             } else {
-                self.q_links.push_front(&mut self.q, n);
+                QLinks(&mut self.nodes).push_front(&mut self.q, n);
             }
         }
         self.prune();
     }
 
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
-        if let Some(n) = self.q_links.pop_back(&mut self.q) {
+        if let Some(n) = QLinks(&mut self.nodes).pop_back(&mut self.q) {
             let node = &mut self.nodes[n as usize];
             let slot = node.slot;
             node.slot = NIL;
             self.node_of[slot as usize] = NIL;
             if node.in_s {
-                self.q_links.push_front(&mut self.ghosts, n);
+                QLinks(&mut self.nodes).push_front(&mut self.ghosts, n);
                 while self.ghosts.len > self.ghost_limit {
-                    let Some(g) = self.q_links.pop_back(&mut self.ghosts) else { break };
-                    self.s_links.unlink(&mut self.s, g);
+                    let Some(g) = QLinks(&mut self.nodes).pop_back(&mut self.ghosts) else { break };
+                    SLinks(&mut self.nodes).unlink(&mut self.s, g);
                     self.release(g);
                 }
             } else {
@@ -235,7 +278,7 @@ impl Eviction for Lirs {
         if n == NIL {
             return None;
         }
-        self.s_links.unlink(&mut self.s, n);
+        SLinks(&mut self.nodes).unlink(&mut self.s, n);
         let node = self.nodes[n as usize];
         self.lir_weight -= node.weight;
         self.node_of[node.slot as usize] = NIL;
@@ -251,10 +294,10 @@ impl Eviction for Lirs {
         if node.lir {
             self.lir_weight -= node.weight;
         } else {
-            self.q_links.unlink(&mut self.q, n);
+            QLinks(&mut self.nodes).unlink(&mut self.q, n);
         }
         if node.in_s {
-            self.s_links.unlink(&mut self.s, n);
+            SLinks(&mut self.nodes).unlink(&mut self.s, n);
         }
         self.release(n);
         self.prune();
@@ -315,7 +358,7 @@ mod tests {
         let mut p = Lirs::new(units(3));
         // 1, 2 become LIR; 3 is resident HIR; 4 evicts 3 (ghost in S); 3 again.
         replay(&mut p, 3, &[1, 2, 3, 4, 3]);
-        let n = p.by_hash[&3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)];
+        let n = p.node_of_hash(3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("3 has a node");
         assert!(p.nodes[n as usize].lir);
     }
 }

@@ -4,7 +4,7 @@
 //! policy, and S3-FIFO's building block.
 
 use super::{Eviction, Meta};
-use crate::list::{Links, List};
+use crate::list::{LinkStore, Links, List};
 use crate::Marks;
 
 /// One list in insertion order; with `MOVE_ON_HIT` a hit moves the entry to

@@ -4,7 +4,7 @@
 
 use super::{grow, top_fitting, Eviction, Meta, Sizing};
 use crate::ghost::GhostList;
-use crate::list::{Links, List};
+use crate::list::{LinkStore, Links, List};
 use crate::Marks;
 
 #[derive(Debug, Clone, Copy, Default)]

@@ -2,7 +2,7 @@
 //! hand; lazy promotion and quick demotion at FIFO cost.
 
 use super::{Eviction, Meta};
-use crate::list::{Links, List, NIL};
+use crate::list::{LinkStore, Links, List, NIL};
 use crate::Marks;
 
 /// SIEVE: new entries at the head, the hand sweeps from tail to head.

@@ -13,7 +13,7 @@
 //! complete, and a hit touches neither a list nor the sketch.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::list::{Links, List, NIL};
+use crate::list::{LinkStore, Links, List, NIL};
 use crate::sketch::FrequencySketch;
 use crate::Marks;
 
