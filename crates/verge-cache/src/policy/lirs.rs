@@ -354,6 +354,48 @@ mod tests {
     }
 
     #[test]
+    fn index_and_lists_agree_after_a_long_replay() {
+        // Skewed random keys over a small cache: nodes are made, demoted,
+        // turned into ghosts, pruned and reused many times over.
+        let mut x = 11u64;
+        let keys: Vec<u64> = (0..50_000)
+            .map(|_| {
+                x = x.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let r = x >> 33;
+                if r % 3 == 0 {
+                    r % 40
+                } else {
+                    r % 400
+                }
+            })
+            .collect();
+        let mut p = Lirs::new(units(50));
+        replay(&mut p, 50, &keys);
+        let live: Vec<u32> = (0..p.nodes.len() as u32).filter(|n| !p.free.contains(n)).collect();
+        assert_eq!(p.by_hash.len(), live.len(), "one index entry per live node");
+        for &n in &live {
+            assert_eq!(p.node_of_hash(p.nodes[n as usize].hash), Some(n));
+        }
+        let walk = |first: u32, next: &dyn Fn(u32) -> u32| {
+            let mut seen = Vec::new();
+            let mut at = first;
+            while at != NIL {
+                seen.push(at);
+                at = next(at);
+            }
+            seen
+        };
+        let in_s = walk(p.s.head, &|n| p.nodes[n as usize].s[1]);
+        assert_eq!(in_s.len(), p.s.len);
+        assert_eq!(in_s.len(), live.iter().filter(|&&n| p.nodes[n as usize].in_s).count());
+        let ghosts = walk(p.ghosts.head, &|n| p.nodes[n as usize].q[1]);
+        assert_eq!(ghosts.len(), p.ghosts.len);
+        assert!(ghosts.iter().all(|&n| p.nodes[n as usize].slot == NIL && p.nodes[n as usize].in_s));
+        assert!(ghosts.len() <= p.ghost_limit);
+        assert_eq!(walk(p.q.head, &|n| p.nodes[n as usize].q[1]).len(), p.q.len);
+    }
+
+    #[test]
     fn ghost_reference_becomes_lir() {
         let mut p = Lirs::new(units(3));
         // 1, 2 become LIR; 3 is resident HIR; 4 evicts 3 (ghost in S); 3 again.
