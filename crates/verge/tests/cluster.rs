@@ -59,8 +59,9 @@ fn constrained_workload_runs_on_the_right_node_and_fails_over_after_kill_9() {
     let (status, w) = api(&c.api, "POST", "/api/v1/workloads", &spec.to_string());
     assert_eq!(status, 201, "{w}");
     assert_eq!(c.wait_placed("paris-api")["node"], "fra");
-    let written =
-        wait_until(Duration::from_secs(10), "the workload to write its file on fra", || std::fs::read_to_string(out.join("fra")).ok());
+    // The shell creates the file before `echo` writes to it: wait for the line.
+    let line = |node: &str| std::fs::read_to_string(out.join(node)).ok().filter(|s| s.ends_with('\n'));
+    let written = wait_until(Duration::from_secs(10), "the workload to write its file on fra", || line("fra"));
     assert_eq!(written.trim(), "fra");
     wait_until(Duration::from_secs(10), "the workload to report running", || {
         (c.get("/api/v1/workloads/paris-api")["state"] == "running").then_some(())
@@ -75,7 +76,7 @@ fn constrained_workload_runs_on_the_right_node_and_fails_over_after_kill_9() {
     let moved_after = killed.elapsed();
     assert!(w["reason"].as_str().unwrap().starts_with("failover from fra"), "{w}");
     assert_eq!(w["moves"], 1);
-    let written = wait_until(Duration::from_secs(10), "the workload to run on nyc", || std::fs::read_to_string(out.join("nyc")).ok());
+    let written = wait_until(Duration::from_secs(10), "the workload to run on nyc", || line("nyc"));
     assert_eq!(written.trim(), "nyc");
     assert_eq!(node(&c.get("/api/v1/nodes"), "fra")["lifecycle"], "terminated");
     println!("failover after kill -9: {moved_after:?} (lease {LEASE_MS} ms)");
