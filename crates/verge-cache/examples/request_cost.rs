@@ -11,8 +11,9 @@
 //! `hit` fills a cache as large as the trace's key set, then looks every
 //! request up (all hits); `replay` runs get-then-insert-on-miss at
 //! `CAPACITY`. With `-strings`, each integer key becomes a URL of about 60
-//! bytes (`String` keys, as an edge cache's are). CONTENDER is a Verge policy name, `quick_cache` or `hashmap`
-//! (a `std` map with the same hasher, `hit` only). TRACE holds one integer
+//! bytes (`String` keys, as an edge cache's are). CONTENDER is a Verge
+//! policy name, `quick_cache` or `hashmap` (a `std` map with the same
+//! hasher, `hit` only). TRACE holds one integer
 //! key per line, or little-endian u64s when it ends in `.u64`. Run it with
 //! 1 and 2 passes under cachegrind: the difference, divided by the trace
 //! length, is the cost of one request without the loading and filling.

@@ -17,7 +17,8 @@ use crate::Marks;
 use hashbrown::HashTable;
 
 /// An entry or a non-resident ghost, with its links in S and in Q (or the
-/// ghost FIFO) beside its data: visiting a node reads one cache line.
+/// ghost FIFO) beside its data: visiting a node touches one place in
+/// memory, not three arrays.
 #[derive(Debug, Clone, Copy)]
 struct Node {
     hash: u64,

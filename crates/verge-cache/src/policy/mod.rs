@@ -30,8 +30,6 @@ pub use sieve::Sieve;
 pub use ttl::Ttl;
 pub use wtinylfu::WTinyLfu;
 
-#[cfg(test)]
-use crate::MarkVec;
 use crate::{CacheError, Marks};
 use std::fmt;
 use std::str::FromStr;
@@ -360,6 +358,7 @@ impl Eviction for AnyPolicy {
 #[cfg(test)]
 pub(crate) mod testutil {
     use super::*;
+    use crate::MarkVec;
 
     /// Replays `keys` (get, insert on miss, unit weights) against `policy`
     /// with room for `cap` entries; returns the hit count and the final
@@ -368,7 +367,7 @@ pub(crate) mod testutil {
         let mut slot_of = std::collections::HashMap::new();
         let mut key_of: Vec<Option<u64>> = Vec::new();
         let mut free: Vec<u32> = Vec::new();
-        let mut marks = crate::MarkVec::default();
+        let mut marks = MarkVec::default();
         let mut hits = 0;
         for &k in keys {
             let hash = k.wrapping_mul(0x9e37_79b9_7f4a_7c15);

@@ -47,14 +47,10 @@ impl S3Fifo {
     }
 }
 
-impl Eviction for S3Fifo {
-    fn hit_hook(&self) -> u64 {
-        0
-    }
-
-    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
+impl S3Fifo {
+    /// Puts the new entry in `slot` at the head of main or of small.
+    fn enqueue(&mut self, slot: u32, meta: &Meta, in_main: bool) {
         grow(&mut self.entries, slot, Entry::default());
-        let in_main = self.ghost.remove(meta.hash).is_some();
         self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
         if in_main {
             self.links.push_front(&mut self.main, slot);
@@ -62,6 +58,17 @@ impl Eviction for S3Fifo {
             self.links.push_front(&mut self.small, slot);
             self.small_weight += meta.weight;
         }
+    }
+}
+
+impl Eviction for S3Fifo {
+    fn hit_hook(&self) -> u64 {
+        0
+    }
+
+    fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
+        let in_main = self.ghost.remove(meta.hash).is_some();
+        self.enqueue(slot, meta, in_main);
     }
 
     /// A hit only marks the slot (the cache does that): the access counter.
@@ -103,14 +110,7 @@ impl Eviction for S3Fifo {
         for (i, &slot) in slots.iter().enumerate() {
             let meta = &metas[slot as usize];
             let in_main = i >= main_from;
-            grow(&mut self.entries, slot, Entry::default());
-            self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
-            if in_main {
-                self.links.push_front(&mut self.main, slot);
-            } else {
-                self.links.push_front(&mut self.small, slot);
-                self.small_weight += meta.weight;
-            }
+            self.enqueue(slot, meta, in_main);
         }
     }
 
