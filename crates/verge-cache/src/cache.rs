@@ -256,7 +256,10 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         }
         self.stats.hits += 1;
         // A policy that hears of every hit keeps no marks.
-        if self.hook == u64::MAX || e.mark.hit() || hash <= self.hook {
+        if self.hook != u64::MAX {
+            e.mark.hit();
+        }
+        if hash <= self.hook {
             self.report_hit(slot, hash);
         }
         self.slab[slot as usize].0.as_ref().map(|e| &e.value)

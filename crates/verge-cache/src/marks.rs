@@ -15,7 +15,7 @@
 use std::num::NonZeroU8;
 
 /// One slot's mark: hits since the policy last cleared it, saturating at
-/// [`Mark::MAX`], and a flag asking for the slot's hits to be reported.
+/// [`Mark::MAX`].
 ///
 /// Never zero, so that an optional entry holding a mark is no larger than
 /// the entry.
@@ -25,26 +25,23 @@ pub struct Mark(NonZeroU8);
 impl Mark {
     /// A mark saturates here (S3-FIFO reads at most 3, W-TinyLFU's sketch counters hold 15).
     pub const MAX: u8 = 15;
-    /// The bit that asks for the slot's hits to be reported.
-    const REPORT: u8 = 0x80;
     /// Always set: keeps the byte non-zero.
     const ALWAYS: NonZeroU8 = match NonZeroU8::new(0x40) {
         Some(bit) => bit,
         None => panic!("0x40 is not zero"),
     };
-    /// A new entry's mark: no hits, not reported.
+    /// A new entry's mark: no hits.
     pub const NEW: Mark = Mark(Self::ALWAYS);
 
-    /// Counts a hit; true when the slot is flagged to have its hits reported.
+    /// Counts a hit.
     #[inline]
-    pub fn hit(&mut self) -> bool {
+    pub fn hit(&mut self) {
         let b = self.0.get();
         // A saturated mark is not written again: no store, so a hot
         // slot's cache line is not pulled from another core's cache.
         if b & Self::MAX < Self::MAX {
             self.0 = Self::ALWAYS | (b + 1);
         }
-        b & Self::REPORT != 0
     }
 
     /// The hits marked.
@@ -54,14 +51,8 @@ impl Mark {
     }
 
     #[inline]
-    fn with(self, hits: u8, report: bool) -> Mark {
-        let flag = if report { Self::REPORT } else { 0 };
-        Mark(Self::ALWAYS | flag | hits.min(Self::MAX))
-    }
-
-    #[inline]
-    fn reported(self) -> bool {
-        self.0.get() & Self::REPORT != 0
+    fn with(hits: u8) -> Mark {
+        Mark(Self::ALWAYS | hits.min(Self::MAX))
     }
 }
 
@@ -87,26 +78,14 @@ pub trait Marks {
     #[inline]
     fn set(&mut self, slot: u32, hits: u8) {
         if let Some(m) = self.mark_mut(slot) {
-            *m = m.with(hits, m.reported());
+            *m = Mark::with(hits);
         }
     }
 
-    /// The hits marked on `slot`, clearing them (the report flag stays).
+    /// The hits marked on `slot`, clearing them.
     #[inline]
     fn take(&mut self, slot: u32) -> u8 {
-        self.mark_mut(slot).map_or(0, |m| {
-            let hits = m.hits();
-            *m = m.with(0, m.reported());
-            hits
-        })
-    }
-
-    /// Flags `slot` to have its hits reported, or stops doing so.
-    #[inline]
-    fn report(&mut self, slot: u32, on: bool) {
-        if let Some(m) = self.mark_mut(slot) {
-            *m = m.with(m.hits(), on);
-        }
+        self.mark_mut(slot).map_or(0, |m| std::mem::replace(m, Mark::NEW).hits())
     }
 }
 
@@ -120,11 +99,13 @@ pub struct MarkVec {
 }
 
 impl MarkVec {
-    /// Counts a hit on `slot`; true when the policy flagged the slot to hear of its hits.
+    /// Counts a hit on `slot`.
     #[inline]
-    pub fn hit(&mut self, slot: u32) -> bool {
+    pub fn hit(&mut self, slot: u32) {
         self.hits += 1;
-        self.marks.get_mut(slot as usize).is_some_and(Mark::hit)
+        if let Some(m) = self.marks.get_mut(slot as usize) {
+            m.hit();
+        }
     }
 
     /// A new entry lives in `slot`: no hits yet.
@@ -166,11 +147,9 @@ mod tests {
         assert_eq!(m.take(3), Mark::MAX);
         assert_eq!(m.get(3), 0);
         m.set(3, 2);
-        m.report(3, true);
-        assert!(m.hit(3), "a flagged slot's hits are reported");
-        assert_eq!(m.take(3), 3, "the flag is not a hit");
-        m.report(3, false);
-        assert!(!m.hit(3));
+        m.hit(3);
+        assert_eq!(m.take(3), 3);
+        m.hit(3);
         m.reset(3);
         assert_eq!((m.get(3), m.hits()), (0, 22));
         assert_eq!(m.get(99), 0, "an unknown slot has no mark");

@@ -171,7 +171,8 @@ impl Miniatures {
             let bit = 1u8 << i;
             if self.keys[slot as usize].resident & bit != 0 {
                 m.epoch_hits += 1;
-                if m.marks.hit(slot) || meta.hash <= m.policy.hit_hook() {
+                m.marks.hit(slot);
+                if meta.hash <= m.policy.hit_hook() {
                     m.policy.on_hit(slot, meta.hash, &mut m.marks);
                 }
                 continue;
@@ -355,8 +356,6 @@ impl Adaptive {
         let mut old = std::mem::replace(&mut self.live, next);
         let mut order = Vec::new();
         while let Some(slot) = old.evict(marks) {
-            // Whether a hit on the slot is reported is the new policy's say.
-            marks.report(slot, false);
             order.push(slot);
         }
         self.live.adopt(&order, &self.metas, marks);

@@ -4,11 +4,14 @@
 //! entries. Non-resident HIR entries stay in the recency stack as ghosts,
 //! so loops and scans larger than the cache still get hits.
 //!
-//! Hits on LIR entries (nearly all hits) wait in the slot's mark
-//! ([`crate::Marks`]): an LIR entry is moved to the top of S only when it is
-//! found marked at the bottom, just before a decision that depends on the
-//! bottom (demoting it, evicting it, or whether a hit HIR entry is still in
-//! S). Hits on HIR entries, whose slots are flagged for it, are handled at once.
+//! Every hit waits in the slot's mark ([`crate::Marks`]), as in CLOCK-Pro:
+//! an LIR entry is moved to the top of S only when it is found marked at
+//! the bottom, just before a decision that depends on the bottom (demoting
+//! it, evicting it, or whether a hit HIR entry is still in S), and a
+//! resident HIR entry found marked at the bottom of Q, where it would be
+//! evicted, counts as hit then. The paper handles HIR hits at once; waiting
+//! costs nothing in hit ratio (the README's grid: mean 54.08 → 54.10) and
+//! makes every hit as cheap as S3-FIFO's (the slot's mark, and no node).
 
 use super::{alloc, grow, top_fitting, Eviction, Meta, Sizing};
 use crate::hashed::spread;
@@ -158,9 +161,23 @@ impl Lirs {
             node.in_s = false;
             node.lir = false;
             self.lir_weight -= node.weight;
-            marks.report(node.slot, true);
             QLinks(&mut self.nodes).push_front(&mut self.q, b);
             self.prune();
+        }
+    }
+
+    /// A hit on resident HIR node `n`, already out of Q: LIR when still in
+    /// S, else back on top of S and at the head of Q.
+    fn hir_hit(&mut self, n: u32, marks: &mut impl Marks) {
+        // Whether the entry is still in S depends on the true bottom.
+        self.settle(marks);
+        if self.nodes[n as usize].in_s {
+            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
+            self.make_lir(n, marks);
+        } else {
+            SLinks(&mut self.nodes).push_front(&mut self.s, n);
+            self.nodes[n as usize].in_s = true;
+            QLinks(&mut self.nodes).push_front(&mut self.q, n);
         }
     }
 
@@ -168,7 +185,6 @@ impl Lirs {
         let node = &mut self.nodes[n as usize];
         node.lir = true;
         self.lir_weight += node.weight;
-        marks.report(node.slot, false);
         self.demote_excess(marks);
     }
 }
@@ -200,42 +216,21 @@ impl Eviction for Lirs {
         if fits_lir {
             self.make_lir(n, marks);
         } else {
-            marks.report(slot, true);
             QLinks(&mut self.nodes).push_front(&mut self.q, n);
             // Keeps an LIR entry at the bottom of S (S may have held no LIR).
             self.prune();
         }
     }
 
-    fn on_hit(&mut self, slot: u32, _hash: u64, marks: &mut impl Marks) {
-        // This hit is handled now, not when the slot reaches the bottom.
-        marks.take(slot);
-        let n = self.node_of[slot as usize];
-        if self.nodes[n as usize].lir {
-            let was_bottom = self.s.tail == n;
-            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
-            if was_bottom {
-                self.prune();
-            }
-            return;
-        }
-        // Whether the entry is still in S depends on the true bottom.
-        self.settle(marks);
-        if self.nodes[n as usize].in_s {
-            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
-            QLinks(&mut self.nodes).unlink(&mut self.q, n);
-            self.make_lir(n, marks);
-        } else {
-            SLinks(&mut self.nodes).push_front(&mut self.s, n);
-            self.nodes[n as usize].in_s = true;
-            QLinks(&mut self.nodes).move_to_front(&mut self.q, n);
-        }
-    }
+    /// A hit only marks the slot (the cache does that): LIR entries read
+    /// their marks at the bottom of S, resident HIR ones at the bottom of Q.
+    #[inline]
+    fn on_hit(&mut self, _slot: u32, _hash: u64, _marks: &mut impl Marks) {}
 
     /// The most valued entries that fit the LIR budget become LIR, the rest
     /// resident HIR (evicted least valued first); S holds all of them, the
     /// most valued on top.
-    fn adopt(&mut self, slots: &[u32], metas: &[Meta], marks: &mut impl Marks) {
+    fn adopt(&mut self, slots: &[u32], metas: &[Meta], _marks: &mut impl Marks) {
         let lir_from = slots.len() - top_fitting(slots, metas, self.lir_max - self.lir_weight);
         for (i, &slot) in slots.iter().enumerate() {
             let meta = &metas[slot as usize];
@@ -245,7 +240,6 @@ impl Eviction for Lirs {
             self.index(n);
             self.node_of[slot as usize] = n;
             SLinks(&mut self.nodes).push_front(&mut self.s, n);
-            marks.report(slot, !lir);
             if lir {
                 self.lir_weight += meta.weight;
             } else {
@@ -256,7 +250,11 @@ impl Eviction for Lirs {
     }
 
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
-        if let Some(n) = QLinks(&mut self.nodes).pop_back(&mut self.q) {
+        while let Some(n) = QLinks(&mut self.nodes).pop_back(&mut self.q) {
+            if marks.take(self.nodes[n as usize].slot) > 0 {
+                self.hir_hit(n, marks);
+                continue;
+            }
             let node = &mut self.nodes[n as usize];
             let slot = node.slot;
             node.slot = NIL;
@@ -318,8 +316,6 @@ mod tests {
         let mut p = Lirs::new(units(10));
         let mut m = adopt_in_order(&mut p, 10);
         assert_eq!(p.lir_weight, 9);
-        assert!(m.hit(0), "the HIR entry's hits are reported");
-        assert!(!m.hit(9), "an LIR entry's hits wait in its mark");
         assert_eq!(p.evict(&mut m), Some(0));
         assert_eq!(p.evict(&mut m), Some(1), "then the bottom of S, the least valued LIR entry");
     }
@@ -336,22 +332,23 @@ mod tests {
     }
 
     #[test]
-    fn hits_on_hir_entries_are_reported_and_lir_hits_wait_in_the_marks() {
+    fn a_hit_hir_entry_counts_as_hit_when_it_reaches_the_bottom_of_q() {
         let mut p = Lirs::new(units(3));
         let mut m = crate::MarkVec::default();
         for slot in 0..3u32 {
             m.reset(slot);
             p.on_insert(slot, &Meta { hash: u64::from(slot) + 1, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut m);
         }
-        // 0 and 1 fill the LIR space; 2 is a resident HIR entry.
-        assert!(!m.hit(0), "an LIR hit is only marked");
-        assert!(m.hit(2), "a HIR hit is reported");
-        p.on_hit(2, 3, &mut m);
-        // 2 was in S: it becomes LIR, and 0 (the bottom, marked) gets a
-        // second chance, so 1 is demoted and now reported.
-        assert!(!m.hit(2));
-        assert!(m.hit(1));
-        assert_eq!(m.get(0), 0, "the second chance spent 0's mark");
+        // 0 and 1 fill the LIR space; 2, a resident HIR entry, is the next
+        // victim. Hits only mark.
+        m.hit(2);
+        m.hit(0);
+        // 2 was hit while in S: it becomes LIR. 0 (the bottom of S, marked)
+        // gets a second chance, so 1 is demoted and goes instead.
+        assert_eq!(p.evict(&mut m), Some(1));
+        assert!(p.nodes[p.node_of[2] as usize].lir);
+        assert_eq!((m.get(0), m.get(2)), (0, 0), "both marks spent");
+        assert_eq!(p.evict(&mut m), Some(0), "then the least recent LIR entry");
     }
 
     #[test]
