@@ -59,9 +59,8 @@ pub struct Sizing {
 /// The interface between the cache and an eviction policy.
 ///
 /// Every hit bumps the slot's [`Marks`]; the cache calls [`Eviction::on_hit`]
-/// only for hashes at or below [`Eviction::hit_hook`] and for slots the
-/// policy flagged in the marks, so that lazy policies, which read the marks
-/// while they evict, cost a hit nothing.
+/// only for hashes at or below [`Eviction::hit_hook`], so that lazy
+/// policies, which read the marks while they evict, cost a hit nothing.
 pub trait Eviction {
     /// Hits on keys whose hash is at most this are reported to
     /// [`Eviction::on_hit`]: `u64::MAX` (the default) for policies that
