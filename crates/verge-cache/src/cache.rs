@@ -55,6 +55,9 @@ struct Entry<K, V> {
     key: K,
     value: V,
     expires_at: u64,
+    /// Its fetch cost ([`EntryOptions::cost`]), kept for the adaptive
+    /// policy's switches (it fits in the padding of a small entry).
+    cost: u32,
     /// The hits lazy policies read (see [`crate::marks`]).
     mark: Mark,
 }
@@ -69,8 +72,9 @@ struct Slot<K, V>(Option<Entry<K, V>>);
 // empty slot from a full one: a small slot stays 32 bytes.
 const _: () = assert!(std::mem::size_of::<Slot<u64, u64>>() == 32);
 
-/// What the cache keeps beside each slab slot: read when the entry leaves
-/// or the table grows, never on a hit.
+/// What the cache keeps beside each slab slot: read when the entry leaves,
+/// the table grows or the adaptive policy samples or switches, never on
+/// other hits.
 #[derive(Clone, Copy, Debug, Default)]
 struct SlotInfo {
     /// The key's hash: finds the slot's bucket without hashing the key again.
@@ -79,10 +83,29 @@ struct SlotInfo {
     bytes: u64,
 }
 
-/// The slab seen as the marks of its slots, for the policy's calls.
+/// An entry's weight for the policy: its bytes under a byte budget (at
+/// least 1), else 1.
+fn weight(by_bytes: bool, bytes: u64) -> u64 {
+    if by_bytes {
+        bytes.max(1)
+    } else {
+        1
+    }
+}
+
+/// The slab seen as the marks and metadata of its slots, for the policy's calls.
 struct SlabMarks<'a, K, V> {
     slab: &'a mut [Slot<K, V>],
+    info: &'a [SlotInfo],
     hits: u64,
+    /// Weights are the entries' bytes (a byte budget), else 1.
+    by_bytes: bool,
+}
+
+impl<'a, K, V> SlabMarks<'a, K, V> {
+    fn new(slab: &'a mut [Slot<K, V>], info: &'a [SlotInfo], stats: &CacheStats, max_bytes: Option<u64>) -> Self {
+        SlabMarks { slab, info, hits: stats.hits, by_bytes: max_bytes.is_some() }
+    }
 }
 
 impl<K, V> Marks for SlabMarks<'_, K, V> {
@@ -98,6 +121,12 @@ impl<K, V> Marks for SlabMarks<'_, K, V> {
 
     fn hits(&self) -> u64 {
         self.hits
+    }
+
+    fn meta(&self, slot: u32) -> Option<Meta> {
+        let e = self.slab.get(slot as usize)?.0.as_ref()?;
+        let info = self.info[slot as usize];
+        Some(Meta { hash: info.hash, weight: weight(self.by_bytes, info.bytes), expires_at: e.expires_at, cost: e.cost })
     }
 }
 
@@ -278,7 +307,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// and the hit path stays small enough to inline).
     #[inline(never)]
     fn report_hit(&mut self, slot: u32, hash: u64) {
-        self.policy.on_hit(slot, hash, &mut SlabMarks { slab: &mut self.slab, hits: self.stats.hits });
+        self.policy.on_hit(slot, hash, &mut SlabMarks::new(&mut self.slab, &self.info, &self.stats, self.max_bytes));
     }
 
     /// Looks `key` up without telling the policy (no effect on eviction).
@@ -355,22 +384,21 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             }
         };
         let expires_at = options.ttl.map_or(NEVER, |ttl| now.saturating_add(ttl));
-        let weight = if self.max_bytes.is_some() { options.bytes.max(1) } else { 1 };
-        self.slab[slot as usize].0 = Some(Entry { key, value, expires_at, mark: Mark::NEW });
+        self.slab[slot as usize].0 = Some(Entry { key, value, expires_at, cost: options.cost, mark: Mark::NEW });
         self.info[slot as usize] = SlotInfo { hash, bytes: options.bytes };
         self.bytes += options.bytes;
         if expires_at != NEVER {
             self.expiry.push(Reverse((expires_at, slot)));
         }
-        let meta = Meta { hash, weight, expires_at, cost: options.cost };
-        self.policy.on_insert(slot, &meta, &mut SlabMarks { slab: &mut self.slab, hits: self.stats.hits });
+        let meta = Meta { hash, weight: weight(self.max_bytes.is_some(), options.bytes), expires_at, cost: options.cost };
+        self.policy.on_insert(slot, &meta, &mut SlabMarks::new(&mut self.slab, &self.info, &self.stats, self.max_bytes));
         // An adaptive policy may have switched to a policy that hooks hits differently.
         self.hook = self.policy.hit_hook();
         let mut kept = true;
         while self.over_budget() {
             let victim = match self.pop_expired(now) {
                 Some(s) => s,
-                None => match self.policy.evict(&mut SlabMarks { slab: &mut self.slab, hits: self.stats.hits }) {
+                None => match self.policy.evict(&mut SlabMarks::new(&mut self.slab, &self.info, &self.stats, self.max_bytes)) {
                     Some(s) => {
                         self.stats.evictions += 1;
                         s

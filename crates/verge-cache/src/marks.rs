@@ -12,6 +12,7 @@
 //! policies reach marks through the [`Marks`] trait, which the slab and the
 //! plain [`MarkVec`] (miniature simulations, tests) both implement.
 
+use crate::policy::Meta;
 use std::num::NonZeroU8;
 
 /// One slot's mark: hits since the policy last cleared it, saturating at
@@ -67,6 +68,10 @@ pub trait Marks {
     fn mark_mut(&mut self, slot: u32) -> Option<&mut Mark>;
     /// Hits counted since the marks were created (hill climbers use it).
     fn hits(&self) -> u64;
+    /// What the cache knows of the entry in `slot` (its key's hash, weight,
+    /// expiry and cost), so that a policy that reads it rarely (the
+    /// adaptive one, on sampled hits and switches) need not keep a copy.
+    fn meta(&self, slot: u32) -> Option<Meta>;
 
     /// The hits marked on `slot`.
     #[inline]
@@ -91,10 +96,12 @@ pub trait Marks {
 
 /// Marks in a vector of their own, for a policy run without a cache (the
 /// adaptive policy's miniatures, tests); every slot counts as holding an
-/// entry once [`MarkVec::reset`] has named it.
+/// entry once [`MarkVec::reset`] has named it, and has metadata once
+/// [`MarkVec::hold`] has given it some.
 #[derive(Clone, Debug, Default)]
 pub struct MarkVec {
     marks: Vec<Mark>,
+    metas: Vec<Option<Meta>>,
     hits: u64,
 }
 
@@ -114,6 +121,14 @@ impl MarkVec {
         crate::policy::grow(&mut self.marks, slot, Mark::NEW);
         self.marks[slot as usize] = Mark::NEW;
     }
+
+    /// A new entry described by `meta` lives in `slot`, as in a cache:
+    /// for a policy that asks for [`Marks::meta`] (the adaptive one).
+    pub fn hold(&mut self, slot: u32, meta: Meta) {
+        self.reset(slot);
+        crate::policy::grow(&mut self.metas, slot, None);
+        self.metas[slot as usize] = Some(meta);
+    }
 }
 
 impl Marks for MarkVec {
@@ -129,6 +144,10 @@ impl Marks for MarkVec {
 
     fn hits(&self) -> u64 {
         self.hits
+    }
+
+    fn meta(&self, slot: u32) -> Option<Meta> {
+        self.metas.get(slot as usize).copied().flatten()
     }
 }
 

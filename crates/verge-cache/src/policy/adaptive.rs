@@ -229,8 +229,6 @@ pub struct Adaptive {
     /// on the next insert: the cache reads `hit_hook` again after each
     /// insert, so a switch made there never leaves it with a stale hook.
     pending: Option<usize>,
-    /// Metadata of resident entries (what a rebuilt policy and the miniatures see).
-    metas: Vec<Meta>,
     miniatures: Miniatures,
     /// A key is simulated when its hash is at most this (the top
     /// log2(`rate`) bits clear): one compare, and only sampled keys pay more.
@@ -267,7 +265,6 @@ impl Adaptive {
             live,
             live_index: 0,
             pending: None,
-            metas: Vec::new(),
             miniatures,
             // A follower samples (almost) nothing: only a hash of 0, and then
             // `observe` finds no miniatures to feed.
@@ -358,7 +355,15 @@ impl Adaptive {
         while let Some(slot) = old.evict(marks) {
             order.push(slot);
         }
-        self.live.adopt(&order, &self.metas, marks);
+        // The entries' metadata, indexed by slot, from the cache.
+        let mut metas = Vec::new();
+        for &slot in &order {
+            if let Some(meta) = marks.meta(slot) {
+                grow(&mut metas, slot, meta);
+                metas[slot as usize] = meta;
+            }
+        }
+        self.live.adopt(&order, &metas, marks);
         if let Base::WTinyLfu(w) = old {
             self.sketch = Some(w.into_sketch());
         }
@@ -376,8 +381,6 @@ impl Eviction for Adaptive {
 
     #[inline]
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
-        grow(&mut self.metas, slot, *meta);
-        self.metas[slot as usize] = *meta;
         if let Some(index) = self.pending.take() {
             self.switch_to(index, marks);
         }
@@ -396,8 +399,9 @@ impl Eviction for Adaptive {
     fn on_hit(&mut self, slot: u32, hash: u64, marks: &mut impl Marks) {
         self.live.on_hit(slot, hash, marks);
         if self.sampled(hash) {
-            let meta = self.metas[slot as usize];
-            self.observe(&meta);
+            if let Some(meta) = marks.meta(slot) {
+                self.observe(&meta);
+            }
         }
     }
 

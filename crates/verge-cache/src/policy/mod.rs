@@ -384,8 +384,9 @@ pub(crate) mod testutil {
             }
             key_of[s as usize] = Some(k);
             slot_of.insert(k, s);
-            marks.reset(s);
-            policy.on_insert(s, &Meta { hash, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut marks);
+            let meta = Meta { hash, weight: 1, expires_at: u64::MAX, cost: 1 };
+            marks.hold(s, meta);
+            policy.on_insert(s, &meta, &mut marks);
             while slot_of.len() > cap {
                 let v = policy.evict(&mut marks).expect("over capacity means non-empty");
                 let key = key_of[v as usize].take().expect("victim is resident");
