@@ -28,6 +28,16 @@ impl CacheConfig {
     pub fn entries(max_entries: usize) -> Self {
         CacheConfig { max_entries, max_bytes: None, policy: PolicyKind::default() }
     }
+
+    /// How large the cache is for its policy: units are bytes under a byte
+    /// budget (about one entry per KiB assumed for sketches and ghosts),
+    /// else entries.
+    pub(crate) fn sizing(&self) -> Sizing {
+        match self.max_bytes {
+            Some(bytes) => Sizing { units: bytes, entries: self.max_entries.min((bytes / 1024).clamp(16, 1 << 22) as usize) },
+            None => Sizing { units: self.max_entries as u64, entries: self.max_entries },
+        }
+    }
 }
 
 /// Per-entry options of [`Cache::insert_with`].
@@ -202,11 +212,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         if config.max_bytes == Some(0) {
             return Err(CacheError::ZeroCapacity("max_bytes"));
         }
-        let sizing = match config.max_bytes {
-            Some(bytes) => Sizing { units: bytes, entries: config.max_entries.min((bytes / 1024).clamp(16, 1 << 22) as usize) },
-            None => Sizing { units: config.max_entries as u64, entries: config.max_entries },
-        };
-        let policy = AnyPolicy::new(config.policy, sizing, role);
+        let policy = AnyPolicy::new(config.policy, config.sizing(), role);
         Ok(Cache {
             table: HashTable::with_capacity(config.max_entries.min(1 << 20)),
             hasher,
@@ -227,6 +233,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// The eviction policy in use.
     pub fn policy(&self) -> PolicyKind {
         self.kind
+    }
+
+    /// Sampled requests a shard of a [`crate::SyncCache`] queued for the
+    /// shared judge, once there are enough to feed it.
+    pub(crate) fn take_batch(&mut self) -> Option<Vec<Meta>> {
+        self.policy.take_batch()
     }
 
     /// The policy evicting right now: for the adaptive default, the

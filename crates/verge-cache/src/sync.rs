@@ -3,7 +3,7 @@
 //! never contend.
 
 use crate::cache::{Cache, CacheConfig, EntryOptions};
-use crate::policy::Role;
+use crate::policy::{PolicyKind, Role, SharedJudge};
 use crate::CacheError;
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
@@ -19,6 +19,8 @@ pub struct SyncCache<K, V, S = foldhash::fast::RandomState> {
     shards: Box<[Shard<Cache<K, V, S>>]>,
     hasher: S,
     mask: u64,
+    /// With the adaptive policy: the miniatures that shard 0 samples for.
+    judge: Option<Arc<SharedJudge>>,
 }
 
 impl<K: Hash + Eq, V: Clone> SyncCache<K, V> {
@@ -42,23 +44,21 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
             max_bytes: config.max_bytes.map(|b| b.div_ceil(n as u64)),
             policy: config.policy,
         };
-        // With the adaptive policy, shard 0 alone runs the miniatures (its
-        // keys are a hash-partitioned sample of all of them) and the other
-        // shards adopt its choice: their requests pay only for the live policy.
-        let choice = Arc::default();
-        let role = |i: usize| {
-            if n == 1 {
-                Role::Solo
-            } else if i == 0 {
-                Role::Leader(Arc::clone(&choice))
-            } else {
-                Role::Follower(Arc::clone(&choice))
-            }
+        // With the adaptive policy, shard 0 alone samples its keys (a
+        // hash-partitioned sample of all of them) for a judge outside every
+        // shard, and all shards serve with the judge's choice: the other
+        // shards' requests pay only for the live policy, and no request
+        // waits for the miniatures behind a shard's lock.
+        let judge = (n > 1 && per_shard.policy == PolicyKind::Adaptive).then(|| Arc::new(SharedJudge::new(per_shard.sizing())));
+        let role = |i: usize| match &judge {
+            None => Role::Solo,
+            Some(judge) if i == 0 => Role::Sampler(Arc::clone(judge)),
+            Some(judge) => Role::Follower(Arc::clone(judge)),
         };
         let shards = (0..n)
             .map(|i| Cache::with_role(per_shard, hasher.clone(), role(i)).map(|c| Shard(Mutex::new(c))))
             .collect::<Result<Vec<_>, _>>()?;
-        Ok(SyncCache { shards: shards.into_boxed_slice(), hasher, mask: n as u64 - 1 })
+        Ok(SyncCache { shards: shards.into_boxed_slice(), hasher, mask: n as u64 - 1, judge })
     }
 
     /// Number of shards.
@@ -69,13 +69,25 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
     /// The key's hash (the shards hash alike, so they reuse it) and its
     /// shard, locked.
     #[inline]
-    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> (u64, MutexGuard<'_, Cache<K, V, S>>) {
+    fn shard<Q: Hash + ?Sized>(&self, key: &Q) -> (u64, usize, MutexGuard<'_, Cache<K, V, S>>) {
         let hash = self.hasher.hash_one(key);
         // Middle bits: the table inside the shard uses the low and top ones.
-        let m = &self.shards[((hash >> 32) & self.mask) as usize].0;
+        let index = ((hash >> 32) & self.mask) as usize;
         // A panic while holding a shard leaves a consistent cache behind
         // (every mutation completes before user code runs), so poison is ignored.
-        (hash, m.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        (hash, index, self.shards[index].0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+    }
+
+    /// Unlocks shard `index`; then, for the sampling shard, its full queue
+    /// of sampled requests goes to the judge, outside every shard's lock.
+    #[inline]
+    fn unlock(&self, index: usize, mut shard: MutexGuard<'_, Cache<K, V, S>>) {
+        let Some(judge) = self.judge.as_deref().filter(|_| index == 0) else { return };
+        let batch = shard.take_batch();
+        drop(shard);
+        if let Some(batch) = batch {
+            judge.feed(&batch);
+        }
     }
 
     /// Looks `key` up (counting the access); a clone of the value.
@@ -84,8 +96,10 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        let (hash, mut shard) = self.shard(key);
-        shard.get_hashed(hash, key, now).cloned()
+        let (hash, index, mut shard) = self.shard(key);
+        let value = shard.get_hashed(hash, key, now).cloned();
+        self.unlock(index, shard);
+        value
     }
 
     /// Inserts or replaces `key` with default options.
@@ -95,8 +109,10 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
 
     /// Inserts or replaces `key` with `options`; evicted entries are dropped.
     pub fn insert_with(&self, key: K, value: V, options: EntryOptions, now: u64) -> Result<bool, CacheError> {
-        let (hash, mut shard) = self.shard(&key);
-        shard.insert_hashed(hash, key, value, options, now, |_, _| {})
+        let (hash, index, mut shard) = self.shard(&key);
+        let held = shard.insert_hashed(hash, key, value, options, now, |_, _| {});
+        self.unlock(index, shard);
+        held
     }
 
     /// Removes `key`, returning its value.
@@ -105,7 +121,8 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
         K: Borrow<Q>,
         Q: Hash + Eq + ?Sized,
     {
-        self.shard(key).1.remove(key)
+        // A removal samples nothing: no queue to feed.
+        self.shard(key).2.remove(key)
     }
 
     /// Entries held across all shards.
@@ -150,20 +167,25 @@ mod tests {
     }
 
     #[test]
-    fn adaptive_shards_follow_the_first_ones_choice() {
-        // A loop a little larger than the cache: the leader's miniatures
-        // move it off W-TinyLFU's first guess or keep it; either way every
-        // follower serves with what the leader chose.
+    fn adaptive_shards_follow_the_shared_judges_choice() {
+        // Back and forth over 5,500 keys with room for 4,096: each turn
+        // finds the most recent keys again, which LRU-like candidates keep
+        // and LIRS, the first choice, does not. Shard 0's sampled requests
+        // reach the judge, and every shard serves with what it chose.
         let config = CacheConfig { max_entries: 4096, max_bytes: None, policy: PolicyKind::Adaptive };
         let cache: SyncCache<u64, u64> = SyncCache::new(config, 4).expect("valid config");
         for i in 0..400_000u64 {
-            let k = i % 4500;
+            let (turn, at) = (i / 5500, i % 5500);
+            let k = if turn % 2 == 0 { at } else { 5499 - at };
             if cache.get(&k, 0).is_none() {
                 cache.insert(k, k, 0).expect("fits");
             }
         }
+        let (chosen, epochs) = cache.judge.as_ref().expect("adaptive shards share a judge").verdict();
+        assert!(epochs > 10, "the judge saw {epochs} epochs");
+        assert_ne!(chosen, PolicyKind::Lirs, "the judge's choice moves off LIRS");
         let active: Vec<PolicyKind> = cache.shards.iter().map(|s| s.0.lock().expect("not poisoned").active_policy()).collect();
-        assert!(active.iter().all(|&p| p == active[0]), "{active:?}");
+        assert!(active.iter().all(|&p| p == chosen), "{active:?} against {chosen}");
     }
 
     #[test]

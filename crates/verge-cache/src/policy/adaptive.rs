@@ -16,7 +16,7 @@ use crate::hashed::HashKeyed;
 use crate::Marks;
 use std::collections::hash_map::Entry;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 /// The candidates simulated in miniature; the first one serves first, and
 /// ties go to the earlier one. LIRS first: it resists scans and loops and is
@@ -203,20 +203,129 @@ impl Miniatures {
     }
 }
 
-/// How an adaptive policy decides, alone or as one of the shards of a
-/// [`crate::SyncCache`]: there, one shard (the leader) runs the miniatures on
-/// its own keys (a hash-partitioned sample of the whole cache's) and
-/// publishes its choice, and the other shards (followers) sample nothing
-/// and adopt the published choice on their next insert.
+/// The miniatures and their scores: which candidate should serve.
+#[derive(Debug)]
+struct Judge {
+    miniatures: Miniatures,
+    epoch_len: u64,
+    epoch_seen: u64,
+    /// Epochs ended so far.
+    epochs: u64,
+    /// Sampled requests, decayed like the scores.
+    seen: f64,
+}
+
+impl Judge {
+    fn new(mini: Sizing) -> Judge {
+        Judge {
+            miniatures: Miniatures::new(&CANDIDATES, mini),
+            epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
+            epoch_seen: 0,
+            epochs: 0,
+            seen: 0.0,
+        }
+    }
+
+    /// Feeds sampled requests to the miniatures, in order, ending epochs on
+    /// the way; returns the candidate that should replace `live`, if one
+    /// took the lead at an epoch's end.
+    fn feed(&mut self, batch: &[Meta], live: usize) -> Option<usize> {
+        let mut choice = None;
+        for meta in batch {
+            self.miniatures.access(meta);
+            self.epoch_seen += 1;
+            if self.epoch_seen >= self.epoch_len {
+                choice = self.end_epoch(live).or(choice);
+            }
+        }
+        choice
+    }
+
+    fn end_epoch(&mut self, live: usize) -> Option<usize> {
+        self.seen = self.seen * DECAY + self.epoch_seen as f64;
+        self.epoch_seen = 0;
+        let minis = &mut self.miniatures.minis;
+        for m in minis.iter_mut() {
+            m.score = m.score * DECAY + m.epoch_hits as f64;
+            m.epoch_hits = 0;
+        }
+        // Ties go to the earlier candidate (`max_by` keeps the last maximum).
+        let (best, best_score) = minis.iter().enumerate().rev().map(|(i, m)| (i, m.score)).max_by(|a, b| a.1.total_cmp(&b.1))?;
+        let live_score = minis[live].score;
+        self.epochs += 1;
+        let margin = if self.epochs <= EARLY_EPOCHS { EARLY_MARGIN } else { MARGIN };
+        (best != live && best_score > live_score + margin * self.seen + 1.0).then_some(best)
+    }
+}
+
+/// The judge of the shards of a [`crate::SyncCache`] and its latest choice.
+/// One shard samples its keys (a hash-partitioned sample of all of them)
+/// and queues them; the cache feeds the queue to the judge after releasing
+/// that shard's lock, so no shard waits while the miniatures run, and every
+/// shard serves with the published choice from its next insert on.
+#[derive(Debug)]
+pub(crate) struct SharedJudge {
+    judge: Mutex<Judge>,
+    choice: AtomicUsize,
+}
+
+impl SharedJudge {
+    /// A judge for shards of `sizing` each.
+    pub(crate) fn new(sizing: Sizing) -> SharedJudge {
+        SharedJudge { judge: Mutex::new(Judge::new(Sampling::of(sizing).mini)), choice: AtomicUsize::new(0) }
+    }
+
+    /// The candidate chosen last, and the epochs judged so far.
+    #[cfg(test)]
+    pub(crate) fn verdict(&self) -> (PolicyKind, u64) {
+        let judge = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+        (CANDIDATES[self.choice.load(Ordering::Relaxed)].kind(), judge.epochs)
+    }
+
+    /// Feeds a sampling shard's queued requests to the miniatures, and
+    /// publishes a new choice when one takes the lead.
+    pub(crate) fn feed(&self, batch: &[Meta]) {
+        // A panic inside leaves scores that are merely stale: poison is ignored.
+        let mut judge = self.judge.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(choice) = judge.feed(batch, self.choice.load(Ordering::Relaxed)) {
+            self.choice.store(choice, Ordering::Relaxed);
+        }
+    }
+}
+
+/// How an adaptive policy decides: alone, or as one of the shards of a
+/// [`crate::SyncCache`] that follow a [`SharedJudge`].
 #[derive(Clone, Debug, Default)]
 pub(crate) enum Role {
     /// Runs its own miniatures and tells no one.
     #[default]
     Solo,
-    /// Runs the miniatures and stores each new choice (an index into the candidates).
-    Leader(Arc<AtomicUsize>),
-    /// Runs no miniatures and follows the stored choice.
-    Follower(Arc<AtomicUsize>),
+    /// Samples its keys for the shared judge and follows its choice.
+    Sampler(Arc<SharedJudge>),
+    /// Samples nothing and follows the shared judge's choice.
+    Follower(Arc<SharedJudge>),
+}
+
+/// How a cache of some size is sampled: the miniatures' size and the
+/// sampled hashes.
+struct Sampling {
+    mini: Sizing,
+    /// A key is sampled when its hash is at most this.
+    limit: u64,
+}
+
+impl Sampling {
+    fn of(sizing: Sizing) -> Sampling {
+        let rate = ((sizing.entries / MIN_SHADOW_ENTRIES).max(1) as u64).min(MAX_RATE);
+        let rate = if rate.is_power_of_two() { rate } else { rate.next_power_of_two() / 2 };
+        Sampling {
+            mini: Sizing { units: (sizing.units / rate).max(1), entries: (sizing.entries / rate as usize).max(1) },
+            // Never `u64::MAX` (every key but the one hashing to it): a hook
+            // of `u64::MAX` means an eager policy, for which the cache marks
+            // no hits, and a lazy live policy needs its marks.
+            limit: (u64::MAX >> rate.trailing_zeros()).min(u64::MAX - 1),
+        }
+    }
 }
 
 /// Serves with the candidate policy whose miniature simulation wins.
@@ -229,18 +338,13 @@ pub struct Adaptive {
     /// on the next insert: the cache reads `hit_hook` again after each
     /// insert, so a switch made there never leaves it with a stale hook.
     pending: Option<usize>,
-    miniatures: Miniatures,
+    /// The miniatures, when this policy runs its own ([`Role::Solo`]).
+    judge: Option<Judge>,
     /// A key is simulated when its hash is at most this (the top
     /// log2(`rate`) bits clear): one compare, and only sampled keys pay more.
     sample_limit: u64,
-    epoch_len: u64,
-    epoch_seen: u64,
-    /// Epochs ended so far.
-    epochs: u64,
     /// Sampled requests not yet fed to the miniatures.
     batch: Vec<Meta>,
-    /// Sampled requests, decayed like the scores.
-    seen: f64,
     role: Role,
     /// The sketch of the last live W-TinyLFU: a re-adopted one starts warm.
     sketch: Option<crate::sketch::FrequencySketch>,
@@ -254,29 +358,18 @@ impl Adaptive {
 
     /// The adaptive policy for a cache (or a shard) of `sizing`, deciding as `role` says.
     pub(crate) fn with_role(sizing: Sizing, role: Role) -> Self {
-        let rate = ((sizing.entries / MIN_SHADOW_ENTRIES).max(1) as u64).min(MAX_RATE);
-        let rate = if rate.is_power_of_two() { rate } else { rate.next_power_of_two() / 2 };
-        let mini = Sizing { units: (sizing.units / rate).max(1), entries: (sizing.entries / rate as usize).max(1) };
-        let follower = matches!(role, Role::Follower(_));
-        let miniatures = Miniatures::new(if follower { &[] } else { &CANDIDATES }, mini);
+        let sampling = Sampling::of(sizing);
         let live = CANDIDATES[0].build(sizing).unwrap_or_else(|| Base::Lru(super::Lru::default()));
         Adaptive {
             sizing,
             live,
             live_index: 0,
             pending: None,
-            miniatures,
-            // A follower samples (almost) nothing: only a hash of 0, and then
-            // `observe` finds no miniatures to feed.
-            // Never `u64::MAX` (every key but the one hashing to it): a hook
-            // of `u64::MAX` means an eager policy, for which the cache marks
-            // no hits, and a lazy live policy needs its marks.
-            sample_limit: if follower { 0 } else { (u64::MAX >> rate.trailing_zeros()).min(u64::MAX - 1) },
-            epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
-            epoch_seen: 0,
-            epochs: 0,
+            judge: matches!(role, Role::Solo).then(|| Judge::new(sampling.mini)),
+            // A follower samples (almost) nothing: only a hash of 0, and
+            // that request is queued for no one.
+            sample_limit: if matches!(role, Role::Follower(_)) { 0 } else { sampling.limit },
             batch: Vec::new(),
-            seen: 0.0,
             role,
             sketch: None,
         }
@@ -295,46 +388,34 @@ impl Adaptive {
     /// Queues a sampled request for the miniatures.
     #[inline]
     fn observe(&mut self, meta: &Meta) {
-        self.batch.push(*meta);
-        if self.batch.len() >= BATCH {
-            self.run_batch();
+        match self.role {
+            Role::Solo => {
+                self.batch.push(*meta);
+                if self.batch.len() >= BATCH {
+                    self.run_batch();
+                }
+            }
+            Role::Sampler(_) => self.batch.push(*meta),
+            Role::Follower(_) => {}
         }
     }
 
-    /// Feeds the queued requests to the miniatures, ending epochs on the way.
+    /// Feeds the queued requests to this policy's own miniatures.
     #[cold]
     #[inline(never)]
     fn run_batch(&mut self) {
-        let batch = std::mem::take(&mut self.batch);
-        for meta in &batch {
-            self.miniatures.access(meta);
-            self.epoch_seen += 1;
-            if self.epoch_seen >= self.epoch_len {
-                self.end_epoch();
+        if let Some(judge) = &mut self.judge {
+            if let Some(choice) = judge.feed(&self.batch, self.live_index) {
+                self.pending = Some(choice);
             }
         }
-        self.batch = batch;
         self.batch.clear();
     }
 
-    fn end_epoch(&mut self) {
-        self.seen = self.seen * DECAY + self.epoch_seen as f64;
-        self.epoch_seen = 0;
-        let minis = &mut self.miniatures.minis;
-        for m in minis.iter_mut() {
-            m.score = m.score * DECAY + m.epoch_hits as f64;
-            m.epoch_hits = 0;
-        }
-        // Ties go to the earlier candidate (`max_by` keeps the last maximum).
-        let Some((best, best_score)) = minis.iter().enumerate().rev().map(|(i, m)| (i, m.score)).max_by(|a, b| a.1.total_cmp(&b.1)) else {
-            return;
-        };
-        let live_score = minis[self.live_index].score;
-        self.epochs += 1;
-        let margin = if self.epochs <= EARLY_EPOCHS { EARLY_MARGIN } else { MARGIN };
-        if best != self.live_index && best_score > live_score + margin * self.seen + 1.0 {
-            self.pending = Some(best);
-        }
+    /// A sampling shard's full queue of sampled requests, for the shared
+    /// judge (`None` until [`BATCH`] are queued).
+    pub(crate) fn take_batch(&mut self) -> Option<Vec<Meta>> {
+        (self.batch.len() >= BATCH).then(|| std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH)))
     }
 
     /// Rebuilds the live policy as candidate `index` from the resident
@@ -346,9 +427,6 @@ impl Adaptive {
             if let Some(sketch) = self.sketch.take() {
                 w.set_sketch(sketch);
             }
-        }
-        if let Role::Leader(choice) = &self.role {
-            choice.store(index, Ordering::Relaxed);
         }
         let mut old = std::mem::replace(&mut self.live, next);
         let mut order = Vec::new();
@@ -387,8 +465,9 @@ impl Eviction for Adaptive {
         self.live.on_insert(slot, meta, marks);
         if self.sampled(meta.hash) {
             self.observe(meta);
-        } else if let Role::Follower(choice) = &self.role {
-            let index = choice.load(Ordering::Relaxed);
+        }
+        if let Role::Sampler(shared) | Role::Follower(shared) = &self.role {
+            let index = shared.choice.load(Ordering::Relaxed);
             if index != self.live_index {
                 self.switch_to(index, marks);
             }

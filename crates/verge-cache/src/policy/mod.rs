@@ -19,7 +19,7 @@ mod ttl;
 mod wtinylfu;
 
 pub use adaptive::Adaptive;
-pub(crate) use adaptive::Role;
+pub(crate) use adaptive::{Role, SharedJudge};
 pub use arc::Arc;
 pub use gdsf::Gdsf;
 pub use lfu::Lfu;
@@ -312,6 +312,15 @@ impl AnyPolicy {
         match self {
             AnyPolicy::Base(_) => configured,
             AnyPolicy::Adaptive(a) => a.live_kind(),
+        }
+    }
+
+    /// A sampling shard's full queue of sampled requests, for its
+    /// [`SharedJudge`] (`None` for any other policy, or until it is full).
+    pub fn take_batch(&mut self) -> Option<Vec<Meta>> {
+        match self {
+            AnyPolicy::Base(_) => None,
+            AnyPolicy::Adaptive(a) => a.take_batch(),
         }
     }
 }
