@@ -17,7 +17,7 @@ use super::{alloc, grow, top_fitting, Eviction, Meta, Sizing};
 use crate::hashed::spread;
 use crate::list::{LinkStore, List, NIL};
 use crate::Marks;
-use hashbrown::HashTable;
+use hashbrown::{hash_table, HashTable};
 
 /// An entry or a non-resident ghost, with its links in S and in Q (or the
 /// ghost FIFO) beside its data: visiting a node touches one place in
@@ -107,6 +107,7 @@ impl Lirs {
     }
 
     /// The node of `hash`, resident or a ghost.
+    #[cfg(test)]
     fn node_of_hash(&self, hash: u64) -> Option<u32> {
         self.by_hash.find(spread(hash), |&n| self.nodes[n as usize].hash == hash).copied()
     }
@@ -197,7 +198,14 @@ impl Eviction for Lirs {
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         grow(&mut self.node_of, slot, NIL);
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
-        if let Some(n) = self.node_of_hash(meta.hash) {
+        // One probe finds the key's ghost or the bucket for its new node.
+        let nodes = &self.nodes;
+        let found = self.by_hash.entry(spread(meta.hash), |&n| nodes[n as usize].hash == meta.hash, |&m| spread(nodes[m as usize].hash));
+        let vacant = match found {
+            hash_table::Entry::Occupied(ghost) => Err(*ghost.get()),
+            hash_table::Entry::Vacant(vacant) => Ok(vacant),
+        };
+        if let Err(n) = vacant {
             // A ghost (non-resident HIR, always in S): its reuse distance is
             // shorter than the bottom LIR's, so it becomes LIR.
             QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
@@ -210,7 +218,9 @@ impl Eviction for Lirs {
             return;
         }
         let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, false));
-        self.index(n);
+        if let Ok(vacant) = vacant {
+            vacant.insert(n);
+        }
         self.node_of[slot as usize] = n;
         SLinks(&mut self.nodes).push_front(&mut self.s, n);
         if fits_lir {
