@@ -11,7 +11,7 @@
 //! live policy is rebuilt as that candidate from the resident entries, in
 //! the old one's eviction order.
 
-use super::{alloc, grow, Base, Eviction, Meta, PolicyKind, Sizing};
+use super::{alloc, Base, Eviction, Meta, PolicyKind, Sizing};
 use crate::hashed::HashKeyed;
 use crate::Marks;
 use std::collections::hash_map::Entry;
@@ -144,8 +144,8 @@ struct Miniatures {
 }
 
 impl Miniatures {
-    fn new(candidates: &[Candidate], sizing: Sizing) -> Miniatures {
-        let minis = candidates
+    fn new(sizing: Sizing) -> Miniatures {
+        let minis = CANDIDATES
             .iter()
             .filter_map(|&candidate| {
                 Some(Miniature { policy: candidate.build(sizing)?, marks: crate::MarkVec::default(), weight: 0, epoch_hits: 0, score: 0.0 })
@@ -156,9 +156,6 @@ impl Miniatures {
 
     /// One request in every miniature: a hit (counted), or a miss followed by an insert.
     fn access(&mut self, meta: &Meta) {
-        if self.minis.is_empty() {
-            return;
-        }
         let slot = match self.slot_of.entry(meta.hash) {
             Entry::Occupied(found) => *found.get(),
             Entry::Vacant(free) => {
@@ -218,7 +215,7 @@ struct Judge {
 impl Judge {
     fn new(mini: Sizing) -> Judge {
         Judge {
-            miniatures: Miniatures::new(&CANDIDATES, mini),
+            miniatures: Miniatures::new(mini),
             epoch_len: (mini.entries as u64 / 4).max(MIN_EPOCH),
             epoch_seen: 0,
             epochs: 0,
@@ -431,17 +428,12 @@ impl Adaptive {
         let mut old = std::mem::replace(&mut self.live, next);
         let mut order = Vec::new();
         while let Some(slot) = old.evict(marks) {
-            order.push(slot);
-        }
-        // The entries' metadata, indexed by slot, from the cache.
-        let mut metas = Vec::new();
-        for &slot in &order {
+            // Every slot the old policy gives up holds an entry, so it has metadata.
             if let Some(meta) = marks.meta(slot) {
-                grow(&mut metas, slot, meta);
-                metas[slot as usize] = meta;
+                order.push((slot, meta));
             }
         }
-        self.live.adopt(&order, &metas, marks);
+        self.live.adopt(&order, marks);
         if let Base::WTinyLfu(w) = old {
             self.sketch = Some(w.into_sketch());
         }
@@ -506,7 +498,7 @@ mod tests {
         // larger than the miniatures: after every request each miniature
         // is within its capacity, and a key keeps its slot exactly while
         // some miniature holds it.
-        let mut minis = Miniatures::new(&CANDIDATES, Sizing { units: 400, entries: 100 });
+        let mut minis = Miniatures::new(Sizing { units: 400, entries: 100 });
         let mut rng = 0x9e37_79b9_7f4a_7c15u64;
         for _ in 0..50_000 {
             rng ^= rng << 13;

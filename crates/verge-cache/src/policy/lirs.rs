@@ -200,27 +200,25 @@ impl Eviction for Lirs {
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
         // One probe finds the key's ghost or the bucket for its new node.
         let nodes = &self.nodes;
-        let found = self.by_hash.entry(spread(meta.hash), |&n| nodes[n as usize].hash == meta.hash, |&m| spread(nodes[m as usize].hash));
-        let vacant = match found {
-            hash_table::Entry::Occupied(ghost) => Err(*ghost.get()),
-            hash_table::Entry::Vacant(vacant) => Ok(vacant),
-        };
-        if let Err(n) = vacant {
-            // A ghost (non-resident HIR, always in S): its reuse distance is
-            // shorter than the bottom LIR's, so it becomes LIR.
-            QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
-            let node = &mut self.nodes[n as usize];
-            node.slot = slot;
-            node.weight = meta.weight;
-            self.node_of[slot as usize] = n;
-            SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
-            self.make_lir(n, marks);
-            return;
-        }
+        let vacant =
+            match self.by_hash.entry(spread(meta.hash), |&n| nodes[n as usize].hash == meta.hash, |&m| spread(nodes[m as usize].hash)) {
+                hash_table::Entry::Occupied(ghost) => {
+                    // A ghost (non-resident HIR, always in S): its reuse distance
+                    // is shorter than the bottom LIR's, so it becomes LIR.
+                    let n = *ghost.get();
+                    QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
+                    let node = &mut self.nodes[n as usize];
+                    node.slot = slot;
+                    node.weight = meta.weight;
+                    self.node_of[slot as usize] = n;
+                    SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
+                    self.make_lir(n, marks);
+                    return;
+                }
+                hash_table::Entry::Vacant(vacant) => vacant,
+            };
         let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, false));
-        if let Ok(vacant) = vacant {
-            vacant.insert(n);
-        }
+        vacant.insert(n);
         self.node_of[slot as usize] = n;
         SLinks(&mut self.nodes).push_front(&mut self.s, n);
         if fits_lir {
@@ -240,10 +238,9 @@ impl Eviction for Lirs {
     /// The most valued entries that fit the LIR budget become LIR, the rest
     /// resident HIR (evicted least valued first); S holds all of them, the
     /// most valued on top.
-    fn adopt(&mut self, slots: &[u32], metas: &[Meta], _marks: &mut impl Marks) {
-        let lir_from = slots.len() - top_fitting(slots, metas, self.lir_max - self.lir_weight);
-        for (i, &slot) in slots.iter().enumerate() {
-            let meta = &metas[slot as usize];
+    fn adopt(&mut self, entries: &[(u32, Meta)], _marks: &mut impl Marks) {
+        let lir_from = entries.len() - top_fitting(entries, self.lir_max - self.lir_weight);
+        for (i, &(slot, ref meta)) in entries.iter().enumerate() {
             let lir = i >= lir_from;
             grow(&mut self.node_of, slot, NIL);
             let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, lir));

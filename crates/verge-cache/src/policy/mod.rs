@@ -80,27 +80,27 @@ pub trait Eviction {
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32>;
     /// The entry in `slot` left the cache for another reason (delete, expiry).
     fn on_remove(&mut self, slot: u32);
-    /// Takes over the entries of the policy this one replaces: `slots` in
-    /// the order that policy would have evicted them (least valued first),
-    /// `metas` indexed by slot. A policy that ranks its entries places them
-    /// so that the old ranking survives the switch; by default each is
-    /// inserted in turn.
-    fn adopt(&mut self, slots: &[u32], metas: &[Meta], marks: &mut impl Marks) {
-        for &slot in slots {
-            self.on_insert(slot, &metas[slot as usize], marks);
+    /// Takes over the entries of the policy this one replaces, with their
+    /// metadata, in the order that policy would have evicted them (least
+    /// valued first). A policy that ranks its entries places them so that
+    /// the old ranking survives the switch; by default each is inserted in
+    /// turn.
+    fn adopt(&mut self, entries: &[(u32, Meta)], marks: &mut impl Marks) {
+        for (slot, meta) in entries {
+            self.on_insert(*slot, meta, marks);
         }
     }
 }
 
-/// How many of `slots` (least valued first), counted from the most valued
+/// How many of `entries` (least valued first), counted from the most valued
 /// end, fit in `budget` units: the ones an adopting policy ranks highest.
-pub(crate) fn top_fitting(slots: &[u32], metas: &[Meta], budget: u64) -> usize {
+pub(crate) fn top_fitting(entries: &[(u32, Meta)], budget: u64) -> usize {
     let mut used = 0;
-    slots
+    entries
         .iter()
         .rev()
-        .take_while(|&&s| {
-            used += metas[s as usize].weight;
+        .take_while(|(_, meta)| {
+            used += meta.weight;
             used <= budget
         })
         .count()
@@ -280,8 +280,8 @@ impl Eviction for Base {
     fn on_remove(&mut self, slot: u32) {
         dispatch!(self, p => p.on_remove(slot))
     }
-    fn adopt(&mut self, slots: &[u32], metas: &[Meta], marks: &mut impl Marks) {
-        dispatch!(self, p => p.adopt(slots, metas, marks))
+    fn adopt(&mut self, entries: &[(u32, Meta)], marks: &mut impl Marks) {
+        dispatch!(self, p => p.adopt(entries, marks))
     }
 }
 
@@ -417,12 +417,12 @@ pub(crate) mod testutil {
     /// weights; returns the marks they live with.
     pub fn adopt_in_order(policy: &mut impl Eviction, n: u32) -> MarkVec {
         let mut marks = MarkVec::default();
-        let metas: Vec<Meta> = (0..n).map(|s| Meta { hash: u64::from(s) + 1, weight: 1, expires_at: u64::MAX, cost: 1 }).collect();
-        let slots: Vec<u32> = (0..n).collect();
-        for &s in &slots {
-            marks.reset(s);
+        let entries: Vec<(u32, Meta)> =
+            (0..n).map(|s| (s, Meta { hash: u64::from(s) + 1, weight: 1, expires_at: u64::MAX, cost: 1 })).collect();
+        for &(s, meta) in &entries {
+            marks.hold(s, meta);
         }
-        policy.adopt(&slots, &metas, &mut marks);
+        policy.adopt(&entries, &mut marks);
         marks
     }
 }

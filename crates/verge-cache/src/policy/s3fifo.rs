@@ -45,9 +45,7 @@ impl S3Fifo {
             entries: Vec::new(),
         }
     }
-}
 
-impl S3Fifo {
     /// Puts the new entry in `slot` at the head of main or of small.
     fn enqueue(&mut self, slot: u32, meta: &Meta, in_main: bool) {
         grow(&mut self.entries, slot, Entry::default());
@@ -104,13 +102,11 @@ impl Eviction for S3Fifo {
 
     /// The least valued entries, up to small's target, go to small; the
     /// rest to main; each queue ends with its least valued.
-    fn adopt(&mut self, slots: &[u32], metas: &[Meta], _marks: &mut impl Marks) {
-        let total: u64 = slots.iter().map(|&s| metas[s as usize].weight).sum();
-        let main_from = slots.len() - top_fitting(slots, metas, total.saturating_sub(self.small_target));
-        for (i, &slot) in slots.iter().enumerate() {
-            let meta = &metas[slot as usize];
-            let in_main = i >= main_from;
-            self.enqueue(slot, meta, in_main);
+    fn adopt(&mut self, entries: &[(u32, Meta)], _marks: &mut impl Marks) {
+        let total: u64 = entries.iter().map(|(_, meta)| meta.weight).sum();
+        let main_from = entries.len() - top_fitting(entries, total.saturating_sub(self.small_target));
+        for (i, (slot, meta)) in entries.iter().enumerate() {
+            self.enqueue(*slot, meta, i >= main_from);
         }
     }
 
