@@ -123,9 +123,15 @@ fn time_of(ms: u64) -> time::OffsetDateTime {
 }
 
 fn random_serial() -> SerialNumber {
-    // Positive 128-bit serial: the top bit cleared keeps the DER integer positive.
-    let mut b = fsutil::random_bytes::<16>();
-    b[0] &= 0x7f;
+    serial_from(fsutil::random_bytes::<16>())
+}
+
+/// A 16-byte serial whose DER integer is exactly these bytes: the top bit
+/// cleared keeps it positive, the next one set keeps DER from dropping a
+/// leading zero byte (which would make the serial we report differ from the
+/// one in the certificate).
+fn serial_from(mut b: [u8; 16]) -> SerialNumber {
+    b[0] = b[0] & 0x7f | 0x40;
     SerialNumber::from_slice(&b)
 }
 
@@ -362,6 +368,18 @@ mod tests {
         assert_eq!(info.serial, issued.serial);
         assert_eq!(info.not_after_ms, issued.not_after_ms);
         assert_eq!(info.ed25519_public_key.as_deref(), Some(key.public_key_raw()));
+    }
+
+    #[test]
+    fn serials_are_positive_and_keep_all_sixteen_bytes() {
+        for first in [0x00, 0x01, 0x3f, 0x40, 0x7f, 0x80, 0xff] {
+            let mut b = [0x5a; 16];
+            b[0] = first;
+            let bytes = serial_from(b).to_bytes();
+            assert_eq!(bytes.len(), 16);
+            assert!(bytes[0] < 0x80 && bytes[0] != 0, "first byte {:#x} from {first:#x}", bytes[0]);
+            assert_eq!(bytes[1..], b[1..]);
+        }
     }
 
     #[test]
