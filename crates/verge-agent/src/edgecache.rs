@@ -572,7 +572,7 @@ impl EdgeCache {
         let warm = lock(&self.warm);
         let c = &self.counters;
         serde_json::json!({
-            "hot": {"entries": hot.len(), "bytes": hot.bytes(), "capacity": self.sizes.memory, "policy": format!("{:?}", hot.active_policy())},
+            "hot": {"entries": hot.len(), "bytes": hot.bytes(), "capacity": self.sizes.memory, "policy": hot.active_policy().to_string()},
             "warm": {"entries": warm.files.len(), "bytes": warm.bytes, "capacity": self.sizes.disk},
             "hotHits": c.hot_hits.load(Ordering::Relaxed),
             "warmHits": c.warm_hits.load(Ordering::Relaxed),
@@ -594,6 +594,11 @@ impl EdgeCache {
     /// Entries in memory (for `INFO`).
     pub fn hot_len(&self) -> usize {
         lock(&self.hot).len()
+    }
+
+    /// Entries in the hot tier that have a TTL.
+    pub fn hot_expiring(&self) -> usize {
+        lock(&self.hot).expiring()
     }
 
     /// Waits until the write-behind queue is empty (clean shutdown).

@@ -240,11 +240,12 @@ fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
 fn info(cache: &EdgeCache) -> String {
     let s = cache.stats();
     format!(
-        "# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n# Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n# Keyspace\r\ndb0:keys={},expires=0\r\n",
+        "# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n# Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n# Keyspace\r\ndb0:keys={},expires={}\r\n",
         env!("CARGO_PKG_VERSION"),
         s["hotHits"].as_u64().unwrap_or(0) + s["warmHits"].as_u64().unwrap_or(0),
         s["misses"].as_u64().unwrap_or(0),
         cache.hot_len(),
+        cache.hot_expiring(),
     )
 }
 

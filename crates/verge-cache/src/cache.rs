@@ -172,6 +172,8 @@ pub struct Cache<K, V, S = foldhash::fast::RandomState> {
     max_entries: usize,
     max_bytes: Option<u64>,
     bytes: u64,
+    /// Held entries that have a TTL.
+    expiring: usize,
     expiry: BinaryHeap<Reverse<(u64, u32)>>,
     stats: CacheStats,
 }
@@ -225,6 +227,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             max_entries: config.max_entries,
             max_bytes: config.max_bytes,
             bytes: 0,
+            expiring: 0,
             expiry: BinaryHeap::new(),
             stats: CacheStats::default(),
         })
@@ -260,6 +263,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// Sum of the held entries' sizes.
     pub fn bytes(&self) -> u64 {
         self.bytes
+    }
+
+    /// Number of held entries that have a TTL (expired ones included until
+    /// noticed): Redis's `expires` count.
+    pub fn expiring(&self) -> usize {
+        self.expiring
     }
 
     /// Hit, miss, eviction and expiry counts since creation.
@@ -378,7 +387,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             hash_table::Entry::Occupied(found) => {
                 let old = *found.get();
                 self.policy.on_remove(old);
-                self.slab[old as usize].0 = None;
+                if self.slab[old as usize].0.take().is_some_and(|e| e.expires_at != NEVER) {
+                    self.expiring -= 1;
+                }
                 self.bytes -= self.info[old as usize].bytes;
                 old
             }
@@ -400,6 +411,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         self.info[slot as usize] = SlotInfo { hash, bytes: options.bytes };
         self.bytes += options.bytes;
         if expires_at != NEVER {
+            self.expiring += 1;
             self.expiry.push(Reverse((expires_at, slot)));
         }
         let meta = Meta { hash, weight: weight(self.max_bytes.is_some(), options.bytes), expires_at, cost: options.cost };
@@ -498,6 +510,9 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// Frees `slot` (the policy must already have forgotten it).
     fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
         let e = self.slab[slot as usize].0.take()?;
+        if e.expires_at != NEVER {
+            self.expiring -= 1;
+        }
         let SlotInfo { hash, bytes } = self.info[slot as usize];
         if let Ok(found) = self.table.find_entry(hash, |&s| s == slot) {
             found.remove();
@@ -570,7 +585,7 @@ mod tests {
         assert_eq!(c.get("long", 1000), None);
         assert_eq!(c.stats().expirations, 2);
         assert_eq!(c.purge_expired(2000), 0);
-        assert_eq!(c.len(), 1);
+        assert_eq!((c.len(), c.expiring()), (1, 0));
     }
 
     #[test]
@@ -580,8 +595,12 @@ mod tests {
             c.insert_with(format!("k{i}"), 0, EntryOptions { ttl: Some(t), ..EntryOptions::default() }, 0, |_, _| {}).expect("fits");
         }
         c.insert("forever".into(), 0, 0).expect("fits");
+        assert_eq!((c.len(), c.expiring()), (4, 3));
+        // Replacing an expiring entry with a lasting one counts it out.
+        c.insert("k2".into(), 0, 0).expect("fits");
+        assert_eq!(c.expiring(), 2);
         assert_eq!(c.purge_expired(60), 2);
-        assert_eq!(c.len(), 2);
+        assert_eq!((c.len(), c.expiring()), (2, 0));
     }
 
     #[test]

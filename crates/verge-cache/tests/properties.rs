@@ -81,7 +81,13 @@ proptest! {
             if let Some(max) = max_bytes {
                 prop_assert!(cache.bytes() <= max, "{} bytes > {}", cache.bytes(), max);
             }
+            prop_assert!(cache.expiring() <= cache.len());
         }
+        // Every count returns to zero once every key is gone.
+        for k in 0..=u8::MAX {
+            cache.remove(&k);
+        }
+        prop_assert_eq!((cache.len(), cache.bytes(), cache.expiring()), (0, 0, 0));
     }
 
     #[test]

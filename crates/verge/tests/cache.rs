@@ -62,7 +62,10 @@ fn redis_protocol_and_http_share_one_cache() {
     assert_eq!(r.call(&[b"TTL", b"nope"]), ":-2\r\n");
     assert_eq!(r.call(&[b"SET", b"short", b"x", b"PX", b"50"]), "+OK\r\n");
     wait_until(Duration::from_secs(5), "the short entry to expire", || (r.call(&[b"GET", b"short"]) == "$-1\r\n").then_some(()));
-    assert!(r.call(&[b"INFO"]).contains("redis_version"));
+    let info = r.call(&[b"INFO"]);
+    assert!(info.contains("redis_version"), "{info}");
+    // greeting is held with its 100 s TTL; short is gone.
+    assert!(info.contains("db0:keys=1,expires=1"), "{info}");
     // Pipelined: three commands in one write, three replies.
     assert_eq!(
         r.raw(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$8\r\ngreeting\r\n*2\r\n$3\r\nDEL\r\n$8\r\ngreeting\r\n"),
