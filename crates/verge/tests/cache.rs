@@ -226,7 +226,7 @@ fn writes_go_through_or_behind_to_the_origin_and_policies_are_selectable() {
         (stored.lock().unwrap().get("/objects/doc/b").map(String::as_str) == Some("behind")).then_some(())
     });
     let (_, stats) = http(&tyo, "GET", "/api/v1/cache", b"");
-    assert!(stats.contains("\"policy\":\"Lru\""), "{stats}");
+    assert!(stats.contains("\"policy\":\"lru\""), "{stats}");
 }
 
 #[test]
