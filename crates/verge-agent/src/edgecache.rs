@@ -591,14 +591,10 @@ impl EdgeCache {
         lock(&self.patterns).1.top()
     }
 
-    /// Entries in memory (for `INFO`).
-    pub fn hot_len(&self) -> usize {
-        lock(&self.hot).len()
-    }
-
-    /// Entries in the hot tier that have a TTL.
-    pub fn hot_expiring(&self) -> usize {
-        lock(&self.hot).expiring()
+    /// Entries in memory, and how many of them have a TTL (for `INFO`).
+    pub fn hot_keyspace(&self) -> (usize, usize) {
+        let hot = lock(&self.hot);
+        (hot.len(), hot.expiring())
     }
 
     /// Waits until the write-behind queue is empty (clean shutdown).

@@ -10,6 +10,7 @@
 //! allocated; a malformed request gets `-ERR Protocol error` and the
 //! connection is closed, as Redis does.
 
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::body::Bytes;
@@ -238,14 +239,15 @@ fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
 }
 
 fn info(cache: &EdgeCache) -> String {
-    let s = cache.stats();
+    let c = &cache.counters;
+    let (keys, expiring) = cache.hot_keyspace();
     format!(
         "# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n# Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n# Keyspace\r\ndb0:keys={},expires={}\r\n",
         env!("CARGO_PKG_VERSION"),
-        s["hotHits"].as_u64().unwrap_or(0) + s["warmHits"].as_u64().unwrap_or(0),
-        s["misses"].as_u64().unwrap_or(0),
-        cache.hot_len(),
-        cache.hot_expiring(),
+        c.hot_hits.load(Ordering::Relaxed) + c.warm_hits.load(Ordering::Relaxed),
+        c.misses.load(Ordering::Relaxed),
+        keys,
+        expiring,
     )
 }
 
