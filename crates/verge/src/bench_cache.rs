@@ -452,17 +452,23 @@ fn print_summary(points: &[Point], contenders: &[Contender]) {
     if !contenders.contains(&Contender::Verge(PolicyKind::Adaptive)) || contenders.len() < 2 {
         return;
     }
-    println!("\nadaptive vs the best other policy at each point");
+    println!("\nadaptive vs the best other policy at each point (and its speed against quick_cache's, when that ran)");
     let mut worst = f64::INFINITY;
+    let mut speed_logs = Vec::new();
     for (trace, cap) in &keys {
         let at: Vec<&Point> = points.iter().filter(|p| &p.trace == trace && p.capacity == *cap).collect();
         let Some(mine) = at.iter().find(|p| p.policy == "adaptive") else { continue };
         let Some(best) = at.iter().filter(|p| p.policy != "adaptive").max_by(|a, b| a.hit_ratio.total_cmp(&b.hit_ratio)) else { continue };
         let gap = mine.hit_ratio - best.hit_ratio;
         worst = worst.min(gap);
+        let speed = at.iter().find(|p| p.policy == Contender::QuickCache.name()).map(|qc| mine.mops / qc.mops);
+        speed_logs.extend(speed.map(f64::ln));
         println!(
-            "  {trace:<20} {cap:>8}  adaptive {:>6.2}  best {:>6.2} ({:<11})  gap {gap:>+6.2}",
-            mine.hit_ratio, best.hit_ratio, best.policy
+            "  {trace:<20} {cap:>8}  adaptive {:>6.2}  best {:>6.2} ({:<11})  gap {gap:>+6.2}{}",
+            mine.hit_ratio,
+            best.hit_ratio,
+            best.policy,
+            speed.map_or(String::new(), |s| format!("  speed {s:.2}× quick_cache"))
         );
     }
     let best_single = means.iter().filter(|m| m.0 != "adaptive").map(|m| m.1).fold(f64::NEG_INFINITY, f64::max);
@@ -471,4 +477,8 @@ fn print_summary(points: &[Point], contenders: &[Contender]) {
         "  worst gap {worst:+.2} points; adaptive mean {adaptive_mean:.2} vs best single policy mean {best_single:.2} ({:+.2})",
         adaptive_mean - best_single
     );
+    if !speed_logs.is_empty() {
+        let geomean = (speed_logs.iter().sum::<f64>() / speed_logs.len() as f64).exp();
+        println!("  adaptive runs at {geomean:.2}× quick_cache's speed (geometric mean over {} points)", speed_logs.len());
+    }
 }

@@ -1,8 +1,9 @@
 //! `verge bench cache` on small traces written here: one JSON row per
 //! policy and capacity in the shape the README documents, known answers
 //! where the trace makes them certain, the same hit ratios on every run
-//! (speed is the only figure allowed to differ), and a clear error for a
-//! bad trace.
+//! (speed is the only figure allowed to differ), a text summary that
+//! sets the adaptive policy against the best other one and against
+//! quick_cache's speed, and a clear error for a bad trace.
 
 mod common;
 
@@ -64,6 +65,32 @@ fn bench_cache_prints_a_row_per_policy_and_capacity_with_known_answers() {
         let capacity = r["capacity"].as_u64().unwrap_or_default();
         assert_eq!(row(&again, policy, capacity)["hit_ratio"], r["hit_ratio"], "{policy} at {capacity} differs between runs");
     }
+}
+
+#[test]
+fn bench_cache_summary_gives_each_points_gap_and_speed_against_quick_cache() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = write_loop(dir.path());
+    let out = Command::new(VERGE)
+        .args(["bench", "cache", "--trace", trace.as_str(), "--capacity", "100,200", "--policy", "lru,adaptive,quick_cache"])
+        .output()
+        .expect("run verge");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    let points: Vec<&str> = text.lines().filter(|l| l.trim_start().starts_with("loop ") && l.contains(" gap ")).collect();
+    assert_eq!(points.len(), 2, "{text}");
+    for line in points {
+        let speed = line.split("speed ").nth(1).and_then(|s| s.split('×').next()).and_then(|s| s.trim().parse::<f64>().ok());
+        assert!(speed.is_some_and(|s| s > 0.0), "no speed ratio in {line:?}");
+    }
+    assert!(text.contains("× quick_cache's speed (geometric mean over 2 points)"), "{text}");
+    // Without quick_cache there is nothing to compare speed with.
+    let out = Command::new(VERGE)
+        .args(["bench", "cache", "--trace", trace.as_str(), "--capacity", "100", "--policy", "lru,adaptive"])
+        .output()
+        .expect("run verge");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(" gap ") && !text.contains("× quick_cache"), "{text}");
 }
 
 #[test]
