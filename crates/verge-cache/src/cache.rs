@@ -387,10 +387,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             hash_table::Entry::Occupied(found) => {
                 let old = *found.get();
                 self.policy.on_remove(old);
-                if self.slab[old as usize].0.take().is_some_and(|e| e.expires_at != NEVER) {
-                    self.expiring -= 1;
-                }
-                self.bytes -= self.info[old as usize].bytes;
+                self.vacate(old);
                 old
             }
             hash_table::Entry::Vacant(free) => {
@@ -507,17 +504,23 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         self.take_slot(slot);
     }
 
-    /// Frees `slot` (the policy must already have forgotten it).
-    fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
+    /// Takes the entry out of `slot` and out of the byte and TTL counts,
+    /// leaving the slot's table bucket alone (a replacement reuses it).
+    fn vacate(&mut self, slot: u32) -> Option<Entry<K, V>> {
         let e = self.slab[slot as usize].0.take()?;
         if e.expires_at != NEVER {
             self.expiring -= 1;
         }
-        let SlotInfo { hash, bytes } = self.info[slot as usize];
-        if let Ok(found) = self.table.find_entry(hash, |&s| s == slot) {
+        self.bytes -= self.info[slot as usize].bytes;
+        Some(e)
+    }
+
+    /// Frees `slot` (the policy must already have forgotten it).
+    fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
+        let e = self.vacate(slot)?;
+        if let Ok(found) = self.table.find_entry(self.info[slot as usize].hash, |&s| s == slot) {
             found.remove();
         }
-        self.bytes -= bytes;
         self.free.push(slot);
         if self.expiry.len() > 2 * self.table.len() + 64 {
             let slab = &self.slab;
