@@ -1,5 +1,9 @@
 //! The single-threaded cache: a hash table of slab slots, a slab of
 //! entries, an eviction policy over slots, and an expiry heap for TTLs.
+//!
+//! A slot is free, holds an entry, or is a policy's *ghost*: an evicted
+//! key's hash kept in the table (no key, no value) so that the policy
+//! learns when the key comes back, from the insert's own lookup.
 
 use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Role, Sizing};
 use crate::{CacheError, Mark, Marks};
@@ -103,18 +107,33 @@ fn weight(by_bytes: bool, bytes: u64) -> u64 {
     }
 }
 
+/// What a policy asked of the slots during one call, for the cache to do
+/// after it: keep its victim as a ghost, free ghosts it forgot.
+#[derive(Debug, Default)]
+struct GhostRequests {
+    kept: Option<u32>,
+    released: Vec<u32>,
+}
+
 /// The slab seen as the marks and metadata of its slots, for the policy's calls.
 struct SlabMarks<'a, K, V> {
     slab: &'a mut [Slot<K, V>],
     info: &'a [SlotInfo],
+    ghosts: &'a mut GhostRequests,
     hits: u64,
     /// Weights are the entries' bytes (a byte budget), else 1.
     by_bytes: bool,
 }
 
 impl<'a, K, V> SlabMarks<'a, K, V> {
-    fn new(slab: &'a mut [Slot<K, V>], info: &'a [SlotInfo], stats: &CacheStats, max_bytes: Option<u64>) -> Self {
-        SlabMarks { slab, info, hits: stats.hits, by_bytes: max_bytes.is_some() }
+    fn new(
+        slab: &'a mut [Slot<K, V>],
+        info: &'a [SlotInfo],
+        ghosts: &'a mut GhostRequests,
+        stats: &CacheStats,
+        max_bytes: Option<u64>,
+    ) -> Self {
+        SlabMarks { slab, info, ghosts, hits: stats.hits, by_bytes: max_bytes.is_some() }
     }
 }
 
@@ -138,6 +157,14 @@ impl<K, V> Marks for SlabMarks<'_, K, V> {
         let info = self.info[slot as usize];
         Some(Meta { hash: info.hash, weight: weight(self.by_bytes, info.bytes), expires_at: e.expires_at, cost: e.cost })
     }
+
+    fn keep_ghost(&mut self, slot: u32) {
+        self.ghosts.kept = Some(slot);
+    }
+
+    fn release_ghost(&mut self, slot: u32) {
+        self.ghosts.released.push(slot);
+    }
 }
 
 /// Hit and miss counters.
@@ -158,8 +185,13 @@ pub struct CacheStats {
 /// Time is injected: every call that may look at a TTL takes `now` (any
 /// monotonic unit, e.g. milliseconds); the cache reads no clock.
 pub struct Cache<K, V, S = foldhash::fast::RandomState> {
-    /// Slots, found by the key's hash and compared by the slab's key.
+    /// Slots, found by the key's hash and compared by the slab's key (a
+    /// ghost's by its hash alone).
     table: HashTable<u32>,
+    /// Ghost slots in the table.
+    ghosts: usize,
+    /// The policy's ghost requests of its current call.
+    requests: GhostRequests,
     hasher: S,
     slab: Vec<Slot<K, V>>,
     /// Each slot's key hash and size.
@@ -217,6 +249,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         let policy = AnyPolicy::new(config.policy, config.sizing(), role);
         Ok(Cache {
             table: HashTable::with_capacity(config.max_entries.min(1 << 20)),
+            ghosts: 0,
+            requests: GhostRequests::default(),
             hasher,
             slab: Vec::new(),
             info: Vec::new(),
@@ -252,12 +286,12 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
 
     /// Number of entries held (expired ones included until noticed).
     pub fn len(&self) -> usize {
-        self.table.len()
+        self.table.len() - self.ghosts
     }
 
     /// True when the cache holds nothing.
     pub fn is_empty(&self) -> bool {
-        self.table.is_empty()
+        self.len() == 0
     }
 
     /// Sum of the held entries' sizes.
@@ -328,7 +362,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// and the hit path stays small enough to inline).
     #[inline(never)]
     fn report_hit(&mut self, slot: u32, hash: u64) {
-        self.policy.on_hit(slot, hash, &mut SlabMarks::new(&mut self.slab, &self.info, &self.stats, self.max_bytes));
+        self.policy.on_hit(slot, hash, &mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes));
     }
 
     /// Looks `key` up without telling the policy (no effect on eviction).
@@ -379,15 +413,23 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             }
         }
         // One probe finds the old entry (whose slot the new one takes over,
-        // so that a key keeps its place in memory) or the free bucket.
+        // so that a key keeps its place in memory), the key's ghost (whose
+        // slot it comes back to) or the free bucket.
         let (slab, info) = (&self.slab, &self.info);
-        let eq = |&s: &u32| slab[s as usize].0.as_ref().is_some_and(|e| e.key == key);
+        let eq = |&s: &u32| match &slab[s as usize].0 {
+            Some(e) => e.key == key,
+            None => info[s as usize].hash == hash,
+        };
         let rehash = |&s: &u32| info[s as usize].hash;
         let slot = match self.table.entry(hash, eq, rehash) {
             hash_table::Entry::Occupied(found) => {
                 let old = *found.get();
-                self.policy.on_remove(old);
-                self.vacate(old);
+                if self.slab[old as usize].0.is_some() {
+                    self.policy.on_remove(old);
+                    self.vacate(old);
+                } else {
+                    self.ghosts -= 1;
+                }
                 old
             }
             hash_table::Entry::Vacant(free) => {
@@ -412,14 +454,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             self.expiry.push(Reverse((expires_at, slot)));
         }
         let meta = Meta { hash, weight: weight(self.max_bytes.is_some(), options.bytes), expires_at, cost: options.cost };
-        self.policy.on_insert(slot, &meta, &mut SlabMarks::new(&mut self.slab, &self.info, &self.stats, self.max_bytes));
-        // An adaptive policy may have switched to a policy that hooks hits differently.
+        self.policy.on_insert(slot, &meta, &mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes));
+        // An adaptive policy may have switched to a policy that hooks hits
+        // differently, and released the old one's ghosts.
         self.hook = self.policy.hit_hook();
+        self.free_released();
         let mut kept = true;
         while self.over_budget() {
+            self.requests.kept = None;
             let victim = match self.pop_expired(now) {
                 Some(s) => s,
-                None => match self.policy.evict(&mut SlabMarks::new(&mut self.slab, &self.info, &self.stats, self.max_bytes)) {
+                None => match self.policy.evict(&mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes)) {
                     Some(s) => {
                         self.stats.evictions += 1;
                         s
@@ -430,11 +475,29 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             if victim == slot {
                 kept = false;
             }
-            if let Some(e) = self.take_slot(victim) {
+            let e = if self.requests.kept == Some(victim) {
+                self.ghosts += 1;
+                self.vacate(victim)
+            } else {
+                self.take_slot(victim)
+            };
+            if let Some(e) = e {
                 evicted(e.key, e.value);
             }
+            self.free_released();
         }
         Ok(kept)
+    }
+
+    /// Frees the ghost slots the policy released (but not one that holds
+    /// an entry again: a ghost revived as its policy was being replaced).
+    fn free_released(&mut self) {
+        while let Some(slot) = self.requests.released.pop() {
+            if self.slab[slot as usize].0.is_none() {
+                self.ghosts -= 1;
+                self.unindex(slot);
+            }
+        }
     }
 
     /// Removes `key`, returning its value if it was held (even if expired).
@@ -478,7 +541,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     }
 
     fn over_budget(&self) -> bool {
-        self.table.len() > self.max_entries || self.max_bytes.is_some_and(|max| self.bytes > max)
+        self.len() > self.max_entries || self.max_bytes.is_some_and(|max| self.bytes > max)
     }
 
     /// Pops the next entry expired at `now` from the expiry heap and tells
@@ -518,15 +581,20 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
     /// Frees `slot` (the policy must already have forgotten it).
     fn take_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
         let e = self.vacate(slot)?;
-        if let Ok(found) = self.table.find_entry(self.info[slot as usize].hash, |&s| s == slot) {
-            found.remove();
-        }
-        self.free.push(slot);
-        if self.expiry.len() > 2 * self.table.len() + 64 {
+        self.unindex(slot);
+        if self.expiry.len() > 2 * self.len() + 64 {
             let slab = &self.slab;
             self.expiry.retain(|Reverse((at, s))| slab[*s as usize].0.as_ref().is_some_and(|e| e.expires_at == *at));
         }
         Some(e)
+    }
+
+    /// Takes the empty `slot` out of the table and onto the free list.
+    fn unindex(&mut self, slot: u32) {
+        if let Ok(found) = self.table.find_entry(self.info[slot as usize].hash, |&s| s == slot) {
+            found.remove();
+        }
+        self.free.push(slot);
     }
 }
 

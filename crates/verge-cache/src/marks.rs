@@ -11,6 +11,10 @@
 //! reads anyway (a separate byte array cost a hit a third of its speed);
 //! policies reach marks through the [`Marks`] trait, which the slab and the
 //! plain [`MarkVec`] (miniature simulations, tests) both implement.
+//!
+//! The same trait carries a policy's ghosts back to the slots' owner:
+//! [`Marks::keep_ghost`] keeps an evicted key's slot (its hash, no value),
+//! [`Marks::release_ghost`] gives it back.
 
 use crate::policy::Meta;
 use std::num::NonZeroU8;
@@ -72,6 +76,16 @@ pub trait Marks {
     /// expiry and cost), so that a policy that reads it rarely (the
     /// adaptive one, on sampled hits and switches) need not keep a copy.
     fn meta(&self, slot: u32) -> Option<Meta>;
+    /// The victim `slot` that [`crate::policy::Eviction::evict`] is about
+    /// to return stays as a *ghost*: its value goes, but the owner keeps
+    /// the key's hash under `slot`, and a later insert of that key reuses
+    /// `slot`, where the policy finds its ghost. Ghosts so cost no table of
+    /// their own and are found by the insert's own lookup (as in quick_cache).
+    fn keep_ghost(&mut self, slot: u32);
+    /// The policy forgets its ghost in `slot`: the owner may free the slot.
+    /// A slot that holds an entry again (a ghost revived while a policy was
+    /// being replaced) stays.
+    fn release_ghost(&mut self, slot: u32);
 
     /// The hits marked on `slot`.
     #[inline]
@@ -103,6 +117,10 @@ pub struct MarkVec {
     marks: Vec<Mark>,
     metas: Vec<Option<Meta>>,
     hits: u64,
+    /// The victim the policy asked to keep as a ghost, until taken.
+    kept: Option<u32>,
+    /// Ghosts the policy released, until taken.
+    released: Vec<u32>,
 }
 
 impl MarkVec {
@@ -129,6 +147,19 @@ impl MarkVec {
         crate::policy::grow(&mut self.metas, slot, None);
         self.metas[slot as usize] = Some(meta);
     }
+
+    /// Whether the policy asked to keep `victim` as a ghost (asked since
+    /// the last call); clears the request.
+    #[inline]
+    pub fn take_kept(&mut self, victim: u32) -> bool {
+        self.kept.take() == Some(victim)
+    }
+
+    /// The ghosts the policy released since the last call, in order.
+    #[inline]
+    pub fn drain_released(&mut self) -> std::vec::Drain<'_, u32> {
+        self.released.drain(..)
+    }
 }
 
 impl Marks for MarkVec {
@@ -148,6 +179,14 @@ impl Marks for MarkVec {
 
     fn meta(&self, slot: u32) -> Option<Meta> {
         self.metas.get(slot as usize).copied().flatten()
+    }
+
+    fn keep_ghost(&mut self, slot: u32) {
+        self.kept = Some(slot);
+    }
+
+    fn release_ghost(&mut self, slot: u32) {
+        self.released.push(slot);
     }
 }
 

@@ -117,6 +117,15 @@ struct Sampled {
     weight: u64,
     /// Bit `i` set: resident in miniature `i`.
     resident: u8,
+    /// Bit `i` set: a ghost of miniature `i`'s policy.
+    ghost: u8,
+}
+
+impl Sampled {
+    /// Whether some miniature holds the key, as an entry or a ghost.
+    fn held(&self) -> bool {
+        self.resident | self.ghost != 0
+    }
 }
 
 /// One candidate's miniature: its policy over the shared slots, the marks
@@ -133,7 +142,7 @@ struct Miniature {
 /// Key-only simulations of every candidate over one set of sampled keys.
 /// A key has the same slot in every miniature, so a request looks its key
 /// up once, not once per candidate; the slot is freed when no miniature
-/// holds the key any more.
+/// holds the key any more, as an entry or as a ghost.
 #[derive(Debug)]
 struct Miniatures {
     slot_of: HashKeyed<u32>,
@@ -159,7 +168,7 @@ impl Miniatures {
         let slot = match self.slot_of.entry(meta.hash) {
             Entry::Occupied(found) => *found.get(),
             Entry::Vacant(free) => {
-                let key = Sampled { hash: meta.hash, weight: meta.weight, resident: 0 };
+                let key = Sampled { hash: meta.hash, weight: meta.weight, resident: 0, ghost: 0 };
                 *free.insert(alloc(&mut self.keys, &mut self.free, key))
             }
         };
@@ -177,7 +186,9 @@ impl Miniatures {
             if weight > self.capacity {
                 continue;
             }
-            self.keys[slot as usize].resident |= bit;
+            let key = &mut self.keys[slot as usize];
+            key.resident |= bit;
+            key.ghost &= !bit;
             m.weight += weight;
             m.marks.reset(slot);
             m.policy.on_insert(slot, &Meta { weight, ..*meta }, &mut m.marks);
@@ -185,18 +196,32 @@ impl Miniatures {
                 let Some(victim) = m.policy.evict(&mut m.marks) else { break };
                 let key = &mut self.keys[victim as usize];
                 key.resident &= !bit;
+                if m.marks.take_kept(victim) {
+                    key.ghost |= bit;
+                }
                 m.weight -= key.weight;
                 // The requested key's slot stays taken until every miniature has seen it.
-                if key.resident == 0 && victim != slot {
-                    self.slot_of.remove(&key.hash);
-                    self.free.push(victim);
+                if victim != slot {
+                    unhold(&mut self.slot_of, &mut self.free, &self.keys, victim);
+                }
+                for ghost in m.marks.drain_released() {
+                    self.keys[ghost as usize].ghost &= !bit;
+                    if ghost != slot {
+                        unhold(&mut self.slot_of, &mut self.free, &self.keys, ghost);
+                    }
                 }
             }
         }
-        if self.keys[slot as usize].resident == 0 {
-            self.slot_of.remove(&meta.hash);
-            self.free.push(slot);
-        }
+        unhold(&mut self.slot_of, &mut self.free, &self.keys, slot);
+    }
+}
+
+/// Frees `slot` when no miniature holds its key any more.
+fn unhold(slot_of: &mut HashKeyed<u32>, free: &mut Vec<u32>, keys: &[Sampled], slot: u32) {
+    let key = &keys[slot as usize];
+    if !key.held() {
+        slot_of.remove(&key.hash);
+        free.push(slot);
     }
 }
 
@@ -433,6 +458,7 @@ impl Adaptive {
                 order.push((slot, meta));
             }
         }
+        old.release_ghosts(marks);
         self.live.adopt(&order, marks);
         if let Base::WTinyLfu(w) = old {
             self.sketch = Some(w.into_sketch());
@@ -510,7 +536,7 @@ mod tests {
             for m in &minis.minis {
                 assert!(m.weight <= minis.capacity, "{} over {}", m.weight, minis.capacity);
             }
-            let held: u64 = minis.keys.iter().filter(|k| k.resident != 0).count() as u64;
+            let held: u64 = minis.keys.iter().filter(|k| k.held()).count() as u64;
             assert_eq!(held, minis.slot_of.len() as u64, "a held key without a slot, or a slot kept for no one");
             for (&hash, &slot) in &minis.slot_of {
                 assert_eq!(minis.keys[slot as usize].hash, hash);

@@ -70,7 +70,9 @@ pub trait Eviction {
     fn hit_hook(&self) -> u64 {
         u64::MAX
     }
-    /// A new entry now lives in `slot` (its mark is 0).
+    /// A new entry now lives in `slot` (its mark is 0). When the policy
+    /// kept a ghost in `slot` ([`Marks::keep_ghost`]), the entry is that
+    /// ghost's key come back.
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks);
     /// The entry in `slot`, whose key hashes to `hash`, was read (unless the
     /// policy's hook is `u64::MAX`, its mark already counts this hit).
@@ -80,6 +82,9 @@ pub trait Eviction {
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32>;
     /// The entry in `slot` left the cache for another reason (delete, expiry).
     fn on_remove(&mut self, slot: u32);
+    /// Releases every ghost the policy keeps ([`Marks::release_ghost`]):
+    /// the policy is being replaced (after its entries were drained).
+    fn release_ghosts(&mut self, _marks: &mut impl Marks) {}
     /// Takes over the entries of the policy this one replaces, with their
     /// metadata, in the order that policy would have evicted them (least
     /// valued first). A policy that ranks its entries places them so that
@@ -283,6 +288,9 @@ impl Eviction for Base {
     fn adopt(&mut self, entries: &[(u32, Meta)], marks: &mut impl Marks) {
         dispatch!(self, p => p.adopt(entries, marks))
     }
+    fn release_ghosts(&mut self, marks: &mut impl Marks) {
+        dispatch!(self, p => p.release_ghosts(marks))
+    }
 }
 
 /// Any policy, the adaptive one included: what a [`crate::Cache`] runs.
@@ -373,6 +381,8 @@ pub(crate) mod testutil {
     /// resident keys (sorted).
     pub fn replay(policy: &mut impl Eviction, cap: usize, keys: &[u64]) -> (usize, Vec<u64>) {
         let mut slot_of = std::collections::HashMap::new();
+        // The slots of the policy's ghosts, by key.
+        let mut ghost_of = std::collections::HashMap::new();
         let mut key_of: Vec<Option<u64>> = Vec::new();
         let mut free: Vec<u32> = Vec::new();
         let mut marks = MarkVec::default();
@@ -387,7 +397,7 @@ pub(crate) mod testutil {
                 }
                 continue;
             }
-            let s = free.pop().unwrap_or(key_of.len() as u32);
+            let s = ghost_of.remove(&k).or_else(|| free.pop()).unwrap_or(key_of.len() as u32);
             if s as usize == key_of.len() {
                 key_of.push(None);
             }
@@ -398,9 +408,19 @@ pub(crate) mod testutil {
             policy.on_insert(s, &meta, &mut marks);
             while slot_of.len() > cap {
                 let v = policy.evict(&mut marks).expect("over capacity means non-empty");
-                let key = key_of[v as usize].take().expect("victim is resident");
+                let key = key_of[v as usize].expect("victim is resident");
                 slot_of.remove(&key);
-                free.push(v);
+                if marks.take_kept(v) {
+                    ghost_of.insert(key, v);
+                } else {
+                    key_of[v as usize] = None;
+                    free.push(v);
+                }
+                for g in marks.drain_released() {
+                    let key = key_of[g as usize].take().expect("a ghost has a key");
+                    assert_eq!(ghost_of.remove(&key), Some(g), "released a slot that was no ghost");
+                    free.push(g);
+                }
             }
         }
         let mut resident: Vec<u64> = slot_of.keys().copied().collect();

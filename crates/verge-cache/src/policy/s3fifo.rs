@@ -1,28 +1,44 @@
 //! S3-FIFO (Yang et al., SOSP'23): a small FIFO (10 %) filters one-hit
 //! wonders, a main FIFO with 2-bit counters and reinsertion keeps the rest,
 //! a ghost FIFO sends returning keys straight to main.
+//!
+//! The ghosts are slots the cache keeps for this policy ([`Marks::keep_ghost`]):
+//! a returning key is found by the cache's own lookup and comes back in its
+//! ghost's slot, so a miss costs no ghost table of its own (half of what
+//! S3-FIFO cost when its ghosts lived in a map beside the cache).
 
 use super::{grow, top_fitting, Eviction, Meta, Sizing};
-use crate::ghost::GhostList;
 use crate::list::{LinkStore, Links, List};
 use crate::Marks;
 
+/// Where a slot is.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Queue {
+    /// Not this policy's.
+    #[default]
+    None,
+    Small,
+    Main,
+    Ghost,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    hash: u64,
     weight: u64,
-    in_main: bool,
+    queue: Queue,
 }
 
 /// S3-FIFO with weighted queues.
 #[derive(Debug)]
 pub struct S3Fifo {
+    /// The links of the small, main and ghost queues (a slot is in one).
     links: Links,
     small: List,
     main: List,
+    ghosts: List,
     small_weight: u64,
     small_target: u64,
-    ghost: GhostList,
+    ghost_weight: u64,
     ghost_limit: u64,
     entries: Vec<Entry>,
 }
@@ -38,24 +54,51 @@ impl S3Fifo {
             links: Links::default(),
             small: List::default(),
             main: List::default(),
+            ghosts: List::default(),
             small_weight: 0,
             small_target: (units / 10).max(1),
-            ghost: GhostList::default(),
+            ghost_weight: 0,
             ghost_limit: units - units / 10,
             entries: Vec::new(),
         }
     }
 
     /// Puts the new entry in `slot` at the head of main or of small.
-    fn enqueue(&mut self, slot: u32, meta: &Meta, in_main: bool) {
+    fn enqueue(&mut self, slot: u32, weight: u64, queue: Queue) {
         grow(&mut self.entries, slot, Entry::default());
-        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight, in_main };
-        if in_main {
+        self.entries[slot as usize] = Entry { weight, queue };
+        if queue == Queue::Main {
             self.links.push_front(&mut self.main, slot);
         } else {
             self.links.push_front(&mut self.small, slot);
-            self.small_weight += meta.weight;
+            self.small_weight += weight;
         }
+    }
+
+    /// Keeps the victim in `slot`, leaving small, as the newest ghost,
+    /// releasing the oldest ghosts to stay within the limit.
+    fn haunt(&mut self, slot: u32, marks: &mut impl Marks) {
+        let weight = self.entries[slot as usize].weight;
+        if weight > self.ghost_limit {
+            self.entries[slot as usize].queue = Queue::None;
+            return;
+        }
+        while self.ghost_weight + weight > self.ghost_limit {
+            let Some(oldest) = self.links.pop_back(&mut self.ghosts) else { break };
+            self.forget(oldest, marks);
+        }
+        self.entries[slot as usize].queue = Queue::Ghost;
+        self.links.push_front(&mut self.ghosts, slot);
+        self.ghost_weight += weight;
+        marks.keep_ghost(slot);
+    }
+
+    /// Releases the ghost in `slot`, already out of the ghost queue.
+    fn forget(&mut self, slot: u32, marks: &mut impl Marks) {
+        let e = &mut self.entries[slot as usize];
+        e.queue = Queue::None;
+        self.ghost_weight -= e.weight;
+        marks.release_ghost(slot);
     }
 }
 
@@ -65,8 +108,12 @@ impl Eviction for S3Fifo {
     }
 
     fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
-        let in_main = self.ghost.remove(meta.hash).is_some();
-        self.enqueue(slot, meta, in_main);
+        let returning = self.entries.get(slot as usize).is_some_and(|e| e.queue == Queue::Ghost);
+        if returning {
+            self.links.unlink(&mut self.ghosts, slot);
+            self.ghost_weight -= self.entries[slot as usize].weight;
+        }
+        self.enqueue(slot, meta.weight, if returning { Queue::Main } else { Queue::Small });
     }
 
     /// A hit only marks the slot (the cache does that): the access counter.
@@ -80,13 +127,11 @@ impl Eviction for S3Fifo {
                 let e = &mut self.entries[slot as usize];
                 self.small_weight -= e.weight;
                 if marks.take(slot) > 0 {
-                    e.in_main = true;
+                    e.queue = Queue::Main;
                     self.links.push_front(&mut self.main, slot);
                     continue;
                 }
-                let (hash, weight) = (e.hash, e.weight);
-                self.ghost.push(hash, weight);
-                while self.ghost.weight() > self.ghost_limit && self.ghost.pop_oldest() {}
+                self.haunt(slot, marks);
                 return Some(slot);
             }
             let slot = self.links.pop_back(&mut self.main)?;
@@ -96,6 +141,7 @@ impl Eviction for S3Fifo {
                 self.links.push_front(&mut self.main, slot);
                 continue;
             }
+            self.entries[slot as usize].queue = Queue::None;
             return Some(slot);
         }
     }
@@ -106,17 +152,25 @@ impl Eviction for S3Fifo {
         let total: u64 = entries.iter().map(|(_, meta)| meta.weight).sum();
         let main_from = entries.len() - top_fitting(entries, total.saturating_sub(self.small_target));
         for (i, (slot, meta)) in entries.iter().enumerate() {
-            self.enqueue(*slot, meta, i >= main_from);
+            self.enqueue(*slot, meta.weight, if i >= main_from { Queue::Main } else { Queue::Small });
         }
     }
 
     fn on_remove(&mut self, slot: u32) {
-        let e = self.entries[slot as usize];
-        if e.in_main {
-            self.links.unlink(&mut self.main, slot);
-        } else {
-            self.links.unlink(&mut self.small, slot);
-            self.small_weight -= e.weight;
+        let e = &mut self.entries[slot as usize];
+        match std::mem::take(&mut e.queue) {
+            Queue::Main => self.links.unlink(&mut self.main, slot),
+            Queue::Small => {
+                self.links.unlink(&mut self.small, slot);
+                self.small_weight -= e.weight;
+            }
+            Queue::Ghost | Queue::None => {}
+        }
+    }
+
+    fn release_ghosts(&mut self, marks: &mut impl Marks) {
+        while let Some(slot) = self.links.pop_back(&mut self.ghosts) {
+            self.forget(slot, marks);
         }
     }
 }
@@ -132,7 +186,7 @@ mod tests {
         // to main. A newcomer then competes in small, not behind all of them.
         let mut p = S3Fifo::new(units(10));
         let mut m = adopt_in_order(&mut p, 10);
-        assert_eq!(p.entries.iter().filter(|e| e.in_main).count(), 9);
+        assert_eq!(p.entries.iter().filter(|e| e.queue == Queue::Main).count(), 9);
         m.reset(10);
         p.on_insert(10, &Meta { hash: 11, weight: 1, expires_at: u64::MAX, cost: 1 }, &mut m);
         let victims: Vec<u32> = (0..4).filter_map(|_| p.evict(&mut m)).collect();
@@ -150,6 +204,18 @@ mod tests {
         assert_eq!(hits, 1);
         assert!(resident.contains(&1));
         assert!(resident.contains(&5));
-        assert!(p.entries.iter().any(|e| e.in_main && e.hash == 5u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)));
+        // 2..=11 left small as ghosts (the last nine kept): 5 came back to main, beside 1.
+        assert_eq!(p.entries.iter().filter(|e| e.queue == Queue::Main).count(), 2);
+    }
+
+    #[test]
+    fn ghosts_stay_within_their_limit_and_are_released_oldest_first() {
+        // A scan of fresh keys: every victim leaves small as a ghost, and
+        // the replay checks that each released slot was a kept ghost.
+        let mut p = S3Fifo::new(units(10));
+        let keys: Vec<u64> = (0..1000).collect();
+        replay(&mut p, 10, &keys);
+        let ghosts = p.entries.iter().filter(|e| e.queue == Queue::Ghost).count();
+        assert_eq!((ghosts, p.ghosts.len, p.ghost_weight), (9, 9, 9));
     }
 }
