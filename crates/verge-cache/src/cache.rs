@@ -425,7 +425,8 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             hash_table::Entry::Occupied(found) => {
                 let old = *found.get();
                 if self.slab[old as usize].0.is_some() {
-                    self.policy.on_remove(old);
+                    // Ghosts this releases are freed after the insert.
+                    self.unpolicy(old);
                     self.vacate(old);
                 } else {
                     self.ghosts -= 1;
@@ -454,7 +455,11 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             self.expiry.push(Reverse((expires_at, slot)));
         }
         let meta = Meta { hash, weight: weight(self.max_bytes.is_some(), options.bytes), expires_at, cost: options.cost };
-        self.policy.on_insert(slot, &meta, &mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes));
+        self.policy.on_insert(
+            slot,
+            &meta,
+            &mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes),
+        );
         // An adaptive policy may have switched to a policy that hooks hits
         // differently, and released the old one's ghosts.
         self.hook = self.policy.hit_hook();
@@ -464,7 +469,13 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             self.requests.kept = None;
             let victim = match self.pop_expired(now) {
                 Some(s) => s,
-                None => match self.policy.evict(&mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes)) {
+                None => match self.policy.evict(&mut SlabMarks::new(
+                    &mut self.slab,
+                    &self.info,
+                    &mut self.requests,
+                    &self.stats,
+                    self.max_bytes,
+                )) {
                     Some(s) => {
                         self.stats.evictions += 1;
                         s
@@ -507,8 +518,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         Q: Hash + Eq + ?Sized,
     {
         let slot = self.find(key)?;
-        self.policy.on_remove(slot);
-        self.take_slot(slot).map(|e| e.value)
+        self.drop_slot(slot).map(|e| e.value)
     }
 
     /// Drops every entry whose TTL passed by `now`; returns how many.
@@ -516,6 +526,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         let mut n = 0;
         while let Some(slot) = self.pop_expired(now) {
             self.take_slot(slot);
+            self.free_released();
             n += 1;
         }
         n
@@ -554,7 +565,7 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
             self.expiry.pop();
             let live = self.slab[slot as usize].0.as_ref().is_some_and(|e| e.expires_at == at);
             if live {
-                self.policy.on_remove(slot);
+                self.unpolicy(slot);
                 self.stats.expirations += 1;
                 return Some(slot);
             }
@@ -562,9 +573,17 @@ impl<K: Hash + Eq, V, S: BuildHasher> Cache<K, V, S> {
         None
     }
 
-    fn drop_slot(&mut self, slot: u32) {
-        self.policy.on_remove(slot);
-        self.take_slot(slot);
+    /// Tells the policy that the entry in `slot` leaves other than by eviction.
+    fn unpolicy(&mut self, slot: u32) {
+        self.policy.on_remove(slot, &mut SlabMarks::new(&mut self.slab, &self.info, &mut self.requests, &self.stats, self.max_bytes));
+    }
+
+    /// Takes the entry out of `slot` and the policy, and frees the slot.
+    fn drop_slot(&mut self, slot: u32) -> Option<Entry<K, V>> {
+        self.unpolicy(slot);
+        let e = self.take_slot(slot);
+        self.free_released();
+        e
     }
 
     /// Takes the entry out of `slot` and out of the byte and TTL counts,

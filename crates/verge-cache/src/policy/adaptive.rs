@@ -508,8 +508,8 @@ impl Eviction for Adaptive {
     }
 
     #[inline]
-    fn on_remove(&mut self, slot: u32) {
-        self.live.on_remove(slot);
+    fn on_remove(&mut self, slot: u32, marks: &mut impl Marks) {
+        self.live.on_remove(slot, marks);
     }
 }
 

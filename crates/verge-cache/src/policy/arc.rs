@@ -122,7 +122,7 @@ impl Eviction for Arc {
         Some(slot)
     }
 
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.unlink(slot);
     }
 }

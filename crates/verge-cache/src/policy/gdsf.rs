@@ -100,7 +100,7 @@ impl Eviction for Gdsf {
         }
     }
 
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.entries[slot as usize].pushed = 0;
         self.live -= 1;
     }
@@ -139,7 +139,7 @@ mod tests {
             p.on_insert(slot, &meta, &mut m);
         }
         for slot in (0..1000).filter(|s| s % 10 != 0) {
-            p.on_remove(slot);
+            p.on_remove(slot, &mut m);
         }
         // This push finds 900 records of removed entries in the heap.
         p.on_insert(1000, &meta, &mut m);
@@ -175,7 +175,7 @@ mod tests {
             let (w, c) = (1 + rng % 7, 1 + (rng >> 8) as u32 % 5);
             if resident.len() > 50 && rng % 11 == 5 {
                 let slot = resident.swap_remove((rng >> 16) as usize % resident.len());
-                p.on_remove(slot);
+                p.on_remove(slot, &mut m);
                 current.remove(&slot);
             } else if resident.len() < 50 || rng.is_multiple_of(3) {
                 let slot = step;

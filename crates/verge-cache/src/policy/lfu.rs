@@ -99,7 +99,7 @@ impl Eviction for Lfu {
         Some(slot)
     }
 
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.detach(slot);
     }
 }

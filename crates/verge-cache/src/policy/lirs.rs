@@ -13,29 +13,39 @@
 //! costs nothing in hit ratio (the README's grid: mean 54.08 → 54.10) and
 //! makes every hit as cheap as S3-FIFO's (the slot's mark, and no node).
 
-use super::{alloc, grow, top_fitting, Eviction, Meta, Sizing};
-use crate::hashed::spread;
+use super::{grow, top_fitting, Eviction, Meta, Sizing};
 use crate::list::{LinkStore, List, NIL};
 use crate::Marks;
-use hashbrown::{hash_table, HashTable};
 
-/// An entry or a non-resident ghost, with its links in S and in Q (or the
-/// ghost FIFO) beside its data: visiting a node touches one place in
-/// memory, not three arrays.
+/// What a slot is to LIRS.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum State {
+    /// Not LIRS's.
+    #[default]
+    Free,
+    /// A resident LIR entry (in S).
+    Lir,
+    /// A resident HIR entry (in Q, maybe in S).
+    Hir,
+    /// A non-resident HIR entry: a ghost the cache keeps ([`Marks::keep_ghost`]),
+    /// always in S and in the ghost FIFO.
+    Ghost,
+}
+
+/// A slot's state, with its links in S and in Q (or the ghost FIFO)
+/// beside it: visiting a node touches one place in memory, not three arrays.
 #[derive(Debug, Clone, Copy)]
 struct Node {
-    hash: u64,
-    slot: u32,
     weight: u64,
-    lir: bool,
+    state: State,
     in_s: bool,
     s: [u32; 2],
     q: [u32; 2],
 }
 
-impl Node {
-    fn new(hash: u64, slot: u32, weight: u64, lir: bool) -> Node {
-        Node { hash, slot, weight, lir, in_s: true, s: [NIL; 2], q: [NIL; 2] }
+impl Default for Node {
+    fn default() -> Self {
+        Node { weight: 0, state: State::Free, in_s: false, s: [NIL; 2], q: [NIL; 2] }
     }
 }
 
@@ -60,15 +70,13 @@ impl LinkStore for QLinks<'_> {
 }
 
 /// LIRS with a bounded number of non-resident ghosts.
+///
+/// Nodes are indexed by slot: a ghost keeps its key's slot in the cache,
+/// which finds a returning key by its own lookup, so LIRS needs no index
+/// of its own (it had a hash table of nodes, probed on every miss).
 #[derive(Debug)]
 pub struct Lirs {
     nodes: Vec<Node>,
-    free: Vec<u32>,
-    /// Node of each key hash: node numbers only (the hash is read from the
-    /// node), a third the size of a map from hashes, so that the misses'
-    /// lookups stay in the CPU caches.
-    by_hash: HashTable<u32>,
-    node_of: Vec<u32>,
     /// The LIRS stack S (head = top).
     s: List,
     /// Resident HIR queue Q (head = newest) and, on the same links, the
@@ -87,9 +95,6 @@ impl Lirs {
         let hir = (units / 100).max(1).min(units);
         Lirs {
             nodes: Vec::new(),
-            free: Vec::new(),
-            by_hash: HashTable::new(),
-            node_of: Vec::new(),
             s: List::default(),
             q: List::default(),
             ghosts: List::default(),
@@ -99,38 +104,25 @@ impl Lirs {
         }
     }
 
-    fn release(&mut self, n: u32) {
-        if let Ok(found) = self.by_hash.find_entry(spread(self.nodes[n as usize].hash), |&m| m == n) {
-            found.remove();
-        }
-        self.free.push(n);
-    }
-
-    /// The node of `hash`, resident or a ghost.
-    #[cfg(test)]
-    fn node_of_hash(&self, hash: u64) -> Option<u32> {
-        self.by_hash.find(spread(hash), |&n| self.nodes[n as usize].hash == hash).copied()
-    }
-
-    /// Indexes node `n` by its hash.
-    fn index(&mut self, n: u32) {
-        let nodes = &self.nodes;
-        self.by_hash.insert_unique(spread(nodes[n as usize].hash), n, |&m| spread(nodes[m as usize].hash));
+    /// Gives the cache back the ghost `n`, already out of S and the ghost FIFO.
+    fn release(&mut self, n: u32, marks: &mut impl Marks) {
+        self.nodes[n as usize].state = State::Free;
+        marks.release_ghost(n);
     }
 
     /// Removes HIR entries from the bottom of S until an LIR one is there.
-    fn prune(&mut self) {
+    fn prune(&mut self, marks: &mut impl Marks) {
         while self.s.tail != NIL {
             let n = self.s.tail;
-            let node = self.nodes[n as usize];
-            if node.lir {
+            let state = self.nodes[n as usize].state;
+            if state == State::Lir {
                 break;
             }
             SLinks(&mut self.nodes).unlink(&mut self.s, n);
             self.nodes[n as usize].in_s = false;
-            if node.slot == NIL {
+            if state == State::Ghost {
                 QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
-                self.release(n);
+                self.release(n, marks);
             }
         }
     }
@@ -140,9 +132,9 @@ impl Lirs {
     /// below the lowest LIR one leave S.
     fn settle(&mut self, marks: &mut impl Marks) {
         loop {
-            self.prune();
+            self.prune(marks);
             let n = self.s.tail;
-            if n == NIL || marks.take(self.nodes[n as usize].slot) == 0 {
+            if n == NIL || marks.take(n) == 0 {
                 return;
             }
             SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
@@ -160,10 +152,10 @@ impl Lirs {
             SLinks(&mut self.nodes).unlink(&mut self.s, b);
             let node = &mut self.nodes[b as usize];
             node.in_s = false;
-            node.lir = false;
+            node.state = State::Hir;
             self.lir_weight -= node.weight;
             QLinks(&mut self.nodes).push_front(&mut self.q, b);
-            self.prune();
+            self.prune(marks);
         }
     }
 
@@ -184,7 +176,7 @@ impl Lirs {
 
     fn make_lir(&mut self, n: u32, marks: &mut impl Marks) {
         let node = &mut self.nodes[n as usize];
-        node.lir = true;
+        node.state = State::Lir;
         self.lir_weight += node.weight;
         self.demote_excess(marks);
     }
@@ -196,37 +188,25 @@ impl Eviction for Lirs {
     }
 
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
-        grow(&mut self.node_of, slot, NIL);
+        grow(&mut self.nodes, slot, Node::default());
+        if self.nodes[slot as usize].state == State::Ghost {
+            // A ghost (non-resident HIR, always in S): its reuse distance
+            // is shorter than the bottom LIR's, so it becomes LIR.
+            QLinks(&mut self.nodes).unlink(&mut self.ghosts, slot);
+            self.nodes[slot as usize].weight = meta.weight;
+            SLinks(&mut self.nodes).move_to_front(&mut self.s, slot);
+            self.make_lir(slot, marks);
+            return;
+        }
         let fits_lir = self.lir_weight + meta.weight <= self.lir_max;
-        // One probe finds the key's ghost or the bucket for its new node.
-        let nodes = &self.nodes;
-        let vacant =
-            match self.by_hash.entry(spread(meta.hash), |&n| nodes[n as usize].hash == meta.hash, |&m| spread(nodes[m as usize].hash)) {
-                hash_table::Entry::Occupied(ghost) => {
-                    // A ghost (non-resident HIR, always in S): its reuse distance
-                    // is shorter than the bottom LIR's, so it becomes LIR.
-                    let n = *ghost.get();
-                    QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
-                    let node = &mut self.nodes[n as usize];
-                    node.slot = slot;
-                    node.weight = meta.weight;
-                    self.node_of[slot as usize] = n;
-                    SLinks(&mut self.nodes).move_to_front(&mut self.s, n);
-                    self.make_lir(n, marks);
-                    return;
-                }
-                hash_table::Entry::Vacant(vacant) => vacant,
-            };
-        let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, false));
-        vacant.insert(n);
-        self.node_of[slot as usize] = n;
-        SLinks(&mut self.nodes).push_front(&mut self.s, n);
+        self.nodes[slot as usize] = Node { weight: meta.weight, state: State::Hir, in_s: true, ..Node::default() };
+        SLinks(&mut self.nodes).push_front(&mut self.s, slot);
         if fits_lir {
-            self.make_lir(n, marks);
+            self.make_lir(slot, marks);
         } else {
-            QLinks(&mut self.nodes).push_front(&mut self.q, n);
+            QLinks(&mut self.nodes).push_front(&mut self.q, slot);
             // Keeps an LIR entry at the bottom of S (S may have held no LIR).
-            self.prune();
+            self.prune(marks);
         }
     }
 
@@ -238,45 +218,43 @@ impl Eviction for Lirs {
     /// The most valued entries that fit the LIR budget become LIR, the rest
     /// resident HIR (evicted least valued first); S holds all of them, the
     /// most valued on top.
-    fn adopt(&mut self, entries: &[(u32, Meta)], _marks: &mut impl Marks) {
+    fn adopt(&mut self, entries: &[(u32, Meta)], marks: &mut impl Marks) {
         let lir_from = entries.len() - top_fitting(entries, self.lir_max - self.lir_weight);
         for (i, &(slot, ref meta)) in entries.iter().enumerate() {
             let lir = i >= lir_from;
-            grow(&mut self.node_of, slot, NIL);
-            let n = alloc(&mut self.nodes, &mut self.free, Node::new(meta.hash, slot, meta.weight, lir));
-            self.index(n);
-            self.node_of[slot as usize] = n;
-            SLinks(&mut self.nodes).push_front(&mut self.s, n);
+            grow(&mut self.nodes, slot, Node::default());
+            let state = if lir { State::Lir } else { State::Hir };
+            self.nodes[slot as usize] = Node { weight: meta.weight, state, in_s: true, ..Node::default() };
+            SLinks(&mut self.nodes).push_front(&mut self.s, slot);
             if lir {
                 self.lir_weight += meta.weight;
             } else {
-                QLinks(&mut self.nodes).push_front(&mut self.q, n);
+                QLinks(&mut self.nodes).push_front(&mut self.q, slot);
             }
         }
-        self.prune();
+        self.prune(marks);
     }
 
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         while let Some(n) = QLinks(&mut self.nodes).pop_back(&mut self.q) {
-            if marks.take(self.nodes[n as usize].slot) > 0 {
+            if marks.take(n) > 0 {
                 self.hir_hit(n, marks);
                 continue;
             }
-            let node = &mut self.nodes[n as usize];
-            let slot = node.slot;
-            node.slot = NIL;
-            self.node_of[slot as usize] = NIL;
-            if node.in_s {
+            if self.nodes[n as usize].in_s {
+                self.nodes[n as usize].state = State::Ghost;
                 QLinks(&mut self.nodes).push_front(&mut self.ghosts, n);
+                marks.keep_ghost(n);
                 while self.ghosts.len > self.ghost_limit {
                     let Some(g) = QLinks(&mut self.nodes).pop_back(&mut self.ghosts) else { break };
                     SLinks(&mut self.nodes).unlink(&mut self.s, g);
-                    self.release(g);
+                    self.nodes[g as usize].in_s = false;
+                    self.release(g, marks);
                 }
             } else {
-                self.release(n);
+                self.nodes[n as usize].state = State::Free;
             }
-            return Some(slot);
+            return Some(n);
         }
         // Only LIR entries are resident: evict the bottom one.
         self.settle(marks);
@@ -285,28 +263,34 @@ impl Eviction for Lirs {
             return None;
         }
         SLinks(&mut self.nodes).unlink(&mut self.s, n);
-        let node = self.nodes[n as usize];
+        let node = &mut self.nodes[n as usize];
+        node.state = State::Free;
+        node.in_s = false;
         self.lir_weight -= node.weight;
-        self.node_of[node.slot as usize] = NIL;
-        self.release(n);
-        self.prune();
-        Some(node.slot)
+        self.prune(marks);
+        Some(n)
     }
 
-    fn on_remove(&mut self, slot: u32) {
-        let n = self.node_of[slot as usize];
-        self.node_of[slot as usize] = NIL;
-        let node = self.nodes[n as usize];
-        if node.lir {
+    fn on_remove(&mut self, slot: u32, marks: &mut impl Marks) {
+        let node = self.nodes[slot as usize];
+        if node.state == State::Lir {
             self.lir_weight -= node.weight;
         } else {
-            QLinks(&mut self.nodes).unlink(&mut self.q, n);
+            QLinks(&mut self.nodes).unlink(&mut self.q, slot);
         }
         if node.in_s {
-            SLinks(&mut self.nodes).unlink(&mut self.s, n);
+            SLinks(&mut self.nodes).unlink(&mut self.s, slot);
         }
-        self.release(n);
-        self.prune();
+        self.nodes[slot as usize] = Node::default();
+        self.prune(marks);
+    }
+
+    fn release_ghosts(&mut self, marks: &mut impl Marks) {
+        while let Some(g) = QLinks(&mut self.nodes).pop_back(&mut self.ghosts) {
+            SLinks(&mut self.nodes).unlink(&mut self.s, g);
+            self.nodes[g as usize].in_s = false;
+            self.release(g, marks);
+        }
     }
 }
 
@@ -353,7 +337,7 @@ mod tests {
         // 2 was hit while in S: it becomes LIR. 0 (the bottom of S, marked)
         // gets a second chance, so 1 is demoted and goes instead.
         assert_eq!(p.evict(&mut m), Some(1));
-        assert!(p.nodes[p.node_of[2] as usize].lir);
+        assert_eq!(p.nodes[2].state, State::Lir);
         assert_eq!((m.get(0), m.get(2)), (0, 0), "both marks spent");
         assert_eq!(p.evict(&mut m), Some(0), "then the least recent LIR entry");
     }
@@ -376,11 +360,7 @@ mod tests {
             .collect();
         let mut p = Lirs::new(units(50));
         replay(&mut p, 50, &keys);
-        let live: Vec<u32> = (0..p.nodes.len() as u32).filter(|n| !p.free.contains(n)).collect();
-        assert_eq!(p.by_hash.len(), live.len(), "one index entry per live node");
-        for &n in &live {
-            assert_eq!(p.node_of_hash(p.nodes[n as usize].hash), Some(n));
-        }
+        let count = |state| p.nodes.iter().filter(|n| n.state == state).count();
         let walk = |first: u32, next: &dyn Fn(u32) -> u32| {
             let mut seen = Vec::new();
             let mut at = first;
@@ -392,12 +372,15 @@ mod tests {
         };
         let in_s = walk(p.s.head, &|n| p.nodes[n as usize].s[1]);
         assert_eq!(in_s.len(), p.s.len);
-        assert_eq!(in_s.len(), live.iter().filter(|&&n| p.nodes[n as usize].in_s).count());
+        assert_eq!(in_s.len(), p.nodes.iter().filter(|n| n.in_s).count());
+        assert!(p.nodes.iter().all(|n| n.state != State::Free || !n.in_s), "a free slot in S");
         let ghosts = walk(p.ghosts.head, &|n| p.nodes[n as usize].q[1]);
-        assert_eq!(ghosts.len(), p.ghosts.len);
-        assert!(ghosts.iter().all(|&n| p.nodes[n as usize].slot == NIL && p.nodes[n as usize].in_s));
+        assert_eq!((ghosts.len(), count(State::Ghost)), (p.ghosts.len, p.ghosts.len));
+        assert!(ghosts.iter().all(|&n| p.nodes[n as usize].state == State::Ghost && p.nodes[n as usize].in_s));
         assert!(ghosts.len() <= p.ghost_limit);
-        assert_eq!(walk(p.q.head, &|n| p.nodes[n as usize].q[1]).len(), p.q.len);
+        let q = walk(p.q.head, &|n| p.nodes[n as usize].q[1]);
+        assert_eq!((q.len(), count(State::Hir)), (p.q.len, p.q.len));
+        assert_eq!(count(State::Lir) + count(State::Hir), 50, "every resident entry has a node");
     }
 
     #[test]
@@ -405,7 +388,7 @@ mod tests {
         let mut p = Lirs::new(units(3));
         // 1, 2 become LIR; 3 is resident HIR; 4 evicts 3 (ghost in S); 3 again.
         replay(&mut p, 3, &[1, 2, 3, 4, 3]);
-        let n = p.node_of_hash(3u64.wrapping_mul(0x9e37_79b9_7f4a_7c15)).expect("3 has a node");
-        assert!(p.nodes[n as usize].lir);
+        // The replay gives keys slots in order: 3 left slot 2 as a ghost and came back to it.
+        assert_eq!(p.nodes[2].state, State::Lir);
     }
 }

@@ -80,8 +80,9 @@ pub trait Eviction {
     /// Picks a victim, forgets it and returns its slot; `None` when empty.
     /// May return the slot inserted last (an admission refusal).
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32>;
-    /// The entry in `slot` left the cache for another reason (delete, expiry).
-    fn on_remove(&mut self, slot: u32);
+    /// The entry in `slot` left the cache for another reason (delete,
+    /// expiry, replacement); a policy may release ghosts on the way.
+    fn on_remove(&mut self, slot: u32, marks: &mut impl Marks);
     /// Releases every ghost the policy keeps ([`Marks::release_ghost`]):
     /// the policy is being replaced (after its entries were drained).
     fn release_ghosts(&mut self, _marks: &mut impl Marks) {}
@@ -282,8 +283,8 @@ impl Eviction for Base {
         dispatch!(self, p => p.evict(marks))
     }
     #[inline]
-    fn on_remove(&mut self, slot: u32) {
-        dispatch!(self, p => p.on_remove(slot))
+    fn on_remove(&mut self, slot: u32, marks: &mut impl Marks) {
+        dispatch!(self, p => p.on_remove(slot, marks))
     }
     fn adopt(&mut self, entries: &[(u32, Meta)], marks: &mut impl Marks) {
         dispatch!(self, p => p.adopt(entries, marks))
@@ -363,10 +364,10 @@ impl Eviction for AnyPolicy {
         }
     }
     #[inline]
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, marks: &mut impl Marks) {
         match self {
-            AnyPolicy::Base(p) => p.on_remove(slot),
-            AnyPolicy::Adaptive(p) => p.on_remove(slot),
+            AnyPolicy::Base(p) => p.on_remove(slot, marks),
+            AnyPolicy::Adaptive(p) => p.on_remove(slot, marks),
         }
     }
 }

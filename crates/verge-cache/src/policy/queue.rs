@@ -44,7 +44,7 @@ impl<const MOVE_ON_HIT: bool> Eviction for Queue<MOVE_ON_HIT> {
         self.links.pop_back(&mut self.list)
     }
     #[inline]
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.links.unlink(&mut self.list, slot);
     }
 }

@@ -156,7 +156,7 @@ impl Eviction for S3Fifo {
         }
     }
 
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         let e = &mut self.entries[slot as usize];
         match std::mem::take(&mut e.queue) {
             Queue::Main => self.links.unlink(&mut self.main, slot),

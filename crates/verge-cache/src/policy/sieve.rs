@@ -47,7 +47,7 @@ impl Eviction for Sieve {
         Some(at)
     }
     #[inline]
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         if self.hand == slot {
             self.hand = self.links.prev(slot);
         }

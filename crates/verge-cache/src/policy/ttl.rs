@@ -52,7 +52,7 @@ impl Eviction for Ttl {
         None
     }
 
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.seq_of[slot as usize] = 0;
         self.live -= 1;
         self.compact();
@@ -72,7 +72,7 @@ mod tests {
         p.on_insert(1, &meta(50), &mut m);
         p.on_insert(2, &meta(10), &mut m);
         p.on_insert(3, &meta(u64::MAX), &mut m);
-        p.on_remove(1);
+        p.on_remove(1, &mut m);
         assert_eq!(p.evict(&mut m), Some(2));
         assert_eq!(p.evict(&mut m), Some(0));
         assert_eq!(p.evict(&mut m), Some(3));

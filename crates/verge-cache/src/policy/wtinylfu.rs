@@ -311,7 +311,7 @@ impl Eviction for WTinyLfu {
         Some(victim)
     }
 
-    fn on_remove(&mut self, slot: u32) {
+    fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.take(slot);
     }
 }
