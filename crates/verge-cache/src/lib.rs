@@ -14,7 +14,6 @@
 
 mod cache;
 mod error;
-mod ghost;
 mod hashed;
 pub mod hotspot;
 mod list;

@@ -1,29 +1,47 @@
 //! ARC (Megiddo & Modha, FAST'03): recency list T1 and frequency list T2,
 //! with ghost lists B1/B2 steering the target size `p` of T1. Weighted:
-//! sizes and `p` are in capacity units.
+//! sizes and `p` are in capacity units. The ghosts are slots the cache
+//! keeps ([`Marks::keep_ghost`]), so a returning key comes back to its
+//! ghost's slot.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::ghost::GhostList;
 use crate::list::{LinkStore, Links, List};
 use crate::Marks;
 
+/// Which of ARC's four lists a slot is in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Place {
+    /// Not ARC's.
+    #[default]
+    None,
+    T1,
+    T2,
+    B1,
+    B2,
+}
+
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    hash: u64,
     weight: u64,
-    in_t2: bool,
+    place: Place,
+}
+
+/// A list with the total weight of its slots.
+#[derive(Debug, Default)]
+struct Weighted {
+    list: List,
+    weight: u64,
 }
 
 /// Adaptive Replacement Cache.
 #[derive(Debug)]
 pub struct Arc {
+    /// The links of all four lists (a slot is in one at a time).
     links: Links,
-    t1: List,
-    t2: List,
-    t1_weight: u64,
-    t2_weight: u64,
-    b1: GhostList,
-    b2: GhostList,
+    t1: Weighted,
+    t2: Weighted,
+    b1: Weighted,
+    b2: Weighted,
     entries: Vec<Entry>,
     p: u64,
     capacity: u64,
@@ -34,32 +52,66 @@ impl Arc {
     pub fn new(sizing: Sizing) -> Self {
         Arc {
             links: Links::default(),
-            t1: List::default(),
-            t2: List::default(),
-            t1_weight: 0,
-            t2_weight: 0,
-            b1: GhostList::default(),
-            b2: GhostList::default(),
+            t1: Weighted::default(),
+            t2: Weighted::default(),
+            b1: Weighted::default(),
+            b2: Weighted::default(),
             entries: Vec::new(),
             p: 0,
             capacity: sizing.units.max(1),
         }
     }
 
-    /// Keeps |T1|+|B1| ≤ c and the whole directory ≤ 2c.
-    fn trim_ghosts(&mut self) {
-        while self.t1_weight + self.b1.weight() > self.capacity && self.b1.pop_oldest() {}
-        while self.t1_weight + self.t2_weight + self.b1.weight() + self.b2.weight() > 2 * self.capacity && self.b2.pop_oldest() {}
+    /// The links and the list of `place`.
+    fn parts(&mut self, place: Place) -> Option<(&mut Links, &mut Weighted)> {
+        let list = match place {
+            Place::T1 => &mut self.t1,
+            Place::T2 => &mut self.t2,
+            Place::B1 => &mut self.b1,
+            Place::B2 => &mut self.b2,
+            Place::None => return None,
+        };
+        Some((&mut self.links, list))
     }
 
+    /// Puts `slot` at the head (most recent end) of `place`.
+    fn push(&mut self, slot: u32, place: Place) {
+        let e = &mut self.entries[slot as usize];
+        e.place = place;
+        let weight = e.weight;
+        if let Some((links, to)) = self.parts(place) {
+            to.weight += weight;
+            links.push_front(&mut to.list, slot);
+        }
+    }
+
+    /// Takes `slot` out of the list it is in.
     fn unlink(&mut self, slot: u32) {
-        let e = self.entries[slot as usize];
-        if e.in_t2 {
-            self.links.unlink(&mut self.t2, slot);
-            self.t2_weight -= e.weight;
-        } else {
-            self.links.unlink(&mut self.t1, slot);
-            self.t1_weight -= e.weight;
+        let e = &mut self.entries[slot as usize];
+        let (place, weight) = (std::mem::take(&mut e.place), e.weight);
+        if let Some((links, from)) = self.parts(place) {
+            from.weight -= weight;
+            links.unlink(&mut from.list, slot);
+        }
+    }
+
+    /// Releases the oldest ghost of `place` (B1 or B2); false when it has none.
+    fn forget_oldest(&mut self, place: Place, marks: &mut impl Marks) -> bool {
+        let Some((_, list)) = self.parts(place) else { return false };
+        let oldest = list.list.tail;
+        if list.list.is_empty() {
+            return false;
+        }
+        self.unlink(oldest);
+        marks.release_ghost(oldest);
+        true
+    }
+
+    /// Keeps |T1|+|B1| ≤ c and the whole directory ≤ 2c.
+    fn trim_ghosts(&mut self, marks: &mut impl Marks) {
+        while self.t1.weight + self.b1.weight > self.capacity && self.forget_oldest(Place::B1, marks) {}
+        while self.t1.weight + self.t2.weight + self.b1.weight + self.b2.weight > 2 * self.capacity && self.forget_oldest(Place::B2, marks)
+        {
         }
     }
 }
@@ -68,62 +120,53 @@ impl Eviction for Arc {
     fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
         grow(&mut self.entries, slot, Entry::default());
         let w = meta.weight;
-        let in_t2 = if self.b1.contains(meta.hash) {
-            let delta = (self.b2.weight() / self.b1.weight().max(1)).max(1) * w;
-            self.p = (self.p + delta).min(self.capacity);
-            self.b1.remove(meta.hash);
-            true
-        } else if self.b2.contains(meta.hash) {
-            let delta = (self.b1.weight() / self.b2.weight().max(1)).max(1) * w;
-            self.p = self.p.saturating_sub(delta);
-            self.b2.remove(meta.hash);
-            true
-        } else {
-            false
+        let place = match self.entries[slot as usize].place {
+            Place::B1 => {
+                let delta = (self.b2.weight / self.b1.weight.max(1)).max(1) * w;
+                self.p = (self.p + delta).min(self.capacity);
+                Place::T2
+            }
+            Place::B2 => {
+                let delta = (self.b1.weight / self.b2.weight.max(1)).max(1) * w;
+                self.p = self.p.saturating_sub(delta);
+                Place::T2
+            }
+            _ => Place::T1,
         };
-        self.entries[slot as usize] = Entry { hash: meta.hash, weight: w, in_t2 };
-        if in_t2 {
-            self.links.push_front(&mut self.t2, slot);
-            self.t2_weight += w;
-        } else {
-            self.links.push_front(&mut self.t1, slot);
-            self.t1_weight += w;
-        }
+        self.unlink(slot);
+        self.entries[slot as usize].weight = w;
+        self.push(slot, place);
     }
 
     fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut impl Marks) {
-        let e = &mut self.entries[slot as usize];
-        if e.in_t2 {
-            self.links.move_to_front(&mut self.t2, slot);
+        if self.entries[slot as usize].place == Place::T2 {
+            self.links.move_to_front(&mut self.t2.list, slot);
         } else {
-            e.in_t2 = true;
-            let w = e.weight;
-            self.links.unlink(&mut self.t1, slot);
-            self.t1_weight -= w;
-            self.links.push_front(&mut self.t2, slot);
-            self.t2_weight += w;
+            self.unlink(slot);
+            self.push(slot, Place::T2);
         }
     }
 
-    fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
-        let from_t1 = !self.t1.is_empty() && (self.t1_weight > self.p || self.t2.is_empty());
-        let slot = if from_t1 { self.t1.tail } else { self.t2.tail };
-        if self.t2.is_empty() && self.t1.is_empty() {
+    fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
+        let from_t1 = !self.t1.list.is_empty() && (self.t1.weight > self.p || self.t2.list.is_empty());
+        let slot = if from_t1 { self.t1.list.tail } else { self.t2.list.tail };
+        if self.t2.list.is_empty() && self.t1.list.is_empty() {
             return None;
         }
-        let e = self.entries[slot as usize];
+        let ghost = if from_t1 { Place::B1 } else { Place::B2 };
         self.unlink(slot);
-        if e.in_t2 {
-            self.b2.push(e.hash, e.weight);
-        } else {
-            self.b1.push(e.hash, e.weight);
-        }
-        self.trim_ghosts();
+        self.push(slot, ghost);
+        marks.keep_ghost(slot);
+        self.trim_ghosts(marks);
         Some(slot)
     }
 
     fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         self.unlink(slot);
+    }
+
+    fn release_ghosts(&mut self, marks: &mut impl Marks) {
+        while self.forget_oldest(Place::B1, marks) || self.forget_oldest(Place::B2, marks) {}
     }
 }
 
