@@ -45,6 +45,8 @@ pub struct Arc {
     entries: Vec<Entry>,
     p: u64,
     capacity: u64,
+    /// Most ghosts held, whatever their weight (see S3-FIFO's).
+    max_ghosts: usize,
 }
 
 impl Arc {
@@ -59,6 +61,7 @@ impl Arc {
             entries: Vec::new(),
             p: 0,
             capacity: sizing.units.max(1),
+            max_ghosts: sizing.entries.max(1),
         }
     }
 
@@ -107,12 +110,15 @@ impl Arc {
         true
     }
 
-    /// Keeps |T1|+|B1| ≤ c and the whole directory ≤ 2c.
+    /// Keeps |T1|+|B1| ≤ c and the whole directory ≤ 2c (and at most
+    /// `max_ghosts` ghosts).
     fn trim_ghosts(&mut self, marks: &mut impl Marks) {
+        let directory = |a: &Arc| a.t1.weight + a.t2.weight + a.b1.weight + a.b2.weight;
         while self.t1.weight + self.b1.weight > self.capacity && self.forget_oldest(Place::B1, marks) {}
-        while self.t1.weight + self.t2.weight + self.b1.weight + self.b2.weight > 2 * self.capacity && self.forget_oldest(Place::B2, marks)
-        {
-        }
+        while directory(self) > 2 * self.capacity && self.forget_oldest(Place::B2, marks) {}
+        while self.b1.list.len + self.b2.list.len > self.max_ghosts
+            && (self.forget_oldest(Place::B2, marks) || self.forget_oldest(Place::B1, marks))
+        {}
     }
 }
 

@@ -40,6 +40,9 @@ pub struct S3Fifo {
     small_target: u64,
     ghost_weight: u64,
     ghost_limit: u64,
+    /// Most ghosts held, whatever their weight: under a byte budget the
+    /// weight limit alone would let tiny entries leave millions.
+    max_ghosts: usize,
     entries: Vec<Entry>,
 }
 
@@ -59,6 +62,7 @@ impl S3Fifo {
             small_target: (units / 10).max(1),
             ghost_weight: 0,
             ghost_limit: units - units / 10,
+            max_ghosts: sizing.entries.max(1),
             entries: Vec::new(),
         }
     }
@@ -83,7 +87,7 @@ impl S3Fifo {
             self.entries[slot as usize].queue = Queue::None;
             return;
         }
-        while self.ghost_weight + weight > self.ghost_limit {
+        while self.ghost_weight + weight > self.ghost_limit || self.ghosts.len >= self.max_ghosts {
             let Some(oldest) = self.links.pop_back(&mut self.ghosts) else { break };
             self.forget(oldest, marks);
         }
@@ -217,5 +221,21 @@ mod tests {
         replay(&mut p, 10, &keys);
         let ghosts = p.entries.iter().filter(|e| e.queue == Queue::Ghost).count();
         assert_eq!((ghosts, p.ghosts.len, p.ghost_weight), (9, 9, 9));
+    }
+
+    #[test]
+    fn tiny_entries_under_a_byte_budget_leave_at_most_one_ghost_per_entry() {
+        // 1,000 bytes for about 10 entries: by weight alone, 900 bytes of
+        // one-byte ghosts would be 900 of them.
+        let mut p = S3Fifo::new(Sizing { units: 1000, entries: 10 });
+        let mut m = crate::MarkVec::default();
+        for slot in 0..2000u32 {
+            m.reset(slot);
+            p.on_insert(slot, &Meta { hash: u64::from(slot), weight: 1, expires_at: u64::MAX, cost: 1 }, &mut m);
+            if slot >= 10 {
+                p.evict(&mut m);
+            }
+        }
+        assert!(p.ghosts.len <= 10, "{} ghosts", p.ghosts.len);
     }
 }
