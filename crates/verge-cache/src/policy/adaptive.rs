@@ -458,6 +458,8 @@ impl Adaptive {
                 order.push((slot, meta));
             }
         }
+        // The drained entries the old policy took for ghosts still hold
+        // entries: the cache keeps those slots; its real ghosts are freed.
         old.release_ghosts(marks);
         self.live.adopt(&order, marks);
         if let Base::WTinyLfu(w) = old {

@@ -104,25 +104,28 @@ impl Lirs {
         }
     }
 
-    /// Gives the cache back the ghost `n`, already out of S and the ghost FIFO.
-    fn release(&mut self, n: u32, marks: &mut impl Marks) {
-        self.nodes[n as usize].state = State::Free;
-        marks.release_ghost(n);
+    /// Takes the ghost `g` out of S and the ghost FIFO and gives its slot
+    /// back to the cache.
+    fn forget(&mut self, g: u32, marks: &mut impl Marks) {
+        SLinks(&mut self.nodes).unlink(&mut self.s, g);
+        QLinks(&mut self.nodes).unlink(&mut self.ghosts, g);
+        let node = &mut self.nodes[g as usize];
+        node.in_s = false;
+        node.state = State::Free;
+        marks.release_ghost(g);
     }
 
     /// Removes HIR entries from the bottom of S until an LIR one is there.
     fn prune(&mut self, marks: &mut impl Marks) {
         while self.s.tail != NIL {
             let n = self.s.tail;
-            let state = self.nodes[n as usize].state;
-            if state == State::Lir {
-                break;
-            }
-            SLinks(&mut self.nodes).unlink(&mut self.s, n);
-            self.nodes[n as usize].in_s = false;
-            if state == State::Ghost {
-                QLinks(&mut self.nodes).unlink(&mut self.ghosts, n);
-                self.release(n, marks);
+            match self.nodes[n as usize].state {
+                State::Lir => break,
+                State::Ghost => self.forget(n, marks),
+                State::Hir | State::Free => {
+                    SLinks(&mut self.nodes).unlink(&mut self.s, n);
+                    self.nodes[n as usize].in_s = false;
+                }
             }
         }
     }
@@ -246,10 +249,7 @@ impl Eviction for Lirs {
                 QLinks(&mut self.nodes).push_front(&mut self.ghosts, n);
                 marks.keep_ghost(n);
                 while self.ghosts.len > self.ghost_limit {
-                    let Some(g) = QLinks(&mut self.nodes).pop_back(&mut self.ghosts) else { break };
-                    SLinks(&mut self.nodes).unlink(&mut self.s, g);
-                    self.nodes[g as usize].in_s = false;
-                    self.release(g, marks);
+                    self.forget(self.ghosts.tail, marks);
                 }
             } else {
                 self.nodes[n as usize].state = State::Free;
@@ -286,10 +286,8 @@ impl Eviction for Lirs {
     }
 
     fn release_ghosts(&mut self, marks: &mut impl Marks) {
-        while let Some(g) = QLinks(&mut self.nodes).pop_back(&mut self.ghosts) {
-            SLinks(&mut self.nodes).unlink(&mut self.s, g);
-            self.nodes[g as usize].in_s = false;
-            self.release(g, marks);
+        while self.ghosts.tail != NIL {
+            self.forget(self.ghosts.tail, marks);
         }
     }
 }
