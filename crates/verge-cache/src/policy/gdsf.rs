@@ -6,9 +6,41 @@
 
 use super::{grow, Eviction, Meta};
 use crate::Marks;
-use std::cmp::Reverse;
 use std::collections::binary_heap::PeekMut;
 use std::collections::BinaryHeap;
+
+/// A heap record: a slot's priority (as bits) and sequence number when
+/// pushed. The heap is a min-heap on (priority, sequence number), compared
+/// as one 128-bit number (the sequence number is unique, so the slot never
+/// decides).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Record {
+    priority: u64,
+    seq: u64,
+    slot: u32,
+}
+
+impl Record {
+    #[inline]
+    fn key(&self) -> u128 {
+        (u128::from(self.priority) << 64) | u128::from(self.seq)
+    }
+}
+
+impl Ord for Record {
+    /// Reversed: `BinaryHeap` is a max-heap, the victim has the least key.
+    #[inline]
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        other.key().cmp(&self.key())
+    }
+}
+
+impl PartialOrd for Record {
+    #[inline]
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 #[derive(Debug, Clone, Copy, Default)]
 struct Entry {
@@ -32,7 +64,7 @@ struct Entry {
 /// on every hit, and a hit costs one entry update.
 #[derive(Debug, Default)]
 pub struct Gdsf {
-    heap: BinaryHeap<Reverse<(u64, u64, u32)>>,
+    heap: BinaryHeap<Record>,
     entries: Vec<Entry>,
     clock: f64,
     next_seq: u64,
@@ -53,10 +85,10 @@ impl Gdsf {
         let e = &mut self.entries[slot as usize];
         e.pushed = e.seq;
         // Non-negative floats order like their bit patterns.
-        self.heap.push(Reverse((e.priority.to_bits(), e.seq, slot)));
+        self.heap.push(Record { priority: e.priority.to_bits(), seq: e.seq, slot });
         if self.heap.len() > 2 * self.live + 64 {
             let entries = &self.entries;
-            self.heap.retain(|Reverse((_, seq, slot))| entries[*slot as usize].pushed == *seq);
+            self.heap.retain(|r| entries[r.slot as usize].pushed == r.seq);
         }
     }
 }
@@ -79,7 +111,7 @@ impl Eviction for Gdsf {
     fn evict(&mut self, _marks: &mut impl Marks) -> Option<u32> {
         loop {
             let mut top = self.heap.peek_mut()?;
-            let Reverse((priority, seq, slot)) = *top;
+            let Record { priority, seq, slot } = *top;
             let e = &mut self.entries[slot as usize];
             if e.pushed != seq {
                 PeekMut::pop(top); // removed, or a former occupant of the slot
@@ -89,7 +121,7 @@ impl Eviction for Gdsf {
                 // Hit since pushed: the record takes its real priority in
                 // place (one sift-down, not a pop and a push).
                 e.pushed = e.seq;
-                *top = Reverse((e.priority.to_bits(), e.seq, slot));
+                *top = Record { priority: e.priority.to_bits(), seq: e.seq, slot };
                 continue;
             }
             PeekMut::pop(top);
@@ -109,6 +141,7 @@ impl Eviction for Gdsf {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cmp::Reverse;
 
     #[test]
     fn prefers_small_costly_frequent_entries() {
