@@ -1,7 +1,7 @@
 //! `verge cache …`: the fleet's edge caches through the server's
 //! `/api/v1/cache` routes.
 
-use std::io::Write;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -89,7 +89,13 @@ pub async fn run(api: &Api, cmd: CacheCmd) -> Result<()> {
         CacheCmd::Get { key, node } => {
             let path = format!("/api/v1/cache/{}{}", url_path(&key), query(&[("node", node.as_deref())]));
             let (value, _) = api.call_bytes(Method::GET, &path, Vec::new(), "").await?;
-            std::io::stdout().write_all(&value)?;
+            let mut out = std::io::stdout();
+            out.write_all(&value)?;
+            // Bytes as stored when piped (`> file` stays exact); on a
+            // terminal, the prompt starts on a line of its own.
+            if out.is_terminal() && !value.ends_with(b"\n") {
+                out.write_all(b"\n")?;
+            }
         }
         CacheCmd::Put { key, value, file, nodes, ttl, kind } => {
             let body = match (value, file) {
