@@ -5,6 +5,7 @@
 //! key's hash kept in the table (no key, no value) so that the policy
 //! learns when the key comes back, from the insert's own lookup.
 
+use crate::marks::GhostRequests;
 use crate::policy::{AnyPolicy, Eviction, Meta, PolicyKind, Role, Sizing};
 use crate::{CacheError, Mark, Marks};
 use hashbrown::{hash_table, HashTable};
@@ -105,14 +106,6 @@ fn weight(by_bytes: bool, bytes: u64) -> u64 {
     } else {
         1
     }
-}
-
-/// What a policy asked of the slots during one call, for the cache to do
-/// after it: keep its victim as a ghost, free ghosts it forgot.
-#[derive(Debug, Default)]
-struct GhostRequests {
-    kept: Option<u32>,
-    released: Vec<u32>,
 }
 
 /// The slab seen as the marks and metadata of its slots, for the policy's calls.

@@ -108,6 +108,17 @@ pub trait Marks {
     }
 }
 
+/// What a policy asked of the slots' owner during one call, for the owner
+/// to carry out after it: keep its victim as a ghost ([`Marks::keep_ghost`]),
+/// free the ghosts it forgot ([`Marks::release_ghost`]).
+#[derive(Clone, Debug, Default)]
+pub(crate) struct GhostRequests {
+    /// The victim to keep as a ghost, until taken.
+    pub(crate) kept: Option<u32>,
+    /// Ghosts released, until taken (in order).
+    pub(crate) released: Vec<u32>,
+}
+
 /// Marks in a vector of their own, for a policy run without a cache (the
 /// adaptive policy's miniatures, tests); every slot counts as holding an
 /// entry once [`MarkVec::reset`] has named it, and has metadata once
@@ -117,10 +128,7 @@ pub struct MarkVec {
     marks: Vec<Mark>,
     metas: Vec<Option<Meta>>,
     hits: u64,
-    /// The victim the policy asked to keep as a ghost, until taken.
-    kept: Option<u32>,
-    /// Ghosts the policy released, until taken.
-    released: Vec<u32>,
+    ghosts: GhostRequests,
 }
 
 impl MarkVec {
@@ -152,13 +160,13 @@ impl MarkVec {
     /// the last call); clears the request.
     #[inline]
     pub fn take_kept(&mut self, victim: u32) -> bool {
-        self.kept.take() == Some(victim)
+        self.ghosts.kept.take() == Some(victim)
     }
 
     /// The ghosts the policy released since the last call, in order.
     #[inline]
     pub fn drain_released(&mut self) -> std::vec::Drain<'_, u32> {
-        self.released.drain(..)
+        self.ghosts.released.drain(..)
     }
 }
 
@@ -182,11 +190,11 @@ impl Marks for MarkVec {
     }
 
     fn keep_ghost(&mut self, slot: u32) {
-        self.kept = Some(slot);
+        self.ghosts.kept = Some(slot);
     }
 
     fn release_ghost(&mut self, slot: u32) {
-        self.released.push(slot);
+        self.ghosts.released.push(slot);
     }
 }
 
