@@ -5,7 +5,7 @@
 //! ghost's slot.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::list::{LinkStore, Links, List};
+use crate::list::{LinkStore, Linked, List, NodeLinks, NIL};
 use crate::Marks;
 
 /// Which of ARC's four lists a slot is in.
@@ -20,10 +20,26 @@ enum Place {
     B2,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// A slot's list and weight, with its links in that list beside them:
+/// visiting a slot reads one place in memory.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
+    links: [u32; 2],
     weight: u64,
     place: Place,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry { links: [NIL; 2], weight: 0, place: Place::None }
+    }
+}
+
+impl Linked for Entry {
+    #[inline]
+    fn links(&mut self) -> &mut [u32; 2] {
+        &mut self.links
+    }
 }
 
 /// A list with the total weight of its slots.
@@ -36,12 +52,12 @@ struct Weighted {
 /// Adaptive Replacement Cache.
 #[derive(Debug)]
 pub struct Arc {
-    /// The links of all four lists (a slot is in one at a time).
-    links: Links,
     t1: Weighted,
     t2: Weighted,
     b1: Weighted,
     b2: Weighted,
+    /// Per slot; their links are those of all four lists (a slot is in
+    /// one at a time).
     entries: Vec<Entry>,
     p: u64,
     capacity: u64,
@@ -53,7 +69,6 @@ impl Arc {
     /// ARC for a cache of `sizing`.
     pub fn new(sizing: Sizing) -> Self {
         Arc {
-            links: Links::default(),
             t1: Weighted::default(),
             t2: Weighted::default(),
             b1: Weighted::default(),
@@ -66,7 +81,7 @@ impl Arc {
     }
 
     /// The links and the list of `place`.
-    fn parts(&mut self, place: Place) -> Option<(&mut Links, &mut Weighted)> {
+    fn parts(&mut self, place: Place) -> Option<(NodeLinks<'_, Entry>, &mut Weighted)> {
         let list = match place {
             Place::T1 => &mut self.t1,
             Place::T2 => &mut self.t2,
@@ -74,7 +89,7 @@ impl Arc {
             Place::B2 => &mut self.b2,
             Place::None => return None,
         };
-        Some((&mut self.links, list))
+        Some((NodeLinks(&mut self.entries), list))
     }
 
     /// Puts `slot` at the head (most recent end) of `place`.
@@ -82,7 +97,7 @@ impl Arc {
         let e = &mut self.entries[slot as usize];
         e.place = place;
         let weight = e.weight;
-        if let Some((links, to)) = self.parts(place) {
+        if let Some((mut links, to)) = self.parts(place) {
             to.weight += weight;
             links.push_front(&mut to.list, slot);
         }
@@ -92,7 +107,7 @@ impl Arc {
     fn unlink(&mut self, slot: u32) {
         let e = &mut self.entries[slot as usize];
         let (place, weight) = (std::mem::take(&mut e.place), e.weight);
-        if let Some((links, from)) = self.parts(place) {
+        if let Some((mut links, from)) = self.parts(place) {
             from.weight -= weight;
             links.unlink(&mut from.list, slot);
         }
@@ -146,7 +161,7 @@ impl Eviction for Arc {
 
     fn on_hit(&mut self, slot: u32, _hash: u64, _marks: &mut impl Marks) {
         if self.entries[slot as usize].place == Place::T2 {
-            self.links.move_to_front(&mut self.t2.list, slot);
+            NodeLinks(&mut self.entries).move_to_front(&mut self.t2.list, slot);
         } else {
             self.unlink(slot);
             self.push(slot, Place::T2);

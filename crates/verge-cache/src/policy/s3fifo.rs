@@ -8,7 +8,7 @@
 //! S3-FIFO cost when its ghosts lived in a map beside the cache).
 
 use super::{grow, top_fitting, Eviction, Meta, Sizing};
-use crate::list::{LinkStore, Links, List};
+use crate::list::{LinkStore, Linked, List, NodeLinks, NIL};
 use crate::Marks;
 
 /// Where a slot is.
@@ -22,17 +22,32 @@ enum Queue {
     Ghost,
 }
 
-#[derive(Debug, Clone, Copy, Default)]
+/// A slot's queue and weight, with its links in that queue (a slot is in
+/// one of small, main and the ghosts) beside them:
+/// an eviction reads one place in memory per slot, not two arrays.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
+    links: [u32; 2],
     weight: u64,
     queue: Queue,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry { links: [NIL; 2], weight: 0, queue: Queue::None }
+    }
+}
+
+impl Linked for Entry {
+    #[inline]
+    fn links(&mut self) -> &mut [u32; 2] {
+        &mut self.links
+    }
 }
 
 /// S3-FIFO with weighted queues.
 #[derive(Debug)]
 pub struct S3Fifo {
-    /// The links of the small, main and ghost queues (a slot is in one).
-    links: Links,
     small: List,
     main: List,
     ghosts: List,
@@ -54,7 +69,6 @@ impl S3Fifo {
     pub fn new(sizing: Sizing) -> Self {
         let units = sizing.units.max(1);
         S3Fifo {
-            links: Links::default(),
             small: List::default(),
             main: List::default(),
             ghosts: List::default(),
@@ -70,11 +84,12 @@ impl S3Fifo {
     /// Puts the new entry in `slot` at the head of main or of small.
     fn enqueue(&mut self, slot: u32, weight: u64, queue: Queue) {
         grow(&mut self.entries, slot, Entry::default());
-        self.entries[slot as usize] = Entry { weight, queue };
+        let e = &mut self.entries[slot as usize];
+        (e.weight, e.queue) = (weight, queue);
         if queue == Queue::Main {
-            self.links.push_front(&mut self.main, slot);
+            NodeLinks(&mut self.entries).push_front(&mut self.main, slot);
         } else {
-            self.links.push_front(&mut self.small, slot);
+            NodeLinks(&mut self.entries).push_front(&mut self.small, slot);
             self.small_weight += weight;
         }
     }
@@ -88,11 +103,11 @@ impl S3Fifo {
             return;
         }
         while self.ghost_weight + weight > self.ghost_limit || self.ghosts.len >= self.max_ghosts {
-            let Some(oldest) = self.links.pop_back(&mut self.ghosts) else { break };
+            let Some(oldest) = NodeLinks(&mut self.entries).pop_back(&mut self.ghosts) else { break };
             self.forget(oldest, marks);
         }
         self.entries[slot as usize].queue = Queue::Ghost;
-        self.links.push_front(&mut self.ghosts, slot);
+        NodeLinks(&mut self.entries).push_front(&mut self.ghosts, slot);
         self.ghost_weight += weight;
         marks.keep_ghost(slot);
     }
@@ -114,7 +129,7 @@ impl Eviction for S3Fifo {
     fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
         let returning = self.entries.get(slot as usize).is_some_and(|e| e.queue == Queue::Ghost);
         if returning {
-            self.links.unlink(&mut self.ghosts, slot);
+            NodeLinks(&mut self.entries).unlink(&mut self.ghosts, slot);
             self.ghost_weight -= self.entries[slot as usize].weight;
         }
         self.enqueue(slot, meta.weight, if returning { Queue::Main } else { Queue::Small });
@@ -127,22 +142,22 @@ impl Eviction for S3Fifo {
     fn evict(&mut self, marks: &mut impl Marks) -> Option<u32> {
         loop {
             if !self.small.is_empty() && (self.small_weight >= self.small_target || self.main.is_empty()) {
-                let slot = self.links.pop_back(&mut self.small)?;
+                let slot = NodeLinks(&mut self.entries).pop_back(&mut self.small)?;
                 let e = &mut self.entries[slot as usize];
                 self.small_weight -= e.weight;
                 if marks.take(slot) > 0 {
                     e.queue = Queue::Main;
-                    self.links.push_front(&mut self.main, slot);
+                    NodeLinks(&mut self.entries).push_front(&mut self.main, slot);
                     continue;
                 }
                 self.haunt(slot, marks);
                 return Some(slot);
             }
-            let slot = self.links.pop_back(&mut self.main)?;
+            let slot = NodeLinks(&mut self.entries).pop_back(&mut self.main)?;
             let freq = marks.get(slot).min(MAX_FREQ);
             if freq > 0 {
                 marks.set(slot, freq - 1);
-                self.links.push_front(&mut self.main, slot);
+                NodeLinks(&mut self.entries).push_front(&mut self.main, slot);
                 continue;
             }
             self.entries[slot as usize].queue = Queue::None;
@@ -162,18 +177,19 @@ impl Eviction for S3Fifo {
 
     fn on_remove(&mut self, slot: u32, _marks: &mut impl Marks) {
         let e = &mut self.entries[slot as usize];
+        let weight = e.weight;
         match std::mem::take(&mut e.queue) {
-            Queue::Main => self.links.unlink(&mut self.main, slot),
+            Queue::Main => NodeLinks(&mut self.entries).unlink(&mut self.main, slot),
             Queue::Small => {
-                self.links.unlink(&mut self.small, slot);
-                self.small_weight -= e.weight;
+                NodeLinks(&mut self.entries).unlink(&mut self.small, slot);
+                self.small_weight -= weight;
             }
             Queue::Ghost | Queue::None => {}
         }
     }
 
     fn release_ghosts(&mut self, marks: &mut impl Marks) {
-        while let Some(slot) = self.links.pop_back(&mut self.ghosts) {
+        while let Some(slot) = NodeLinks(&mut self.entries).pop_back(&mut self.ghosts) {
             self.forget(slot, marks);
         }
     }

@@ -13,7 +13,7 @@
 //! complete, and a hit touches neither a list nor the sketch.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::list::{LinkStore, Links, List, NIL};
+use crate::list::{LinkStore, Linked, List, NodeLinks, NIL};
 use crate::sketch::FrequencySketch;
 use crate::Marks;
 
@@ -30,16 +30,32 @@ const STEP_DECAY: f64 = 0.98;
 /// Candidates at least this popular may be admitted at random (hash-flooding defence).
 const HASHDOS_THRESHOLD: u8 = 6;
 
-#[derive(Debug, Clone, Copy, Default)]
+/// A slot's key hash, weight and region, with its links in that region's
+/// queue beside them: visiting a slot reads one place in memory.
+#[derive(Debug, Clone, Copy)]
 struct Entry {
+    links: [u32; 2],
     hash: u64,
     weight: u64,
+    region: u8,
+}
+
+impl Default for Entry {
+    fn default() -> Self {
+        Entry { links: [NIL; 2], hash: 0, weight: 0, region: WINDOW }
+    }
+}
+
+impl Linked for Entry {
+    #[inline]
+    fn links(&mut self) -> &mut [u32; 2] {
+        &mut self.links
+    }
 }
 
 /// W-TinyLFU with a hill-climbed window.
 #[derive(Debug)]
 pub struct WTinyLfu {
-    links: Links,
     lists: [List; 3],
     weights: [u64; 3],
     window_max: u64,
@@ -47,7 +63,6 @@ pub struct WTinyLfu {
     capacity: u64,
     sketch: FrequencySketch,
     entries: Vec<Entry>,
-    regions: Vec<u8>,
     climb: Option<Climber>,
     rng: u64,
 }
@@ -77,7 +92,6 @@ impl WTinyLfu {
         let window_max = ((capacity as f64 * window_share) as u64).clamp(1, capacity);
         let main = capacity - window_max;
         WTinyLfu {
-            links: Links::default(),
             lists: [List::default(); 3],
             weights: [0; 3],
             window_max,
@@ -85,7 +99,6 @@ impl WTinyLfu {
             capacity,
             sketch: FrequencySketch::new(sizing.entries),
             entries: Vec::new(),
-            regions: Vec::new(),
             climb: climb.then(|| Climber {
                 hits_before: None,
                 misses: 0,
@@ -109,14 +122,14 @@ impl WTinyLfu {
     }
 
     fn take(&mut self, slot: u32) {
-        let region = self.regions[slot as usize] as usize;
-        self.links.unlink(&mut self.lists[region], slot);
+        let region = self.entries[slot as usize].region as usize;
+        NodeLinks(&mut self.entries).unlink(&mut self.lists[region], slot);
         self.weights[region] -= self.entries[slot as usize].weight;
     }
 
     fn put_front(&mut self, slot: u32, region: u8) {
-        self.regions[slot as usize] = region;
-        self.links.push_front(&mut self.lists[region as usize], slot);
+        self.entries[slot as usize].region = region;
+        NodeLinks(&mut self.entries).push_front(&mut self.lists[region as usize], slot);
         self.weights[region as usize] += self.entries[slot as usize].weight;
     }
 
@@ -137,7 +150,7 @@ impl WTinyLfu {
             if tail == NIL || !self.flush(tail, marks) {
                 return tail;
             }
-            self.links.move_to_front(&mut self.lists[region as usize], tail);
+            NodeLinks(&mut self.entries).move_to_front(&mut self.lists[region as usize], tail);
         }
     }
 
@@ -239,7 +252,7 @@ impl WTinyLfu {
         let mut moved = 0;
         while moved < quota {
             let from = if !self.lists[PROBATION as usize].is_empty() { PROBATION } else { PROTECTED };
-            let Some(slot) = self.links.pop_back(&mut self.lists[from as usize]) else { break };
+            let Some(slot) = NodeLinks(&mut self.entries).pop_back(&mut self.lists[from as usize]) else { break };
             let w = self.entries[slot as usize].weight;
             self.weights[from as usize] -= w;
             self.put_front(slot, WINDOW);
@@ -253,7 +266,7 @@ impl WTinyLfu {
         self.window_max -= quota;
         let mut moved = 0;
         while moved < quota {
-            let Some(slot) = self.links.pop_back(&mut self.lists[WINDOW as usize]) else { break };
+            let Some(slot) = NodeLinks(&mut self.entries).pop_back(&mut self.lists[WINDOW as usize]) else { break };
             let w = self.entries[slot as usize].weight;
             self.weights[WINDOW as usize] -= w;
             self.put_front(slot, PROBATION);
@@ -269,9 +282,9 @@ impl Eviction for WTinyLfu {
 
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
         grow(&mut self.entries, slot, Entry::default());
-        grow(&mut self.regions, slot, WINDOW);
         self.sketch.increment(meta.hash);
-        self.entries[slot as usize] = Entry { hash: meta.hash, weight: meta.weight };
+        let e = &mut self.entries[slot as usize];
+        (e.hash, e.weight) = (meta.hash, meta.weight);
         self.put_front(slot, WINDOW);
         self.spill_window(marks);
         self.count_miss(marks);
