@@ -80,9 +80,18 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
 
     /// Unlocks shard `index`; then, for the sampling shard, its full queue
     /// of sampled requests goes to the judge, outside every shard's lock.
-    #[inline]
-    fn unlock(&self, index: usize, mut shard: MutexGuard<'_, Cache<K, V, S>>) {
-        let Some(judge) = self.judge.as_deref().filter(|_| index == 0) else { return };
+    #[inline(always)]
+    fn unlock(&self, index: usize, shard: MutexGuard<'_, Cache<K, V, S>>) {
+        match &self.judge {
+            Some(judge) if index == 0 => Self::unlock_sampler(judge, shard),
+            _ => drop(shard),
+        }
+    }
+
+    /// [`SyncCache::unlock`] for the sampling shard (out of line: the other
+    /// shards' requests, most of them, only unlock).
+    #[inline(never)]
+    fn unlock_sampler(judge: &SharedJudge, mut shard: MutexGuard<'_, Cache<K, V, S>>) {
         let batch = shard.take_batch();
         drop(shard);
         if let Some(batch) = batch {
