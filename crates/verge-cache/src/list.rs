@@ -136,28 +136,52 @@ impl LinkStore for Links {
     }
 }
 
-/// A policy's per-slot node that carries its own `[prev, next]` links (in
-/// one list at a time), so that visiting a slot reads one cache line.
-pub(crate) trait Linked: Clone + Default {
-    /// The node's `[prev, next]` links.
-    fn links(&mut self) -> &mut [u32; 2];
+/// A policy's per-slot data with the slot's `[prev, next]` links beside it
+/// (in one list at a time), so that visiting a slot reads one cache line;
+/// it derefs to the data.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Node<T> {
+    links: [u32; 2],
+    data: T,
+}
+
+impl<T: Default> Default for Node<T> {
+    fn default() -> Self {
+        Node { links: [NIL; 2], data: T::default() }
+    }
+}
+
+impl<T> std::ops::Deref for Node<T> {
+    type Target = T;
+
+    #[inline]
+    fn deref(&self) -> &T {
+        &self.data
+    }
+}
+
+impl<T> std::ops::DerefMut for Node<T> {
+    #[inline]
+    fn deref_mut(&mut self) -> &mut T {
+        &mut self.data
+    }
 }
 
 /// A policy's nodes, indexed by slot, seen as the links of its lists; the
 /// vector grows on demand (slabs grow as slots are first used).
-pub(crate) struct NodeLinks<'a, T>(pub &'a mut Vec<T>);
+pub(crate) struct NodeLinks<'a, T>(pub &'a mut Vec<Node<T>>);
 
-impl<T: Linked> LinkStore for NodeLinks<'_, T> {
+impl<T: Clone + Default> LinkStore for NodeLinks<'_, T> {
     #[inline]
     fn links(&mut self, n: u32) -> &mut [u32; 2] {
-        self.0[n as usize].links()
+        &mut self.0[n as usize].links
     }
 
     #[inline]
     fn ensure(&mut self, n: u32) {
         let need = n as usize + 1;
         if self.0.len() < need {
-            self.0.resize(need.max(self.0.len() * 2), T::default());
+            self.0.resize(need.max(self.0.len() * 2), Node::default());
         }
     }
 }

@@ -5,7 +5,7 @@
 //! ghost's slot.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::list::{LinkStore, Linked, List, NodeLinks, NIL};
+use crate::list::{LinkStore, List, Node, NodeLinks};
 use crate::Marks;
 
 /// Which of ARC's four lists a slot is in.
@@ -20,26 +20,11 @@ enum Place {
     B2,
 }
 
-/// A slot's list and weight, with its links in that list beside them:
-/// visiting a slot reads one place in memory.
-#[derive(Debug, Clone, Copy)]
+/// A slot's list and weight (in a [`Node`], beside its links in that list).
+#[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    links: [u32; 2],
     weight: u64,
     place: Place,
-}
-
-impl Default for Entry {
-    fn default() -> Self {
-        Entry { links: [NIL; 2], weight: 0, place: Place::None }
-    }
-}
-
-impl Linked for Entry {
-    #[inline]
-    fn links(&mut self) -> &mut [u32; 2] {
-        &mut self.links
-    }
 }
 
 /// A list with the total weight of its slots.
@@ -58,7 +43,7 @@ pub struct Arc {
     b2: Weighted,
     /// Per slot; their links are those of all four lists (a slot is in
     /// one at a time).
-    entries: Vec<Entry>,
+    entries: Vec<Node<Entry>>,
     p: u64,
     capacity: u64,
     /// Most ghosts held, whatever their weight (see S3-FIFO's).
@@ -139,7 +124,7 @@ impl Arc {
 
 impl Eviction for Arc {
     fn on_insert(&mut self, slot: u32, meta: &Meta, _marks: &mut impl Marks) {
-        grow(&mut self.entries, slot, Entry::default());
+        grow(&mut self.entries, slot, Node::default());
         let w = meta.weight;
         let place = match self.entries[slot as usize].place {
             Place::B1 => {

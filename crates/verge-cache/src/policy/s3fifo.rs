@@ -8,7 +8,7 @@
 //! S3-FIFO cost when its ghosts lived in a map beside the cache).
 
 use super::{grow, top_fitting, Eviction, Meta, Sizing};
-use crate::list::{LinkStore, Linked, List, NodeLinks, NIL};
+use crate::list::{LinkStore, List, Node, NodeLinks};
 use crate::Marks;
 
 /// Where a slot is.
@@ -22,27 +22,12 @@ enum Queue {
     Ghost,
 }
 
-/// A slot's queue and weight, with its links in that queue (a slot is in
-/// one of small, main and the ghosts) beside them:
-/// an eviction reads one place in memory per slot, not two arrays.
-#[derive(Debug, Clone, Copy)]
+/// A slot's queue and weight (in a [`Node`], beside its links in that
+/// queue: small, main or the ghosts).
+#[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    links: [u32; 2],
     weight: u64,
     queue: Queue,
-}
-
-impl Default for Entry {
-    fn default() -> Self {
-        Entry { links: [NIL; 2], weight: 0, queue: Queue::None }
-    }
-}
-
-impl Linked for Entry {
-    #[inline]
-    fn links(&mut self) -> &mut [u32; 2] {
-        &mut self.links
-    }
 }
 
 /// S3-FIFO with weighted queues.
@@ -58,7 +43,7 @@ pub struct S3Fifo {
     /// Most ghosts held, whatever their weight: under a byte budget the
     /// weight limit alone would let tiny entries leave millions.
     max_ghosts: usize,
-    entries: Vec<Entry>,
+    entries: Vec<Node<Entry>>,
 }
 
 /// S3-FIFO's access counter is 2 bits: the slot's mark, capped.
@@ -83,7 +68,7 @@ impl S3Fifo {
 
     /// Puts the new entry in `slot` at the head of main or of small.
     fn enqueue(&mut self, slot: u32, weight: u64, queue: Queue) {
-        grow(&mut self.entries, slot, Entry::default());
+        grow(&mut self.entries, slot, Node::default());
         let e = &mut self.entries[slot as usize];
         (e.weight, e.queue) = (weight, queue);
         if queue == Queue::Main {

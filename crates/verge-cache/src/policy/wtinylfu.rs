@@ -13,7 +13,7 @@
 //! complete, and a hit touches neither a list nor the sketch.
 
 use super::{grow, Eviction, Meta, Sizing};
-use crate::list::{LinkStore, Linked, List, NodeLinks, NIL};
+use crate::list::{LinkStore, List, Node, NodeLinks, NIL};
 use crate::sketch::FrequencySketch;
 use crate::Marks;
 
@@ -30,27 +30,13 @@ const STEP_DECAY: f64 = 0.98;
 /// Candidates at least this popular may be admitted at random (hash-flooding defence).
 const HASHDOS_THRESHOLD: u8 = 6;
 
-/// A slot's key hash, weight and region, with its links in that region's
-/// queue beside them: visiting a slot reads one place in memory.
-#[derive(Debug, Clone, Copy)]
+/// A slot's key hash, weight and region (in a [`Node`], beside its links
+/// in that region's queue).
+#[derive(Debug, Clone, Copy, Default)]
 struct Entry {
-    links: [u32; 2],
     hash: u64,
     weight: u64,
     region: u8,
-}
-
-impl Default for Entry {
-    fn default() -> Self {
-        Entry { links: [NIL; 2], hash: 0, weight: 0, region: WINDOW }
-    }
-}
-
-impl Linked for Entry {
-    #[inline]
-    fn links(&mut self) -> &mut [u32; 2] {
-        &mut self.links
-    }
 }
 
 /// W-TinyLFU with a hill-climbed window.
@@ -62,7 +48,7 @@ pub struct WTinyLfu {
     protected_max: u64,
     capacity: u64,
     sketch: FrequencySketch,
-    entries: Vec<Entry>,
+    entries: Vec<Node<Entry>>,
     climb: Option<Climber>,
     rng: u64,
 }
@@ -281,7 +267,7 @@ impl Eviction for WTinyLfu {
     }
 
     fn on_insert(&mut self, slot: u32, meta: &Meta, marks: &mut impl Marks) {
-        grow(&mut self.entries, slot, Entry::default());
+        grow(&mut self.entries, slot, Node::default());
         self.sketch.increment(meta.hash);
         let e = &mut self.entries[slot as usize];
         (e.hash, e.weight) = (meta.hash, meta.weight);
