@@ -2,9 +2,11 @@
 //!
 //! Every policy keeps its recency or insertion orders as lists of slots
 //! (`u32` indices into the cache's slab, or into the policy's own nodes).
-//! The links of all lists of one policy live in one [`LinkStore`] (a flat
-//! [`Links`] array, or fields of the policy's nodes), so moving an entry is
-//! a few stores: no allocation per node, O(1) everything.
+//! The links of all lists of one policy live in one [`LinkStore`]: a flat
+//! [`Links`] array (policies with no other per-slot data), a [`Node`] per
+//! slot beside the policy's data ([`NodeLinks`]), or fields of nodes of the
+//! policy's own (LIRS, two sets of links). Moving an entry is a few
+//! stores: no allocation per node, O(1) everything.
 
 /// The "no slot" marker used for list ends.
 pub(crate) const NIL: u32 = u32::MAX;
