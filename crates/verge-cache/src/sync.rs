@@ -100,6 +100,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
     }
 
     /// Looks `key` up (counting the access); a clone of the value.
+    #[inline]
     pub fn get<Q>(&self, key: &Q, now: u64) -> Option<V>
     where
         K: Borrow<Q>,
