@@ -131,10 +131,7 @@ impl LinkStore for Links {
     /// Grows the array to hold `n` (slabs grow on demand).
     #[inline]
     fn ensure(&mut self, n: u32) {
-        let need = n as usize + 1;
-        if self.links.len() < need {
-            self.links.resize(need.max(self.links.len() * 2), [NIL, NIL]);
-        }
+        crate::policy::grow(&mut self.links, n, [NIL, NIL]);
     }
 }
 
@@ -181,10 +178,7 @@ impl<T: Clone + Default> LinkStore for NodeLinks<'_, T> {
 
     #[inline]
     fn ensure(&mut self, n: u32) {
-        let need = n as usize + 1;
-        if self.0.len() < need {
-            self.0.resize(need.max(self.0.len() * 2), Node::default());
-        }
+        crate::policy::grow(self.0, n, Node::default());
     }
 }
 
