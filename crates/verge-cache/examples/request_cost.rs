@@ -5,13 +5,15 @@
 //!
 //! ```sh
 //! cargo build --release -p verge-cache --example request_cost
-//! request_cost hit|replay[-strings] CONTENDER TRACE [CAPACITY] [PASSES]
+//! request_cost hit|replay[-strings]|replay-sync CONTENDER TRACE [CAPACITY] [PASSES]
 //! ```
 //!
 //! `hit` fills a cache as large as the trace's key set, then looks every
 //! request up (all hits); `replay` runs get-then-insert-on-miss at
 //! `CAPACITY`. With `-strings`, each integer key becomes a URL of about 60
-//! bytes (`String` keys, as an edge cache's are). CONTENDER is a Verge
+//! bytes (`String` keys, as an edge cache's are). `replay-sync` replays
+//! through the thread-safe caches (one thread, 8 shards: the lock and
+//! shard overhead). CONTENDER is a Verge
 //! policy name, `quick_cache` or `hashmap` (a `std` map with the same
 //! hasher, `hit` only). TRACE holds one integer
 //! key per line, or little-endian u64s when it ends in `.u64`. Run it with
@@ -21,7 +23,7 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 use std::time::{Duration, Instant};
-use verge_cache::{Cache, CacheConfig, FixedState, PolicyKind};
+use verge_cache::{Cache, CacheConfig, FixedState, PolicyKind, SyncCache};
 
 /// The seed of `verge bench cache`, so that sampling matches its runs.
 const SEED: u64 = 0x7665_7267_6521;
@@ -40,18 +42,19 @@ fn load(path: &str) -> Result<Vec<u64>, String> {
 
 fn run(args: &[String]) -> Result<(), String> {
     let [mode, contender, trace, rest @ ..] = args else {
-        return Err("usage: request_cost hit|replay[-strings] CONTENDER TRACE [CAPACITY] [PASSES]".into());
+        return Err("usage: request_cost hit|replay[-strings]|replay-sync CONTENDER TRACE [CAPACITY] [PASSES]".into());
     };
     let keys = load(trace)?;
     let mut unique = keys.clone();
     unique.sort_unstable();
     unique.dedup();
-    let (hit, strings) = match mode.as_str() {
-        "hit" => (true, false),
-        "replay" => (false, false),
-        "hit-strings" => (true, true),
-        "replay-strings" => (false, true),
-        other => return Err(format!("unknown mode {other:?}: hit, replay, hit-strings or replay-strings")),
+    let (hit, strings, sync) = match mode.as_str() {
+        "hit" => (true, false, false),
+        "replay" => (false, false, false),
+        "hit-strings" => (true, true, false),
+        "replay-strings" => (false, true, false),
+        "replay-sync" => (false, false, true),
+        other => return Err(format!("unknown mode {other:?}: hit, replay, hit-strings, replay-strings or replay-sync")),
     };
     let number = |i: usize, default: usize| rest.get(i).map_or(Ok(default), |s| s.parse().map_err(|_| format!("{s:?} is not a number")));
     let capacity = if hit { unique.len() } else { number(0, 0)? };
@@ -59,7 +62,9 @@ fn run(args: &[String]) -> Result<(), String> {
     if capacity == 0 || passes == 0 {
         return Err("CAPACITY and PASSES must be at least 1".into());
     }
-    let (hits, elapsed) = if strings {
+    let (hits, elapsed) = if sync {
+        measure_sync(contender, &keys, capacity, passes)?
+    } else if strings {
         // URL-like keys of about 60 bytes, as an edge cache's keys are.
         let keys: Vec<String> = keys.iter().map(|k| format!("https://origin.example.com/assets/v2/objects/{k}/payload.bin")).collect();
         measure(contender, &keys, hit, capacity, passes)?
@@ -131,6 +136,37 @@ fn measure<K: Hash + Eq + Clone>(
                         cache.insert(k.clone(), 0, 0).map_err(|e| e.to_string())?;
                     }
                 }
+            }
+        }
+    }
+    Ok((hits, start.elapsed()))
+}
+
+/// [`measure`]'s replay through the thread-safe caches, on one thread
+/// with 8 shards (as `verge bench cache --threads 2` builds them).
+fn measure_sync(contender: &str, keys: &[u64], capacity: usize, passes: usize) -> Result<(u64, Duration), String> {
+    let mut hits = 0u64;
+    let start;
+    if contender == "quick_cache" {
+        let cache = quick_cache::sync::Cache::new(capacity);
+        start = Instant::now();
+        for k in keys.iter().cycle().take(keys.len() * passes) {
+            if cache.get(k).is_some() {
+                hits += 1;
+            } else {
+                cache.insert(*k, 0u64);
+            }
+        }
+    } else {
+        let kind: PolicyKind = contender.parse().map_err(|e| format!("{e}"))?;
+        let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
+        let cache = SyncCache::with_hasher(config, 8, FixedState::with_seed(SEED)).map_err(|e| e.to_string())?;
+        start = Instant::now();
+        for k in keys.iter().cycle().take(keys.len() * passes) {
+            if cache.get(k, 0).is_some() {
+                hits += 1;
+            } else {
+                cache.insert(*k, 0u64, 0).map_err(|e| e.to_string())?;
             }
         }
     }
