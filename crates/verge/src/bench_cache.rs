@@ -44,8 +44,8 @@ pub struct CacheBenchArgs {
     /// Also measure the thread-safe caches with this many threads (0: skip).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Hash seed of Verge's single-threaded caches (the threaded runs
-    /// interleave differently every time anyway). The adaptive policy
+    /// Hash seed of Verge's caches, the thread-safe ones included (whose
+    /// threads still interleave differently every run). The adaptive policy
     /// samples keys by hash, so another seed shows how much a figure owes
     /// to the sample.
     #[arg(long, default_value_t = SEED)]
@@ -152,7 +152,7 @@ pub fn run(args: CacheBenchArgs) -> anyhow::Result<()> {
             hit_path(&trace, &keys, unique, args.json, args.seed)?;
         }
         if args.threads > 0 {
-            threaded(&trace, &keys, &args.capacity, args.threads, args.json)?;
+            threaded(&trace, &keys, &args.capacity, args.threads, args.json, args.seed)?;
         }
     }
     if !args.json {
@@ -338,8 +338,9 @@ fn median(values: &mut [f64]) -> f64 {
     values.get(values.len() / 2).copied().unwrap_or(0.0)
 }
 
-/// The thread-safe caches, `threads` threads each replaying the trace from its own offset.
-fn threaded(trace: &str, keys: &[u64], capacities: &[usize], threads: usize, json: bool) -> anyhow::Result<()> {
+/// The thread-safe caches, `threads` threads each replaying the trace from
+/// its own offset; Verge's hash with `seed`.
+fn threaded(trace: &str, keys: &[u64], capacities: &[usize], threads: usize, json: bool, seed: u64) -> anyhow::Result<()> {
     for &capacity in capacities {
         let offsets: Vec<usize> = (0..threads).map(|t| t * keys.len() / threads).collect();
         let run = |access: &(dyn Fn(u64) -> bool + Sync)| {
@@ -363,10 +364,11 @@ fn threaded(trace: &str, keys: &[u64], capacities: &[usize], threads: usize, jso
             (100.0 * hits as f64 / total, total / start.elapsed().as_secs_f64().max(1e-9) / 1e6)
         };
         let shards = (threads * 4).next_power_of_two();
-        let verge: SyncCache<u64, u64> =
-            SyncCache::new(CacheConfig { max_entries: capacity, max_bytes: None, policy: PolicyKind::Adaptive }, shards)?;
-        let verge_lru: SyncCache<u64, u64> =
-            SyncCache::new(CacheConfig { max_entries: capacity, max_bytes: None, policy: PolicyKind::Lru }, shards)?;
+        let sync = |policy| {
+            SyncCache::with_hasher(CacheConfig { max_entries: capacity, max_bytes: None, policy }, shards, FixedState::with_seed(seed))
+        };
+        let verge: SyncCache<u64, u64, FixedState> = sync(PolicyKind::Adaptive)?;
+        let verge_lru: SyncCache<u64, u64, FixedState> = sync(PolicyKind::Lru)?;
         let qc = quick_cache::sync::Cache::<u64, u64>::new(capacity);
         let mk = moka::sync::Cache::<u64, u64>::new(capacity as u64);
         let results = [
