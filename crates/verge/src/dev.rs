@@ -87,22 +87,24 @@ async fn cluster(api_addr: &str, cities: &std::path::Path, dir: &std::path::Path
         let site = Site { id, city, country, latitude, longitude };
         procs.push(spawn_agent(&exe, &dir.join(id), &site, &gateway, true, Some(&join))?);
     }
-    let up = wait_for(Duration::from_secs(30), "three active nodes", || async {
-        let nodes = client.get("/api/v1/nodes").await.ok()?;
-        let active = nodes.as_array()?.iter().filter(|n| n["lifecycle"] == "active").count();
-        (active == SITES.len()).then_some(())
-    })
-    .await;
-    let placed = match up {
-        Ok(()) => {
-            client.call(Method::POST, "/api/v1/workloads", Some(&sample_workload())).await?;
-            wait_for(Duration::from_secs(15), "the sample workload to run", || async {
-                let w = client.get("/api/v1/workloads/hello-edge").await.ok()?;
-                (w["state"] == "running").then(|| w["node"].as_str().unwrap_or("?").to_string())
-            })
-            .await
-        }
-        Err(e) => Err(e),
+    let startup = async {
+        wait_for(Duration::from_secs(30), "three active nodes", || async {
+            let nodes = client.get("/api/v1/nodes").await.ok()?;
+            let active = nodes.as_array()?.iter().filter(|n| n["lifecycle"] == "active").count();
+            (active == SITES.len()).then_some(())
+        })
+        .await?;
+        client.call(Method::POST, "/api/v1/workloads", Some(&sample_workload())).await?;
+        wait_for(Duration::from_secs(15), "the sample workload to run", || async {
+            let w = client.get("/api/v1/workloads/hello-edge").await.ok()?;
+            (w["state"] == "running").then(|| w["node"].as_str().unwrap_or("?").to_string())
+        })
+        .await
+    };
+    // Ctrl-C while the cluster comes up stops it at once, not after the waits.
+    let placed = tokio::select! {
+        placed = startup => placed,
+        _ = stop.wait_for(|s| *s) => Err(anyhow::anyhow!("stopped while the cluster came up")),
     };
     match placed {
         Ok(node) => banner(&api, dir, &procs, &node),
