@@ -103,20 +103,23 @@ async fn cluster(api_addr: &str, cities: &std::path::Path, dir: &std::path::Path
     };
     // Ctrl-C while the cluster comes up stops it at once, not after the waits.
     let placed = tokio::select! {
-        placed = startup => placed,
-        _ = stop.wait_for(|s| *s) => Err(anyhow::anyhow!("stopped while the cluster came up")),
+        placed = startup => Some(placed),
+        _ = stop.wait_for(|s| *s) => None,
     };
     match placed {
-        Ok(node) => banner(&api, dir, &procs, &node),
-        Err(e) => {
+        Some(Ok(node)) => {
+            banner(&api, dir, &procs, &node);
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => println!("\nstopping the dev cluster…"),
+                _ = procs[0].child.wait() => eprintln!("verge dev: the server exited; see {}", dir.join("server.log").display()),
+            }
+        }
+        Some(Err(e)) => {
             eprintln!("verge dev: {e:#}; logs are in {}", dir.display());
             shutdown(procs, dir).await;
             return Err(e);
         }
-    }
-    tokio::select! {
-        _ = stop.wait_for(|s| *s) => println!("\nstopping the dev cluster…"),
-        _ = procs[0].child.wait() => eprintln!("verge dev: the server exited; see {}", dir.join("server.log").display()),
+        None => println!("stopping the dev cluster before it was up…"),
     }
     shutdown(procs, dir).await;
     println!("stopped; nothing left running");

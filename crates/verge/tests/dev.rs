@@ -1,9 +1,11 @@
 //! `verge dev` comes up with three agents and a running sample workload,
-//! answers the CLI, and leaves nothing running after Ctrl-C (SIGINT).
+//! answers the CLI, and leaves nothing running after Ctrl-C (SIGINT), also
+//! when Ctrl-C comes while the cluster is still coming up.
 
 mod common;
 
 use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
@@ -58,6 +60,35 @@ fn dev_comes_up_answers_and_stops_cleanly() {
     assert!(status.success(), "{status:?}");
     assert!(!std::path::Path::new(&format!("/proc/{pid}")).exists(), "the sample workload {pid} survived Ctrl-C");
     assert!(std::net::TcpStream::connect(&api.addr).is_err(), "the server still listens");
+}
+
+#[test]
+fn ctrl_c_while_the_cluster_comes_up_stops_it_cleanly() {
+    // A terminal's Ctrl-C reaches the whole foreground process group: the
+    // agents stop too, so a start-up that waited for them would time out
+    // (and exit with an error) instead of stopping.
+    let tmp = tempfile::tempdir().unwrap();
+    let mut dev = Command::new(VERGE)
+        .args(["dev", "--api-addr", "127.0.0.1:0", "--data-dir"])
+        .arg(tmp.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .env_remove("VERGE_SERVER")
+        .process_group(0)
+        .spawn()
+        .unwrap();
+    let group = format!("-{}", dev.id());
+    let agents_started = wait_until(Duration::from_secs(60), "the agents to start", || {
+        if let Ok(Some(status)) = dev.try_wait() {
+            return Some(Err(status));
+        }
+        ["frankfurt", "new-york", "tokyo"].iter().all(|n| tmp.path().join(n).join("agent.log").exists()).then_some(Ok(()))
+    });
+    assert!(agents_started.is_ok(), "verge dev exited early: {agents_started:?}");
+    assert!(Command::new("kill").args(["-INT", "--", &group]).status().unwrap().success());
+    let status = wait_until(Duration::from_secs(60), "verge dev to exit", || dev.try_wait().ok().flatten());
+    let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+    assert!(status.success(), "{status:?}");
 }
 
 fn api_get(ep: &Endpoint, path: &str) -> (u16, serde_json::Value) {
