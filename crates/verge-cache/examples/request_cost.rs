@@ -89,85 +89,84 @@ fn measure<K: Hash + Eq + Clone>(
     capacity: usize,
     passes: usize,
 ) -> Result<(u64, Duration), String> {
-    let mut hits = 0u64;
-    let start;
     match contender {
         "hashmap" if hit => {
             let mut map: HashMap<K, u64, FixedState> = HashMap::with_capacity_and_hasher(capacity, FixedState::with_seed(SEED));
             for k in keys {
                 map.insert(k.clone(), 0);
             }
-            start = Instant::now();
-            for _ in 0..passes {
-                hits += keys.iter().filter(|k| map.contains_key(*k)).count() as u64;
-            }
+            let start = Instant::now();
+            let hits = (0..passes).map(|_| keys.iter().filter(|k| map.contains_key(*k)).count() as u64).sum();
+            Ok((hits, start.elapsed()))
         }
         "quick_cache" => {
             let mut cache = quick_cache::unsync::Cache::new(capacity);
             if hit {
                 keys.iter().for_each(|k| cache.insert(k.clone(), 0u64));
             }
-            start = Instant::now();
-            for _ in 0..passes {
-                for k in keys {
-                    if cache.get(k).is_some() {
-                        hits += 1;
-                    } else {
-                        cache.insert(k.clone(), 0);
-                    }
+            replay(keys, passes, |k| {
+                let hit = cache.get(k).is_some();
+                if !hit {
+                    cache.insert(k.clone(), 0);
                 }
-            }
+                Ok(hit)
+            })
         }
         policy => {
-            let kind: PolicyKind = policy.parse().map_err(|e| format!("{e}"))?;
-            let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
-            let mut cache = Cache::with_seed(config, SEED).map_err(|e| e.to_string())?;
+            let mut cache = Cache::with_seed(config(policy, capacity)?, SEED).map_err(|e| e.to_string())?;
             if hit {
                 for k in keys {
                     cache.insert(k.clone(), 0u64, 0).map_err(|e| e.to_string())?;
                 }
             }
-            start = Instant::now();
-            for _ in 0..passes {
-                for k in keys {
-                    if cache.get(k, 0).is_some() {
-                        hits += 1;
-                    } else {
-                        cache.insert(k.clone(), 0, 0).map_err(|e| e.to_string())?;
-                    }
+            replay(keys, passes, |k| {
+                let hit = cache.get(k, 0).is_some();
+                if !hit {
+                    cache.insert(k.clone(), 0, 0).map_err(|e| e.to_string())?;
                 }
-            }
+                Ok(hit)
+            })
         }
     }
-    Ok((hits, start.elapsed()))
 }
 
 /// [`measure`]'s replay through the thread-safe caches, on one thread
 /// with 8 shards (as `verge bench cache --threads 2` builds them).
 fn measure_sync(contender: &str, keys: &[u64], capacity: usize, passes: usize) -> Result<(u64, Duration), String> {
-    let mut hits = 0u64;
-    let start;
     if contender == "quick_cache" {
         let cache = quick_cache::sync::Cache::new(capacity);
-        start = Instant::now();
-        for k in keys.iter().cycle().take(keys.len() * passes) {
-            if cache.get(k).is_some() {
-                hits += 1;
-            } else {
+        return replay(keys, passes, |k| {
+            let hit = cache.get(k).is_some();
+            if !hit {
                 cache.insert(*k, 0u64);
             }
+            Ok(hit)
+        });
+    }
+    let cache = SyncCache::with_hasher(config(contender, capacity)?, 8, FixedState::with_seed(SEED)).map_err(|e| e.to_string())?;
+    replay(keys, passes, |k| {
+        let hit = cache.get(k, 0).is_some();
+        if !hit {
+            cache.insert(*k, 0, 0).map_err(|e| e.to_string())?;
         }
-    } else {
-        let kind: PolicyKind = contender.parse().map_err(|e| format!("{e}"))?;
-        let config = CacheConfig { max_entries: capacity, max_bytes: None, policy: kind };
-        let cache = SyncCache::with_hasher(config, 8, FixedState::with_seed(SEED)).map_err(|e| e.to_string())?;
-        start = Instant::now();
-        for k in keys.iter().cycle().take(keys.len() * passes) {
-            if cache.get(k, 0).is_some() {
-                hits += 1;
-            } else {
-                cache.insert(*k, 0u64, 0).map_err(|e| e.to_string())?;
-            }
+        Ok(hit)
+    })
+}
+
+/// A cache of `capacity` entries with the Verge policy named `policy`.
+fn config(policy: &str, capacity: usize) -> Result<CacheConfig, String> {
+    let kind: PolicyKind = policy.parse().map_err(|e| format!("{e}"))?;
+    Ok(CacheConfig { max_entries: capacity, max_bytes: None, policy: kind })
+}
+
+/// Times `passes` over `keys` through `request` (a get, and an insert on
+/// a miss; true on a hit); returns the hits and the time.
+fn replay<K>(keys: &[K], passes: usize, mut request: impl FnMut(&K) -> Result<bool, String>) -> Result<(u64, Duration), String> {
+    let mut hits = 0u64;
+    let start = Instant::now();
+    for _ in 0..passes {
+        for k in keys {
+            hits += u64::from(request(k)?);
         }
     }
     Ok((hits, start.elapsed()))
