@@ -44,6 +44,9 @@ const CANDIDATES: [Candidate; 5] = [
 ];
 // A key's residency in the miniatures is a byte of flags.
 const _: () = assert!(CANDIDATES.len() <= 8);
+/// The ways a request can hit or miss across the miniatures: bit `i` set
+/// when candidate `i` hit.
+const HIT_PATTERNS: usize = 1 << CANDIDATES.len();
 /// Miniatures hold at least this many entries (smaller ones are too noisy;
 /// on the README's grid 256 chooses as well as 512 did, at half the cost).
 const MIN_SHADOW_ENTRIES: usize = 256;
@@ -75,6 +78,21 @@ const EARLY_EPOCHS: u64 = 32;
 /// rather than 0.5 %: grid mean 56.90 → 56.93, and 0.00–0.05 higher under
 /// three other hash seeds).
 const EARLY_MARGIN: f64 = 0.003;
+/// A challenger's lead must also be significant: at least this many
+/// standard deviations of the difference of two hit counts, estimated from
+/// the requests on which the two candidates disagree (one hit, the other
+/// missed; a paired sign test), weighted as the scores are. A miniature sees
+/// a sample of the keys, and a lead of a few sampled hits is often the
+/// sample's luck: on lirs_multi2 at 2,400 entries (miniatures of 300) the
+/// judge once left LIRS on a lead of six hits, switched twice more and ended
+/// 6.9 points below LIRS alone. At 1 % and 0.3 % of the sampled requests,
+/// [`MARGIN`] and [`EARLY_MARGIN`] are smaller than this while the scores
+/// are young. 2.25 standard deviations is about one chance in 80 that
+/// equal candidates differ this much; 2 left lirs_multi2 at 2,400 as it was,
+/// 2.5 and 3 lost more elsewhere (see the README). Miniatures of caches
+/// too small to sample (every key simulated, each a full-size copy of the
+/// cache) skip the test: their lead is not an estimate.
+const SIGNIFICANCE: f64 = 2.25;
 /// The judge may sleep once the live candidate has led every other by
 /// this share of the (decayed) sampled requests for [`STEADY_EPOCHS`] epochs
 /// in a row: 1 hit-ratio point.
@@ -166,6 +184,9 @@ struct Miniatures {
     free: Vec<u32>,
     capacity: u64,
     minis: Vec<Miniature>,
+    /// Requests of this epoch by which candidates hit them (index: the
+    /// hit flags, as in [`Sampled::resident`]).
+    epoch_patterns: [u64; HIT_PATTERNS],
 }
 
 impl Miniatures {
@@ -176,7 +197,14 @@ impl Miniatures {
                 Some(Miniature { policy: candidate.build(sizing)?, marks: crate::MarkVec::default(), weight: 0, epoch_hits: 0, score: 0.0 })
             })
             .collect();
-        Miniatures { slot_of: HashKeyed::default(), keys: Vec::new(), free: Vec::new(), capacity: sizing.units, minis }
+        Miniatures {
+            slot_of: HashKeyed::default(),
+            keys: Vec::new(),
+            free: Vec::new(),
+            capacity: sizing.units,
+            minis,
+            epoch_patterns: [0; HIT_PATTERNS],
+        }
     }
 
     /// One request in every miniature: a hit (counted), or a miss followed by an insert.
@@ -189,6 +217,7 @@ impl Miniatures {
             }
         };
         let weight = self.keys[slot as usize].weight;
+        self.epoch_patterns[self.keys[slot as usize].resident as usize % HIT_PATTERNS] += 1;
         for (i, m) in self.minis.iter_mut().enumerate() {
             let bit = 1u8 << i;
             if self.keys[slot as usize].resident & bit != 0 {
@@ -263,6 +292,13 @@ struct Judge {
     /// [`MAX_RATE`], as those of the largest caches always do (a cache
     /// sampled 1 key in 64 is judged on as thin a slice).
     max_sleep: u64,
+    /// Requests by hit pattern, each epoch's weighted by the square of its
+    /// weight in the scores (`DECAY²` per epoch): the variance of a
+    /// difference of two scores is the weighted count of the requests on
+    /// which the two disagree.
+    pattern_weights: [f64; HIT_PATTERNS],
+    /// Every key is sampled: each miniature is an exact full-size copy.
+    exact: bool,
 }
 
 impl Judge {
@@ -278,6 +314,8 @@ impl Judge {
             asleep: 0,
             warming: 0,
             max_sleep: (STEADY_EPOCHS + 1) * epoch_len * (MAX_RATE / sampling.rate - 1),
+            pattern_weights: [0.0; HIT_PATTERNS],
+            exact: sampling.rate == 1,
         }
     }
 
@@ -298,6 +336,7 @@ impl Judge {
                 if self.warming == 0 {
                     self.epoch_seen = 0;
                     self.miniatures.minis.iter_mut().for_each(|m| m.epoch_hits = 0);
+                    self.miniatures.epoch_patterns = [0; HIT_PATTERNS];
                 }
                 continue;
             }
@@ -334,6 +373,10 @@ impl Judge {
     fn end_epoch(&mut self, live: usize) -> Option<usize> {
         self.seen = self.seen * DECAY + self.epoch_seen as f64;
         self.epoch_seen = 0;
+        for (weight, count) in self.pattern_weights.iter_mut().zip(&mut self.miniatures.epoch_patterns) {
+            *weight = *weight * DECAY * DECAY + *count as f64;
+            *count = 0;
+        }
         let minis = &mut self.miniatures.minis;
         for m in minis.iter_mut() {
             m.score = m.score * DECAY + m.epoch_hits as f64;
@@ -344,7 +387,15 @@ impl Judge {
         let live_score = minis[live].score;
         self.epochs += 1;
         let margin = if self.epochs <= EARLY_EPOCHS { EARLY_MARGIN } else { MARGIN };
-        (best != live && best_score > live_score + margin * self.seen + 1.0).then_some(best)
+        let lead = best_score - live_score;
+        (best != live && lead > margin * self.seen + 1.0 && (self.exact || lead > SIGNIFICANCE * self.disagreements(best, live).sqrt()))
+            .then_some(best)
+    }
+
+    /// The weighted count of requests that one of candidates `a` and `b`
+    /// hit and the other missed.
+    fn disagreements(&self, a: usize, b: usize) -> f64 {
+        self.pattern_weights.iter().enumerate().filter(|&(pattern, _)| (pattern >> a ^ pattern >> b) & 1 == 1).map(|(_, w)| w).sum()
     }
 }
 
@@ -665,6 +716,28 @@ mod tests {
         // old ones; LRU follows. The judge wakes up and switches.
         let shifting = (0..300_000u64).map(|i| meta(10_000 + (i / 1000) * 400 + (i * 7919) % 400)).collect();
         assert_eq!(run(&mut judge, shifting), PolicyKind::Lru);
+    }
+
+    #[test]
+    fn a_lead_the_sample_may_owe_to_luck_does_not_switch() {
+        // One epoch in which the challenger (W-TinyLFU) hit `only_challenger`
+        // requests that LIRS, serving, missed, and LIRS `only_live` that the
+        // challenger missed; no other hits. The lead of 12 clears the early
+        // margin every time; it must also clear 2.25 standard deviations.
+        let verdict = |capacity: usize, only_live: u64, only_challenger: u64| {
+            let mut judge = Judge::new(&Sampling::of(units(capacity)));
+            judge.epoch_seen = judge.epoch_len;
+            let minis = &mut judge.miniatures;
+            (minis.epoch_patterns[0b01], minis.epoch_patterns[0b10]) = (only_live, only_challenger);
+            (minis.minis[0].epoch_hits, minis.minis[1].epoch_hits) = (only_live, only_challenger);
+            judge.end_epoch(0)
+        };
+        // Sampled 1 key in 16: 12 disagreements, all one way, are
+        // significant; 72 with a lead of 12 are not.
+        assert_eq!(verdict(4096, 0, 12), Some(1));
+        assert_eq!(verdict(4096, 30, 42), None);
+        // Every key simulated: the miniatures are exact, the lead is real.
+        assert_eq!(verdict(200, 30, 42), Some(1));
     }
 
     #[test]
