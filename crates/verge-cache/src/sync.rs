@@ -5,9 +5,10 @@
 use crate::cache::{Cache, CacheConfig, EntryOptions};
 use crate::policy::{PolicyKind, Role, SharedJudge};
 use crate::CacheError;
+use parking_lot::{Mutex, MutexGuard};
 use std::borrow::Borrow;
 use std::hash::{BuildHasher, Hash};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 /// One shard, alone on its cache lines (two, for the adjacent-line
 /// prefetcher): a lock taken by one thread never slows another's shard.
@@ -73,9 +74,12 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
         let hash = self.hasher.hash_one(key);
         // Middle bits: the table inside the shard uses the low and top ones.
         let index = ((hash >> 32) & self.mask) as usize;
-        // A panic while holding a shard leaves a consistent cache behind
-        // (every mutation completes before user code runs), so poison is ignored.
-        (hash, index, self.shards[index].0.lock().unwrap_or_else(|poisoned| poisoned.into_inner()))
+        // The shard locks do not poison: a panic while holding one leaves a
+        // consistent cache behind (every mutation completes before user
+        // code runs). Unlike std's, they check no panic state on the way
+        // in and out: 13 instructions of a request's 161 (S3-FIFO shards at
+        // cloudphysics 27,500, one thread).
+        (hash, index, self.shards[index].0.lock())
     }
 
     /// Unlocks shard `index`; then, for the sampling shard, its full queue
@@ -137,7 +141,7 @@ impl<K: Hash + Eq, V: Clone, S: BuildHasher + Clone> SyncCache<K, V, S> {
 
     /// Entries held across all shards.
     pub fn len(&self) -> usize {
-        self.shards.iter().map(|s| s.0.lock().unwrap_or_else(|p| p.into_inner()).len()).sum()
+        self.shards.iter().map(|s| s.0.lock().len()).sum()
     }
 
     /// True when no shard holds anything.
@@ -198,7 +202,7 @@ mod tests {
         let (chosen, epochs) = cache.judge.as_ref().expect("adaptive shards share a judge").verdict();
         assert!(epochs > 10, "the judge saw {epochs} epochs");
         assert_ne!(chosen, PolicyKind::Lirs, "the judge's choice moves off LIRS");
-        let active: Vec<PolicyKind> = cache.shards.iter().map(|s| s.0.lock().expect("not poisoned").active_policy()).collect();
+        let active: Vec<PolicyKind> = cache.shards.iter().map(|s| s.0.lock().active_policy()).collect();
         assert!(active.iter().all(|&p| p == chosen), "{active:?} against {chosen}");
     }
 
