@@ -84,12 +84,13 @@ const EARLY_MARGIN: f64 = 0.003;
 /// missed; a paired sign test), weighted as the scores are. A miniature sees
 /// a sample of the keys, and a lead of a few sampled hits is often the
 /// sample's luck: on lirs_multi2 at 2,400 entries (miniatures of 300) the
-/// judge once left LIRS on a lead of six hits, switched twice more and ended
-/// 6.9 points below LIRS alone. At 1 % and 0.3 % of the sampled requests,
-/// [`MARGIN`] and [`EARLY_MARGIN`] are smaller than this while the scores
-/// are young. 2.25 standard deviations is about one chance in 80 that
-/// equal candidates differ this much; 2 left lirs_multi2 at 2,400 as it was,
-/// 2.5 and 3 lost more elsewhere (see the README). Miniatures of caches
+/// judge once left LIRS on a lead of five hits in 1,000, switched twice
+/// more and ended 6.9 points below LIRS alone. At 1 % and 0.3 % of the
+/// sampled requests, [`MARGIN`] and [`EARLY_MARGIN`] are smaller than this
+/// while the scores are young. 2.25 standard deviations is about one
+/// chance in 80 that equal candidates differ this much; 2 left lirs_multi2
+/// at 2,400 as it was, 2.5 and 3 lost more elsewhere (see the README).
+/// Miniatures of caches
 /// too small to sample (every key simulated, each a full-size copy of the
 /// cache) skip the test: their lead is not an estimate.
 const SIGNIFICANCE: f64 = 2.25;
