@@ -90,9 +90,9 @@ const EARLY_MARGIN: f64 = 0.003;
 /// while the scores are young. 2.25 standard deviations is about one
 /// chance in 80 that equal candidates differ this much; 2 left lirs_multi2
 /// at 2,400 as it was, 2.5 and 3 lost more elsewhere (see the README).
-/// Miniatures of caches
-/// too small to sample (every key simulated, each a full-size copy of the
-/// cache) skip the test: their lead is not an estimate.
+/// Miniatures of caches too small to sample (every key simulated, each a
+/// full-size copy of the cache) skip the test: their lead is not an
+/// estimate.
 const SIGNIFICANCE: f64 = 2.25;
 /// The judge may sleep once the live candidate has led every other by
 /// this share of the (decayed) sampled requests for [`STEADY_EPOCHS`] epochs
