@@ -348,7 +348,9 @@ async fn identity(opts: &AgentOptions, shutdown: &mut watch::Receiver<bool>) -> 
                 let evidence = opts.data_dir.join("attestation.json");
                 return Ok(Some(NodeTls::new(id, opts.node.id.as_str(), opts.security.config_bytes.clone(), evidence)?));
             }
-            Err(IdentityError::Unreachable(e)) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot join yet"),
+            Err(IdentityError::Unreachable(e) | IdentityError::StillConnected(e)) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "cannot join yet")
+            }
             Err(e) => return Err(e.into()),
         }
         tokio::select! {

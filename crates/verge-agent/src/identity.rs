@@ -33,6 +33,11 @@ pub enum IdentityError {
     /// The server could not be reached (worth retrying).
     #[error("joining: {0}")]
     Unreachable(String),
+    /// The server still holds a live session for this node, left by its
+    /// previous run (worth retrying: the session ends when its socket
+    /// closes or its lease runs out).
+    #[error("joining: {0}")]
+    StillConnected(String),
     /// The join or a certificate was refused or malformed.
     #[error("joining: {0}")]
     Join(String),
@@ -49,6 +54,7 @@ fn join_err(e: impl std::fmt::Display) -> IdentityError {
 fn client_err(e: verge_client::ClientError) -> IdentityError {
     match e {
         verge_client::ClientError::Unreachable { .. } => IdentityError::Unreachable(e.to_string()),
+        verge_client::ClientError::Api { ref code, .. } if code == "node_connected" => IdentityError::StillConnected(e.to_string()),
         other => IdentityError::Join(other.to_string()),
     }
 }

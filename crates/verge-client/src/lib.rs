@@ -34,9 +34,10 @@ pub enum ClientError {
     /// The URL or request was invalid.
     #[error("invalid request to {0}")]
     Request(String),
-    /// The server answered with an error.
+    /// The server answered with an error: its status, its error code (empty
+    /// when the body was not the API's JSON error) and message.
     #[error("{message} (HTTP {status})")]
-    Api { status: u16, message: String },
+    Api { status: u16, code: String, message: String },
     /// The answer could not be read.
     #[error("reading the server's answer: {0}")]
     Body(String),
@@ -275,7 +276,8 @@ impl Api {
 fn api_error(status: hyper::StatusCode, body: &[u8]) -> ClientError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_string);
-    ClientError::Api { status: status.as_u16(), message }
+    let code = json["error"]["code"].as_str().unwrap_or_default().to_string();
+    ClientError::Api { status: status.as_u16(), code, message }
 }
 
 /// `s` as a URL path: unreserved characters and `/` kept, the rest

@@ -56,18 +56,29 @@ struct JoinRequest {
 async fn join(State(c): Ctl, Extension(p): Extension<Principal>, ApiJson(req): ApiJson<JoinRequest>) -> ApiResult {
     let node = NodeId::new(req.node)?;
     let now = c.clock.now_ms();
-    // A join token must not take over the identity of a node that is up:
-    // a node that lost its key rejoins once its old session is gone.
-    let live = c.lock().agents.contains_key(&node);
+    // A join token must not take over the identity of a node that is up: a
+    // node that lost its key (or whose certificate expired while it was
+    // away) rejoins once its old session is gone or its lease has run out.
+    // A session left behind by a node that died without closing it (power
+    // lost, half-open TCP) holds no lease, so it does not lock the node out.
+    let live = {
+        let inner = c.lock();
+        inner.agents.contains_key(&node) && inner.soft.get(&node).is_some_and(|s| s.alive(now))
+    };
     let bound = p.node.as_deref().is_some_and(|n| n != node.as_str());
     if live || bound {
-        let why = if live {
-            format!("node {node} is connected with its certificate; a join cannot take over a live node")
+        let (code, why) = if live {
+            (
+                "node_connected",
+                format!(
+                    "node {node} is connected with its certificate; a join cannot take over a live node (retry once its lease runs out)"
+                ),
+            )
         } else {
-            format!("this join token is for node {}, not {node}", p.node.as_deref().unwrap_or_default())
+            ("join_refused", format!("this join token is for node {}, not {node}", p.node.as_deref().unwrap_or_default()))
         };
         c.security.audit(now, AuditEvent { actor: &p.actor(), action: "join", target: node.as_str(), outcome: "denied", reason: &why });
-        return Err(ApiError::new(StatusCode::CONFLICT, "join_refused", why));
+        return Err(ApiError::new(StatusCode::CONFLICT, code, why));
     }
     let issued = c.security.issue(&req.csr, &Identity::Node(node.to_string()), now).map_err(|e| ApiError::bad_request(e.to_string()))?;
     let reason = format!("join token {}; certificate serial {} valid until {}", p.token_id, issued.serial, issued.not_after_ms);

@@ -182,7 +182,7 @@ fn attestation_passes_refuses_replays_and_quarantines_a_changed_binary() {
     // A join token cannot take over the identity of a connected node.
     let csr = serde_json::json!({"node": "fra", "csr": pki::csr(&pki::new_key().unwrap()).unwrap()}).to_string();
     let (status, v) = api(&c.api.with_token(Some(&c.join.0)), "POST", "/api/v1/join", &csr);
-    assert_eq!((status, error_code(&v)), (409, "join_refused"), "{v}");
+    assert_eq!((status, error_code(&v)), (409, "node_connected"), "{v}");
 
     // Replaying the evidence the agent sent is refused.
     let evidence = std::fs::read_to_string(c.path("fra/data/attestation.json")).unwrap();
@@ -388,6 +388,36 @@ fn a_node_away_longer_than_its_certificate_joins_again() {
         (n["connected"] == true && n["attestation"]["state"] == "passed").then_some(())
     });
     assert_ne!(info().serial, before.serial);
+}
+
+#[test]
+fn a_node_restarted_with_an_expired_certificate_waits_out_its_old_session() {
+    // A second run of fra (its directory copied, as restored from a backup)
+    // whose certificate has expired finds the first run connected: a join
+    // may not take over a live node, so the new run waits and retries
+    // instead of exiting. Then the first run freezes (SIGSTOP: its
+    // connection stays open, as after a power loss, but its heartbeats stop
+    // and its lease runs out), and the new run joins again and takes over.
+    let mut c = Cluster::start_with(Some("security:\n  cert_ttl: 3s\n"));
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    c.copy_agent_dir("fra", "fra-again");
+    let cert = c.path("fra-again/data/tls/node.crt");
+    let info = || pki::CertInfo::parse(&pki::pem_certs(&std::fs::read_to_string(&cert).unwrap()).unwrap()[0]).unwrap();
+    let before = info();
+    wait_until(Duration::from_secs(10), "the copy's certificate to expire", || (now_ms() > before.not_after_ms + 1_000).then_some(()));
+    c.start_agent_in("fra-again");
+    let log = c.path("fra-again/agent.log");
+    wait_until(Duration::from_secs(20), "the new run to be told fra is connected", || {
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains("is connected with its certificate")).map(|_| ())
+    });
+    assert!(c.agent_running("fra-again"), "the new run gave up: {}", std::fs::read_to_string(&log).unwrap_or_default());
+    c.freeze_agent("fra");
+    wait_until(Duration::from_secs(30), "the new run to join again and connect", || {
+        let n = c.get("/api/v1/nodes/fra");
+        let serial = info().serial;
+        (serial != before.serial && n["certificate"]["serial"] == serial.as_str() && n["attestation"]["state"] == "passed").then_some(())
+    });
 }
 
 #[test]

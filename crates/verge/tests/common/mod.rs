@@ -288,6 +288,37 @@ impl Cluster {
         let _ = a.child.wait();
     }
 
+    /// Copies agent `id`'s directory (config, data and certificate) to a new
+    /// one, `copy`: the same node, as restored from a backup. Not started.
+    pub fn copy_agent_dir(&self, id: &str, copy: &str) {
+        let from = self.agents.iter().find(|a| a.id == id).expect("agent").dir.clone();
+        let status = Command::new("cp").arg("-a").arg(&from).arg(self.path(copy)).status().expect("run cp");
+        assert!(status.success(), "copying {}", from.display());
+    }
+
+    /// Starts an agent on the directory `name` (see [`Cluster::copy_agent_dir`]),
+    /// known to the other helpers by that name.
+    pub fn start_agent_in(&mut self, name: &str) {
+        let dir = self.path(name);
+        let child = spawn_agent(Path::new(VERGE), &dir);
+        self.agents.push(Agent { id: name.to_string(), child, dir, binary: PathBuf::from(VERGE) });
+    }
+
+    /// Whether agent `id`'s process is still running.
+    pub fn agent_running(&mut self, id: &str) -> bool {
+        let a = self.agents.iter_mut().find(|a| a.id == id).expect("agent");
+        matches!(a.child.try_wait(), Ok(None))
+    }
+
+    /// Freezes an agent with SIGSTOP: its connections stay open but it
+    /// says nothing more, as a node that lost power with its TCP sessions
+    /// half-open. (Dropping the cluster kills it.)
+    pub fn freeze_agent(&mut self, id: &str) {
+        let a = self.agents.iter().find(|a| a.id == id).expect("agent");
+        let status = Command::new("kill").args(["-STOP", &a.child.id().to_string()]).status().expect("run kill");
+        assert!(status.success());
+    }
+
     /// Kills an agent with SIGKILL; its workloads keep running.
     pub fn kill_agent(&mut self, id: &str) {
         let a = self.agents.iter_mut().find(|a| a.id == id).expect("agent");
