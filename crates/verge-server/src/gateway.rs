@@ -131,8 +131,18 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identit
     let (mut sink, mut stream) = sock.split();
     // The first tick asks for attestation at once, then every interval.
     let mut attest = tokio::time::interval(Duration::from_millis(c.cfg.security.attestation_interval.0.max(1_000)));
+    // An agent heartbeats well within its lease. A session silent for three
+    // leases belongs to a node that died without closing it (power lost,
+    // cable pulled, process frozen): the kernel may take many minutes to
+    // notice, and until then the node would show as connected.
+    let silence = Duration::from_millis(c.cfg.lease_ms.saturating_mul(3).max(1_000));
+    let mut heard = tokio::time::Instant::now();
     loop {
         tokio::select! {
+            _ = tokio::time::sleep_until(heard + silence) => {
+                tracing::warn!(node = %id, silent_ms = silence.as_millis() as u64, "no frame from the agent for three leases; closing its session");
+                break;
+            },
             _ = attest.tick(), if attesting => {
                 let nonce = c.security.nonce(id.as_str(), c.clock.now_ms());
                 if sink.send(Message::Text(encode(&ServerMessage::Attest { nonce }).into())).await.is_err() { break }
@@ -141,19 +151,22 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identit
                 Some(m) => if sink.send(Message::Text(encode(&m).into())).await.is_err() { break },
                 None => break,
             },
-            frame = stream.next() => match frame {
-                Some(Ok(Message::Text(t))) => match decode::<AgentMessage>(&t) {
-                    Ok(m) => if !handle(&c, &id, m) { break },
-                    Err(e) => {
-                        tracing::warn!(node = %id, error = %e, "bad frame from agent; closing");
-                        if let Some(s) = c.lock().soft.get_mut(&id) {
-                            s.anomalies += 1;
+            frame = stream.next() => {
+                heard = tokio::time::Instant::now();
+                match frame {
+                    Some(Ok(Message::Text(t))) => match decode::<AgentMessage>(&t) {
+                        Ok(m) => if !handle(&c, &id, m) { break },
+                        Err(e) => {
+                            tracing::warn!(node = %id, error = %e, "bad frame from agent; closing");
+                            if let Some(s) = c.lock().soft.get_mut(&id) {
+                                s.anomalies += 1;
+                            }
+                            break;
                         }
-                        break;
-                    }
-                },
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
-                Some(Ok(_)) => {}
+                    },
+                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(_)) => {}
+                }
             },
         }
     }

@@ -192,6 +192,23 @@ fn migrate_moves_a_running_workload_to_the_named_node() {
     wait_until(Duration::from_secs(15), "fra to forget mover", || (!c.path("fra/data/workloads/mover").exists()).then_some(()));
 }
 
+#[test]
+fn a_frozen_agents_session_is_closed_after_three_leases_of_silence() {
+    // SIGSTOP keeps the agent's connection open (its kernel still ACKs) but
+    // it sends nothing more, like a node that lost power: the server must
+    // not show it as connected for ever.
+    let mut c = Cluster::start();
+    c.add_agent(&FRANKFURT);
+    c.wait_active(&["fra"]);
+    c.freeze_agent("fra");
+    let frozen = Instant::now();
+    wait_until(Duration::from_secs(30), "the frozen agent's session to close", || {
+        (c.get("/api/v1/nodes/fra")["connected"] == false).then_some(())
+    });
+    // Not before its lease has run out (a slow agent keeps its session).
+    assert!(frozen.elapsed() >= Duration::from_millis(LEASE_MS), "closed after {:?}", frozen.elapsed());
+}
+
 fn alive(pid: u64) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
         && !std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default().contains(") Z ")
