@@ -30,6 +30,9 @@ use crate::vault::Vault;
 /// (as Redis's `appendfsync everysec`).
 const WRITE_BEHIND_DELAY: Duration = Duration::from_secs(1);
 
+/// Stripes of [`EdgeCache`]'s per-key write lock.
+const KEY_LOCKS: usize = 64;
+
 /// Longest key accepted, bytes.
 pub const MAX_KEY: usize = 1024;
 
@@ -176,6 +179,12 @@ pub struct EdgeCache {
     /// Write-behind queue: the latest pending entry per key (`None`: delete).
     behind: Mutex<HashMap<String, Option<Entry>>>,
     behind_ready: Condvar,
+    /// One writer of a key at a time (keys hashed onto [`KEY_LOCKS`]
+    /// stripes): a read-modify-write (`SET … NX`, `EXPIRE`, a replica's
+    /// version check) sees no other write of its key land in between, and
+    /// the write-behind writer never puts an older value on disk after a
+    /// newer one.
+    key_locks: Box<[Mutex<()>]>,
     last_version: AtomicU64,
     /// Where misses are read through from, if configured.
     origin: Option<crate::origin::Origin>,
@@ -260,6 +269,7 @@ impl EdgeCache {
             sizes,
             behind: Mutex::new(HashMap::new()),
             behind_ready: Condvar::new(),
+            key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             last_version: AtomicU64::new(0),
             origin,
             cold,
@@ -299,11 +309,25 @@ impl EdgeCache {
         }
     }
 
+    /// The write lock of `key`'s stripe.
+    fn key_lock(&self, key: &str) -> MutexGuard<'_, ()> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::hash::DefaultHasher::new();
+        key.hash(&mut h);
+        lock(&self.key_locks[h.finish() as usize % KEY_LOCKS])
+    }
+
+    /// Puts `e` in memory, unless memory holds a newer version of its key
+    /// (a read promoting what it found on disk may race a write).
     fn promote(&self, e: Entry, now: u64) {
         let ttl = e.meta.expires_ms.map(|t| t.saturating_sub(now));
         let opts = EntryOptions { bytes: e.value.len().max(1) as u64, ttl, cost: 1 };
+        let mut hot = lock(&self.hot);
+        if hot.peek(e.meta.key.as_str(), now).is_some_and(|held| held.meta.version > e.meta.version) {
+            return;
+        }
         // A value larger than the hot tier stays warm only.
-        let _ = lock(&self.hot).insert_with(e.meta.key.clone(), e, opts, now, |_, _| {});
+        let _ = hot.insert_with(e.meta.key.clone(), e, opts, now, |_, _| {});
     }
 
     /// Stores `value` under `key` with a new version; returns its metadata.
@@ -315,7 +339,26 @@ impl EdgeCache {
         ttl_ms: Option<u64>,
         durability: Durability,
     ) -> Result<Arc<Meta>, CacheWriteError> {
-        self.put_version(key, value, kind, ttl_ms, durability, None)
+        let _writing = self.key_lock(key);
+        self.store(key, value, kind, ttl_ms, durability, None)
+    }
+
+    /// `SET`'s conditional forms (`NX`, `XX`, `GET`, `KEEPTTL`), atomic
+    /// against every other write of `key` on this node: `decide` sees what
+    /// this node holds (not the origin) and returns the value and time to
+    /// live to store write-behind, or `None` to leave the key as it is.
+    /// Returns the entry held before.
+    pub fn put_with(
+        &self,
+        key: &str,
+        decide: impl FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)>,
+    ) -> Result<Option<Entry>, CacheWriteError> {
+        let _writing = self.key_lock(key);
+        let old = self.get(key, now_ms());
+        if let Some((value, ttl_ms)) = decide(old.as_ref()) {
+            self.store(key, value, "app_data", ttl_ms, Durability::WriteBehind, None)?;
+        }
+        Ok(old)
     }
 
     /// Stores a replica of version `version` written elsewhere, unless this
@@ -328,13 +371,15 @@ impl EdgeCache {
         ttl_ms: Option<u64>,
         version: u64,
     ) -> Result<Arc<Meta>, CacheWriteError> {
+        let _writing = self.key_lock(key);
         match self.get(key, now_ms()) {
             Some(local) if local.meta.version >= version => Ok(local.meta),
-            _ => self.put_version(key, value, kind, ttl_ms, Durability::WriteThrough, Some(version)),
+            _ => self.store(key, value, kind, ttl_ms, Durability::WriteThrough, Some(version)),
         }
     }
 
-    fn put_version(
+    /// Stores an entry; the caller holds the key's lock.
+    fn store(
         &self,
         key: &str,
         value: Bytes,
@@ -541,6 +586,12 @@ impl EdgeCache {
 
     /// Removes `key` from every tier; whether it was anywhere.
     pub fn remove(&self, key: &str) -> bool {
+        let _writing = self.key_lock(key);
+        self.remove_locked(key)
+    }
+
+    /// [`EdgeCache::remove`] for a caller holding the key's lock.
+    fn remove_locked(&self, key: &str) -> bool {
         let in_hot = lock(&self.hot).remove(key).is_some();
         let pending = lock(&self.behind).insert(key.to_string(), None).is_some_and(|p| p.is_some());
         let on_disk = self.warm_dir.join(file_name(key)).exists();
@@ -551,19 +602,23 @@ impl EdgeCache {
     /// Drops `key` unless this node holds a version newer than `version`
     /// (coherency: a late invalidation must not drop a newer write).
     pub fn invalidate(&self, key: &str, version: Option<u64>) -> bool {
+        let _writing = self.key_lock(key);
         let newer = version.is_some_and(|v| self.get(key, now_ms()).is_some_and(|e| e.meta.version > v));
-        !newer && self.remove(key)
+        !newer && self.remove_locked(key)
     }
 
-    /// Sets or clears `key`'s time to live; `false` when there is no such key.
-    pub fn expire(&self, key: &str, ttl_ms: Option<u64>) -> bool {
+    /// Sets or clears `key`'s time to live; returns when it expired before
+    /// (`Some(None)`: never), or `None` when there is no such key.
+    pub fn expire(&self, key: &str, ttl_ms: Option<u64>) -> Option<Option<u64>> {
+        let _writing = self.key_lock(key);
         let now = now_ms();
-        let Some(e) = self.get(key, now) else { return false };
+        let e = self.get(key, now)?;
+        let before = e.meta.expires_ms;
         let meta = Arc::new(Meta { expires_ms: ttl_ms.map(|t| now + t), version: self.next_version(), ..(*e.meta).clone() });
         let e = Entry { meta, value: e.value };
         lock(&self.behind).insert(key.to_string(), Some(e.clone()));
         self.promote(e, now);
-        true
+        Some(before)
     }
 
     /// Entries and bytes per tier, hits and misses.
@@ -572,7 +627,7 @@ impl EdgeCache {
         let warm = lock(&self.warm);
         let c = &self.counters;
         serde_json::json!({
-            "hot": {"entries": hot.len(), "bytes": hot.bytes(), "capacity": self.sizes.memory, "policy": hot.active_policy().to_string()},
+            "hot": {"entries": hot.len(), "bytes": hot.bytes(), "capacity": self.sizes.memory, "policy": hot.active_policy().to_string(), "configuredPolicy": hot.policy().to_string()},
             "warm": {"entries": warm.files.len(), "bytes": warm.bytes, "capacity": self.sizes.disk},
             "hotHits": c.hot_hits.load(Ordering::Relaxed),
             "warmHits": c.warm_hits.load(Ordering::Relaxed),
@@ -612,12 +667,16 @@ impl EdgeCache {
 fn write_behind(cache: Weak<EdgeCache>) {
     loop {
         let Some(c) = cache.upgrade() else { return };
-        let batch: Vec<(String, Option<Entry>)> = {
+        let keys: Vec<String> = {
             let q = lock(&c.behind);
             let q = c.behind_ready.wait_timeout(q, WRITE_BEHIND_DELAY).map_or_else(|p| p.into_inner().0, |(g, _)| g);
-            q.iter().map(|(k, v)| (k.clone(), v.clone())).collect()
+            q.keys().cloned().collect()
         };
-        for (key, entry) in batch {
+        for key in keys {
+            // Under the key's lock the pending entry is the latest write,
+            // and no write of the key lands until it is on disk.
+            let _writing = c.key_lock(&key);
+            let Some(entry) = lock(&c.behind).get(&key).cloned() else { continue };
             let result = match &entry {
                 Some(e) => c.write_warm(e),
                 None => {
@@ -628,16 +687,7 @@ fn write_behind(cache: Weak<EdgeCache>) {
             if let Err(e) = result {
                 tracing::warn!(key, error = %e, "write-behind failed; the entry stays in memory only");
             }
-            // Done unless a newer write of the key arrived meanwhile.
-            let mut q = lock(&c.behind);
-            let same = match (q.get(&key), &entry) {
-                (Some(Some(now)), Some(done)) => now.meta.version == done.meta.version,
-                (Some(None), None) => true,
-                _ => false,
-            };
-            if same {
-                q.remove(&key);
-            }
+            lock(&c.behind).remove(&key);
         }
         c.behind_ready.notify_all();
     }
@@ -682,12 +732,44 @@ mod tests {
     }
 
     #[test]
+    fn a_conditional_write_is_atomic_and_a_read_never_brings_back_an_older_version() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1 << 20);
+        let stored = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            for i in 0..8u8 {
+                let (c, stored) = (&c, &stored);
+                s.spawn(move || {
+                    c.put_with("lock", |old| {
+                        // Widen the window between the check and the write.
+                        std::thread::sleep(Duration::from_millis(5));
+                        old.is_none().then(|| {
+                            stored.fetch_add(1, Ordering::Relaxed);
+                            (Bytes::from(vec![i]), None)
+                        })
+                    })
+                    .unwrap();
+                });
+            }
+        });
+        assert_eq!(stored.load(Ordering::Relaxed), 1);
+
+        // A reader that found version 1 on disk promotes it after version 2
+        // reached memory: memory keeps version 2.
+        c.put("k", Bytes::from_static(b"v1"), "app_data", None, Durability::WriteThrough).unwrap();
+        let v1 = c.read_warm("k").unwrap();
+        c.put("k", Bytes::from_static(b"v2"), "app_data", None, Durability::WriteThrough).unwrap();
+        c.promote(v1, now_ms());
+        assert_eq!(c.get_hot("k", now_ms()).unwrap().value.as_ref(), b"v2");
+    }
+
+    #[test]
     fn expiry_bad_writes_and_the_warm_budget() {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path(), 600);
         c.put("t", Bytes::from_static(b"x"), "app_data", Some(1), Durability::WriteThrough).unwrap();
         assert!(c.get("t", now_ms() + 10).is_none());
-        assert!(!c.expire("missing", Some(5)));
+        assert_eq!(c.expire("missing", Some(5)), None);
         for i in 0..20 {
             c.put(&format!("k{i}"), Bytes::from(vec![7u8; 100]), "app_data", None, Durability::WriteThrough).unwrap();
         }

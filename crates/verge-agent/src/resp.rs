@@ -1,7 +1,8 @@
 //! The edge cache over the Redis protocol (RESP2), so `redis-cli`,
 //! `redis-benchmark` and Redis client libraries work against an agent:
-//! `GET SET DEL EXISTS EXPIRE TTL PING INFO` (plus `ECHO`, `QUIT` and the
-//! `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on connect).
+//! `GET SET DEL EXISTS EXPIRE TTL PING INFO`, with `SET`'s options (`EX PX
+//! EXAT PXAT KEEPTTL NX XX GET`), `MGET PEXPIRE PTTL PERSIST ECHO QUIT` and
+//! the `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on connect.
 //! `SET` is write-behind, as Redis without an append-only file: answered
 //! from memory, on disk shortly after.
 //!
@@ -152,7 +153,7 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
             }
             None => out.extend(NIL),
         },
-        (b"SET", n) if n >= 3 => set(cache, args, out),
+        (b"SET", n) if n >= 3 => set(cache, args, out).await,
         (b"DEL", n) if n >= 2 => {
             let removed = args[1..].iter().filter_map(|k| utf8(k)).filter(|k| cache.remove(k)).count();
             int(out, removed as i64);
@@ -164,26 +165,29 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
             }
             int(out, found);
         }
-        (b"EXPIRE", 3) => match (utf8(args[1]), utf8(args[2]).and_then(|s| s.parse::<i64>().ok())) {
-            (Some(key), Some(secs)) if secs > 0 => {
-                let (c, k) = (cache.clone(), key.to_string());
-                let set = tokio::task::spawn_blocking(move || c.expire(&k, Some(secs as u64 * 1000))).await.unwrap_or(false);
-                int(out, i64::from(set));
+        (b"MGET", n) if n >= 2 => {
+            out.extend(format!("*{}\r\n", n - 1).as_bytes());
+            for k in &args[1..] {
+                match utf8(k) {
+                    Some(key) => match lookup(cache, key).await {
+                        Some(e) => bulk(out, &e.value),
+                        None => out.extend(NIL),
+                    },
+                    None => out.extend(NIL),
+                }
             }
-            (Some(key), Some(_)) => int(out, i64::from(cache.remove(key))),
-            _ => err(out, "value is not an integer or out of range"),
-        },
-        (b"TTL", 2) => {
-            let now = now_ms();
-            let ttl = match utf8(args[1]) {
-                Some(key) => match lookup(cache, key).await {
-                    Some(e) => e.meta.expires_ms.map_or(-1, |t| (t.saturating_sub(now).div_ceil(1000)) as i64),
-                    None => -2,
-                },
-                None => -2,
-            };
-            int(out, ttl);
         }
+        (b"EXPIRE", 3) => expire(cache, args, 1000, out).await,
+        (b"PEXPIRE", 3) => expire(cache, args, 1, out).await,
+        (b"PERSIST", 2) => match utf8(args[1]) {
+            Some(key) => {
+                let before = expire_blocking(cache, key, None).await;
+                int(out, i64::from(matches!(before, Some(Some(_)))));
+            }
+            None => int(out, 0),
+        },
+        (b"TTL", 2) => ttl(cache, args[1], 1000, out).await,
+        (b"PTTL", 2) => ttl(cache, args[1], 1, out).await,
         (b"INFO", _) => bulk(out, info(cache).as_bytes()),
         (b"QUIT", _) => {
             out.extend(OK);
@@ -192,9 +196,11 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         (b"SELECT", 2) if args[1] == b"0" => out.extend(OK),
         (b"CLIENT", _) => out.extend(OK),
         (b"CONFIG" | b"COMMAND", _) => out.extend(b"*0\r\n"),
-        (b"GET" | b"SET" | b"DEL" | b"EXISTS" | b"EXPIRE" | b"TTL" | b"PING" | b"ECHO" | b"SELECT", _) => {
-            err(out, &format!("wrong number of arguments for '{}' command", String::from_utf8_lossy(&name).to_lowercase()))
-        }
+        (
+            b"GET" | b"SET" | b"DEL" | b"EXISTS" | b"EXPIRE" | b"PEXPIRE" | b"PERSIST" | b"TTL" | b"PTTL" | b"MGET" | b"PING" | b"ECHO"
+            | b"SELECT",
+            _,
+        ) => err(out, &format!("wrong number of arguments for '{}' command", String::from_utf8_lossy(&name).to_lowercase())),
         _ => err(out, &format!("unknown command '{}'", String::from_utf8_lossy(args[0]))),
     }
     Next::Continue
@@ -208,31 +214,164 @@ async fn lookup(cache: &Arc<EdgeCache>, key: &str) -> Option<crate::edgecache::E
     })
 }
 
-/// `SET key value [EX seconds | PX milliseconds]`.
-fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
-    let Some(key) = utf8(args[1]) else { return err(out, "keys must be UTF-8") };
-    let mut ttl = None;
-    let mut opts = args[3..].iter();
-    while let Some(o) = opts.next() {
-        let unit = match o.to_ascii_uppercase().as_slice() {
-            b"EX" => 1000,
-            b"PX" => 1,
-            _ => return err(out, "syntax error"),
-        };
-        match opts.next().and_then(|v| utf8(v)).and_then(|v| v.parse::<u64>().ok()).filter(|v| *v > 0) {
-            Some(v) => ttl = Some(v.saturating_mul(unit)),
-            None => return err(out, "invalid expire time in 'set' command"),
+/// `EXPIRE key seconds` (`unit` 1000) and `PEXPIRE key milliseconds` (1):
+/// 1 if the key exists; a time not in the future deletes it, as in Redis.
+async fn expire(cache: &Arc<EdgeCache>, args: &[&[u8]], unit: u64, out: &mut Vec<u8>) {
+    match (utf8(args[1]), utf8(args[2]).and_then(|s| s.parse::<i64>().ok())) {
+        (Some(key), Some(t)) if t > 0 => {
+            let set = expire_blocking(cache, key, Some((t as u64).saturating_mul(unit))).await;
+            int(out, i64::from(set.is_some()));
         }
+        (Some(key), Some(_)) => int(out, i64::from(cache.remove(key))),
+        _ => err(out, "value is not an integer or out of range"),
     }
+}
+
+/// [`EdgeCache::expire`] on a blocking thread (it may read the disk).
+async fn expire_blocking(cache: &Arc<EdgeCache>, key: &str, ttl_ms: Option<u64>) -> Option<Option<u64>> {
+    let (c, k) = (cache.clone(), key.to_string());
+    tokio::task::spawn_blocking(move || c.expire(&k, ttl_ms)).await.unwrap_or(None)
+}
+
+/// `TTL` (`unit` 1000) and `PTTL` (1): the time left, rounded up; -1 for a
+/// key that never expires, -2 for none.
+async fn ttl(cache: &Arc<EdgeCache>, key: &[u8], unit: u64, out: &mut Vec<u8>) {
+    let now = now_ms();
+    let left = match utf8(key) {
+        Some(key) => match lookup(cache, key).await {
+            Some(e) => e.meta.expires_ms.map_or(-1, |t| t.saturating_sub(now).div_ceil(unit) as i64),
+            None => -2,
+        },
+        None => -2,
+    };
+    int(out, left);
+}
+
+/// When a `SET` makes its key expire.
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum SetExpiry {
+    /// Never (`SET` clears an old time to live).
+    Never,
+    /// This many ms from now (`EX`, `PX`).
+    In(u64),
+    /// At this Unix time in ms (`EXAT`, `PXAT`).
+    At(u64),
+    /// When the old value would have (`KEEPTTL`).
+    Keep,
+}
+
+/// `SET`'s options, as Redis 7 reads them.
+#[derive(Clone, Copy, PartialEq, Debug)]
+struct SetOptions {
+    expiry: SetExpiry,
+    /// `NX` (`Some(false)`: only if absent) or `XX` (`Some(true)`: only if present).
+    only_if_present: Option<bool>,
+    /// `GET`: answer with the old value.
+    get: bool,
+}
+
+/// Parses `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.
+fn set_options(opts: &[&[u8]]) -> Result<SetOptions, &'static str> {
+    let mut o = SetOptions { expiry: SetExpiry::Never, only_if_present: None, get: false };
+    let mut words = opts.iter();
+    while let Some(word) = words.next() {
+        let word = word.to_ascii_uppercase();
+        let condition = match word.as_slice() {
+            b"NX" => Some(false),
+            b"XX" => Some(true),
+            _ => None,
+        };
+        if let Some(c) = condition {
+            if o.only_if_present.is_some_and(|had| had != c) {
+                return Err("syntax error");
+            }
+            o.only_if_present = Some(c);
+            continue;
+        }
+        if word == b"GET" {
+            o.get = true;
+            continue;
+        }
+        if o.expiry != SetExpiry::Never {
+            return Err("syntax error");
+        }
+        let (unit, absolute) = match word.as_slice() {
+            b"KEEPTTL" => {
+                o.expiry = SetExpiry::Keep;
+                continue;
+            }
+            b"EX" => (1000, false),
+            b"PX" => (1, false),
+            b"EXAT" => (1000, true),
+            b"PXAT" => (1, true),
+            _ => return Err("syntax error"),
+        };
+        let t = words.next().ok_or("syntax error")?;
+        let t = utf8(t).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v > 0).ok_or("invalid expire time in 'set' command")?;
+        let ms = (t as u64).saturating_mul(unit);
+        o.expiry = if absolute { SetExpiry::At(ms) } else { SetExpiry::In(ms) };
+    }
+    Ok(o)
+}
+
+/// `SET key value [options]`: write-behind; the conditional forms are
+/// atomic against other writes of the key ([`EdgeCache::put_with`]).
+async fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
+    let Some(key) = utf8(args[1]) else { return err(out, "keys must be UTF-8") };
+    let o = match set_options(&args[3..]) {
+        Ok(o) => o,
+        Err(e) => return err(out, e),
+    };
     let value = Bytes::copy_from_slice(args[2]);
-    match cache.put(key, value.clone(), "app_data", ttl, Durability::WriteBehind) {
-        Ok(_) => {
+    let now = now_ms();
+    let written = match o {
+        SetOptions { expiry: SetExpiry::Never | SetExpiry::In(_), only_if_present: None, get: false } => {
+            let ttl = match o.expiry {
+                SetExpiry::In(ms) => Some(ms),
+                _ => None,
+            };
+            cache.put(key, value.clone(), "app_data", ttl, Durability::WriteBehind).map(|_| (true, None))
+        }
+        _ => {
+            let (c, k, v) = (cache.clone(), key.to_string(), value.clone());
+            let answer = tokio::task::spawn_blocking(move || {
+                let mut stored = false;
+                let old = c.put_with(&k, |old| {
+                    if o.only_if_present.is_some_and(|present| present != old.is_some()) {
+                        return None;
+                    }
+                    stored = true;
+                    let ttl = match o.expiry {
+                        SetExpiry::Never => None,
+                        SetExpiry::In(ms) => Some(ms),
+                        // A time already past expires the value at once.
+                        SetExpiry::At(at) => Some(at.saturating_sub(now).max(1)),
+                        SetExpiry::Keep => old.and_then(|e| e.meta.expires_ms).map(|t| t.saturating_sub(now).max(1)),
+                    };
+                    Some((v, ttl))
+                })?;
+                Ok((stored, old))
+            })
+            .await;
+            match answer {
+                Ok(r) => r,
+                Err(e) => return err(out, &format!("write failed: {e}")),
+            }
+        }
+    };
+    match written {
+        Ok((stored, old)) => {
             // `SET` never waits for the origin: with origin writes on, it
             // follows in the background whether `through` or `behind`.
-            if cache.origin().is_some_and(|o| o.writes != crate::origin::OriginWrites::None) {
+            if stored && cache.origin().is_some_and(|w| w.writes != crate::origin::OriginWrites::None) {
                 crate::origin::store_behind(cache.clone(), key.to_string(), value, "app_data".into());
             }
-            out.extend(OK)
+            match (o.get, old) {
+                (true, Some(e)) => bulk(out, &e.value),
+                (true, None) => out.extend(NIL),
+                (false, _) if stored => out.extend(OK),
+                (false, _) => out.extend(NIL),
+            }
         }
         Err(e) => err(out, &e.to_string()),
     }

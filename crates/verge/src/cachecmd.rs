@@ -6,8 +6,10 @@ use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::Subcommand;
-use serde_json::json;
+use serde_json::{json, Value};
 use verge_client::{url_path, Api, Method};
+
+use crate::table::{bytes, cell, print, print_json};
 
 /// `verge cache …`.
 #[derive(Subcommand)]
@@ -82,9 +84,8 @@ fn query(pairs: &[(&str, Option<&str>)]) -> String {
     }
 }
 
-/// Runs a cache command.
-pub async fn run(api: &Api, cmd: CacheCmd) -> Result<()> {
-    let pretty = |v: &serde_json::Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+/// Runs a cache command: tables by default, the API's JSON with `--json`.
+pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
     match cmd {
         CacheCmd::Get { key, node } => {
             let path = format!("/api/v1/cache/{}{}", url_path(&key), query(&[("node", node.as_deref())]));
@@ -96,6 +97,7 @@ pub async fn run(api: &Api, cmd: CacheCmd) -> Result<()> {
             if out.is_terminal() && !value.ends_with(b"\n") {
                 out.write_all(b"\n")?;
             }
+            return Ok(());
         }
         CacheCmd::Put { key, value, file, nodes, ttl, kind } => {
             let body = match (value, file) {
@@ -105,7 +107,8 @@ pub async fn run(api: &Api, cmd: CacheCmd) -> Result<()> {
             };
             let q = query(&[("nodes", nodes.as_deref()), ("ttl", ttl.as_deref()), ("type", kind.as_deref())]);
             let (answer, _) = api.call_bytes(Method::PUT, &format!("/api/v1/cache/{}{q}", url_path(&key)), body, "").await?;
-            pretty(&serde_json::from_slice(&answer).unwrap_or_default());
+            let answer: Value = serde_json::from_slice(&answer).context("the server's answer is not JSON")?;
+            show(&answer, as_json, print_put);
         }
         CacheCmd::Rm { key, scope, node, region, eventual } => {
             let consistency = if eventual { "eventual" } else { "strong" };
@@ -115,16 +118,132 @@ pub async fn run(api: &Api, cmd: CacheCmd) -> Result<()> {
                 ("region", region.as_deref()),
                 ("consistency", Some(consistency)),
             ]);
-            pretty(&api.call(Method::DELETE, &format!("/api/v1/cache/{}{q}", url_path(&key)), None).await?);
+            let answer = api.call(Method::DELETE, &format!("/api/v1/cache/{}{q}", url_path(&key)), None).await?;
+            show(&answer, as_json, print_rm);
         }
         CacheCmd::Prewarm { keys, priority, nodes } => {
             let nodes: Option<Vec<&str>> = nodes.as_deref().map(|n| n.split(',').collect());
-            pretty(
-                &api.call(Method::POST, "/api/v1/cache/prewarm", Some(&json!({"keys": keys, "priority": priority, "nodes": nodes})))
-                    .await?,
-            );
+            let body = json!({"keys": keys, "priority": priority, "nodes": nodes});
+            let answer = api.call(Method::POST, "/api/v1/cache/prewarm", Some(&body)).await?;
+            show(&answer, as_json, |a| {
+                println!("{} keys queued at priority {} on {}", cell(&a["keys"]), cell(&a["priority"]), names(&a["nodes"]));
+            });
         }
-        CacheCmd::Stats { node } => pretty(&api.get(&format!("/api/v1/cache{}", query(&[("node", node.as_deref())]))).await?),
+        CacheCmd::Stats { node } => {
+            let answer = api.get(&format!("/api/v1/cache{}", query(&[("node", node.as_deref())]))).await?;
+            show(&answer, as_json, print_stats);
+        }
     }
     Ok(())
+}
+
+/// The API's JSON with `--json`, else what `human` makes of it.
+fn show(answer: &Value, as_json: bool, human: impl Fn(&Value)) {
+    if as_json {
+        print_json(answer);
+    } else {
+        human(answer);
+    }
+}
+
+/// A JSON array of node names as `a, b, c`.
+fn names(v: &Value) -> String {
+    let list: Vec<String> = v.as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
+    if list.is_empty() {
+        "no node".into()
+    } else {
+        list.join(", ")
+    }
+}
+
+/// `verge cache put`: the version every replica got, and each node's outcome.
+fn print_put(a: &Value) {
+    println!("{} version {}", cell(&a["key"]), cell(&a["version"]));
+    let rows: Vec<Vec<String>> =
+        a["nodes"].as_object().map(|m| m.iter().map(|(id, r)| vec![id.clone(), cell(r)]).collect()).unwrap_or_default();
+    print(&["NODE", "RESULT"], &rows);
+}
+
+/// `verge cache rm`: who dropped the key, who had it, who never answered.
+fn print_rm(a: &Value) {
+    if a["consistency"] == "eventual" {
+        println!("{} invalidation sent to {} (eventual: not waiting for acknowledgements)", cell(&a["key"]), names(&a["nodes"]));
+        return;
+    }
+    let mut rows: Vec<Vec<String>> = a["acknowledged"]
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(id, removed)| vec![id.clone(), if removed == true { "dropped its copy" } else { "held no copy" }.into()])
+                .collect()
+        })
+        .unwrap_or_default();
+    if let Some(silent) = a["silent"].as_array() {
+        rows.extend(silent.iter().map(|id| vec![cell(id), "no answer (it drops the key when it hears)".into()]));
+    }
+    println!("{} invalidated (strong)", cell(&a["key"]));
+    print(&["NODE", "ACKNOWLEDGED"], &rows);
+}
+
+/// The hot tier's policy: for the adaptive one, with the candidate it
+/// serves with now (`adaptive: lirs`).
+fn policy(hot: &Value) -> String {
+    match (cell(&hot["configuredPolicy"]), cell(&hot["policy"])) {
+        (configured, active) if configured == active || configured == "-" => active,
+        (configured, active) => format!("{configured}: {active}"),
+    }
+}
+
+/// `verge cache stats`: a line per node.
+fn print_stats(a: &Value) {
+    let tier = |t: &Value| format!("{} / {} of {}", cell(&t["entries"]), bytes(&t["bytes"]), bytes(&t["capacity"]));
+    let count = |v: &Value| v.as_u64().unwrap_or(0);
+    let rows: Vec<Vec<String>> = a
+        .as_object()
+        .map(|m| {
+            m.iter()
+                .map(|(id, s)| {
+                    let hits = count(&s["hotHits"]) + count(&s["warmHits"]) + count(&s["cold"]["hits"]);
+                    let total = hits + count(&s["misses"]);
+                    let ratio = if total == 0 { "-".into() } else { format!("{:.1}%", hits as f64 * 100.0 / total as f64) };
+                    let cold = if s["cold"]["enabled"] == true { format!("{} hits", cell(&s["cold"]["hits"])) } else { "off".into() };
+                    let top: Vec<String> = s["hotKeys"]
+                        .as_array()
+                        .map(|k| k.iter().take(3).map(|p| format!("{} ({})", cell(&p[0]), cell(&p[1]))).collect())
+                        .unwrap_or_default();
+                    vec![
+                        id.clone(),
+                        policy(&s["hot"]),
+                        tier(&s["hot"]),
+                        tier(&s["warm"]),
+                        cold,
+                        format!("{}/{}/{}", cell(&s["hotHits"]), cell(&s["warmHits"]), cell(&s["cold"]["hits"])),
+                        cell(&s["misses"]),
+                        ratio,
+                        cell(&s["originFetches"]),
+                        cell(&s["prewarmed"]),
+                        cell(&s["pendingWrites"]),
+                        top.join(", "),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    print(
+        &[
+            "NODE",
+            "POLICY",
+            "HOT",
+            "WARM",
+            "COLD",
+            "HITS HOT/WARM/COLD",
+            "MISSES",
+            "HIT RATIO",
+            "ORIGIN FETCHES",
+            "PREWARMED",
+            "PENDING WRITES",
+            "HOT KEYS",
+        ],
+        &rows,
+    );
 }

@@ -9,15 +9,11 @@ use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use verge_client::Method;
 
-use crate::table::{bytes, cell, print};
+use crate::table::{bytes, cell, print, print_json};
 use verge_client::Api;
 
 /// How long `workload run` waits for its workload to be placed and running.
 const RUN_WAIT: Duration = Duration::from_secs(10);
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
-}
 
 fn age(now_ms: u64, then: &Value) -> String {
     then.as_u64().map_or("never".into(), |t| format!("{:.1}s ago", now_ms.saturating_sub(t) as f64 / 1000.0))

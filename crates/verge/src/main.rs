@@ -287,7 +287,7 @@ async fn run(cli: Cli) -> Result<()> {
         Cmd::Sync { cmd } => sync::run(cmd).await,
         Cmd::Token { cmd, api } => seccmd::token(&api.conn.api()?, cmd, api.json).await,
         Cmd::Audit { cmd, api } => seccmd::audit(&api.conn.api()?, cmd, api.json).await,
-        Cmd::Cache { cmd, api } => cachecmd::run(&api.conn.api()?, cmd).await,
+        Cmd::Cache { cmd, api } => cachecmd::run(&api.conn.api()?, cmd, api.json).await,
         Cmd::Compliance { cmd, api } => seccmd::compliance(&api.conn.api()?, cmd, api.json).await,
         Cmd::Node { cmd, api } => {
             let c = api.conn.api()?;

@@ -6,7 +6,7 @@ use clap::Subcommand;
 use serde_json::{json, Value};
 use verge_client::{Api, Method};
 
-use crate::table::{cell, print};
+use crate::table::{cell, print, print_json};
 
 /// `verge token …`.
 #[derive(Subcommand)]
@@ -60,10 +60,6 @@ pub enum ComplianceCmd {
         #[arg(long)]
         all: bool,
     },
-}
-
-fn print_json(v: &Value) {
-    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
 }
 
 /// Runs a token command.

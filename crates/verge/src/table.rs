@@ -18,6 +18,11 @@ pub fn print(headers: &[&str], rows: &[Vec<String>]) {
     }
 }
 
+/// Prints the API's JSON as it came (`--json`), indented.
+pub fn print_json(v: &serde_json::Value) {
+    println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+}
+
 /// A byte count for people: `1.5 GiB`.
 pub fn bytes(v: &serde_json::Value) -> String {
     v.as_u64().map(|b| verge_core::Bytes(b).to_string()).unwrap_or_else(|| "-".into())

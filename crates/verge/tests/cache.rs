@@ -105,6 +105,55 @@ fn redis_protocol_and_http_share_one_cache() {
     assert_eq!(http(&port, "GET", "/api/v1/cache/kept", b""), (200, "across restarts".to_string()));
 }
 
+#[test]
+fn set_takes_redis_options_and_a_conditional_set_is_atomic() {
+    let mut c = Cluster::start();
+    cache_agent(&mut c);
+    let mut r = Resp::connect(&c, "fra");
+    assert_eq!(r.call(&[b"SET", b"lock", b"a", b"NX", b"PX", b"60000"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"SET", b"lock", b"b", b"NX"]), "$-1\r\n");
+    assert_eq!(r.call(&[b"SET", b"absent", b"b", b"XX"]), "$-1\r\n");
+    assert_eq!(r.call(&[b"EXISTS", b"absent"]), ":0\r\n");
+    // XX with GET and KEEPTTL: the old value back, the old expiry kept.
+    assert_eq!(r.call(&[b"SET", b"lock", b"c", b"XX", b"GET", b"KEEPTTL"]), "$1\r\na\r\n");
+    let left: i64 = r.call(&[b"PTTL", b"lock"]).trim().trim_start_matches(':').parse().unwrap();
+    assert!((1..=60_000).contains(&left), "{left}");
+    assert_eq!(r.call(&[b"PERSIST", b"lock"]), ":1\r\n");
+    assert_eq!(r.call(&[b"PERSIST", b"lock"]), ":0\r\n");
+    assert_eq!(r.call(&[b"TTL", b"lock"]), ":-1\r\n");
+    assert_eq!(r.call(&[b"PEXPIRE", b"lock", b"90000"]), ":1\r\n");
+    assert_eq!(r.call(&[b"TTL", b"lock"]), ":90\r\n");
+    // A plain SET clears the time to live.
+    assert_eq!(r.call(&[b"SET", b"lock", b"d"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"PTTL", b"lock"]), ":-1\r\n");
+    assert_eq!(r.call(&[b"MGET", b"lock", b"absent"]), "*2\r\n$1\r\nd\r\n$-1\r\n");
+    // An absolute time already past: stored, and gone at once.
+    assert_eq!(r.call(&[b"SET", b"old", b"x", b"EXAT", b"1000"]), "+OK\r\n");
+    wait_until(Duration::from_secs(5), "the past-dated entry to expire", || (r.call(&[b"GET", b"old"]) == "$-1\r\n").then_some(()));
+    assert!(r.call(&[b"SET", b"k", b"v", b"NX", b"XX"]).starts_with("-ERR syntax error"));
+    assert!(r.call(&[b"SET", b"k", b"v", b"EX", b"10", b"PX", b"10"]).starts_with("-ERR syntax error"));
+    assert!(r.call(&[b"SET", b"k", b"v", b"KEEPTTL", b"EX", b"10"]).starts_with("-ERR syntax error"));
+    assert!(r.call(&[b"SET", b"k", b"v", b"EX"]).starts_with("-ERR syntax error"));
+    assert!(r.call(&[b"SET", b"k", b"v", b"PXAT", b"0"]).starts_with("-ERR invalid expire time"));
+    assert!(r.call(&[b"PTTL"]).starts_with("-ERR wrong number of arguments for 'pttl'"));
+
+    // Eight clients race for one lock: exactly one gets it.
+    let addr = r.0.peer_addr().unwrap();
+    let winners: usize = std::thread::scope(|s| {
+        let racers: Vec<_> = (0..8u8)
+            .map(|i| {
+                s.spawn(move || {
+                    let mut me = Resp(TcpStream::connect(addr).unwrap());
+                    me.0.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                    usize::from(me.call(&[b"SET", b"race", &[b'0' + i], b"NX"]) == "+OK\r\n")
+                })
+            })
+            .collect();
+        racers.into_iter().map(|t| t.join().unwrap()).sum()
+    });
+    assert_eq!(winners, 1);
+}
+
 /// The value each key must have: never anything else.
 fn value_of(i: u32) -> String {
     format!("value-{i}-").repeat(20)
@@ -273,7 +322,7 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
         assert!(ok, "verge {args:?}: {err}");
         out
     };
-    let put: serde_json::Value = serde_json::from_str(&cli(&["cache", "put", "cfg/site", "v1", "--type", "app_data"])).unwrap();
+    let put: serde_json::Value = serde_json::from_str(&cli(&["cache", "put", "cfg/site", "v1", "--type", "app_data", "--json"])).unwrap();
     assert_eq!(put["nodes"]["fra"], "stored", "{put}");
     assert_eq!(put["nodes"]["tyo"], "stored", "{put}");
     let version = put["version"].as_u64().unwrap();
@@ -286,11 +335,12 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     assert_eq!(http(&fra, "GET", "/api/v1/cache/cfg/site", b"").1, "v1");
 
     // Local invalidation drops one node's copy; global (strong) every copy.
-    let out: serde_json::Value = serde_json::from_str(&cli(&["cache", "rm", "cfg/site", "--scope", "local", "--node", "fra"])).unwrap();
+    let out: serde_json::Value =
+        serde_json::from_str(&cli(&["cache", "rm", "cfg/site", "--scope", "local", "--node", "fra", "--json"])).unwrap();
     assert_eq!(out["acknowledged"]["fra"], true, "{out}");
     assert_eq!(http(&fra, "GET", "/api/v1/cache/cfg/site", b"").0, 200, "read-through should refill from the origin");
     assert_eq!(http(&fra, "GET", "/api/v1/cache/cfg/site", b"").1, "origin:/objects/cfg/site");
-    let out: serde_json::Value = serde_json::from_str(&cli(&["cache", "rm", "cfg/site"])).unwrap();
+    let out: serde_json::Value = serde_json::from_str(&cli(&["cache", "rm", "cfg/site", "--json"])).unwrap();
     assert_eq!(out["acknowledged"].as_object().unwrap().len(), 2, "{out}");
     assert!(out["silent"].as_array().unwrap().is_empty(), "{out}");
     let (status, v) = api(&c.api, "DELETE", "/api/v1/cache/x?scope=local", "");
@@ -300,10 +350,17 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     let before = fetches.load(std::sync::atomic::Ordering::SeqCst);
     cli(&["cache", "prewarm", "models/a", "models/b"]);
     wait_until(Duration::from_secs(20), "both nodes to pre-warm both keys", || {
-        let stats: serde_json::Value = serde_json::from_str(&cli(&["cache", "stats"])).ok()?;
+        let stats: serde_json::Value = serde_json::from_str(&cli(&["cache", "stats", "--json"])).ok()?;
         (stats["fra"]["prewarmed"] == 2 && stats["tyo"]["prewarmed"] == 2).then_some(())
     });
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 4);
+    // Without --json, a table: a line per node, the adaptive policy with
+    // the candidate it serves with.
+    let table = cli(&["cache", "stats"]);
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("NODE") && lines[0].contains("HIT RATIO"), "{table}");
+    assert!(lines[1].starts_with("fra ") && lines[2].starts_with("tyo "), "{table}");
+    assert!(lines[1].contains("adaptive: "), "{table}");
     let tyo = c.data_port("tyo");
     assert_eq!(http(&tyo, "GET", "/api/v1/cache/models/b", b"").1, "origin:/objects/models/b");
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 4, "a pre-warmed key went to the origin again");
