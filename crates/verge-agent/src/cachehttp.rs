@@ -6,13 +6,14 @@
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use verge_client::serve::{json_error, ApiPath, ApiQuery};
 use verge_core::Millis;
 
 use crate::edgecache::{valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
@@ -32,7 +33,7 @@ pub fn router(cache: Arc<EdgeCache>) -> Router {
 }
 
 fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> Response {
-    (status, Json(json!({"error": {"code": code, "message": message.into()}}))).into_response()
+    json_error(status, code, &message.into())
 }
 
 /// Why a key is refused, as an answer; `None` for a good key.
@@ -64,7 +65,13 @@ struct PutJson {
     kind: Option<String>,
 }
 
-async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<PutOptions>, headers: HeaderMap, body: Bytes) -> Response {
+async fn write(
+    State(c): Shared,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PutOptions>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }
@@ -107,7 +114,7 @@ async fn write(State(c): Shared, UrlPath(key): UrlPath<String>, Query(q): Query<
     }
 }
 
-async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
+async fn read(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }
@@ -127,7 +134,7 @@ async fn read(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
     resp
 }
 
-async fn delete(State(c): Shared, UrlPath(key): UrlPath<String>) -> Response {
+async fn delete(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }

@@ -8,12 +8,13 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path as UrlPath, Query, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
+use verge_client::serve::{ApiPath, ApiQuery};
 use verge_sync::manifest::{check_path, hex, HashIndex, Manifest};
 use verge_sync::transfer::{apply, build_bundle, BundleOptions, Offer, Request};
 use verge_sync::SyncError;
@@ -147,7 +148,7 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> PortResult<T> + Send + 
 
 /// Step 1 of a push: takes the sender's offer, answers with the request
 /// and a transfer id, and stages both for the chunks that follow.
-async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Response> {
+async fn offer(State(port): State<Arc<DataPort>>, ApiQuery(q): ApiQuery<PathQuery>, body: Bytes) -> PortResult<Response> {
     blocking(move || {
         let tree = port.tree(&q.path)?;
         let remembered = |o: &verge_sync::transfer::OfferOptions| {
@@ -178,7 +179,7 @@ async fn offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, bo
 }
 
 /// The chunks of a transfer already staged, so a sender can resume.
-async fn status(State(port): State<Arc<DataPort>>, UrlPath(id): UrlPath<String>) -> PortResult<Json<serde_json::Value>> {
+async fn status(State(port): State<Arc<DataPort>>, ApiPath(id): ApiPath<String>) -> PortResult<Json<serde_json::Value>> {
     let dir = port.staging(&id)?;
     let mut chunks: Vec<u32> = std::fs::read_dir(&dir)
         .map_err(|e| SyncError::io(format!("listing {}", dir.display()), e))?
@@ -190,7 +191,7 @@ async fn status(State(port): State<Arc<DataPort>>, UrlPath(id): UrlPath<String>)
 }
 
 /// Stages one chunk of the bundle.
-async fn chunk(State(port): State<Arc<DataPort>>, UrlPath((id, n)): UrlPath<(String, u32)>, body: Bytes) -> PortResult<StatusCode> {
+async fn chunk(State(port): State<Arc<DataPort>>, ApiPath((id, n)): ApiPath<(String, u32)>, body: Bytes) -> PortResult<StatusCode> {
     if body.len() > MAX_CHUNK {
         return Err(PortError(StatusCode::PAYLOAD_TOO_LARGE, "too_large", format!("chunk of {} bytes exceeds {MAX_CHUNK}", body.len())));
     }
@@ -202,8 +203,8 @@ async fn chunk(State(port): State<Arc<DataPort>>, UrlPath((id, n)): UrlPath<(Str
 /// Assembles the staged chunks, checks the bundle's hash, and applies it.
 async fn commit(
     State(port): State<Arc<DataPort>>,
-    UrlPath(id): UrlPath<String>,
-    Query(q): Query<CommitQuery>,
+    ApiPath(id): ApiPath<String>,
+    ApiQuery(q): ApiQuery<CommitQuery>,
 ) -> PortResult<Json<serde_json::Value>> {
     let dir = port.staging(&id)?;
     blocking(move || {
@@ -260,7 +261,7 @@ impl std::io::Read for StagedChunks<'_> {
 }
 
 /// Step 1 of a pull: this agent is the sender and offers its tree.
-async fn pull_offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>) -> PortResult<Vec<u8>> {
+async fn pull_offer(State(port): State<Arc<DataPort>>, ApiQuery(q): ApiQuery<PathQuery>) -> PortResult<Vec<u8>> {
     blocking(move || {
         let tree = port.tree(&q.path)?;
         if !tree.exists() {
@@ -276,7 +277,7 @@ async fn pull_offer(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery
 /// Step 3 of a pull: the puller sends back the offer and its request; the
 /// bundle is built from this agent's files into a temporary file and
 /// streamed from there, never held in memory.
-async fn pull_bundle(State(port): State<Arc<DataPort>>, Query(q): Query<PathQuery>, body: Bytes) -> PortResult<Response> {
+async fn pull_bundle(State(port): State<Arc<DataPort>>, ApiQuery(q): ApiQuery<PathQuery>, body: Bytes) -> PortResult<Response> {
     use tokio::io::AsyncReadExt;
     let spool = blocking(move || {
         let tree = port.tree(&q.path)?;

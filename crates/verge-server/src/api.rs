@@ -5,8 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::rejection::QueryRejection;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -14,6 +13,7 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use verge_client::serve::{ApiPath, ApiQuery};
 use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, ValidationError, WorkloadId, WorkloadSpec, WorkloadState};
 use verge_proto::LogStream;
 use verge_sched::{place, Capacity};
@@ -361,8 +361,7 @@ fn default_tail() -> u32 {
     100
 }
 
-async fn logs(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, q: Result<Query<LogsQuery>, QueryRejection>) -> ApiResult {
-    let Query(q) = q.map_err(|e| ApiError::bad_request(e.body_text()))?;
+async fn logs(State(c): Ctl, IdPath(id): IdPath<WorkloadId>, ApiQuery(q): ApiQuery<LogsQuery>) -> ApiResult {
     let node = {
         let inner = c.lock();
         workload_or_404(&inner, &id)?
@@ -388,7 +387,7 @@ async fn list_sync(State(c): Ctl) -> ApiResult {
     ok(StatusCode::OK, json!(jobs))
 }
 
-async fn get_sync(State(c): Ctl, Path(id): Path<String>) -> ApiResult {
+async fn get_sync(State(c): Ctl, ApiPath(id): ApiPath<String>) -> ApiResult {
     let n: u64 = id.parse().map_err(|_| ApiError::bad_request(format!("sync job id {id:?} is not a number")))?;
     let job = c.sync_jobs.lock().unwrap_or_else(|p| p.into_inner()).get(&n).cloned();
     let job = job.ok_or_else(|| ApiError::not_found(format!("sync job {n} not found")))?;

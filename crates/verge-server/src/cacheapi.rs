@@ -20,13 +20,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde_json::json;
+use verge_client::serve::{ApiPath, ApiQuery};
 use verge_client::{url_path as encode, Api, Method, Tls};
 use verge_core::NodeId;
 use verge_proto::ServerMessage;
@@ -101,7 +102,7 @@ struct Where {
     region: Option<String>,
 }
 
-async fn stats(State(c): Ctl, Query(w): Query<Where>) -> ApiResult {
+async fn stats(State(c): Ctl, ApiQuery(w): ApiQuery<Where>) -> ApiResult {
     let mut out = BTreeMap::new();
     for (id, addr) in targets(&c, w.node.as_deref().or(w.nodes.as_deref()), w.region.as_deref())? {
         let v = match data_port(&c, &id, addr.as_ref()) {
@@ -113,7 +114,7 @@ async fn stats(State(c): Ctl, Query(w): Query<Where>) -> ApiResult {
     Ok(Json(json!(out)).into_response())
 }
 
-async fn read(State(c): Ctl, Path(key): Path<String>, Query(w): Query<Where>) -> ApiResult {
+async fn read(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(w): ApiQuery<Where>) -> ApiResult {
     let candidates = targets(&c, w.node.as_deref(), w.region.as_deref())?;
     let path = format!("/api/v1/cache/{}", encode(&key));
     for (id, addr) in candidates {
@@ -148,7 +149,7 @@ struct PutQuery {
     kind: Option<String>,
 }
 
-async fn write(State(c): Ctl, Path(key): Path<String>, Query(q): Query<PutQuery>, body: Bytes) -> ApiResult {
+async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<PutQuery>, body: Bytes) -> ApiResult {
     let nodes = targets(&c, q.nodes.as_deref(), q.region.as_deref())?;
     if nodes.is_empty() {
         return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
@@ -199,7 +200,7 @@ struct InvalidateQuery {
     version: Option<u64>,
 }
 
-async fn invalidate(State(c): Ctl, Path(key): Path<String>, Query(q): Query<InvalidateQuery>) -> ApiResult {
+async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<InvalidateQuery>) -> ApiResult {
     let nodes = match q.scope.as_deref().unwrap_or("global") {
         "local" => targets(&c, Some(q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?), None)?,
         "regional" => {

@@ -4,13 +4,14 @@
 
 use std::sync::Arc;
 
-use axum::extract::{Path, Query, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post};
 use axum::{Extension, Json, Router};
 use serde::Deserialize;
 use serde_json::{json, Value};
+use verge_client::serve::{ApiPath, ApiQuery};
 use verge_core::{Millis, NodeId};
 use verge_security::attest::Evidence;
 use verge_security::pki::Identity;
@@ -163,7 +164,7 @@ async fn create_token(State(c): Ctl, ApiJson(req): ApiJson<NewToken>) -> ApiResu
     Ok((StatusCode::CREATED, Json(v)).into_response())
 }
 
-async fn revoke_token(State(c): Ctl, Path(id): Path<String>) -> ApiResult {
+async fn revoke_token(State(c): Ctl, ApiPath(id): ApiPath<String>) -> ApiResult {
     match c.security.revoke_token(&id, c.clock.now_ms()) {
         Ok(true) => Ok(Json(json!({"revoked": id})).into_response()),
         Ok(false) => Err(ApiError::not_found(format!("no token {id:?}"))),
@@ -172,7 +173,7 @@ async fn revoke_token(State(c): Ctl, Path(id): Path<String>) -> ApiResult {
 }
 
 /// Evidence sent over HTTP instead of the gateway; checked exactly as there.
-async fn attest(State(c): Ctl, Path(id): Path<String>, body: axum::body::Bytes) -> ApiResult {
+async fn attest(State(c): Ctl, ApiPath(id): ApiPath<String>, body: axum::body::Bytes) -> ApiResult {
     let node = NodeId::new(id)?;
     let evidence = Evidence::parse(&body).map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, e.code(), e.to_string()))?;
     match c.attest(&node, &evidence) {
@@ -194,7 +195,7 @@ fn default_limit() -> usize {
     1000
 }
 
-async fn audit_log(State(c): Ctl, Query(q): Query<AuditQuery>) -> ApiResult {
+async fn audit_log(State(c): Ctl, ApiQuery(q): ApiQuery<AuditQuery>) -> ApiResult {
     let entries = verge_security::audit::read(&c.cfg.data_dir.join("audit.log"), q.since, q.limit.min(10_000))
         .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "audit", e.to_string()))?;
     Ok(Json(json!(entries)).into_response())
@@ -215,7 +216,7 @@ struct ReportQuery {
     pack: Option<String>,
 }
 
-async fn compliance_report(State(c): Ctl, Query(q): Query<ReportQuery>) -> ApiResult {
+async fn compliance_report(State(c): Ctl, ApiQuery(q): ApiQuery<ReportQuery>) -> ApiResult {
     let all = &c.security.packs;
     let packs: Vec<_> = match q.pack.as_deref() {
         None => all.clone(),

@@ -98,6 +98,9 @@ fn the_api_refuses_bad_requests_clearly_and_keeps_serving() {
     assert_error(&c, "GET", "/api/v1/nope", b"", 404, "no such route");
     assert_error(&c, "PATCH", "/api/v1/nodes", b"", 405, "method not allowed");
     assert_error(&c, "GET", "/api/v1/workloads/x/logs?tail=banana", b"", 400, "tail");
+    assert_error(&c, "DELETE", "/api/v1/cache/x?scope=local&bogus=1", b"", 400, "bogus");
+    assert_error(&c, "GET", "/api/v1/cache/x?node=a&node=b", b"", 400, "node");
+    assert_error(&c, "GET", "/api/v1/cache/%FF", b"", 400, "UTF-8");
 
     assert_eq!(api(&c.api, "POST", "/api/v1/nodes", NODE).0, 201);
     assert_error(&c, "PUT", "/api/v1/nodes/n1/health", b"{\"score\":150}", 422, "score");

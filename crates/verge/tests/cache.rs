@@ -87,6 +87,9 @@ fn redis_protocol_and_http_share_one_cache() {
     assert!(r.call(&[b"GET"]).starts_with("-ERR wrong number of arguments"));
     assert!(r.call(&[b"FLUSHALL"]).starts_with("-ERR unknown command"));
     assert!(r.call(&[b"SET", b"k", b"v", b"EX", b"soon"]).starts_with("-ERR invalid expire time"));
+    let (status, body) = http(&port, "PUT", "/api/v1/cache/k?ttl=banana", b"x");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON {body:?}: {e}"));
+    assert_eq!((status, v["error"]["code"].as_str()), (400, Some("bad_query")), "{body}");
     let mut bad = Resp::connect(&c, "fra");
     assert!(bad.raw(b"*1\r\n$99999999999\r\n").starts_with("-ERR Protocol error"));
     let mut closed = [0u8; 1];
