@@ -1,7 +1,8 @@
 //! The edge cache over HTTP, on the agent's data port: `PUT|GET|DELETE
 //! /api/v1/cache/{key}` and `GET /api/v1/cache` (stats). `PUT` takes the
 //! raw value (`?ttl=30s&type=ml_model`) or JSON `{"value", "ttl", "type"}`
-//! and is write-through: answered once the entry is durable.
+//! and is write-through: answered once the entry is durable. `GET` answers
+//! with the version as the `ETag` (and `304` to a client that holds it).
 
 use std::sync::Arc;
 
@@ -114,7 +115,10 @@ async fn write(
     }
 }
 
-async fn read(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
+/// `GET`: the value, with its version as the `ETag` (a client that
+/// already holds that version, `If-None-Match`, gets `304 Not Modified`
+/// and no body) and its time left as `Cache-Control: max-age`.
+async fn read(State(c): Shared, ApiPath(key): ApiPath<String>, headers: HeaderMap) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
     }
@@ -124,9 +128,25 @@ async fn read(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
         Ok(None) => return error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
         Err(e) => return error(StatusCode::BAD_GATEWAY, "origin_failed", e),
     };
-    let mut resp = (StatusCode::OK, e.value).into_response();
+    let etag = format!("\"{}\"", e.meta.version);
+    let held = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|tags| tags.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*"));
+    let mut resp = if held { StatusCode::NOT_MODIFIED.into_response() } else { (StatusCode::OK, e.value).into_response() };
     let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    if !held {
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+    }
+    if let Ok(v) = HeaderValue::from_str(&etag) {
+        h.insert(header::ETAG, v);
+    }
+    if let Some(at) = e.meta.expires_ms {
+        let left = at.saturating_sub(crate::edgecache::now_ms()) / 1000;
+        if let Ok(v) = HeaderValue::from_str(&format!("max-age={left}")) {
+            h.insert(header::CACHE_CONTROL, v);
+        }
+    }
     if let Ok(v) = HeaderValue::from_str(&e.meta.kind) {
         h.insert("x-verge-type", v);
     }

@@ -80,6 +80,17 @@ fn redis_protocol_and_http_share_one_cache() {
     assert_eq!(r.call(&[b"GET", b"shared"]), "$9\r\nfrom http\r\n");
     assert_eq!(r.call(&[b"SET", b"back", b"from resp"]), "+OK\r\n");
     assert_eq!(http(&port, "GET", "/api/v1/cache/back", b""), (200, "from resp".to_string()));
+    // HTTP caching: the version is the ETag (a client holding it gets 304),
+    // the time left is max-age.
+    assert_eq!(r.call(&[b"SET", b"cached", b"hello", b"EX", b"100"]), "+OK\r\n");
+    let (status, head, _) = http_with_headers(&port, "GET", "/api/v1/cache/cached", "", b"");
+    assert_eq!(status, 200, "{head}");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap_or_else(|| panic!("no ETag in {head}")).to_string();
+    assert!(head.to_ascii_lowercase().contains("cache-control: max-age="), "{head}");
+    let (status, head, body) = http_with_headers(&port, "GET", "/api/v1/cache/cached", &format!("If-None-Match: {etag}\r\n"), b"");
+    assert_eq!((status, body.as_str()), (304, ""), "{head}");
+    let (status, _, body) = http_with_headers(&port, "GET", "/api/v1/cache/cached", "If-None-Match: \"1\"\r\n", b"");
+    assert_eq!((status, body.as_str()), (200, "hello"));
 
     // Bad input: clear errors, and the listener keeps serving.
     assert!(r.call(&[b"SET", b"big", &[b'v'; 2048]]).starts_with("-ERR values are at most 1024 bytes"));

@@ -78,6 +78,16 @@ pub fn http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> (u16, Strin
 
 /// [`http`] that reports a failed connection or request instead of panicking.
 pub fn try_http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> Result<(u16, String), String> {
+    exchange(ep, method, path, "", body).map(|(status, _, body)| (status, body))
+}
+
+/// [`http`] with `extra` request header lines (each ending in `\r\n`);
+/// returns the status, the response's header block and its body.
+pub fn http_with_headers(ep: &Endpoint, method: &str, path: &str, extra: &str, body: &[u8]) -> (u16, String, String) {
+    exchange(ep, method, path, extra, body).unwrap_or_else(|e| panic!("{method} {path}: {e}"))
+}
+
+fn exchange(ep: &Endpoint, method: &str, path: &str, extra: &str, body: &[u8]) -> Result<(u16, String, String), String> {
     let addr = &ep.addr;
     let tcp = TcpStream::connect(addr).map_err(|e| format!("connect {addr}: {e}"))?;
     tcp.set_read_timeout(Some(Duration::from_secs(30))).map_err(|e| e.to_string())?;
@@ -88,7 +98,7 @@ pub fn try_http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> Result<
     // from the headers alone, and its answer must not be lost to a reset.
     let expect = if body.len() > 64 << 10 { "Expect: 100-continue\r\n" } else { "" };
     let head = format!(
-        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{expect}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        "{method} {path} HTTP/1.1\r\nHost: {addr}\r\n{auth}{expect}{extra}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
         body.len()
     );
     s.write_all(head.as_bytes()).map_err(|e| e.to_string())?;
@@ -109,8 +119,8 @@ pub fn try_http(ep: &Endpoint, method: &str, path: &str, body: &[u8]) -> Result<
     let _ = s.read_to_end(&mut raw);
     let text = String::from_utf8_lossy(&raw).into_owned();
     let status = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no HTTP status in {text:?}"))?;
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((status, body))
+    let (head, body) = text.split_once("\r\n\r\n").map(|(h, b)| (h.to_string(), b.to_string())).unwrap_or_default();
+    Ok((status, head, body))
 }
 
 /// `http` for JSON answers.
