@@ -354,7 +354,7 @@ impl EdgeCache {
         decide: impl FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)>,
     ) -> Result<Option<Entry>, CacheWriteError> {
         let _writing = self.key_lock(key);
-        let old = self.get(key, now_ms());
+        let old = self.find(key, now_ms(), false);
         if let Some((value, ttl_ms)) = decide(old.as_ref()) {
             self.store(key, value, "app_data", ttl_ms, Durability::WriteBehind, None)?;
         }
@@ -372,7 +372,7 @@ impl EdgeCache {
         version: u64,
     ) -> Result<Arc<Meta>, CacheWriteError> {
         let _writing = self.key_lock(key);
-        match self.get(key, now_ms()) {
+        match self.find(key, now_ms(), false) {
             Some(local) if local.meta.version >= version => Ok(local.meta),
             _ => self.store(key, value, kind, ttl_ms, Durability::WriteThrough, Some(version)),
         }
@@ -462,10 +462,29 @@ impl EdgeCache {
         e
     }
 
+    /// Whether memory holds `key`, without counting a request or telling
+    /// the eviction policy (a warm-up checking whether it is needed).
+    pub fn holds_hot(&self, key: &str, now: u64) -> bool {
+        lock(&self.hot).peek(key, now).is_some()
+    }
+
     /// The live entry for `key`: from memory, the write-behind queue, else
-    /// its warm file (promoted to memory).
+    /// its warm file (promoted to memory). A client's read: counted in the
+    /// hits and misses.
     pub fn get(&self, key: &str, now: u64) -> Option<Entry> {
-        if let Some(e) = self.get_hot(key, now) {
+        self.find(key, now, true)
+    }
+
+    /// [`EdgeCache::get`]; `counted`: a client's read rather than a write
+    /// checking what it replaces (which the hit ratio must not see).
+    fn find(&self, key: &str, now: u64, counted: bool) -> Option<Entry> {
+        let count = |c: &AtomicU64| {
+            if counted {
+                c.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        if let Some(e) = lock(&self.hot).get(key, now).cloned() {
+            count(&self.counters.hot_hits);
             return Some(e);
         }
         let pending = lock(&self.behind).get(key).cloned();
@@ -475,12 +494,12 @@ impl EdgeCache {
         };
         match found.filter(|e| e.meta.expires_ms.is_none_or(|t| t > now)) {
             Some(e) => {
-                self.counters.warm_hits.fetch_add(1, Ordering::Relaxed);
+                count(&self.counters.warm_hits);
                 self.promote(e.clone(), now);
                 Some(e)
             }
             None => {
-                self.counters.misses.fetch_add(1, Ordering::Relaxed);
+                count(&self.counters.misses);
                 None
             }
         }
@@ -603,7 +622,7 @@ impl EdgeCache {
     /// (coherency: a late invalidation must not drop a newer write).
     pub fn invalidate(&self, key: &str, version: Option<u64>) -> bool {
         let _writing = self.key_lock(key);
-        let newer = version.is_some_and(|v| self.get(key, now_ms()).is_some_and(|e| e.meta.version > v));
+        let newer = version.is_some_and(|v| self.find(key, now_ms(), false).is_some_and(|e| e.meta.version > v));
         !newer && self.remove_locked(key)
     }
 
@@ -612,7 +631,7 @@ impl EdgeCache {
     pub fn expire(&self, key: &str, ttl_ms: Option<u64>) -> Option<Option<u64>> {
         let _writing = self.key_lock(key);
         let now = now_ms();
-        let e = self.get(key, now)?;
+        let e = self.find(key, now, false)?;
         let before = e.meta.expires_ms;
         let meta = Arc::new(Meta { expires_ms: ttl_ms.map(|t| now + t), version: self.next_version(), ..(*e.meta).clone() });
         let e = Entry { meta, value: e.value };
@@ -761,6 +780,14 @@ mod tests {
         c.put("k", Bytes::from_static(b"v2"), "app_data", None, Durability::WriteThrough).unwrap();
         c.promote(v1, now_ms());
         assert_eq!(c.get_hot("k", now_ms()).unwrap().value.as_ref(), b"v2");
+
+        // Writes checking what they replace are not reads: the hit ratio
+        // counts only the one read above.
+        c.put_replica("r", Bytes::from_static(b"x"), "app_data", None, 7).unwrap();
+        c.expire("r", Some(60_000));
+        assert!(!c.invalidate("r", Some(1)), "a newer version is kept");
+        let counted = |n: &AtomicU64| n.load(Ordering::Relaxed);
+        assert_eq!((counted(&c.counters.hot_hits), counted(&c.counters.warm_hits), counted(&c.counters.misses)), (1, 0, 0));
     }
 
     #[test]

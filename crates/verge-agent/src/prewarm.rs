@@ -57,7 +57,7 @@ pub fn start(cache: Arc<EdgeCache>, mut shutdown: watch::Receiver<bool>) {
 
 /// Reads `key` through unless it is cached or its deadline passed.
 async fn warm(cache: &Arc<EdgeCache>, key: &str, deadline: Option<u64>) {
-    if deadline.is_some_and(|d| d < now_ms()) || cache.get_hot(key, now_ms()).is_some() {
+    if deadline.is_some_and(|d| d < now_ms()) || cache.holds_hot(key, now_ms()) {
         return;
     }
     match cache.lookup(key).await {
