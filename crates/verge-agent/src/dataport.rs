@@ -14,7 +14,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use verge_client::serve::{ApiPath, ApiQuery};
+use verge_client::serve::{json_error, ApiPath, ApiQuery};
 use verge_sync::manifest::{check_path, hex, HashIndex, Manifest};
 use verge_sync::transfer::{apply, build_bundle, BundleOptions, Offer, Request};
 use verge_sync::SyncError;
@@ -42,7 +42,7 @@ struct PortError(StatusCode, &'static str, String);
 
 impl IntoResponse for PortError {
     fn into_response(self) -> Response {
-        (self.0, Json(serde_json::json!({"error": {"code": self.1, "message": self.2}}))).into_response()
+        json_error(self.0, self.1, &self.2)
     }
 }
 

@@ -633,6 +633,10 @@ impl EdgeCache {
         let now = now_ms();
         let e = self.find(key, now, false)?;
         let before = e.meta.expires_ms;
+        if before.is_none() && ttl_ms.is_none() {
+            // Nothing to clear: no new version, no rewrite.
+            return Some(None);
+        }
         let meta = Arc::new(Meta { expires_ms: ttl_ms.map(|t| now + t), version: self.next_version(), ..(*e.meta).clone() });
         let e = Entry { meta, value: e.value };
         lock(&self.behind).insert(key.to_string(), Some(e.clone()));

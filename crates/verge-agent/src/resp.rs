@@ -143,16 +143,7 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
     match (name.as_slice(), args.len()) {
         (b"PING", 1) => out.extend(b"+PONG\r\n"),
         (b"PING" | b"ECHO", 2) => bulk(out, args[1]),
-        (b"GET", 2) => match utf8(args[1]) {
-            Some(key) => {
-                cache.observe(key);
-                match lookup(cache, key).await {
-                    Some(e) => bulk(out, &e.value),
-                    None => out.extend(NIL),
-                }
-            }
-            None => out.extend(NIL),
-        },
+        (b"GET", 2) => get(cache, args[1], out).await,
         (b"SET", n) if n >= 3 => set(cache, args, out).await,
         (b"DEL", n) if n >= 2 => {
             let removed = args[1..].iter().filter_map(|k| utf8(k)).filter(|k| cache.remove(k)).count();
@@ -167,14 +158,8 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         }
         (b"MGET", n) if n >= 2 => {
             out.extend(format!("*{}\r\n", n - 1).as_bytes());
-            for k in &args[1..] {
-                match utf8(k) {
-                    Some(key) => match lookup(cache, key).await {
-                        Some(e) => bulk(out, &e.value),
-                        None => out.extend(NIL),
-                    },
-                    None => out.extend(NIL),
-                }
+            for key in &args[1..] {
+                get(cache, key, out).await;
             }
         }
         (b"EXPIRE", 3) => expire(cache, args, 1000, out).await,
@@ -212,6 +197,17 @@ async fn lookup(cache: &Arc<EdgeCache>, key: &str) -> Option<crate::edgecache::E
         tracing::warn!(key, error = %e, "read-through failed");
         None
     })
+}
+
+/// One key's value as a bulk string, or nil; a client's read, so the
+/// predictor and the hot-key counts see it.
+async fn get(cache: &Arc<EdgeCache>, key: &[u8], out: &mut Vec<u8>) {
+    let Some(key) = utf8(key) else { return out.extend(NIL) };
+    cache.observe(key);
+    match lookup(cache, key).await {
+        Some(e) => bulk(out, &e.value),
+        None => out.extend(NIL),
+    }
 }
 
 /// `EXPIRE key seconds` (`unit` 1000) and `PEXPIRE key milliseconds` (1):
@@ -258,6 +254,19 @@ enum SetExpiry {
     At(u64),
     /// When the old value would have (`KEEPTTL`).
     Keep,
+}
+
+impl SetExpiry {
+    /// The time to live it gives a value replacing `old` at `now`; a time
+    /// already past expires the value at once.
+    fn ttl_ms(self, old: Option<&crate::edgecache::Entry>, now: u64) -> Option<u64> {
+        match self {
+            SetExpiry::Never => None,
+            SetExpiry::In(ms) => Some(ms),
+            SetExpiry::At(at) => Some(at.saturating_sub(now).max(1)),
+            SetExpiry::Keep => old.and_then(|e| e.meta.expires_ms).map(|t| t.saturating_sub(now).max(1)),
+        }
+    }
 }
 
 /// `SET`'s options, as Redis 7 reads them.
@@ -324,39 +333,27 @@ async fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
     };
     let value = Bytes::copy_from_slice(args[2]);
     let now = now_ms();
-    let written = match o {
-        SetOptions { expiry: SetExpiry::Never | SetExpiry::In(_), only_if_present: None, get: false } => {
-            let ttl = match o.expiry {
-                SetExpiry::In(ms) => Some(ms),
-                _ => None,
-            };
-            cache.put(key, value.clone(), "app_data", ttl, Durability::WriteBehind).map(|_| (true, None))
-        }
-        _ => {
-            let (c, k, v) = (cache.clone(), key.to_string(), value.clone());
-            let answer = tokio::task::spawn_blocking(move || {
-                let mut stored = false;
-                let old = c.put_with(&k, |old| {
-                    if o.only_if_present.is_some_and(|present| present != old.is_some()) {
-                        return None;
-                    }
-                    stored = true;
-                    let ttl = match o.expiry {
-                        SetExpiry::Never => None,
-                        SetExpiry::In(ms) => Some(ms),
-                        // A time already past expires the value at once.
-                        SetExpiry::At(at) => Some(at.saturating_sub(now).max(1)),
-                        SetExpiry::Keep => old.and_then(|e| e.meta.expires_ms).map(|t| t.saturating_sub(now).max(1)),
-                    };
-                    Some((v, ttl))
-                })?;
-                Ok((stored, old))
-            })
-            .await;
-            match answer {
-                Ok(r) => r,
-                Err(e) => return err(out, &format!("write failed: {e}")),
-            }
+    // Only the conditional forms, `GET` and `KEEPTTL` need the old value.
+    let plain = o.only_if_present.is_none() && !o.get && o.expiry != SetExpiry::Keep;
+    let written = if plain {
+        cache.put(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now), Durability::WriteBehind).map(|_| (true, None))
+    } else {
+        let (c, k, v) = (cache.clone(), key.to_string(), value.clone());
+        let answer = tokio::task::spawn_blocking(move || {
+            let mut stored = false;
+            let old = c.put_with(&k, |old| {
+                if o.only_if_present.is_some_and(|present| present != old.is_some()) {
+                    return None;
+                }
+                stored = true;
+                Some((v, o.expiry.ttl_ms(old, now)))
+            })?;
+            Ok((stored, old))
+        })
+        .await;
+        match answer {
+            Ok(r) => r,
+            Err(e) => return err(out, &format!("write failed: {e}")),
         }
     };
     match written {

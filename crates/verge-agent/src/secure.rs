@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use verge_client::serve::PeerCert;
 
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,8 +38,7 @@ pub async fn refuse_revoked(State(revoked): State<Revoked>, req: Request, next: 
             c.serial
         );
         tracing::warn!(%msg, "data port refused a revoked peer");
-        let body = serde_json::json!({"error": {"code": "certificate_revoked", "message": msg}});
-        return (axum::http::StatusCode::FORBIDDEN, axum::Json(body)).into_response();
+        return verge_client::serve::json_error(axum::http::StatusCode::FORBIDDEN, "certificate_revoked", &msg);
     }
     next.run(req).await
 }

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
 use axum::http::request::Parts;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -65,11 +65,11 @@ pub fn router(c: Arc<Control>) -> Router {
 struct IdPath<T>(T);
 
 impl<S: Send + Sync, T: TryFrom<String, Error = ValidationError>> FromRequestParts<S> for IdPath<T> {
-    type Rejection = ApiError;
+    type Rejection = Response;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, ApiError> {
-        let Path(raw) = Path::<String>::from_request_parts(parts, state).await.map_err(|e| ApiError::bad_request(e.body_text()))?;
-        T::try_from(raw).map(IdPath).map_err(|e| ApiError::bad_request(e.message))
+    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Response> {
+        let ApiPath(raw) = ApiPath::<String>::from_request_parts(parts, state).await?;
+        T::try_from(raw).map(IdPath).map_err(|e| ApiError::bad_request(e.message).into_response())
     }
 }
 

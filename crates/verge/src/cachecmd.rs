@@ -196,39 +196,7 @@ fn policy(hot: &Value) -> String {
 
 /// `verge cache stats`: a line per node.
 fn print_stats(a: &Value) {
-    let tier = |t: &Value| format!("{} / {} of {}", cell(&t["entries"]), bytes(&t["bytes"]), bytes(&t["capacity"]));
-    let count = |v: &Value| v.as_u64().unwrap_or(0);
-    let rows: Vec<Vec<String>> = a
-        .as_object()
-        .map(|m| {
-            m.iter()
-                .map(|(id, s)| {
-                    let hits = count(&s["hotHits"]) + count(&s["warmHits"]) + count(&s["cold"]["hits"]);
-                    let total = hits + count(&s["misses"]);
-                    let ratio = if total == 0 { "-".into() } else { format!("{:.1}%", hits as f64 * 100.0 / total as f64) };
-                    let cold = if s["cold"]["enabled"] == true { format!("{} hits", cell(&s["cold"]["hits"])) } else { "off".into() };
-                    let top: Vec<String> = s["hotKeys"]
-                        .as_array()
-                        .map(|k| k.iter().take(3).map(|p| format!("{} ({})", cell(&p[0]), cell(&p[1]))).collect())
-                        .unwrap_or_default();
-                    vec![
-                        id.clone(),
-                        policy(&s["hot"]),
-                        tier(&s["hot"]),
-                        tier(&s["warm"]),
-                        cold,
-                        format!("{}/{}/{}", cell(&s["hotHits"]), cell(&s["warmHits"]), cell(&s["cold"]["hits"])),
-                        cell(&s["misses"]),
-                        ratio,
-                        cell(&s["originFetches"]),
-                        cell(&s["prewarmed"]),
-                        cell(&s["pendingWrites"]),
-                        top.join(", "),
-                    ]
-                })
-                .collect()
-        })
-        .unwrap_or_default();
+    let rows: Vec<Vec<String>> = a.as_object().map(|m| m.iter().map(|(id, s)| stats_row(id, s)).collect()).unwrap_or_default();
     print(
         &[
             "NODE",
@@ -246,4 +214,36 @@ fn print_stats(a: &Value) {
         ],
         &rows,
     );
+}
+
+/// One node's line of `verge cache stats`, or why it has none (the server
+/// could not reach it).
+fn stats_row(id: &str, s: &Value) -> Vec<String> {
+    if let Some(e) = s["error"].as_str() {
+        return vec![id.to_string(), format!("no answer: {e}")];
+    }
+    let tier = |t: &Value| format!("{} / {} of {}", cell(&t["entries"]), bytes(&t["bytes"]), bytes(&t["capacity"]));
+    let count = |v: &Value| v.as_u64().unwrap_or(0);
+    let hits = count(&s["hotHits"]) + count(&s["warmHits"]) + count(&s["cold"]["hits"]);
+    let total = hits + count(&s["misses"]);
+    let ratio = if total == 0 { "-".into() } else { format!("{:.1}%", hits as f64 * 100.0 / total as f64) };
+    let cold = if s["cold"]["enabled"] == true { format!("{} hits", cell(&s["cold"]["hits"])) } else { "off".into() };
+    let top: Vec<String> = s["hotKeys"]
+        .as_array()
+        .map(|k| k.iter().take(3).map(|p| format!("{} ({})", cell(&p[0]), cell(&p[1]))).collect())
+        .unwrap_or_default();
+    vec![
+        id.to_string(),
+        policy(&s["hot"]),
+        tier(&s["hot"]),
+        tier(&s["warm"]),
+        cold,
+        format!("{}/{}/{}", cell(&s["hotHits"]), cell(&s["warmHits"]), cell(&s["cold"]["hits"])),
+        cell(&s["misses"]),
+        ratio,
+        cell(&s["originFetches"]),
+        cell(&s["prewarmed"]),
+        cell(&s["pendingWrites"]),
+        top.join(", "),
+    ]
 }
