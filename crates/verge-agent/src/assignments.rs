@@ -2,7 +2,6 @@
 //! `workloads/<id>/spec.json` per assignment, written atomically, so a
 //! restarted agent re-adopts or restarts its workloads without the server.
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use verge_core::{WorkloadId, WorkloadSpec};
@@ -26,17 +25,14 @@ impl Assignments {
         self.root.join(id.as_str())
     }
 
-    /// Durably records an assignment: written to a temporary file, fsynced,
-    /// then renamed over the old one.
+    /// Durably records an assignment, owner-only (its environment may hold
+    /// secrets): written to a temporary file, fsynced, then renamed over
+    /// the old one.
     pub fn save(&self, spec: &WorkloadSpec) -> std::io::Result<()> {
         let dir = self.dir(&spec.id);
         std::fs::create_dir_all(&dir)?;
-        let tmp = dir.join("spec.json.tmp");
-        let mut f = std::fs::File::create(&tmp)?;
-        f.write_all(&serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, dir.join(SPEC_FILE))?;
-        std::fs::File::open(&dir)?.sync_all()
+        let json = serde_json::to_vec_pretty(spec).map_err(std::io::Error::other)?;
+        verge_security::fsutil::write_secret(&dir.join(SPEC_FILE), &json)
     }
 
     /// Forgets an assignment and its files.

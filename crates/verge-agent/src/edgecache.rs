@@ -507,14 +507,26 @@ impl EdgeCache {
 
     /// The entry for `key` from any tier, else read through from the
     /// origin; `Err` only when the origin failed. Disk reads run on a
-    /// blocking thread.
+    /// blocking thread. A client's read: counted in the hits and misses.
     pub async fn lookup(self: &Arc<Self>, key: &str) -> Result<Option<Entry>, String> {
+        self.read_through(key, true).await
+    }
+
+    /// [`EdgeCache::lookup`] for a warm-up: brings `key` into memory
+    /// without counting a client's hit or miss.
+    pub async fn warm_up(self: &Arc<Self>, key: &str) -> Result<Option<Entry>, String> {
+        self.read_through(key, false).await
+    }
+
+    async fn read_through(self: &Arc<Self>, key: &str, counted: bool) -> Result<Option<Entry>, String> {
         let now = now_ms();
-        if let Some(e) = self.get_hot(key, now) {
-            return Ok(Some(e));
+        if counted {
+            if let Some(e) = self.get_hot(key, now) {
+                return Ok(Some(e));
+            }
         }
         let (c, k) = (self.clone(), key.to_string());
-        if let Some(e) = tokio::task::spawn_blocking(move || c.get(&k, now)).await.map_err(|e| e.to_string())? {
+        if let Some(e) = tokio::task::spawn_blocking(move || c.find(&k, now, counted)).await.map_err(|e| e.to_string())? {
             return Ok(Some(e));
         }
         match &self.origin {
@@ -626,22 +638,38 @@ impl EdgeCache {
         !newer && self.remove_locked(key)
     }
 
-    /// Sets or clears `key`'s time to live; returns when it expired before
-    /// (`Some(None)`: never), or `None` when there is no such key.
-    pub fn expire(&self, key: &str, ttl_ms: Option<u64>) -> Option<Option<u64>> {
+    /// Changes when `key` expires, atomic against every other write of it:
+    /// `decide` sees when it expires now (Unix ms; `None`: never) and
+    /// returns when it should (`Some(None)`: never; a time already past
+    /// deletes it), or `None` to leave it. Returns whether anything
+    /// changed, or `None` when there is no such key.
+    pub fn expire(&self, key: &str, decide: impl FnOnce(Option<u64>) -> Option<Option<u64>>) -> Option<bool> {
         let _writing = self.key_lock(key);
         let now = now_ms();
         let e = self.find(key, now, false)?;
         let before = e.meta.expires_ms;
-        if before.is_none() && ttl_ms.is_none() {
+        let Some(at) = decide(before) else { return Some(false) };
+        if at.is_none() && before.is_none() {
             // Nothing to clear: no new version, no rewrite.
-            return Some(None);
+            return Some(false);
         }
-        let meta = Arc::new(Meta { expires_ms: ttl_ms.map(|t| now + t), version: self.next_version(), ..(*e.meta).clone() });
+        if at.is_some_and(|t| t <= now) {
+            return Some(self.remove_locked(key));
+        }
+        let meta = Arc::new(Meta { expires_ms: at, version: self.next_version(), ..(*e.meta).clone() });
         let e = Entry { meta, value: e.value };
         lock(&self.behind).insert(key.to_string(), Some(e.clone()));
         self.promote(e, now);
-        Some(before)
+        Some(true)
+    }
+
+    /// Removes `key` and returns what it held (`GETDEL`), atomic against
+    /// every other write of it; a client's read.
+    pub fn take(&self, key: &str) -> Option<Entry> {
+        let _writing = self.key_lock(key);
+        let e = self.find(key, now_ms(), true)?;
+        self.remove_locked(key);
+        Some(e)
     }
 
     /// Entries and bytes per tier, hits and misses.
@@ -788,7 +816,7 @@ mod tests {
         // Writes checking what they replace are not reads: the hit ratio
         // counts only the one read above.
         c.put_replica("r", Bytes::from_static(b"x"), "app_data", None, 7).unwrap();
-        c.expire("r", Some(60_000));
+        c.expire("r", |_| Some(Some(now_ms() + 60_000)));
         assert!(!c.invalidate("r", Some(1)), "a newer version is kept");
         let counted = |n: &AtomicU64| n.load(Ordering::Relaxed);
         assert_eq!((counted(&c.counters.hot_hits), counted(&c.counters.warm_hits), counted(&c.counters.misses)), (1, 0, 0));
@@ -800,7 +828,7 @@ mod tests {
         let c = cache(dir.path(), 600);
         c.put("t", Bytes::from_static(b"x"), "app_data", Some(1), Durability::WriteThrough).unwrap();
         assert!(c.get("t", now_ms() + 10).is_none());
-        assert_eq!(c.expire("missing", Some(5)), None);
+        assert_eq!(c.expire("missing", |_| Some(Some(5))), None);
         for i in 0..20 {
             c.put(&format!("k{i}"), Bytes::from(vec![7u8; 100]), "app_data", None, Durability::WriteThrough).unwrap();
         }

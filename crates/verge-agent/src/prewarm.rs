@@ -55,12 +55,13 @@ pub fn start(cache: Arc<EdgeCache>, mut shutdown: watch::Receiver<bool>) {
     });
 }
 
-/// Reads `key` through unless it is cached or its deadline passed.
+/// Reads `key` through unless it is cached or its deadline passed; not a
+/// client's request, so the hit ratio does not see it.
 async fn warm(cache: &Arc<EdgeCache>, key: &str, deadline: Option<u64>) {
     if deadline.is_some_and(|d| d < now_ms()) || cache.holds_hot(key, now_ms()) {
         return;
     }
-    match cache.lookup(key).await {
+    match cache.warm_up(key).await {
         Ok(Some(_)) => {
             cache.counters.prewarmed.fetch_add(1, Ordering::Relaxed);
             tracing::debug!(key, "pre-warmed");

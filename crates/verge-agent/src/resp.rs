@@ -1,10 +1,10 @@
 //! The edge cache over the Redis protocol (RESP2), so `redis-cli`,
 //! `redis-benchmark` and Redis client libraries work against an agent:
-//! `GET SET DEL EXISTS EXPIRE TTL PING INFO`, with `SET`'s options (`EX PX
-//! EXAT PXAT KEEPTTL NX XX GET`), `MGET PEXPIRE PTTL PERSIST ECHO QUIT` and
-//! the `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on connect.
-//! `SET` is write-behind, as Redis without an append-only file: answered
-//! from memory, on disk shortly after.
+//! strings with a time to live (the commands in `COMMANDS`: `GET SET`
+//! with Redis 7's options, `INCR`, `APPEND`, `EXPIRE` with its conditions,
+//! …) and the `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on
+//! connect. Writes are write-behind, as Redis without an append-only file:
+//! answered from memory, on disk shortly after.
 //!
 //! Pipelined requests are parsed straight from the read buffer and
 //! answered in one write. Every length is bounded before anything is
@@ -136,57 +136,170 @@ fn utf8(arg: &[u8]) -> Option<&str> {
     std::str::from_utf8(arg).ok()
 }
 
+/// The commands served, with their arity as Redis counts it (the command
+/// name included): `n`, exactly n words; `-n`, at least n.
+const COMMANDS: &[(&str, i32)] = &[
+    ("PING", -1),
+    ("ECHO", 2),
+    ("GET", 2),
+    ("MGET", -2),
+    ("SET", -3),
+    ("SETEX", 4),
+    ("PSETEX", 4),
+    ("SETNX", 3),
+    ("GETSET", 3),
+    ("GETDEL", 2),
+    ("APPEND", 3),
+    ("STRLEN", 2),
+    ("INCR", 2),
+    ("DECR", 2),
+    ("INCRBY", 3),
+    ("DECRBY", 3),
+    ("DEL", -2),
+    ("UNLINK", -2),
+    ("EXISTS", -2),
+    ("TYPE", 2),
+    ("EXPIRE", -3),
+    ("PEXPIRE", -3),
+    ("EXPIREAT", -3),
+    ("PEXPIREAT", -3),
+    ("PERSIST", 2),
+    ("TTL", 2),
+    ("PTTL", 2),
+    ("INFO", -1),
+    ("QUIT", -1),
+    ("SELECT", 2),
+    ("CLIENT", -1),
+    ("CONFIG", -1),
+    ("COMMAND", -1),
+];
+
 /// Runs one command, appending the reply to `out`.
 async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> Next {
-    let Some(name) = args.first() else { return Next::Continue };
-    let name = name.to_ascii_uppercase();
-    match (name.as_slice(), args.len()) {
-        (b"PING", 1) => out.extend(b"+PONG\r\n"),
-        (b"PING" | b"ECHO", 2) => bulk(out, args[1]),
-        (b"GET", 2) => get(cache, args[1], out).await,
-        (b"SET", n) if n >= 3 => set(cache, args, out).await,
-        (b"DEL", n) if n >= 2 => {
+    let Some(first) = args.first() else { return Next::Continue };
+    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
+    let Some(&(name, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+        err(out, &format!("unknown command '{}'", String::from_utf8_lossy(first)));
+        return Next::Continue;
+    };
+    let n = args.len() as i32;
+    if (arity >= 0 && n != arity) || n < -arity || (name == "PING" && n > 2) {
+        err(out, &format!("wrong number of arguments for '{}' command", name.to_ascii_lowercase()));
+        return Next::Continue;
+    }
+    match name {
+        "PING" if n == 1 => out.extend(b"+PONG\r\n"),
+        "PING" | "ECHO" => bulk(out, args[1]),
+        "GET" => get(cache, args[1], out).await,
+        "MGET" => {
+            out.extend(format!("*{}\r\n", n - 1).as_bytes());
+            for key in &args[1..] {
+                get(cache, key, out).await;
+            }
+        }
+        "SET" => match set_options(&args[3..]) {
+            Ok(o) => set(cache, args[1], args[2], o, out).await,
+            Err(e) => err(out, e),
+        },
+        "SETEX" | "PSETEX" => {
+            let unit = if name == "SETEX" { 1000 } else { 1 };
+            match utf8(args[2]).and_then(|v| v.parse::<i64>().ok()).filter(|v| *v > 0) {
+                Some(t) => {
+                    let o = SetOptions { expiry: SetExpiry::In((t as u64).saturating_mul(unit)), ..SetOptions::PLAIN };
+                    set(cache, args[1], args[3], o, out).await;
+                }
+                None => err(out, &format!("invalid expire time in '{}' command", name.to_ascii_lowercase())),
+            }
+        }
+        "SETNX" => {
+            let mut reply = Vec::new();
+            set(cache, args[1], args[2], SetOptions { only_if_present: Some(false), ..SetOptions::PLAIN }, &mut reply).await;
+            match reply.as_slice() {
+                OK => int(out, 1),
+                NIL => int(out, 0),
+                _ => out.extend(reply),
+            }
+        }
+        "GETSET" => set(cache, args[1], args[2], SetOptions { get: true, ..SetOptions::PLAIN }, out).await,
+        "GETDEL" => match utf8(args[1]) {
+            Some(key) => {
+                cache.observe(key);
+                let (c, k) = (cache.clone(), key.to_string());
+                match tokio::task::spawn_blocking(move || c.take(&k)).await.ok().flatten() {
+                    Some(e) => bulk(out, &e.value),
+                    None => out.extend(NIL),
+                }
+            }
+            None => out.extend(NIL),
+        },
+        "APPEND" => {
+            let tail = args[2].to_vec();
+            let appended = update(cache, args[1], move |old| {
+                let mut v = old.map_or_else(Vec::new, |e| e.value.to_vec());
+                v.extend(tail);
+                Ok(v)
+            })
+            .await;
+            match appended {
+                Ok(v) => int(out, v.len() as i64),
+                Err(e) => err(out, &e),
+            }
+        }
+        "INCR" | "DECR" | "INCRBY" | "DECRBY" => {
+            let by = if n == 3 { utf8(args[2]).and_then(|v| v.parse::<i64>().ok()) } else { Some(1) };
+            let by = match (by, name.starts_with('D')) {
+                (Some(by), false) => Some(by),
+                (Some(by), true) => by.checked_neg(),
+                (None, _) => None,
+            };
+            match by {
+                Some(by) => match update(cache, args[1], move |old| add(old, by)).await {
+                    // What `add` wrote parses back.
+                    Ok(v) => int(out, utf8(&v).and_then(|v| v.parse().ok()).unwrap_or_default()),
+                    Err(e) => err(out, &e),
+                },
+                None => err(out, "value is not an integer or out of range"),
+            }
+        }
+        "STRLEN" => match utf8(args[1]) {
+            Some(key) => int(out, lookup(cache, key).await.map_or(0, |e| e.value.len() as i64)),
+            None => int(out, 0),
+        },
+        "TYPE" => match utf8(args[1]) {
+            Some(key) if lookup(cache, key).await.is_some() => out.extend(b"+string\r\n"),
+            _ => out.extend(b"+none\r\n"),
+        },
+        "DEL" | "UNLINK" => {
             let removed = args[1..].iter().filter_map(|k| utf8(k)).filter(|k| cache.remove(k)).count();
             int(out, removed as i64);
         }
-        (b"EXISTS", n) if n >= 2 => {
+        "EXISTS" => {
             let mut found = 0;
             for k in args[1..].iter().filter_map(|k| utf8(k)) {
                 found += i64::from(lookup(cache, k).await.is_some());
             }
             int(out, found);
         }
-        (b"MGET", n) if n >= 2 => {
-            out.extend(format!("*{}\r\n", n - 1).as_bytes());
-            for key in &args[1..] {
-                get(cache, key, out).await;
-            }
+        "EXPIRE" | "PEXPIRE" | "EXPIREAT" | "PEXPIREAT" => {
+            let unit = if name.starts_with('P') { 1 } else { 1000 };
+            expire(cache, args, unit, name.ends_with("AT"), out).await
         }
-        (b"EXPIRE", 3) => expire(cache, args, 1000, out).await,
-        (b"PEXPIRE", 3) => expire(cache, args, 1, out).await,
-        (b"PERSIST", 2) => match utf8(args[1]) {
-            Some(key) => {
-                let before = expire_blocking(cache, key, None).await;
-                int(out, i64::from(matches!(before, Some(Some(_)))));
-            }
+        "PERSIST" => match utf8(args[1]) {
+            // Only a key with a time to live changes.
+            Some(key) => int(out, i64::from(expire_blocking(cache, key, |before| before.map(|_| None)).await == Some(true))),
             None => int(out, 0),
         },
-        (b"TTL", 2) => ttl(cache, args[1], 1000, out).await,
-        (b"PTTL", 2) => ttl(cache, args[1], 1, out).await,
-        (b"INFO", _) => bulk(out, info(cache).as_bytes()),
-        (b"QUIT", _) => {
+        "TTL" => ttl(cache, args[1], 1000, out).await,
+        "PTTL" => ttl(cache, args[1], 1, out).await,
+        "INFO" => bulk(out, info(cache).as_bytes()),
+        "QUIT" => {
             out.extend(OK);
             return Next::Close;
         }
-        (b"SELECT", 2) if args[1] == b"0" => out.extend(OK),
-        (b"CLIENT", _) => out.extend(OK),
-        (b"CONFIG" | b"COMMAND", _) => out.extend(b"*0\r\n"),
-        (
-            b"GET" | b"SET" | b"DEL" | b"EXISTS" | b"EXPIRE" | b"PEXPIRE" | b"PERSIST" | b"TTL" | b"PTTL" | b"MGET" | b"PING" | b"ECHO"
-            | b"SELECT",
-            _,
-        ) => err(out, &format!("wrong number of arguments for '{}' command", String::from_utf8_lossy(&name).to_lowercase())),
-        _ => err(out, &format!("unknown command '{}'", String::from_utf8_lossy(args[0]))),
+        "SELECT" if args[1] == b"0" => out.extend(OK),
+        "SELECT" => err(out, "DB index is out of range"),
+        "CLIENT" => out.extend(OK),
+        _ => out.extend(b"*0\r\n"),
     }
     Next::Continue
 }
@@ -210,23 +323,101 @@ async fn get(cache: &Arc<EdgeCache>, key: &[u8], out: &mut Vec<u8>) {
     }
 }
 
-/// `EXPIRE key seconds` (`unit` 1000) and `PEXPIRE key milliseconds` (1):
-/// 1 if the key exists; a time not in the future deletes it, as in Redis.
-async fn expire(cache: &Arc<EdgeCache>, args: &[&[u8]], unit: u64, out: &mut Vec<u8>) {
-    match (utf8(args[1]), utf8(args[2]).and_then(|s| s.parse::<i64>().ok())) {
-        (Some(key), Some(t)) if t > 0 => {
-            let set = expire_blocking(cache, key, Some((t as u64).saturating_mul(unit))).await;
-            int(out, i64::from(set.is_some()));
-        }
-        (Some(key), Some(_)) => int(out, i64::from(cache.remove(key))),
-        _ => err(out, "value is not an integer or out of range"),
+/// `old` (absent: 0) plus `by`, as Redis's `INCRBY`: the value must be a
+/// decimal 64-bit integer and the sum must not overflow.
+fn add(old: Option<&crate::edgecache::Entry>, by: i64) -> Result<Vec<u8>, &'static str> {
+    let n = match old {
+        Some(e) => utf8(&e.value).and_then(|v| v.parse::<i64>().ok()).ok_or("value is not an integer or out of range")?,
+        None => 0,
+    };
+    Ok(n.checked_add(by).ok_or("increment or decrement would overflow")?.to_string().into_bytes())
+}
+
+/// A read-modify-write of one key (`INCR`, `APPEND`), atomic against every
+/// other write of it, keeping its time to live as Redis does; returns the
+/// new value.
+async fn update(
+    cache: &Arc<EdgeCache>,
+    key: &[u8],
+    f: impl FnOnce(Option<&crate::edgecache::Entry>) -> Result<Vec<u8>, &'static str> + Send + 'static,
+) -> Result<Vec<u8>, String> {
+    let key = utf8(key).ok_or("keys must be UTF-8")?;
+    let (c, k) = (cache.clone(), key.to_string());
+    let written = tokio::task::spawn_blocking(move || {
+        let mut result = Err("no value");
+        let now = now_ms();
+        c.put_with(&k, |old| {
+            result = f(old);
+            let value = Bytes::from(result.as_ref().ok()?.clone());
+            Some((value, SetExpiry::Keep.ttl_ms(old, now)))
+        })
+        .map(|_| result)
+    })
+    .await
+    .map_err(|e| format!("write failed: {e}"))?;
+    let value = written.map_err(|e| e.to_string())??;
+    write_origin(cache, key, Bytes::from(value.clone()));
+    Ok(value)
+}
+
+/// With origin writes on, a write also goes to the origin, in the
+/// background: the Redis protocol never waits for the origin.
+fn write_origin(cache: &Arc<EdgeCache>, key: &str, value: Bytes) {
+    if cache.origin().is_some_and(|w| w.writes != crate::origin::OriginWrites::None) {
+        crate::origin::store_behind(cache.clone(), key.to_string(), value, "app_data".into());
     }
 }
 
+/// `EXPIRE key seconds [NX | XX | GT | LT]`, and `PEXPIRE` (`unit` 1), the
+/// absolute `EXPIREAT` and `PEXPIREAT`: 1 if the key's expiry changed; a
+/// time not in the future deletes the key, as in Redis 7. A key without an
+/// expiry counts as expiring never: later than any time (`GT`, `LT`).
+async fn expire(cache: &Arc<EdgeCache>, args: &[&[u8]], unit: u64, absolute: bool, out: &mut Vec<u8>) {
+    let (mut nx, mut xx, mut gt, mut lt) = (false, false, false, false);
+    for flag in &args[3..] {
+        match flag.to_ascii_uppercase().as_slice() {
+            b"NX" => nx = true,
+            b"XX" => xx = true,
+            b"GT" => gt = true,
+            b"LT" => lt = true,
+            _ => return err(out, &format!("Unsupported option {}", String::from_utf8_lossy(flag))),
+        }
+    }
+    if nx && (xx || gt || lt) {
+        return err(out, "NX and XX, GT or LT options at the same time are not compatible");
+    }
+    if gt && lt {
+        return err(out, "GT and LT options at the same time are not compatible");
+    }
+    let Some(t) = utf8(args[2]).and_then(|s| s.parse::<i64>().ok()) else {
+        return err(out, "value is not an integer or out of range");
+    };
+    let base = if absolute { 0 } else { now_ms() as i64 };
+    let Some(at) = t.checked_mul(unit as i64).and_then(|ms| ms.checked_add(base)) else {
+        return err(out, &format!("invalid expire time in '{}' command", String::from_utf8_lossy(args[0]).to_lowercase()));
+    };
+    // Not in the future: 0, which deletes the key.
+    let at = at.max(0) as u64;
+    let Some(key) = utf8(args[1]) else { return int(out, 0) };
+    let changed = expire_blocking(cache, key, move |before| {
+        let allowed = match before {
+            None => !xx && !gt,
+            Some(b) => !nx && (!gt || at > b) && (!lt || at < b),
+        };
+        allowed.then_some(Some(at))
+    })
+    .await;
+    int(out, i64::from(changed == Some(true)));
+}
+
 /// [`EdgeCache::expire`] on a blocking thread (it may read the disk).
-async fn expire_blocking(cache: &Arc<EdgeCache>, key: &str, ttl_ms: Option<u64>) -> Option<Option<u64>> {
+async fn expire_blocking(
+    cache: &Arc<EdgeCache>,
+    key: &str,
+    decide: impl FnOnce(Option<u64>) -> Option<Option<u64>> + Send + 'static,
+) -> Option<bool> {
     let (c, k) = (cache.clone(), key.to_string());
-    tokio::task::spawn_blocking(move || c.expire(&k, ttl_ms)).await.unwrap_or(None)
+    tokio::task::spawn_blocking(move || c.expire(&k, decide)).await.unwrap_or(None)
 }
 
 /// `TTL` (`unit` 1000) and `PTTL` (1): the time left, rounded up; -1 for a
@@ -279,9 +470,14 @@ struct SetOptions {
     get: bool,
 }
 
+impl SetOptions {
+    /// A plain `SET`.
+    const PLAIN: SetOptions = SetOptions { expiry: SetExpiry::Never, only_if_present: None, get: false };
+}
+
 /// Parses `SET key value [NX | XX] [GET] [EX s | PX ms | EXAT s | PXAT ms | KEEPTTL]`.
 fn set_options(opts: &[&[u8]]) -> Result<SetOptions, &'static str> {
-    let mut o = SetOptions { expiry: SetExpiry::Never, only_if_present: None, get: false };
+    let mut o = SetOptions::PLAIN;
     let mut words = opts.iter();
     while let Some(word) = words.next() {
         let word = word.to_ascii_uppercase();
@@ -323,15 +519,13 @@ fn set_options(opts: &[&[u8]]) -> Result<SetOptions, &'static str> {
     Ok(o)
 }
 
-/// `SET key value [options]`: write-behind; the conditional forms are
-/// atomic against other writes of the key ([`EdgeCache::put_with`]).
-async fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
-    let Some(key) = utf8(args[1]) else { return err(out, "keys must be UTF-8") };
-    let o = match set_options(&args[3..]) {
-        Ok(o) => o,
-        Err(e) => return err(out, e),
-    };
-    let value = Bytes::copy_from_slice(args[2]);
+/// `SET key value` with options `o` (and `SETEX`, `PSETEX`, `SETNX`,
+/// `GETSET`, which are `SET` with fixed options): write-behind; the
+/// conditional forms are atomic against other writes of the key
+/// ([`EdgeCache::put_with`]).
+async fn set(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions, out: &mut Vec<u8>) {
+    let Some(key) = utf8(key) else { return err(out, "keys must be UTF-8") };
+    let value = Bytes::copy_from_slice(value);
     let now = now_ms();
     // Only the conditional forms, `GET` and `KEEPTTL` need the old value.
     let plain = o.only_if_present.is_none() && !o.get && o.expiry != SetExpiry::Keep;
@@ -358,10 +552,8 @@ async fn set(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
     };
     match written {
         Ok((stored, old)) => {
-            // `SET` never waits for the origin: with origin writes on, it
-            // follows in the background whether `through` or `behind`.
-            if stored && cache.origin().is_some_and(|w| w.writes != crate::origin::OriginWrites::None) {
-                crate::origin::store_behind(cache.clone(), key.to_string(), value, "app_data".into());
+            if stored {
+                write_origin(cache, key, value);
             }
             match (o.get, old) {
                 (true, Some(e)) => bulk(out, &e.value),

@@ -5,6 +5,11 @@ use std::fs::{self, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Numbers each temporary file this process makes, so two writes of one
+/// path at once never share (and truncate) one temporary file.
+static TEMPORARIES: AtomicU64 = AtomicU64::new(0);
 
 /// Creates `dir` (and parents) and restricts it to its owner (0700).
 pub fn private_dir(dir: &Path) -> io::Result<()> {
@@ -13,11 +18,14 @@ pub fn private_dir(dir: &Path) -> io::Result<()> {
 }
 
 /// Writes `bytes` to `path` atomically with mode `mode`: a temporary file
-/// in the same directory, fsynced, renamed over `path`, directory fsynced.
+/// in the same directory (named `.NAME.tmpPID-N`, unique to this call),
+/// fsynced, renamed over `path`, directory fsynced. Of two concurrent
+/// writes of one path, the later rename wins whole.
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let name = path.file_name().ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "path has no file name"))?;
-    let tmp = dir.join(format!(".{}.tmp{}", name.to_string_lossy(), std::process::id()));
+    let n = TEMPORARIES.fetch_add(1, Ordering::Relaxed);
+    let tmp = dir.join(format!(".{}.tmp{}-{n}", name.to_string_lossy(), std::process::id()));
     let result = (|| {
         let mut f = OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp)?;
         f.set_permissions(fs::Permissions::from_mode(mode))?;
@@ -76,6 +84,26 @@ mod tests {
         assert_eq!(fs::read(&p).unwrap(), b"two");
         assert_eq!(fs::metadata(&p).unwrap().permissions().mode() & 0o777, 0o600);
         assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn concurrent_writes_of_one_path_each_land_whole() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("shared");
+        let values: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 256 << 10]).collect();
+        std::thread::scope(|s| {
+            for v in &values {
+                let p = &p;
+                s.spawn(move || {
+                    for _ in 0..4 {
+                        write_atomic(p, v, 0o600).unwrap();
+                    }
+                });
+            }
+        });
+        let landed = fs::read(&p).unwrap();
+        assert!(values.contains(&landed), "a torn file of {} bytes", landed.len());
+        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 1, "a temporary file was left behind");
     }
 
     #[test]

@@ -120,7 +120,7 @@ fn redis_protocol_and_http_share_one_cache() {
 }
 
 #[test]
-fn set_takes_redis_options_and_a_conditional_set_is_atomic() {
+fn redis_writes_take_their_options_and_read_modify_writes_are_atomic() {
     let mut c = Cluster::start();
     cache_agent(&mut c);
     let mut r = Resp::connect(&c, "fra");
@@ -151,7 +151,65 @@ fn set_takes_redis_options_and_a_conditional_set_is_atomic() {
     assert!(r.call(&[b"SET", b"k", b"v", b"PXAT", b"0"]).starts_with("-ERR invalid expire time"));
     assert!(r.call(&[b"PTTL"]).starts_with("-ERR wrong number of arguments for 'pttl'"));
 
-    // Eight clients race for one lock: exactly one gets it.
+    // SET's older forms.
+    assert_eq!(r.call(&[b"SETEX", b"session", b"100", b"s1"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"TTL", b"session"]), ":100\r\n");
+    assert_eq!(r.call(&[b"PSETEX", b"session", b"5000", b"s2"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"TTL", b"session"]), ":5\r\n");
+    assert!(r.call(&[b"SETEX", b"session", b"0", b"s3"]).starts_with("-ERR invalid expire time in 'setex'"));
+    assert_eq!(r.call(&[b"SETNX", b"session", b"s4"]), ":0\r\n");
+    assert_eq!(r.call(&[b"SETNX", b"fresh", b"f1"]), ":1\r\n");
+    assert_eq!(r.call(&[b"GETSET", b"fresh", b"f2"]), "$2\r\nf1\r\n");
+    assert_eq!(r.call(&[b"GETDEL", b"fresh"]), "$2\r\nf2\r\n");
+    assert_eq!(r.call(&[b"GETDEL", b"fresh"]), "$-1\r\n");
+    assert_eq!(r.call(&[b"TYPE", b"session"]), "+string\r\n");
+    assert_eq!(r.call(&[b"TYPE", b"fresh"]), "+none\r\n");
+
+    // Counters and appends keep the key's time to live.
+    assert_eq!(r.call(&[b"INCR", b"hits"]), ":1\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"hits", b"100"]), ":1\r\n");
+    assert_eq!(r.call(&[b"INCRBY", b"hits", b"41"]), ":42\r\n");
+    assert_eq!(r.call(&[b"DECR", b"hits"]), ":41\r\n");
+    assert_eq!(r.call(&[b"DECRBY", b"hits", b"-9"]), ":50\r\n");
+    assert_eq!(r.call(&[b"TTL", b"hits"]), ":100\r\n");
+    assert_eq!(r.call(&[b"GET", b"hits"]), "$2\r\n50\r\n");
+    assert!(r.call(&[b"INCR", b"session"]).starts_with("-ERR value is not an integer"));
+    assert!(r.call(&[b"INCRBY", b"hits", b"x"]).starts_with("-ERR value is not an integer"));
+    assert_eq!(r.call(&[b"SET", b"max", b"9223372036854775807"]), "+OK\r\n");
+    assert!(r.call(&[b"INCR", b"max"]).starts_with("-ERR increment or decrement would overflow"));
+    assert_eq!(r.call(&[b"APPEND", b"log", b"a,"]), ":2\r\n");
+    assert_eq!(r.call(&[b"APPEND", b"log", b"b"]), ":3\r\n");
+    assert_eq!(r.call(&[b"STRLEN", b"log"]), ":3\r\n");
+    assert_eq!(r.call(&[b"STRLEN", b"nothing"]), ":0\r\n");
+    assert_eq!(r.call(&[b"UNLINK", b"log", b"nothing"]), ":1\r\n");
+
+    // EXPIRE's conditions, as Redis 7: a key without a TTL expires never.
+    assert_eq!(r.call(&[b"EXPIRE", b"log2", b"10"]), ":0\r\n");
+    assert_eq!(r.call(&[b"SET", b"e", b"v"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"100", b"XX"]), ":0\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"100", b"GT"]), ":0\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"100", b"NX"]), ":1\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"200", b"NX"]), ":0\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"50", b"GT"]), ":0\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"200", b"gt"]), ":1\r\n");
+    assert_eq!(r.call(&[b"EXPIRE", b"e", b"300", b"LT"]), ":0\r\n");
+    assert_eq!(r.call(&[b"PEXPIRE", b"e", b"150000", b"LT", b"XX"]), ":1\r\n");
+    assert_eq!(r.call(&[b"TTL", b"e"]), ":150\r\n");
+    assert!(r.call(&[b"EXPIRE", b"e", b"1", b"NX", b"GT"]).starts_with("-ERR NX and XX, GT or LT"));
+    assert!(r.call(&[b"EXPIRE", b"e", b"1", b"GT", b"LT"]).starts_with("-ERR GT and LT"));
+    assert!(r.call(&[b"EXPIRE", b"e", b"1", b"SOON"]).starts_with("-ERR Unsupported option SOON"));
+    let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() + 1000;
+    assert_eq!(r.call(&[b"EXPIREAT", b"e", at.to_string().as_bytes()]), ":1\r\n");
+    let left: i64 = r.call(&[b"TTL", b"e"]).trim().trim_start_matches(':').parse().unwrap();
+    assert!((990..=1000).contains(&left), "{left}");
+    // A time already past deletes the key.
+    assert_eq!(r.call(&[b"PEXPIREAT", b"e", b"1000"]), ":1\r\n");
+    assert_eq!(r.call(&[b"EXISTS", b"e"]), ":0\r\n");
+    assert_eq!(r.call(&[b"SELECT", b"0"]), "+OK\r\n");
+    assert!(r.call(&[b"SELECT", b"1"]).starts_with("-ERR DB index is out of range"));
+
+    // Eight clients race for one lock: exactly one gets it; and each
+    // increments one counter 50 times: no increment is lost.
     let addr = r.0.peer_addr().unwrap();
     let winners: usize = std::thread::scope(|s| {
         let racers: Vec<_> = (0..8u8)
@@ -159,13 +217,18 @@ fn set_takes_redis_options_and_a_conditional_set_is_atomic() {
                 s.spawn(move || {
                     let mut me = Resp(TcpStream::connect(addr).unwrap());
                     me.0.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                    usize::from(me.call(&[b"SET", b"race", &[b'0' + i], b"NX"]) == "+OK\r\n")
+                    let won = usize::from(me.call(&[b"SET", b"race", &[b'0' + i], b"NX"]) == "+OK\r\n");
+                    for _ in 0..50 {
+                        assert!(me.call(&[b"INCR", b"counter"]).starts_with(':'));
+                    }
+                    won
                 })
             })
             .collect();
         racers.into_iter().map(|t| t.join().unwrap()).sum()
     });
     assert_eq!(winners, 1);
+    assert_eq!(r.call(&[b"GET", b"counter"]), "$3\r\n400\r\n");
 }
 
 /// The value each key must have: never anything else.
@@ -360,14 +423,18 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     let (status, v) = api(&c.api, "DELETE", "/api/v1/cache/x?scope=local", "");
     assert_eq!(status, 400, "{v}");
 
-    // Warm-ups read through the origin before anyone asks.
+    // Warm-ups read through the origin before anyone asks; they are not
+    // clients' requests, so no node counts a miss for them.
     let before = fetches.load(std::sync::atomic::Ordering::SeqCst);
+    let stats = || -> serde_json::Value { serde_json::from_str(&cli(&["cache", "stats", "--json"])).unwrap() };
+    let misses_before = stats()["tyo"]["misses"].as_u64().unwrap();
     cli(&["cache", "prewarm", "models/a", "models/b"]);
     wait_until(Duration::from_secs(20), "both nodes to pre-warm both keys", || {
-        let stats: serde_json::Value = serde_json::from_str(&cli(&["cache", "stats", "--json"])).ok()?;
+        let stats = stats();
         (stats["fra"]["prewarmed"] == 2 && stats["tyo"]["prewarmed"] == 2).then_some(())
     });
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 4);
+    assert_eq!(stats()["tyo"]["misses"].as_u64().unwrap(), misses_before, "a warm-up counted as a miss");
     // Without --json, a table: a line per node, the adaptive policy with
     // the candidate it serves with.
     let table = cli(&["cache", "stats"]);
