@@ -198,6 +198,21 @@ pub struct EdgeCache {
     pub counters: Counters,
 }
 
+/// Where memory finds a key.
+enum Held {
+    /// In the hot tier, live.
+    Hot(Entry),
+    /// Waiting in the write-behind queue (`None`: a delete), maybe expired.
+    Pending(Option<Entry>),
+    /// Not in memory: only the disk (or the cold tier) can tell.
+    OnDisk,
+}
+
+/// Whether `e` has not expired at `now`.
+fn live(e: &Entry, now: u64) -> bool {
+    e.meta.expires_ms.is_none_or(|t| t > now)
+}
+
 /// Unix time in ms.
 pub fn now_ms() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
@@ -311,10 +326,23 @@ impl EdgeCache {
 
     /// The write lock of `key`'s stripe.
     fn key_lock(&self, key: &str) -> MutexGuard<'_, ()> {
+        lock(self.key_stripe(key))
+    }
+
+    /// `key`'s write lock if no other write holds it now.
+    fn try_key_lock(&self, key: &str) -> Option<MutexGuard<'_, ()>> {
+        match self.key_stripe(key).try_lock() {
+            Ok(g) => Some(g),
+            Err(std::sync::TryLockError::Poisoned(p)) => Some(p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
+    }
+
+    fn key_stripe(&self, key: &str) -> &Mutex<()> {
         use std::hash::{Hash, Hasher};
         let mut h = std::hash::DefaultHasher::new();
         key.hash(&mut h);
-        lock(&self.key_locks[h.finish() as usize % KEY_LOCKS])
+        &self.key_locks[h.finish() as usize % KEY_LOCKS]
     }
 
     /// Puts `e` in memory, unless memory holds a newer version of its key
@@ -343,11 +371,12 @@ impl EdgeCache {
         self.store(key, value, kind, ttl_ms, durability, None)
     }
 
-    /// `SET`'s conditional forms (`NX`, `XX`, `GET`, `KEEPTTL`), atomic
-    /// against every other write of `key` on this node: `decide` sees what
-    /// this node holds (not the origin) and returns the value and time to
-    /// live to store write-behind, or `None` to leave the key as it is.
-    /// Returns the entry held before.
+    /// `SET`'s conditional forms (`NX`, `XX`, `GET`, `KEEPTTL`) and other
+    /// read-modify-writes (`INCR`), atomic against every other write of
+    /// `key` on this node: `decide` sees what this node holds (not the
+    /// origin) and returns the value and time to live to store
+    /// write-behind, or `None` to leave the key as it is. Returns the entry
+    /// held before. May wait for the key's lock and read the disk.
     pub fn put_with(
         &self,
         key: &str,
@@ -355,6 +384,35 @@ impl EdgeCache {
     ) -> Result<Option<Entry>, CacheWriteError> {
         let _writing = self.key_lock(key);
         let old = self.find(key, now_ms(), false);
+        self.decide_and_store(key, old, decide)
+    }
+
+    /// [`EdgeCache::put_with`] when it needs neither to wait nor to read the
+    /// disk: no other write of `key` is in flight, and memory (the hot tier
+    /// or the write-behind queue) knows what the key holds. Otherwise
+    /// gives `decide` back, untouched, for `put_with` on a blocking thread.
+    pub fn try_put_with<D: FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)>>(
+        &self,
+        key: &str,
+        decide: D,
+    ) -> Result<Result<Option<Entry>, CacheWriteError>, D> {
+        let Some(_writing) = self.try_key_lock(key) else { return Err(decide) };
+        let now = now_ms();
+        let old = match self.in_memory(key, now) {
+            Held::Hot(e) => Some(e),
+            Held::Pending(p) => p.filter(|e| live(e, now)),
+            Held::OnDisk => return Err(decide),
+        };
+        Ok(self.decide_and_store(key, old, decide))
+    }
+
+    /// The rest of a read-modify-write, under the key's lock.
+    fn decide_and_store(
+        &self,
+        key: &str,
+        old: Option<Entry>,
+        decide: impl FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)>,
+    ) -> Result<Option<Entry>, CacheWriteError> {
         if let Some((value, ttl_ms)) = decide(old.as_ref()) {
             self.store(key, value, "app_data", ttl_ms, Durability::WriteBehind, None)?;
         }
@@ -483,16 +541,15 @@ impl EdgeCache {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         };
-        if let Some(e) = lock(&self.hot).get(key, now).cloned() {
-            count(&self.counters.hot_hits);
-            return Some(e);
-        }
-        let pending = lock(&self.behind).get(key).cloned();
-        let found = match pending {
-            Some(p) => p,
-            None => self.read_warm(key),
+        let found = match self.in_memory(key, now) {
+            Held::Hot(e) => {
+                count(&self.counters.hot_hits);
+                return Some(e);
+            }
+            Held::Pending(p) => p,
+            Held::OnDisk => self.read_warm(key),
         };
-        match found.filter(|e| e.meta.expires_ms.is_none_or(|t| t > now)) {
+        match found.filter(|e| live(e, now)) {
             Some(e) => {
                 count(&self.counters.warm_hits);
                 self.promote(e.clone(), now);
@@ -502,6 +559,17 @@ impl EdgeCache {
                 count(&self.counters.misses);
                 None
             }
+        }
+    }
+
+    /// What memory knows of `key`.
+    fn in_memory(&self, key: &str, now: u64) -> Held {
+        if let Some(e) = lock(&self.hot).get(key, now).cloned() {
+            return Held::Hot(e);
+        }
+        match lock(&self.behind).get(key).cloned() {
+            Some(pending) => Held::Pending(pending),
+            None => Held::OnDisk,
         }
     }
 
@@ -813,13 +881,29 @@ mod tests {
         c.promote(v1, now_ms());
         assert_eq!(c.get_hot("k", now_ms()).unwrap().value.as_ref(), b"v2");
 
+        // Without blocking, a read-modify-write runs only when memory knows
+        // the key and no other write holds its lock.
+        let add_one = |old: Option<&Entry>| Some((Bytes::from(vec![old.map_or(0, |e| e.value[0]) + 1]), None));
+        assert!(c.try_put_with("n", add_one).is_err(), "an unknown key needs the disk");
+        c.put("n", Bytes::from_static(&[1]), "app_data", None, Durability::WriteThrough).unwrap();
+        assert_eq!(c.try_put_with("n", add_one).ok().unwrap().unwrap().unwrap().value.as_ref(), &[1]);
+        {
+            let _busy = c.key_lock("n");
+            assert!(c.try_put_with("n", add_one).is_err(), "the key's lock was taken");
+        }
+        lock(&c.hot).remove("n");
+        c.flush();
+        assert!(c.try_put_with("n", add_one).is_err(), "the key is on disk only");
+        assert_eq!(c.put_with("n", add_one).unwrap().unwrap().value.as_ref(), &[2]);
+        assert_eq!(c.get_hot("n", now_ms()).unwrap().value.as_ref(), &[3]);
+
         // Writes checking what they replace are not reads: the hit ratio
         // counts only the one read above.
         c.put_replica("r", Bytes::from_static(b"x"), "app_data", None, 7).unwrap();
         c.expire("r", |_| Some(Some(now_ms() + 60_000)));
         assert!(!c.invalidate("r", Some(1)), "a newer version is kept");
         let counted = |n: &AtomicU64| n.load(Ordering::Relaxed);
-        assert_eq!((counted(&c.counters.hot_hits), counted(&c.counters.warm_hits), counted(&c.counters.misses)), (1, 0, 0));
+        assert_eq!((counted(&c.counters.hot_hits), counted(&c.counters.warm_hits), counted(&c.counters.misses)), (2, 0, 0));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::edgecache::{now_ms, Durability, EdgeCache};
+use crate::edgecache::{now_ms, Durability, EdgeCache, Entry};
 
 /// Most arguments in one command.
 const MAX_ARGS: usize = 1 << 20;
@@ -236,7 +236,7 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
             let tail = args[2].to_vec();
             let appended = update(cache, args[1], move |old| {
                 let mut v = old.map_or_else(Vec::new, |e| e.value.to_vec());
-                v.extend(tail);
+                v.extend_from_slice(&tail);
                 Ok(v)
             })
             .await;
@@ -305,7 +305,7 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
 }
 
 /// An entry from any tier or the origin; an origin failure is a miss here.
-async fn lookup(cache: &Arc<EdgeCache>, key: &str) -> Option<crate::edgecache::Entry> {
+async fn lookup(cache: &Arc<EdgeCache>, key: &str) -> Option<Entry> {
     cache.lookup(key).await.unwrap_or_else(|e| {
         tracing::warn!(key, error = %e, "read-through failed");
         None
@@ -325,7 +325,7 @@ async fn get(cache: &Arc<EdgeCache>, key: &[u8], out: &mut Vec<u8>) {
 
 /// `old` (absent: 0) plus `by`, as Redis's `INCRBY`: the value must be a
 /// decimal 64-bit integer and the sum must not overflow.
-fn add(old: Option<&crate::edgecache::Entry>, by: i64) -> Result<Vec<u8>, &'static str> {
+fn add(old: Option<&Entry>, by: i64) -> Result<Vec<u8>, &'static str> {
     let n = match old {
         Some(e) => utf8(&e.value).and_then(|v| v.parse::<i64>().ok()).ok_or("value is not an integer or out of range")?,
         None => 0,
@@ -335,29 +335,36 @@ fn add(old: Option<&crate::edgecache::Entry>, by: i64) -> Result<Vec<u8>, &'stat
 
 /// A read-modify-write of one key (`INCR`, `APPEND`), atomic against every
 /// other write of it, keeping its time to live as Redis does; returns the
-/// new value.
+/// new value. `f` must be pure: it runs again on what the write replaced.
 async fn update(
     cache: &Arc<EdgeCache>,
     key: &[u8],
-    f: impl FnOnce(Option<&crate::edgecache::Entry>) -> Result<Vec<u8>, &'static str> + Send + 'static,
+    f: impl Fn(Option<&Entry>) -> Result<Vec<u8>, &'static str> + Clone + Send + 'static,
 ) -> Result<Vec<u8>, String> {
     let key = utf8(key).ok_or("keys must be UTF-8")?;
-    let (c, k) = (cache.clone(), key.to_string());
-    let written = tokio::task::spawn_blocking(move || {
-        let mut result = Err("no value");
-        let now = now_ms();
-        c.put_with(&k, |old| {
-            result = f(old);
-            let value = Bytes::from(result.as_ref().ok()?.clone());
-            Some((value, SetExpiry::Keep.ttl_ms(old, now)))
-        })
-        .map(|_| result)
-    })
-    .await
-    .map_err(|e| format!("write failed: {e}"))?;
-    let value = written.map_err(|e| e.to_string())??;
+    let now = now_ms();
+    let g = f.clone();
+    let old = put_with(cache, key, move |old| Some((Bytes::from(g(old).ok()?), SetExpiry::Keep.ttl_ms(old, now)))).await?;
+    let value = f(old.as_ref())?;
     write_origin(cache, key, Bytes::from(value.clone()));
     Ok(value)
+}
+
+/// [`EdgeCache::put_with`]: at once when it needs neither to wait for the
+/// key's lock nor to read the disk (a counter in memory), else on a
+/// blocking thread.
+async fn put_with<D>(cache: &Arc<EdgeCache>, key: &str, decide: D) -> Result<Option<Entry>, String>
+where
+    D: FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)> + Send + 'static,
+{
+    let written = match cache.try_put_with(key, decide) {
+        Ok(written) => written,
+        Err(decide) => {
+            let (c, k) = (cache.clone(), key.to_string());
+            tokio::task::spawn_blocking(move || c.put_with(&k, decide)).await.map_err(|e| format!("write failed: {e}"))?
+        }
+    };
+    written.map_err(|e| e.to_string())
 }
 
 /// With origin writes on, a write also goes to the origin, in the
@@ -450,7 +457,7 @@ enum SetExpiry {
 impl SetExpiry {
     /// The time to live it gives a value replacing `old` at `now`; a time
     /// already past expires the value at once.
-    fn ttl_ms(self, old: Option<&crate::edgecache::Entry>, now: u64) -> Option<u64> {
+    fn ttl_ms(self, old: Option<&Entry>, now: u64) -> Option<u64> {
         match self {
             SetExpiry::Never => None,
             SetExpiry::In(ms) => Some(ms),
@@ -529,40 +536,30 @@ async fn set(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions, ou
     let now = now_ms();
     // Only the conditional forms, `GET` and `KEEPTTL` need the old value.
     let plain = o.only_if_present.is_none() && !o.get && o.expiry != SetExpiry::Keep;
-    let written = if plain {
-        cache.put(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now), Durability::WriteBehind).map(|_| (true, None))
-    } else {
-        let (c, k, v) = (cache.clone(), key.to_string(), value.clone());
-        let answer = tokio::task::spawn_blocking(move || {
-            let mut stored = false;
-            let old = c.put_with(&k, |old| {
-                if o.only_if_present.is_some_and(|present| present != old.is_some()) {
-                    return None;
-                }
-                stored = true;
-                Some((v, o.expiry.ttl_ms(old, now)))
-            })?;
-            Ok((stored, old))
-        })
-        .await;
-        match answer {
-            Ok(r) => r,
-            Err(e) => return err(out, &format!("write failed: {e}")),
-        }
-    };
-    match written {
-        Ok((stored, old)) => {
-            if stored {
+    if plain {
+        return match cache.put(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now), Durability::WriteBehind) {
+            Ok(_) => {
                 write_origin(cache, key, value);
+                out.extend(OK);
             }
-            match (o.get, old) {
-                (true, Some(e)) => bulk(out, &e.value),
-                (true, None) => out.extend(NIL),
-                (false, _) if stored => out.extend(OK),
-                (false, _) => out.extend(NIL),
-            }
-        }
-        Err(e) => err(out, &e.to_string()),
+            Err(e) => err(out, &e.to_string()),
+        };
+    }
+    let stores = move |old: Option<&Entry>| o.only_if_present.is_none_or(|present| present == old.is_some());
+    let v = value.clone();
+    let old = match put_with(cache, key, move |old| stores(old).then(|| (v, o.expiry.ttl_ms(old, now)))).await {
+        Ok(old) => old,
+        Err(e) => return err(out, &e),
+    };
+    let stored = stores(old.as_ref());
+    if stored {
+        write_origin(cache, key, value);
+    }
+    match (o.get, old) {
+        (true, Some(e)) => bulk(out, &e.value),
+        (true, None) => out.extend(NIL),
+        (false, _) if stored => out.extend(OK),
+        (false, _) => out.extend(NIL),
     }
 }
 
