@@ -371,6 +371,44 @@ impl EdgeCache {
         self.store(key, value, kind, ttl_ms, durability, None)
     }
 
+    /// [`EdgeCache::put`] write-behind for async callers: at once when no
+    /// other write holds `key`'s lock (a write-behind does no I/O), else on
+    /// a blocking thread, so a runtime worker never waits for the writer's
+    /// fsync of a key on the same lock stripe.
+    pub async fn put_behind(
+        self: &Arc<Self>,
+        key: &str,
+        value: Bytes,
+        kind: &str,
+        ttl_ms: Option<u64>,
+    ) -> Result<Arc<Meta>, CacheWriteError> {
+        if let Some(_writing) = self.try_key_lock(key) {
+            return self.store(key, value, kind, ttl_ms, Durability::WriteBehind, None);
+        }
+        let (c, k, kind) = (self.clone(), key.to_string(), kind.to_string());
+        tokio::task::spawn_blocking(move || c.put(&k, value, &kind, ttl_ms, Durability::WriteBehind))
+            .await
+            .map_err(|e| CacheWriteError::Io(std::io::Error::other(e)))?
+    }
+
+    /// [`EdgeCache::put_with`] for async callers: at once when it needs
+    /// neither to wait for the key's lock nor to read the disk (a counter
+    /// in memory), else on a blocking thread.
+    pub async fn put_with_async<D>(self: &Arc<Self>, key: &str, decide: D) -> Result<Option<Entry>, CacheWriteError>
+    where
+        D: FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)> + Send + 'static,
+    {
+        match self.try_put_with(key, decide) {
+            Ok(written) => written,
+            Err(decide) => {
+                let (c, k) = (self.clone(), key.to_string());
+                tokio::task::spawn_blocking(move || c.put_with(&k, decide))
+                    .await
+                    .map_err(|e| CacheWriteError::Io(std::io::Error::other(e)))?
+            }
+        }
+    }
+
     /// `SET`'s conditional forms (`NX`, `XX`, `GET`, `KEEPTTL`) and other
     /// read-modify-writes (`INCR`), atomic against every other write of
     /// `key` on this node: `decide` sees what this node holds (not the
@@ -391,7 +429,7 @@ impl EdgeCache {
     /// disk: no other write of `key` is in flight, and memory (the hot tier
     /// or the write-behind queue) knows what the key holds. Otherwise
     /// gives `decide` back, untouched, for `put_with` on a blocking thread.
-    pub fn try_put_with<D: FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)>>(
+    fn try_put_with<D: FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)>>(
         &self,
         key: &str,
         decide: D,
@@ -904,6 +942,32 @@ mod tests {
         assert!(!c.invalidate("r", Some(1)), "a newer version is kept");
         let counted = |n: &AtomicU64| n.load(Ordering::Relaxed);
         assert_eq!((counted(&c.counters.hot_hits), counted(&c.counters.warm_hits), counted(&c.counters.misses)), (2, 0, 0));
+    }
+
+    #[test]
+    fn an_async_write_of_a_busy_key_leaves_the_runtime_free() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1 << 20);
+        // As the write-behind writer does while it fsyncs the key's file.
+        let busy = c.key_lock("k");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let runtime = {
+            let c = c.clone();
+            std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                rt.block_on(async move {
+                    let write = tokio::spawn(async move { c.put_behind("k", Bytes::from_static(b"v"), "app_data", None).await });
+                    let other = tokio::spawn(async { "served" });
+                    tx.send(other.await.unwrap()).unwrap();
+                    write.await.unwrap()
+                })
+            })
+        };
+        let served = rx.recv_timeout(Duration::from_secs(10));
+        drop(busy);
+        assert_eq!(served, Ok("served"), "the runtime's only thread waited for the key's lock");
+        assert!(runtime.join().unwrap().is_ok());
+        assert_eq!(c.get_hot("k", now_ms()).unwrap().value.as_ref(), b"v");
     }
 
     #[test]

@@ -13,7 +13,7 @@ use axum::body::Bytes;
 use tokio::sync::OnceCell;
 use verge_client::{url_path as encode_key, Api, ClientError, Method};
 
-use crate::edgecache::{Durability, EdgeCache, Entry};
+use crate::edgecache::{EdgeCache, Entry};
 
 /// Whether cache writes also go to the origin.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -88,7 +88,7 @@ impl Origin {
         };
         let kind = kind.filter(|k| !k.is_empty()).unwrap_or_else(|| "app_data".into());
         let value = Bytes::from(body);
-        let meta = cache.put(key, value.clone(), &kind, None, Durability::WriteBehind).map_err(|e| format!("origin value refused: {e}"))?;
+        let meta = cache.put_behind(key, value.clone(), &kind, None).await.map_err(|e| format!("origin value refused: {e}"))?;
         Ok(Some(Entry { meta, value }))
     }
 }

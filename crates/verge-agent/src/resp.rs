@@ -17,7 +17,7 @@ use std::sync::Arc;
 use axum::body::Bytes;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-use crate::edgecache::{now_ms, Durability, EdgeCache, Entry};
+use crate::edgecache::{now_ms, EdgeCache, Entry};
 
 /// Most arguments in one command.
 const MAX_ARGS: usize = 1 << 20;
@@ -270,7 +270,9 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
             _ => out.extend(b"+none\r\n"),
         },
         "DEL" | "UNLINK" => {
-            let removed = args[1..].iter().filter_map(|k| utf8(k)).filter(|k| cache.remove(k)).count();
+            // Removal checks the disk tiers.
+            let (c, keys) = (cache.clone(), args[1..].iter().filter_map(|k| utf8(k).map(str::to_string)).collect::<Vec<_>>());
+            let removed = tokio::task::spawn_blocking(move || keys.iter().filter(|k| c.remove(k)).count()).await.unwrap_or(0);
             int(out, removed as i64);
         }
         "EXISTS" => {
@@ -344,27 +346,13 @@ async fn update(
     let key = utf8(key).ok_or("keys must be UTF-8")?;
     let now = now_ms();
     let g = f.clone();
-    let old = put_with(cache, key, move |old| Some((Bytes::from(g(old).ok()?), SetExpiry::Keep.ttl_ms(old, now)))).await?;
+    let old = cache
+        .put_with_async(key, move |old| Some((Bytes::from(g(old).ok()?), SetExpiry::Keep.ttl_ms(old, now))))
+        .await
+        .map_err(|e| e.to_string())?;
     let value = f(old.as_ref())?;
     write_origin(cache, key, Bytes::from(value.clone()));
     Ok(value)
-}
-
-/// [`EdgeCache::put_with`]: at once when it needs neither to wait for the
-/// key's lock nor to read the disk (a counter in memory), else on a
-/// blocking thread.
-async fn put_with<D>(cache: &Arc<EdgeCache>, key: &str, decide: D) -> Result<Option<Entry>, String>
-where
-    D: FnOnce(Option<&Entry>) -> Option<(Bytes, Option<u64>)> + Send + 'static,
-{
-    let written = match cache.try_put_with(key, decide) {
-        Ok(written) => written,
-        Err(decide) => {
-            let (c, k) = (cache.clone(), key.to_string());
-            tokio::task::spawn_blocking(move || c.put_with(&k, decide)).await.map_err(|e| format!("write failed: {e}"))?
-        }
-    };
-    written.map_err(|e| e.to_string())
 }
 
 /// With origin writes on, a write also goes to the origin, in the
@@ -537,7 +525,7 @@ async fn set(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions, ou
     // Only the conditional forms, `GET` and `KEEPTTL` need the old value.
     let plain = o.only_if_present.is_none() && !o.get && o.expiry != SetExpiry::Keep;
     if plain {
-        return match cache.put(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now), Durability::WriteBehind) {
+        return match cache.put_behind(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now)).await {
             Ok(_) => {
                 write_origin(cache, key, value);
                 out.extend(OK);
@@ -547,9 +535,9 @@ async fn set(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions, ou
     }
     let stores = move |old: Option<&Entry>| o.only_if_present.is_none_or(|present| present == old.is_some());
     let v = value.clone();
-    let old = match put_with(cache, key, move |old| stores(old).then(|| (v, o.expiry.ttl_ms(old, now)))).await {
+    let old = match cache.put_with_async(key, move |old| stores(old).then(|| (v, o.expiry.ttl_ms(old, now)))).await {
         Ok(old) => old,
-        Err(e) => return err(out, &e),
+        Err(e) => return err(out, &e.to_string()),
     };
     let stored = stores(old.as_ref());
     if stored {
