@@ -809,6 +809,23 @@ impl EdgeCache {
         (hot.len(), hot.expiring())
     }
 
+    /// Keys this node holds on disk, counting writes and deletes still
+    /// queued for it (`DBSIZE`): every write lands there. As in Redis,
+    /// entries expired but not yet removed count; the cold tier does not.
+    pub fn key_count(&self) -> usize {
+        let pending: Vec<(String, bool)> = lock(&self.behind).iter().map(|(k, e)| (file_name(k), e.is_some())).collect();
+        let warm = lock(&self.warm);
+        let mut n = warm.files.len();
+        for (name, stored) in pending {
+            match (stored, warm.files.contains_key(&name)) {
+                (true, false) => n += 1,
+                (false, true) => n -= 1,
+                _ => {}
+            }
+        }
+        n
+    }
+
     /// Waits until the write-behind queue is empty (clean shutdown).
     pub fn flush(&self) {
         let mut q = lock(&self.behind);
@@ -886,6 +903,17 @@ mod tests {
         c.flush();
         assert!(c.get("model/a", now_ms()).is_none());
         assert!(!c.warm_dir.join(file_name("model/a")).exists());
+
+        // DBSIZE counts what is on disk and what is queued for it, whenever
+        // the writer runs.
+        assert_eq!(c.key_count(), 1);
+        c.put("queued", Bytes::from_static(b"q"), "app_data", None, Durability::WriteBehind).unwrap();
+        c.put("queued", Bytes::from_static(b"q2"), "app_data", None, Durability::WriteBehind).unwrap();
+        assert_eq!(c.key_count(), 2);
+        assert!(c.remove("session/1"));
+        assert_eq!(c.key_count(), 1);
+        c.flush();
+        assert_eq!(c.key_count(), 1);
     }
 
     #[test]

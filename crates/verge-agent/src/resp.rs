@@ -159,6 +159,7 @@ const COMMANDS: &[(&str, i32)] = &[
     ("UNLINK", -2),
     ("EXISTS", -2),
     ("TYPE", 2),
+    ("DBSIZE", 1),
     ("EXPIRE", -3),
     ("PEXPIRE", -3),
     ("EXPIREAT", -3),
@@ -293,6 +294,10 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         },
         "TTL" => ttl(cache, args[1], 1000, out).await,
         "PTTL" => ttl(cache, args[1], 1, out).await,
+        "DBSIZE" => {
+            let c = cache.clone();
+            int(out, tokio::task::spawn_blocking(move || c.key_count()).await.unwrap_or(0) as i64);
+        }
         "INFO" => bulk(out, info(cache).as_bytes()),
         "QUIT" => {
             out.extend(OK);

@@ -55,6 +55,7 @@ fn redis_protocol_and_http_share_one_cache() {
     assert_eq!(r.call(&[b"PING"]), "+PONG\r\n");
     assert_eq!(r.call(&[b"SET", b"greeting", b"hello"]), "+OK\r\n");
     assert_eq!(r.call(&[b"GET", b"greeting"]), "$5\r\nhello\r\n");
+    assert_eq!(r.call(&[b"DBSIZE"]), ":1\r\n");
     assert_eq!(r.call(&[b"EXISTS", b"greeting", b"nope"]), ":1\r\n");
     assert_eq!(r.call(&[b"TTL", b"greeting"]), ":-1\r\n");
     assert_eq!(r.call(&[b"EXPIRE", b"greeting", b"100"]), ":1\r\n");
