@@ -14,6 +14,8 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, name: &str) -> io::Result<Vec<u8>>;
     /// Removes `name`; `false` when it was not there.
     fn delete(&self, name: &str) -> io::Result<bool>;
+    /// Every object's name (to drop them all).
+    fn names(&self) -> io::Result<Vec<String>>;
 }
 
 /// An object store in a directory: one file per object, written atomically.
@@ -53,6 +55,18 @@ impl ObjectStore for FsObjectStore {
             Err(e) => Err(e),
         }
     }
+
+    fn names(&self) -> io::Result<Vec<String>> {
+        let mut names = Vec::new();
+        for e in std::fs::read_dir(&self.dir)? {
+            let name = e?.file_name().to_string_lossy().into_owned();
+            // Temporary files of writes in flight are not objects.
+            if self.path(&name).is_ok() {
+                names.push(name);
+            }
+        }
+        Ok(names)
+    }
 }
 
 #[cfg(test)]
@@ -69,5 +83,8 @@ mod tests {
         assert!(!s.delete("ab12").unwrap());
         assert_eq!(s.get("ab12").unwrap_err().kind(), io::ErrorKind::NotFound);
         assert!(s.put("../x", b"x").is_err());
+        s.put("cd34", b"y").unwrap();
+        std::fs::write(dir.path().join("cold/.cd34.tmp1-0"), b"half").unwrap();
+        assert_eq!(s.names().unwrap(), ["cd34"]);
     }
 }

@@ -172,6 +172,8 @@ pub struct Counters {
 /// The cache, shared by the HTTP and RESP front ends.
 pub struct EdgeCache {
     hot: Mutex<Cache<String, Entry>>,
+    /// The hot tier's size and policy, to start it afresh.
+    hot_config: CacheConfig,
     warm_dir: PathBuf,
     warm: Mutex<WarmIndex>,
     vault: Arc<Vault>,
@@ -278,6 +280,7 @@ impl EdgeCache {
         let hot = Cache::with_config(config).map_err(std::io::Error::other)?;
         let cache = Arc::new(EdgeCache {
             hot: Mutex::new(hot),
+            hot_config: config,
             warm_dir,
             warm: Mutex::new(index),
             vault,
@@ -826,6 +829,27 @@ impl EdgeCache {
         n
     }
 
+    /// Drops every key on this node (`FLUSHDB`): memory, the write-behind
+    /// queue, the warm and the cold tier. Every write waits meanwhile.
+    pub fn clear(&self) -> std::io::Result<()> {
+        let _every_key: Vec<MutexGuard<'_, ()>> = self.key_locks.iter().map(lock).collect();
+        lock(&self.behind).clear();
+        *lock(&self.hot) = Cache::with_config(self.hot_config).map_err(std::io::Error::other)?;
+        let names: Vec<String> = std::mem::take(&mut *lock(&self.warm)).files.into_keys().collect();
+        for name in names {
+            match std::fs::remove_file(self.warm_dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
+            }
+        }
+        if let Some(cold) = &self.cold {
+            for name in cold.names()? {
+                cold.delete(&name)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Waits until the write-behind queue is empty (clean shutdown).
     pub fn flush(&self) {
         let mut q = lock(&self.behind);
@@ -1015,6 +1039,12 @@ mod tests {
         lock(&c.hot).remove("k0");
         assert_eq!(c.get("k0", now_ms()).unwrap().value.as_ref(), &[7u8; 100][..]);
         assert_eq!(c.counters.cold_hits.load(Ordering::Relaxed), 1);
+        // FLUSHDB: nothing comes back from any tier.
+        c.clear().unwrap();
+        assert_eq!(c.key_count(), 0);
+        for i in 0..20 {
+            assert!(c.get(&format!("k{i}"), now_ms()).is_none(), "k{i} survived");
+        }
         assert!(matches!(c.put("", Bytes::new(), "app_data", None, Durability::WriteBehind), Err(CacheWriteError::BadKey)));
         assert!(matches!(
             c.put("k", Bytes::from(vec![0; 2 << 20]), "app_data", None, Durability::WriteBehind),

@@ -160,6 +160,8 @@ const COMMANDS: &[(&str, i32)] = &[
     ("EXISTS", -2),
     ("TYPE", 2),
     ("DBSIZE", 1),
+    ("FLUSHDB", -1),
+    ("FLUSHALL", -1),
     ("EXPIRE", -3),
     ("PEXPIRE", -3),
     ("EXPIREAT", -3),
@@ -298,6 +300,12 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
             let c = cache.clone();
             int(out, tokio::task::spawn_blocking(move || c.key_count()).await.unwrap_or(0) as i64);
         }
+        "FLUSHDB" | "FLUSHALL" => match &args[1..] {
+            // Always synchronous: done when answered.
+            [] => flush(cache, out).await,
+            [mode] if mode.eq_ignore_ascii_case(b"SYNC") || mode.eq_ignore_ascii_case(b"ASYNC") => flush(cache, out).await,
+            _ => err(out, "syntax error"),
+        },
         "INFO" => bulk(out, info(cache).as_bytes()),
         "QUIT" => {
             out.extend(OK);
@@ -309,6 +317,16 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         _ => out.extend(b"*0\r\n"),
     }
     Next::Continue
+}
+
+/// `FLUSHDB`: drops every key on the node, on a blocking thread.
+async fn flush(cache: &Arc<EdgeCache>, out: &mut Vec<u8>) {
+    let c = cache.clone();
+    match tokio::task::spawn_blocking(move || c.clear()).await {
+        Ok(Ok(())) => out.extend(OK),
+        Ok(Err(e)) => err(out, &format!("flush failed: {e}")),
+        Err(e) => err(out, &format!("flush failed: {e}")),
+    }
 }
 
 /// An entry from any tier or the origin; an origin failure is a miss here.

@@ -97,7 +97,7 @@ fn redis_protocol_and_http_share_one_cache() {
     assert!(r.call(&[b"SET", b"big", &[b'v'; 2048]]).starts_with("-ERR values are at most 1024 bytes"));
     assert!(r.call(&[b"SET", &[b'k'; 2000], b"v"]).starts_with("-ERR keys are"));
     assert!(r.call(&[b"GET"]).starts_with("-ERR wrong number of arguments"));
-    assert!(r.call(&[b"FLUSHALL"]).starts_with("-ERR unknown command"));
+    assert!(r.call(&[b"LPUSH", b"list", b"x"]).starts_with("-ERR unknown command 'LPUSH'"));
     assert!(r.call(&[b"SET", b"k", b"v", b"EX", b"soon"]).starts_with("-ERR invalid expire time"));
     let (status, body) = http(&port, "PUT", "/api/v1/cache/k?ttl=banana", b"x");
     let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("not JSON {body:?}: {e}"));
@@ -230,6 +230,12 @@ fn redis_writes_take_their_options_and_read_modify_writes_are_atomic() {
     });
     assert_eq!(winners, 1);
     assert_eq!(r.call(&[b"GET", b"counter"]), "$3\r\n400\r\n");
+
+    // FLUSHDB drops every key on the node.
+    assert!(r.call(&[b"FLUSHDB", b"LATER"]).starts_with("-ERR syntax error"));
+    assert_eq!(r.call(&[b"FLUSHDB", b"async"]), "+OK\r\n");
+    assert_eq!(r.call(&[b"DBSIZE"]), ":0\r\n");
+    assert_eq!(r.call(&[b"MGET", b"counter", b"race", b"hits"]), "*3\r\n$-1\r\n$-1\r\n$-1\r\n");
 }
 
 /// The value each key must have: never anything else.
