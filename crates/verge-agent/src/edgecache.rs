@@ -571,11 +571,20 @@ impl EdgeCache {
     /// its warm file (promoted to memory). A client's read: counted in the
     /// hits and misses.
     pub fn get(&self, key: &str, now: u64) -> Option<Entry> {
-        self.find(key, now, true)
+        self.get_hot(key, now).or_else(|| self.read_locked(key, now, true))
     }
 
-    /// [`EdgeCache::get`]; `counted`: a client's read rather than a write
-    /// checking what it replaces (which the hit ratio must not see).
+    /// [`EdgeCache::find`] under the key's lock, for a reader holding none:
+    /// what it finds on disk cannot be put back in memory after a `DEL` or
+    /// `FLUSHDB` removed it meanwhile.
+    fn read_locked(&self, key: &str, now: u64, counted: bool) -> Option<Entry> {
+        let _reading = self.key_lock(key);
+        self.find(key, now, counted)
+    }
+
+    /// [`EdgeCache::get`] for a caller holding the key's lock; `counted`: a
+    /// client's read rather than a write checking what it replaces (which
+    /// the hit ratio must not see).
     fn find(&self, key: &str, now: u64, counted: bool) -> Option<Entry> {
         let count = |c: &AtomicU64| {
             if counted {
@@ -635,7 +644,7 @@ impl EdgeCache {
             }
         }
         let (c, k) = (self.clone(), key.to_string());
-        if let Some(e) = tokio::task::spawn_blocking(move || c.find(&k, now, counted)).await.map_err(|e| e.to_string())? {
+        if let Some(e) = tokio::task::spawn_blocking(move || c.read_locked(&k, now, counted)).await.map_err(|e| e.to_string())? {
             return Ok(Some(e));
         }
         match &self.origin {
