@@ -325,8 +325,7 @@ pub async fn run(opts: AgentOptions, mut shutdown: watch::Receiver<bool>) -> Res
     }
     workloads.shutdown(opts.stop_workloads_on_exit).await;
     // Write-behind entries reach the disk before a clean exit.
-    let cache = link.cache.clone();
-    let _ = tokio::task::spawn_blocking(move || cache.flush()).await;
+    link.cache.blocking(|c| c.flush()).await;
     Ok(())
 }
 
@@ -554,8 +553,7 @@ async fn connect(
                         }
                     }
                     ServerMessage::CacheInvalidate { request, key, version } => {
-                        let c = link.cache.clone();
-                        let removed = tokio::task::spawn_blocking(move || c.invalidate(&key, version)).await.unwrap_or(false);
+                        let removed = link.cache.blocking(move |c| c.invalidate(&key, version)).await.unwrap_or(false);
                         sink.send(Message::text(encode(&AgentMessage::CacheAck { request, removed }))).await.map_err(|e| e.to_string())?;
                     }
                     ServerMessage::CachePrewarm { keys, priority } => {

@@ -97,21 +97,21 @@ async fn write(
         }
     }
     let behind = (writes == OriginWrites::Behind).then(|| (c.clone(), key.clone(), value.clone(), kind.clone()));
-    let stored = tokio::task::spawn_blocking(move || match version {
+    let stored = c.blocking(move |c| match version {
         Some(v) => c.put_replica(&key, value, &kind, ttl, v),
         None => c.put(&key, value, &kind, ttl, Durability::WriteThrough),
     });
     match stored.await {
-        Ok(Ok(meta)) => {
+        Some(Ok(meta)) => {
             if let Some((c, key, value, kind)) = behind {
                 crate::origin::store_behind(c, key, value, kind);
             }
             (StatusCode::CREATED, Json(json!(*meta))).into_response()
         }
-        Ok(Err(e @ CacheWriteError::TooLarge(_))) => error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", e.to_string()),
-        Ok(Err(e @ CacheWriteError::Io(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
-        Ok(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+        Some(Err(e @ CacheWriteError::TooLarge(_))) => error(StatusCode::PAYLOAD_TOO_LARGE, "value_too_large", e.to_string()),
+        Some(Err(e @ CacheWriteError::Io(_))) => error(StatusCode::INTERNAL_SERVER_ERROR, "io", e.to_string()),
+        Some(Err(e)) => error(StatusCode::BAD_REQUEST, "bad_request", e.to_string()),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the write panicked"),
     }
 }
 
@@ -159,10 +159,10 @@ async fn delete(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
         return r;
     }
     let k = key.clone();
-    match tokio::task::spawn_blocking(move || c.remove(&k)).await {
-        Ok(true) => Json(json!({"deleted": key})).into_response(),
-        Ok(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
-        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()),
+    match c.blocking(move |c| c.remove(&k)).await {
+        Some(true) => Json(json!({"deleted": key})).into_response(),
+        Some(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the removal panicked"),
     }
 }
 

@@ -157,7 +157,7 @@ const HOT_KEYS: usize = 10;
 pub struct Counters {
     /// Served from memory.
     pub hot_hits: AtomicU64,
-    /// Served from the warm tier.
+    /// Served from the warm tier (or the write-behind queue).
     pub warm_hits: AtomicU64,
     /// Not found (or expired).
     pub misses: AtomicU64,
@@ -208,6 +208,11 @@ enum Held {
     Pending(Option<Entry>),
     /// Not in memory: only the disk (or the cold tier) can tell.
     OnDisk,
+}
+
+/// A write whose blocking thread panicked.
+fn write_panicked<T>() -> Result<T, CacheWriteError> {
+    Err(CacheWriteError::Io(std::io::Error::other("the write panicked")))
 }
 
 /// Whether `e` has not expired at `now`.
@@ -388,10 +393,8 @@ impl EdgeCache {
         if let Some(_writing) = self.try_key_lock(key) {
             return self.store(key, value, kind, ttl_ms, Durability::WriteBehind, None);
         }
-        let (c, k, kind) = (self.clone(), key.to_string(), kind.to_string());
-        tokio::task::spawn_blocking(move || c.put(&k, value, &kind, ttl_ms, Durability::WriteBehind))
-            .await
-            .map_err(|e| CacheWriteError::Io(std::io::Error::other(e)))?
+        let (k, kind) = (key.to_string(), kind.to_string());
+        self.blocking(move |c| c.put(&k, value, &kind, ttl_ms, Durability::WriteBehind)).await.unwrap_or_else(write_panicked)
     }
 
     /// [`EdgeCache::put_with`] for async callers: at once when it needs
@@ -404,12 +407,18 @@ impl EdgeCache {
         match self.try_put_with(key, decide) {
             Ok(written) => written,
             Err(decide) => {
-                let (c, k) = (self.clone(), key.to_string());
-                tokio::task::spawn_blocking(move || c.put_with(&k, decide))
-                    .await
-                    .map_err(|e| CacheWriteError::Io(std::io::Error::other(e)))?
+                let k = key.to_string();
+                self.blocking(move |c| c.put_with(&k, decide)).await.unwrap_or_else(write_panicked)
             }
         }
+    }
+
+    /// Runs `f` on a blocking thread, for async callers: what may read the
+    /// disk or wait for a key's lock stays off the runtime's threads.
+    /// `None` if `f` panicked.
+    pub async fn blocking<T: Send + 'static>(self: &Arc<Self>, f: impl FnOnce(&EdgeCache) -> T + Send + 'static) -> Option<T> {
+        let c = self.clone();
+        tokio::task::spawn_blocking(move || f(&c)).await.ok()
     }
 
     /// `SET`'s conditional forms (`NX`, `XX`, `GET`, `KEEPTTL`) and other
@@ -591,17 +600,20 @@ impl EdgeCache {
                 c.fetch_add(1, Ordering::Relaxed);
             }
         };
-        let found = match self.in_memory(key, now) {
+        let (found, tier) = match self.in_memory(key, now) {
             Held::Hot(e) => {
                 count(&self.counters.hot_hits);
                 return Some(e);
             }
-            Held::Pending(p) => p,
-            Held::OnDisk => self.read_warm(key),
+            Held::Pending(p) => (p, &self.counters.warm_hits),
+            Held::OnDisk => match self.read_warm(key) {
+                Some(warm) => (warm, &self.counters.warm_hits),
+                None => (self.read_cold(key), &self.counters.cold_hits),
+            },
         };
         match found.filter(|e| live(e, now)) {
             Some(e) => {
-                count(&self.counters.warm_hits);
+                count(tier);
                 self.promote(e.clone(), now);
                 Some(e)
             }
@@ -643,8 +655,8 @@ impl EdgeCache {
                 return Ok(Some(e));
             }
         }
-        let (c, k) = (self.clone(), key.to_string());
-        if let Some(e) = tokio::task::spawn_blocking(move || c.read_locked(&k, now, counted)).await.map_err(|e| e.to_string())? {
+        let k = key.to_string();
+        if let Some(e) = self.blocking(move |c| c.read_locked(&k, now, counted)).await.ok_or("the read panicked")? {
             return Ok(Some(e));
         }
         match &self.origin {
@@ -693,19 +705,20 @@ impl EdgeCache {
         self.origin.as_ref().map_or(0, |o| o.fetches.load(Ordering::Relaxed))
     }
 
-    fn read_warm(&self, key: &str) -> Option<Entry> {
+    /// `key`'s warm file: `None` when there is none, `Some(None)` when it
+    /// holds nothing usable.
+    fn read_warm(&self, key: &str) -> Option<Option<Entry>> {
         let path = self.warm_dir.join(file_name(key));
         let bytes = match self.vault.read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return self.read_cold(key),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
             Err(e) => {
                 tracing::warn!(key, error = %e, "unreadable cache entry dropped");
                 self.remove_warm(key);
-                return None;
+                return Some(None);
             }
         };
-        let (meta, value) = decode(&bytes)?;
-        (meta.key == key).then(|| Entry { meta: Arc::new(meta), value })
+        Some(decode(&bytes).filter(|(meta, _)| meta.key == key).map(|(meta, value)| Entry { meta: Arc::new(meta), value }))
     }
 
     /// `key` from the cold tier, promoted back to the warm one.
@@ -726,7 +739,6 @@ impl EdgeCache {
             return None;
         }
         let e = Entry { meta: Arc::new(meta), value };
-        self.counters.cold_hits.fetch_add(1, Ordering::Relaxed);
         // Back to the warm tier; the cold copy stays until the key is
         // removed or demoted again, so a crash before the write loses nothing.
         lock(&self.behind).insert(key.to_string(), Some(e.clone()));
@@ -975,7 +987,7 @@ mod tests {
         // A reader that found version 1 on disk promotes it after version 2
         // reached memory: memory keeps version 2.
         c.put("k", Bytes::from_static(b"v1"), "app_data", None, Durability::WriteThrough).unwrap();
-        let v1 = c.read_warm("k").unwrap();
+        let v1 = c.read_warm("k").flatten().unwrap();
         c.put("k", Bytes::from_static(b"v2"), "app_data", None, Durability::WriteThrough).unwrap();
         c.promote(v1, now_ms());
         assert_eq!(c.get_hot("k", now_ms()).unwrap().value.as_ref(), b"v2");
@@ -1046,8 +1058,11 @@ mod tests {
         // What the warm tier pushed out went cold, sealed, and comes back.
         assert!(c.counters.demoted.load(Ordering::Relaxed) > 0);
         lock(&c.hot).remove("k0");
+        let warm_hits = c.counters.warm_hits.load(Ordering::Relaxed);
         assert_eq!(c.get("k0", now_ms()).unwrap().value.as_ref(), &[7u8; 100][..]);
+        // A cold hit counts once, as a cold hit.
         assert_eq!(c.counters.cold_hits.load(Ordering::Relaxed), 1);
+        assert_eq!(c.counters.warm_hits.load(Ordering::Relaxed), warm_hits);
         // FLUSHDB: nothing comes back from any tier.
         c.clear().unwrap();
         assert_eq!(c.key_count(), 0);

@@ -28,6 +28,7 @@ pub fn render(cache: &EdgeCache) -> String {
     let hits: Family<Labels, Counter> = Family::default();
     hits.get_or_create(&vec![("tier".into(), "hot".into())]).inc_by(cache.counters.hot_hits.load(Ordering::Relaxed));
     hits.get_or_create(&vec![("tier".into(), "warm".into())]).inc_by(cache.counters.warm_hits.load(Ordering::Relaxed));
+    hits.get_or_create(&vec![("tier".into(), "cold".into())]).inc_by(cache.counters.cold_hits.load(Ordering::Relaxed));
     verge.register("hits", "Requests served, by tier", hits);
     verge.register("misses", "Requests for keys no tier held", counter(cache.counters.misses.load(Ordering::Relaxed)));
     verge.register("origin_fetches", "Requests made to the origin (coalesced)", counter(cache.origin_fetches()));

@@ -180,8 +180,7 @@ const COMMANDS: &[(&str, i32)] = &[
 /// Runs one command, appending the reply to `out`.
 async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> Next {
     let Some(first) = args.first() else { return Next::Continue };
-    let name = String::from_utf8_lossy(first).to_ascii_uppercase();
-    let Some(&(name, arity)) = COMMANDS.iter().find(|(n, _)| *n == name) else {
+    let Some(&(name, arity)) = COMMANDS.iter().find(|(n, _)| n.as_bytes().eq_ignore_ascii_case(first)) else {
         err(out, &format!("unknown command '{}'", String::from_utf8_lossy(first)));
         return Next::Continue;
     };
@@ -214,21 +213,16 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
                 None => err(out, &format!("invalid expire time in '{}' command", name.to_ascii_lowercase())),
             }
         }
-        "SETNX" => {
-            let mut reply = Vec::new();
-            set(cache, args[1], args[2], SetOptions { only_if_present: Some(false), ..SetOptions::PLAIN }, &mut reply).await;
-            match reply.as_slice() {
-                OK => int(out, 1),
-                NIL => int(out, 0),
-                _ => out.extend(reply),
-            }
-        }
+        "SETNX" => match write(cache, args[1], args[2], SetOptions { only_if_present: Some(false), ..SetOptions::PLAIN }).await {
+            Ok((stored, _)) => int(out, i64::from(stored)),
+            Err(e) => err(out, &e),
+        },
         "GETSET" => set(cache, args[1], args[2], SetOptions { get: true, ..SetOptions::PLAIN }, out).await,
         "GETDEL" => match utf8(args[1]) {
             Some(key) => {
                 cache.observe(key);
-                let (c, k) = (cache.clone(), key.to_string());
-                match tokio::task::spawn_blocking(move || c.take(&k)).await.ok().flatten() {
+                let k = key.to_string();
+                match cache.blocking(move |c| c.take(&k)).await.flatten() {
                     Some(e) => bulk(out, &e.value),
                     None => out.extend(NIL),
                 }
@@ -274,9 +268,8 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         },
         "DEL" | "UNLINK" => {
             // Removal checks the disk tiers.
-            let (c, keys) = (cache.clone(), args[1..].iter().filter_map(|k| utf8(k).map(str::to_string)).collect::<Vec<_>>());
-            let removed = tokio::task::spawn_blocking(move || keys.iter().filter(|k| c.remove(k)).count()).await.unwrap_or(0);
-            int(out, removed as i64);
+            let keys: Vec<String> = args[1..].iter().filter_map(|k| utf8(k).map(str::to_string)).collect();
+            int(out, cache.blocking(move |c| keys.iter().filter(|k| c.remove(k)).count()).await.unwrap_or(0) as i64);
         }
         "EXISTS" => {
             let mut found = 0;
@@ -291,15 +284,15 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         }
         "PERSIST" => match utf8(args[1]) {
             // Only a key with a time to live changes.
-            Some(key) => int(out, i64::from(expire_blocking(cache, key, |before| before.map(|_| None)).await == Some(true))),
+            Some(key) => {
+                let k = key.to_string();
+                int(out, i64::from(cache.blocking(move |c| c.expire(&k, |before| before.map(|_| None))).await.flatten() == Some(true)))
+            }
             None => int(out, 0),
         },
         "TTL" => ttl(cache, args[1], 1000, out).await,
         "PTTL" => ttl(cache, args[1], 1, out).await,
-        "DBSIZE" => {
-            let c = cache.clone();
-            int(out, tokio::task::spawn_blocking(move || c.key_count()).await.unwrap_or(0) as i64);
-        }
+        "DBSIZE" => int(out, cache.blocking(|c| c.key_count()).await.unwrap_or(0) as i64),
         "FLUSHDB" | "FLUSHALL" => match &args[1..] {
             // Always synchronous: done when answered.
             [] => flush(cache, out).await,
@@ -319,13 +312,12 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
     Next::Continue
 }
 
-/// `FLUSHDB`: drops every key on the node, on a blocking thread.
+/// `FLUSHDB`: drops every key on the node.
 async fn flush(cache: &Arc<EdgeCache>, out: &mut Vec<u8>) {
-    let c = cache.clone();
-    match tokio::task::spawn_blocking(move || c.clear()).await {
-        Ok(Ok(())) => out.extend(OK),
-        Ok(Err(e)) => err(out, &format!("flush failed: {e}")),
-        Err(e) => err(out, &format!("flush failed: {e}")),
+    match cache.blocking(|c| c.clear()).await {
+        Some(Ok(())) => out.extend(OK),
+        Some(Err(e)) => err(out, &format!("flush failed: {e}")),
+        None => err(out, "flush failed"),
     }
 }
 
@@ -416,26 +408,16 @@ async fn expire(cache: &Arc<EdgeCache>, args: &[&[u8]], unit: u64, absolute: boo
     };
     // Not in the future: 0, which deletes the key.
     let at = at.max(0) as u64;
-    let Some(key) = utf8(args[1]) else { return int(out, 0) };
-    let changed = expire_blocking(cache, key, move |before| {
+    let Some(key) = utf8(args[1]).map(str::to_string) else { return int(out, 0) };
+    let decide = move |before: Option<u64>| {
         let allowed = match before {
             None => !xx && !gt,
             Some(b) => !nx && (!gt || at > b) && (!lt || at < b),
         };
         allowed.then_some(Some(at))
-    })
-    .await;
+    };
+    let changed = cache.blocking(move |c| c.expire(&key, decide)).await.flatten();
     int(out, i64::from(changed == Some(true)));
-}
-
-/// [`EdgeCache::expire`] on a blocking thread (it may read the disk).
-async fn expire_blocking(
-    cache: &Arc<EdgeCache>,
-    key: &str,
-    decide: impl FnOnce(Option<u64>) -> Option<Option<u64>> + Send + 'static,
-) -> Option<bool> {
-    let (c, k) = (cache.clone(), key.to_string());
-    tokio::task::spawn_blocking(move || c.expire(&k, decide)).await.unwrap_or(None)
 }
 
 /// `TTL` (`unit` 1000) and `PTTL` (1): the time left, rounded up; -1 for a
@@ -537,41 +519,43 @@ fn set_options(opts: &[&[u8]]) -> Result<SetOptions, &'static str> {
     Ok(o)
 }
 
-/// `SET key value` with options `o` (and `SETEX`, `PSETEX`, `SETNX`,
-/// `GETSET`, which are `SET` with fixed options): write-behind; the
-/// conditional forms are atomic against other writes of the key
-/// ([`EdgeCache::put_with`]).
+/// `SET key value` with options `o` (and `SETEX`, `PSETEX`, `GETSET`,
+/// which are `SET` with fixed options): `OK`, or with `GET` the old value;
+/// nil when a condition kept the key as it was.
 async fn set(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions, out: &mut Vec<u8>) {
-    let Some(key) = utf8(key) else { return err(out, "keys must be UTF-8") };
+    match write(cache, key, value, o).await {
+        Ok((_, Some(old))) if o.get => bulk(out, &old.value),
+        Ok((_, None)) if o.get => out.extend(NIL),
+        Ok((true, _)) => out.extend(OK),
+        Ok((false, _)) => out.extend(NIL),
+        Err(e) => err(out, &e),
+    }
+}
+
+/// Stores `value` under `key` as `SET` with options `o` does: write-behind;
+/// the conditional forms are atomic against other writes of the key
+/// ([`EdgeCache::put_with`]). Returns whether it stored, and the entry
+/// held before (only looked up when `o` needs it).
+async fn write(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions) -> Result<(bool, Option<Entry>), String> {
+    let key = utf8(key).ok_or("keys must be UTF-8")?;
     let value = Bytes::copy_from_slice(value);
     let now = now_ms();
     // Only the conditional forms, `GET` and `KEEPTTL` need the old value.
     let plain = o.only_if_present.is_none() && !o.get && o.expiry != SetExpiry::Keep;
-    if plain {
-        return match cache.put_behind(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now)).await {
-            Ok(_) => {
-                write_origin(cache, key, value);
-                out.extend(OK);
-            }
-            Err(e) => err(out, &e.to_string()),
-        };
-    }
-    let stores = move |old: Option<&Entry>| o.only_if_present.is_none_or(|present| present == old.is_some());
-    let v = value.clone();
-    let old = match cache.put_with_async(key, move |old| stores(old).then(|| (v, o.expiry.ttl_ms(old, now)))).await {
-        Ok(old) => old,
-        Err(e) => return err(out, &e.to_string()),
+    let (stored, old) = if plain {
+        cache.put_behind(key, value.clone(), "app_data", o.expiry.ttl_ms(None, now)).await.map_err(|e| e.to_string())?;
+        (true, None)
+    } else {
+        let stores = move |old: Option<&Entry>| o.only_if_present.is_none_or(|present| present == old.is_some());
+        let v = value.clone();
+        let old =
+            cache.put_with_async(key, move |old| stores(old).then(|| (v, o.expiry.ttl_ms(old, now)))).await.map_err(|e| e.to_string())?;
+        (stores(old.as_ref()), old)
     };
-    let stored = stores(old.as_ref());
     if stored {
         write_origin(cache, key, value);
     }
-    match (o.get, old) {
-        (true, Some(e)) => bulk(out, &e.value),
-        (true, None) => out.extend(NIL),
-        (false, _) if stored => out.extend(OK),
-        (false, _) => out.extend(NIL),
-    }
+    Ok((stored, old))
 }
 
 fn info(cache: &EdgeCache) -> String {
@@ -580,7 +564,7 @@ fn info(cache: &EdgeCache) -> String {
     format!(
         "# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n# Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n# Keyspace\r\ndb0:keys={},expires={}\r\n",
         env!("CARGO_PKG_VERSION"),
-        c.hot_hits.load(Ordering::Relaxed) + c.warm_hits.load(Ordering::Relaxed),
+        c.hot_hits.load(Ordering::Relaxed) + c.warm_hits.load(Ordering::Relaxed) + c.cold_hits.load(Ordering::Relaxed),
         c.misses.load(Ordering::Relaxed),
         keys,
         expiring,
