@@ -105,28 +105,41 @@ pub fn valid_key(key: &str) -> bool {
     !key.is_empty() && key.len() <= MAX_KEY && !key.chars().any(char::is_control)
 }
 
+/// What a warm file holds, once known: its key, and when it expires.
+type Known = (String, Option<u64>);
+
+/// A file of the warm tier.
+struct WarmFile {
+    size: u64,
+    /// Its place in the write order.
+    seq: u64,
+    /// Known from its write, or read back from the file by a `SCAN` (a file
+    /// from before this process started).
+    known: Option<Known>,
+}
+
 /// Warm files by name, with their size and write order (for eviction).
 #[derive(Default)]
 struct WarmIndex {
-    files: BTreeMap<String, (u64, u64)>,
+    files: BTreeMap<String, WarmFile>,
     order: BTreeMap<u64, String>,
     bytes: u64,
     next: u64,
 }
 
 impl WarmIndex {
-    fn insert(&mut self, name: String, size: u64) {
+    fn insert(&mut self, name: String, size: u64, known: Option<Known>) {
         self.remove(&name);
         self.next += 1;
         self.order.insert(self.next, name.clone());
-        self.files.insert(name, (size, self.next));
+        self.files.insert(name, WarmFile { size, seq: self.next, known });
         self.bytes += size;
     }
 
     fn remove(&mut self, name: &str) {
-        if let Some((size, seq)) = self.files.remove(name) {
-            self.order.remove(&seq);
-            self.bytes -= size;
+        if let Some(f) = self.files.remove(name) {
+            self.order.remove(&f.seq);
+            self.bytes -= f.size;
         }
     }
 
@@ -134,6 +147,13 @@ impl WarmIndex {
     fn oldest(&self) -> Option<String> {
         self.order.values().next().cloned()
     }
+}
+
+/// Where a file of the warm tier sorts in a `SCAN`: the first 64 bits of
+/// its name (a key's BLAKE3, in hex); `None` for a name no key has.
+fn position(name: &str) -> Option<u64> {
+    let hex = name.len() == 64 && name.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+    hex.then(|| u64::from_str_radix(&name[..16], 16).ok()).flatten()
 }
 
 /// A key to read through ahead of demand.
@@ -276,7 +296,7 @@ impl EdgeCache {
         }
         files.sort();
         for (_, name, size) in files {
-            index.insert(name, size);
+            index.insert(name, size, None);
         }
         // Entries are bounded by bytes; the entry bound (one per 4 KiB of
         // memory) only sizes the tables, so an idle agent stays small.
@@ -534,7 +554,7 @@ impl EdgeCache {
         let bytes = encode(&e.meta, &e.value);
         self.vault.write(&path, &bytes)?;
         let mut warm = lock(&self.warm);
-        warm.insert(name.clone(), bytes.len() as u64);
+        warm.insert(name.clone(), bytes.len() as u64, Some((e.meta.key.clone(), e.meta.expires_ms)));
         while warm.bytes > self.sizes.disk {
             let Some(victim) = warm.oldest().filter(|v| *v != name) else { break };
             let path = self.warm_dir.join(&victim);
@@ -611,13 +631,17 @@ impl EdgeCache {
                 None => (self.read_cold(key), &self.counters.cold_hits),
             },
         };
-        match found.filter(|e| live(e, now)) {
-            Some(e) => {
+        match found {
+            Some(e) if live(&e, now) => {
                 count(tier);
                 self.promote(e.clone(), now);
                 Some(e)
             }
-            None => {
+            expired => {
+                // Gone from every tier once a read finds it expired, as in Redis.
+                if expired.is_some() {
+                    self.remove_locked(key);
+                }
                 count(&self.counters.misses);
                 None
             }
@@ -827,10 +851,9 @@ impl EdgeCache {
         lock(&self.patterns).1.top()
     }
 
-    /// Entries in memory, and how many of them have a TTL (for `INFO`).
-    pub fn hot_keyspace(&self) -> (usize, usize) {
-        let hot = lock(&self.hot);
-        (hot.len(), hot.expiring())
+    /// Entries in memory that have a TTL (`INFO`'s `expires`).
+    pub fn hot_expiring(&self) -> usize {
+        lock(&self.hot).expiring()
     }
 
     /// Keys this node holds on disk, counting writes and deletes still
@@ -848,6 +871,70 @@ impl EdgeCache {
             }
         }
         n
+    }
+
+    /// One step of `SCAN`: the keys of the files, on disk or queued for it
+    /// (what [`EdgeCache::key_count`] counts, less what expired), whose
+    /// names sort at `cursor` or after: about `count` files' keys, in name
+    /// order, and the cursor of the next file (0: none left). A name is
+    /// the key's hash, so keys keep their places while others come and go,
+    /// and a full scan returns every key held throughout it, once. A file
+    /// from before this process started is read once to learn its key.
+    pub fn scan(&self, cursor: u64, count: usize, now: u64) -> (u64, Vec<String>) {
+        let (from, count) = (format!("{cursor:016x}"), count.max(1));
+        let queued: Vec<(String, Option<Known>)> =
+            lock(&self.behind).iter().map(|(k, e)| (k.clone(), e.as_ref().map(|e| (k.clone(), e.meta.expires_ms)))).collect();
+        // The queue's latest write (or delete) of a key wins over its file.
+        let queued: BTreeMap<String, Option<Known>> =
+            queued.into_iter().map(|(k, known)| (file_name(&k), known)).filter(|(name, _)| *name >= from).collect();
+        let mut step: Vec<(String, Option<Known>, bool)> = Vec::new();
+        let mut next = 0;
+        {
+            let warm = lock(&self.warm);
+            let mut disk = warm.files.range(from..).filter(|(name, _)| position(name).is_some()).peekable();
+            let mut queue = queued.into_iter().peekable();
+            let mut last = None;
+            loop {
+                let name = match (disk.peek(), queue.peek()) {
+                    (None, None) => break,
+                    (Some((d, _)), Some((q, _))) => (*d).min(q).clone(),
+                    (Some((d, _)), None) => (*d).clone(),
+                    (None, Some((q, _))) => q.clone(),
+                };
+                let at = position(&name);
+                if step.len() >= count && at != last {
+                    next = at.unwrap_or(0);
+                    break;
+                }
+                last = at;
+                let on_disk = disk.next_if(|(d, _)| **d == name).map(|(_, f)| f.known.clone());
+                match queue.next_if(|(q, _)| *q == name) {
+                    Some((_, Some(known))) => step.push((name, Some(known), true)),
+                    Some((_, None)) => {}
+                    None => step.push((name, on_disk.flatten(), false)),
+                }
+            }
+        }
+        let keys = step
+            .into_iter()
+            .filter_map(|(name, known, queued)| if queued { known } else { known.or_else(|| self.learn(&name)) })
+            .filter(|(_, expires)| expires.is_none_or(|t| t > now))
+            .map(|(key, _)| key)
+            .collect();
+        (next, keys)
+    }
+
+    /// Reads the warm file `name` to learn its key and expiry, and notes
+    /// them in the index; `None` when it holds no entry.
+    fn learn(&self, name: &str) -> Option<Known> {
+        let bytes = self.vault.read(&self.warm_dir.join(name)).ok()?;
+        let (meta, _) = decode(&bytes).filter(|(meta, _)| file_name(&meta.key) == name)?;
+        let known = (meta.key, meta.expires_ms);
+        // A write since the read noted its own.
+        if let Some(f) = lock(&self.warm).files.get_mut(name) {
+            f.known.get_or_insert_with(|| known.clone());
+        }
+        Some(known)
     }
 
     /// Drops every key on this node (`FLUSHDB`): memory, the write-behind
@@ -959,6 +1046,64 @@ mod tests {
         assert_eq!(c.key_count(), 1);
         c.flush();
         assert_eq!(c.key_count(), 1);
+    }
+
+    /// Every key a full `SCAN` from `cursor` returns, `count` files a step,
+    /// with `between` run after the first step.
+    fn full_scan(c: &EdgeCache, count: usize, now: u64, mut between: impl FnMut()) -> Vec<String> {
+        let (mut cursor, mut keys) = c.scan(0, count, now);
+        between();
+        while cursor != 0 {
+            let (next, more) = c.scan(cursor, count, now);
+            assert!(next == 0 || next > cursor, "the cursor moves on: {cursor} -> {next}");
+            keys.extend(more);
+            cursor = next;
+        }
+        keys
+    }
+
+    #[test]
+    fn a_scan_returns_every_key_held_once_and_learns_older_files_keys() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1 << 20);
+        let put = |c: &EdgeCache, key: &str, ttl, durability| c.put(key, Bytes::from_static(b"v"), "app_data", ttl, durability).unwrap();
+        for i in 0..40 {
+            put(&c, &format!("k{i:02}"), None, Durability::WriteThrough);
+        }
+        put(&c, "short-lived", Some(5), Durability::WriteThrough);
+        put(&c, "queued", None, Durability::WriteBehind);
+        assert!(c.remove("k03"));
+        let now = now_ms() + 1000;
+        let mut expected: Vec<String> = (0..40).filter(|i| *i != 3).map(|i| format!("k{i:02}")).collect();
+        expected.push("queued".into());
+        expected.sort();
+        let mut keys = full_scan(&c, 7, now, || {});
+        keys.sort();
+        assert_eq!(keys, expected, "expired and deleted keys left out, queued ones in");
+
+        // Keys that come and go during a scan do not move the others.
+        let mut keys = full_scan(&c, 5, now, || {
+            for i in 0..30 {
+                put(&c, &format!("new{i}"), None, Durability::WriteBehind);
+            }
+            c.remove("new7");
+        });
+        keys.retain(|k| !k.starts_with("new"));
+        keys.sort();
+        assert_eq!(keys, expected);
+
+        // After a restart, the files' keys are read back, once.
+        c.flush();
+        drop(c);
+        let c = cache(dir.path(), 1 << 20);
+        for round in 0..2 {
+            let mut keys = full_scan(&c, 1000, now, || {});
+            keys.sort();
+            keys.retain(|k| !k.starts_with("new"));
+            assert_eq!(keys, expected, "round {round}");
+        }
+        assert!(lock(&c.warm).files.values().all(|f| f.known.is_some()), "every key learnt");
+        assert_eq!(c.scan(0, 1000, now).0, 0, "one step covers it all");
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod dataport;
 pub mod driver;
 pub mod edgecache;
 pub mod exec;
+pub mod glob;
 pub mod identity;
 pub mod logs;
 pub mod metrics;

@@ -160,6 +160,8 @@ const COMMANDS: &[(&str, i32)] = &[
     ("EXISTS", -2),
     ("TYPE", 2),
     ("DBSIZE", 1),
+    ("KEYS", 2),
+    ("SCAN", -2),
     ("FLUSHDB", -1),
     ("FLUSHALL", -1),
     ("EXPIRE", -3),
@@ -293,13 +295,19 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         "TTL" => ttl(cache, args[1], 1000, out).await,
         "PTTL" => ttl(cache, args[1], 1, out).await,
         "DBSIZE" => int(out, cache.blocking(|c| c.key_count()).await.unwrap_or(0) as i64),
+        "KEYS" => {
+            let pattern = args[1].to_vec();
+            let keys = cache.blocking(move |c| every_key(c, &pattern)).await.unwrap_or_default();
+            array(out, &keys);
+        }
+        "SCAN" => scan(cache, &args[1..], out).await,
         "FLUSHDB" | "FLUSHALL" => match &args[1..] {
             // Always synchronous: done when answered.
             [] => flush(cache, out).await,
             [mode] if mode.eq_ignore_ascii_case(b"SYNC") || mode.eq_ignore_ascii_case(b"ASYNC") => flush(cache, out).await,
             _ => err(out, "syntax error"),
         },
-        "INFO" => bulk(out, info(cache).as_bytes()),
+        "INFO" => bulk(out, info(cache, &args[1..]).as_bytes()),
         "QUIT" => {
             out.extend(OK);
             return Next::Close;
@@ -310,6 +318,57 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
         _ => out.extend(b"*0\r\n"),
     }
     Next::Continue
+}
+
+/// Keys a step of `SCAN` covers when the client does not say (Redis's default).
+const SCAN_COUNT: usize = 10;
+/// Most files one step of `SCAN` covers, whatever the client asks.
+const MAX_SCAN_COUNT: usize = 100_000;
+
+/// `KEYS pattern`: every key of the node that matches, from a full scan.
+fn every_key(cache: &EdgeCache, pattern: &[u8]) -> Vec<String> {
+    let (mut keys, mut cursor) = (Vec::new(), 0);
+    loop {
+        let (next, step) = cache.scan(cursor, MAX_SCAN_COUNT, now_ms());
+        keys.extend(step.into_iter().filter(|k| crate::glob::matches(pattern, k.as_bytes())));
+        if next == 0 {
+            return keys;
+        }
+        cursor = next;
+    }
+}
+
+/// `SCAN cursor [MATCH pattern] [COUNT count] [TYPE type]`: one step over
+/// the node's keys (see [`EdgeCache::scan`]); every value is a string.
+async fn scan(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
+    let Some(cursor) = utf8(args[0]).and_then(|c| c.parse::<u64>().ok()) else { return err(out, "invalid cursor") };
+    let (mut pattern, mut count, mut strings) = (None, SCAN_COUNT, true);
+    for option in args[1..].chunks(2) {
+        let [name, value] = option else { return err(out, "syntax error") };
+        match name.to_ascii_uppercase().as_slice() {
+            b"MATCH" => pattern = Some(value.to_vec()),
+            b"COUNT" => match utf8(value).and_then(|v| v.parse::<i64>().ok()) {
+                Some(n) if n >= 1 => count = (n as usize).min(MAX_SCAN_COUNT),
+                Some(_) => return err(out, "syntax error"),
+                None => return err(out, "value is not an integer or out of range"),
+            },
+            b"TYPE" => strings = value.eq_ignore_ascii_case(b"string"),
+            _ => return err(out, "syntax error"),
+        }
+    }
+    let (next, mut keys) = cache.blocking(move |c| c.scan(cursor, count, now_ms())).await.unwrap_or_default();
+    keys.retain(|k| strings && pattern.as_ref().is_none_or(|p| crate::glob::matches(p, k.as_bytes())));
+    out.extend(b"*2\r\n");
+    bulk(out, next.to_string().as_bytes());
+    array(out, &keys);
+}
+
+/// A RESP array of bulk strings.
+fn array(out: &mut Vec<u8>, items: &[String]) {
+    out.extend(format!("*{}\r\n", items.len()).as_bytes());
+    for item in items {
+        bulk(out, item.as_bytes());
+    }
 }
 
 /// `FLUSHDB`: drops every key on the node.
@@ -558,17 +617,27 @@ async fn write(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions) 
     Ok((stored, old))
 }
 
-fn info(cache: &EdgeCache) -> String {
+/// `INFO [section …]`: the server, stats and keyspace sections (all of
+/// them by default, or with `all`, `default` or `everything`).
+fn info(cache: &EdgeCache, asked: &[&[u8]]) -> String {
+    let wants = |name: &str| {
+        asked.is_empty()
+            || asked.iter().any(|a| [name, "all", "default", "everything"].iter().any(|n| a.eq_ignore_ascii_case(n.as_bytes())))
+    };
     let c = &cache.counters;
-    let (keys, expiring) = cache.hot_keyspace();
-    format!(
-        "# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n# Stats\r\nkeyspace_hits:{}\r\nkeyspace_misses:{}\r\n# Keyspace\r\ndb0:keys={},expires={}\r\n",
-        env!("CARGO_PKG_VERSION"),
-        c.hot_hits.load(Ordering::Relaxed) + c.warm_hits.load(Ordering::Relaxed) + c.cold_hits.load(Ordering::Relaxed),
-        c.misses.load(Ordering::Relaxed),
-        keys,
-        expiring,
-    )
+    let mut text = String::new();
+    if wants("server") {
+        text += &format!("# Server\r\nredis_version:7.0.0\r\nverge_version:{}\r\n", env!("CARGO_PKG_VERSION"));
+    }
+    if wants("stats") {
+        let hits = c.hot_hits.load(Ordering::Relaxed) + c.warm_hits.load(Ordering::Relaxed) + c.cold_hits.load(Ordering::Relaxed);
+        text += &format!("# Stats\r\nkeyspace_hits:{hits}\r\nkeyspace_misses:{}\r\n", c.misses.load(Ordering::Relaxed));
+    }
+    if wants("keyspace") {
+        // Keys as DBSIZE counts them; expiring ones as memory knows them.
+        text += &format!("# Keyspace\r\ndb0:keys={},expires={}\r\n", cache.key_count(), cache.hot_expiring());
+    }
+    text
 }
 
 /// Listens on `addr` and serves every connection until shutdown; with

@@ -16,6 +16,7 @@ use crate::table::{bytes, cell, print, print_json};
 pub enum CacheCmd {
     /// Print a cached value (raw bytes) from a node, or the first node holding it.
     Get {
+        /// The key (up to 1 KiB of UTF-8).
         key: String,
         /// Read from this node.
         #[arg(long)]
@@ -23,6 +24,7 @@ pub enum CacheCmd {
     },
     /// Store a value on nodes (all connected ones by default).
     Put {
+        /// The key (up to 1 KiB of UTF-8).
         key: String,
         /// The value; or use --file.
         #[arg(required_unless_present = "file")]
@@ -42,6 +44,7 @@ pub enum CacheCmd {
     },
     /// Invalidate a key.
     Rm {
+        /// The key to drop.
         key: String,
         /// local (with --node), regional (with --region) or global.
         #[arg(long, default_value = "global")]
@@ -58,6 +61,7 @@ pub enum CacheCmd {
     },
     /// Read keys through from the origin into the caches ahead of demand.
     Prewarm {
+        /// The keys to fetch, as the origin names them.
         #[arg(required = true)]
         keys: Vec<String>,
         /// Higher runs first (0-255).

@@ -94,7 +94,10 @@ async fn cluster(api_addr: &str, cities: &std::path::Path, dir: &std::path::Path
             (active == SITES.len()).then_some(())
         })
         .await?;
-        client.call(Method::POST, "/api/v1/workloads", Some(&sample_workload())).await?;
+        // A data dir from an earlier run already has it.
+        if client.get("/api/v1/workloads/hello-edge").await.is_err() {
+            client.call(Method::POST, "/api/v1/workloads", Some(&sample_workload())).await?;
+        }
         wait_for(Duration::from_secs(15), "the sample workload to run", || async {
             let w = client.get("/api/v1/workloads/hello-edge").await.ok()?;
             (w["state"] == "running").then(|| w["node"].as_str().unwrap_or("?").to_string())

@@ -67,6 +67,7 @@ fn redis_protocol_and_http_share_one_cache() {
     assert!(info.contains("redis_version"), "{info}");
     // greeting is held with its 100 s TTL; short is gone.
     assert!(info.contains("db0:keys=1,expires=1"), "{info}");
+    assert_eq!(r.call(&[b"INFO", b"Keyspace"]), "$34\r\n# Keyspace\r\ndb0:keys=1,expires=1\r\n\r\n");
     // Pipelined: three commands in one write, three replies.
     assert_eq!(
         r.raw(b"*1\r\n$4\r\nPING\r\n*2\r\n$3\r\nGET\r\n$8\r\ngreeting\r\n*2\r\n$3\r\nDEL\r\n$8\r\ngreeting\r\n"),
@@ -231,11 +232,44 @@ fn redis_writes_take_their_options_and_read_modify_writes_are_atomic() {
     assert_eq!(winners, 1);
     assert_eq!(r.call(&[b"GET", b"counter"]), "$3\r\n400\r\n");
 
+    // KEYS and SCAN list the node's keys by Redis's glob patterns.
+    for i in 1..=12 {
+        assert_eq!(r.call(&[b"SET", format!("scan:{i}").as_bytes(), b"v"]), "+OK\r\n");
+    }
+    let sorted = |mut keys: Vec<String>| {
+        keys.sort();
+        keys
+    };
+    let expected: Vec<String> = sorted((1..=12).map(|i| format!("scan:{i}")).collect());
+    assert_eq!(sorted(bulks(&r.call(&[b"KEYS", b"scan:*"]), 1)), expected);
+    let (mut cursor, mut found) = (String::from("0"), Vec::new());
+    loop {
+        let reply = r.call(&[b"SCAN", cursor.as_bytes(), b"MATCH", b"scan:1*", b"COUNT", b"3"]);
+        assert!(reply.starts_with("*2\r\n$"), "{reply}");
+        cursor = reply.split("\r\n").nth(2).unwrap().to_string();
+        found.extend(bulks(&reply, 4));
+        if cursor == "0" {
+            break;
+        }
+    }
+    assert_eq!(sorted(found), ["scan:1", "scan:10", "scan:11", "scan:12"]);
+    assert!(r.call(&[b"SCAN", b"0", b"TYPE", b"hash"]).ends_with("*0\r\n"));
+    assert!(r.call(&[b"SCAN", b"next"]).starts_with("-ERR invalid cursor"));
+    assert!(r.call(&[b"SCAN", b"0", b"COUNT", b"0"]).starts_with("-ERR syntax error"));
+    assert!(r.call(&[b"SCAN", b"0", b"MATCH"]).starts_with("-ERR syntax error"));
+
     // FLUSHDB drops every key on the node.
     assert!(r.call(&[b"FLUSHDB", b"LATER"]).starts_with("-ERR syntax error"));
     assert_eq!(r.call(&[b"FLUSHDB", b"async"]), "+OK\r\n");
     assert_eq!(r.call(&[b"DBSIZE"]), ":0\r\n");
     assert_eq!(r.call(&[b"MGET", b"counter", b"race", b"hits"]), "*3\r\n$-1\r\n$-1\r\n$-1\r\n");
+    assert_eq!(r.call(&[b"KEYS", b"*"]), "*0\r\n");
+}
+
+/// The bulk strings of a RESP reply from its `skip`-th line on (an array of
+/// bulk strings: every other line is a value).
+fn bulks(reply: &str, skip: usize) -> Vec<String> {
+    reply.split("\r\n").skip(skip).filter(|l| !l.is_empty()).skip(1).step_by(2).map(str::to_string).collect()
 }
 
 /// The value each key must have: never anything else.
