@@ -1,7 +1,7 @@
 //! The edge cache over the Redis protocol (RESP2), so `redis-cli`,
 //! `redis-benchmark` and Redis client libraries work against an agent:
 //! strings with a time to live (the commands in `COMMANDS`: `GET SET`
-//! with Redis 7's options, `INCR`, `APPEND`, `EXPIRE` with its conditions,
+//! with Redis 7's options, `INCR`, `APPEND`, `EXPIRE` with its conditions, `SCAN`,
 //! …) and the `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on
 //! connect. Writes are write-behind, as Redis without an append-only file:
 //! answered from memory, on disk shortly after.
