@@ -17,7 +17,8 @@ use serde_json::json;
 use verge_client::serve::{json_error, ApiPath, ApiQuery};
 use verge_core::Millis;
 
-use crate::edgecache::{valid_key, CacheWriteError, Durability, EdgeCache, MAX_KEY};
+use crate::edgecache::{CacheWriteError, Durability, EdgeCache};
+use verge_cache::rules;
 use crate::origin::OriginWrites;
 
 type Shared = State<Arc<EdgeCache>>;
@@ -39,7 +40,7 @@ fn error(status: StatusCode, code: &'static str, message: impl Into<String>) -> 
 
 /// Why a key is refused, as an answer; `None` for a good key.
 fn bad_key(key: &str) -> Option<Response> {
-    (!valid_key(key)).then(|| error(StatusCode::BAD_REQUEST, "bad_key", format!("keys are 1-{MAX_KEY} bytes without control characters")))
+    (!rules::valid_key(key)).then(|| error(StatusCode::BAD_REQUEST, "bad_key", rules::KEY_RULE))
 }
 
 /// `PUT` options in the query string (raw body) or in the JSON body;

@@ -22,7 +22,7 @@ use std::time::Duration;
 
 use axum::body::Bytes;
 use serde::{Deserialize, Serialize};
-use verge_cache::{Cache, CacheConfig, EntryOptions, PolicyKind};
+use verge_cache::{rules, Cache, CacheConfig, EntryOptions, PolicyKind};
 
 use crate::vault::Vault;
 
@@ -32,9 +32,6 @@ const WRITE_BEHIND_DELAY: Duration = Duration::from_secs(1);
 
 /// Stripes of [`EdgeCache`]'s per-key write lock.
 const KEY_LOCKS: usize = 64;
-
-/// Longest key accepted, bytes.
-pub const MAX_KEY: usize = 1024;
 
 /// Sizes of the tiers.
 #[derive(Debug, Clone, Copy)]
@@ -87,22 +84,17 @@ pub enum Durability {
 #[derive(Debug, thiserror::Error)]
 pub enum CacheWriteError {
     /// The key is empty, too long or has control characters.
-    #[error("keys are 1-{MAX_KEY} bytes of UTF-8 without control characters")]
+    #[error("{}", rules::KEY_RULE)]
     BadKey,
     /// The value is over the limit.
     #[error("values are at most {0} bytes")]
     TooLarge(u64),
     /// The type is not a short identifier.
-    #[error("type is 1-64 characters of a-z, A-Z, 0-9, '_', '-' (e.g. vm_image, ml_model, app_data)")]
+    #[error("{}", rules::TYPE_RULE)]
     BadType,
     /// The warm tier could not be written.
     #[error("writing the warm tier: {0}")]
     Io(#[from] std::io::Error),
-}
-
-/// Whether `key` is acceptable.
-pub fn valid_key(key: &str) -> bool {
-    !key.is_empty() && key.len() <= MAX_KEY && !key.chars().any(char::is_control)
 }
 
 /// What a warm file holds, once known: its key, and when it expires.
@@ -516,13 +508,13 @@ impl EdgeCache {
         durability: Durability,
         version: Option<u64>,
     ) -> Result<Arc<Meta>, CacheWriteError> {
-        if !valid_key(key) {
+        if !rules::valid_key(key) {
             return Err(CacheWriteError::BadKey);
         }
         if value.len() as u64 > self.sizes.max_value {
             return Err(CacheWriteError::TooLarge(self.sizes.max_value));
         }
-        if kind.is_empty() || kind.len() > 64 || !kind.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+        if !rules::valid_type(kind) {
             return Err(CacheWriteError::BadType);
         }
         let now = now_ms();

@@ -11,6 +11,7 @@
 //!   entry), so that lazy policies need not be called on hits.
 //! - [`predict`]: the pre-warming predictor (periodicity, key sequences).
 //! - [`hotspot`]: top-K hot keys from a count-min sketch.
+//! - [`rules`]: what an edge-cache entry's key and type may be.
 
 mod cache;
 mod error;
@@ -20,6 +21,7 @@ mod list;
 mod marks;
 pub mod policy;
 pub mod predict;
+pub mod rules;
 mod sketch;
 mod sync;
 

@@ -29,7 +29,8 @@ use serde::Deserialize;
 use serde_json::json;
 use verge_client::serve::{ApiPath, ApiQuery};
 use verge_client::{url_path as encode, Api, Method, Tls};
-use verge_core::NodeId;
+use verge_cache::rules;
+use verge_core::{Millis, NodeId};
 use verge_proto::ServerMessage;
 use verge_security::pki::Identity;
 
@@ -115,6 +116,7 @@ async fn stats(State(c): Ctl, ApiQuery(w): ApiQuery<Where>) -> ApiResult {
 }
 
 async fn read(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(w): ApiQuery<Where>) -> ApiResult {
+    check_key(&key)?;
     let candidates = targets(&c, w.node.as_deref(), w.region.as_deref())?;
     let path = format!("/api/v1/cache/{}", encode(&key));
     for (id, addr) in candidates {
@@ -144,12 +146,25 @@ struct PutQuery {
     #[serde(default)]
     region: Option<String>,
     #[serde(default)]
-    ttl: Option<String>,
+    ttl: Option<Millis>,
     #[serde(default, rename = "type")]
     kind: Option<String>,
 }
 
+/// Refuses a key no agent would take, before anything goes to them.
+fn check_key(key: &str) -> Result<(), ApiError> {
+    if rules::valid_key(key) {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_key", rules::KEY_RULE))
+    }
+}
+
 async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<PutQuery>, body: Bytes) -> ApiResult {
+    check_key(&key)?;
+    if q.kind.as_deref().is_some_and(|k| !rules::valid_type(k)) {
+        return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_type", rules::TYPE_RULE));
+    }
     let nodes = targets(&c, q.nodes.as_deref(), q.region.as_deref())?;
     if nodes.is_empty() {
         return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
@@ -157,8 +172,8 @@ async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQue
     // One version for every replica: the server's clock in µs.
     let version = c.clock.now_ms() * 1000;
     let mut query = format!("version={version}");
-    if let Some(t) = &q.ttl {
-        query.push_str(&format!("&ttl={}", encode(t)));
+    if let Some(t) = q.ttl {
+        query.push_str(&format!("&ttl={}", t.0));
     }
     if let Some(k) = &q.kind {
         query.push_str(&format!("&type={}", encode(k)));
@@ -201,6 +216,7 @@ struct InvalidateQuery {
 }
 
 async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<InvalidateQuery>) -> ApiResult {
+    check_key(&key)?;
     let nodes = match q.scope.as_deref().unwrap_or("global") {
         "local" => targets(&c, Some(q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?), None)?,
         "regional" => {
@@ -270,9 +286,10 @@ struct PrewarmRequest {
 }
 
 async fn prewarm(State(c): Ctl, ApiJson(req): ApiJson<PrewarmRequest>) -> ApiResult {
-    if req.keys.is_empty() || req.keys.len() > 10_000 || req.keys.iter().any(|k| k.is_empty() || k.len() > 1024) {
-        return Err(ApiError::bad_request("keys: 1-10,000 keys of 1-1024 bytes"));
+    if req.keys.is_empty() || req.keys.len() > 10_000 {
+        return Err(ApiError::bad_request("keys: 1-10,000 keys"));
     }
+    req.keys.iter().try_for_each(|k| check_key(k))?;
     let nodes = targets(&c, req.nodes.map(|n| n.join(",")).as_deref(), req.region.as_deref())?;
     {
         let inner = c.lock();

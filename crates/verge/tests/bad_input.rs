@@ -101,6 +101,13 @@ fn the_api_refuses_bad_requests_clearly_and_keeps_serving() {
     assert_error(&c, "DELETE", "/api/v1/cache/x?scope=local&bogus=1", b"", 400, "bogus");
     assert_error(&c, "GET", "/api/v1/cache/x?node=a&node=b", b"", 400, "node");
     assert_error(&c, "GET", "/api/v1/cache/%FF", b"", 400, "UTF-8");
+    // A cache write no agent would take is refused before it fans out.
+    assert_error(&c, "PUT", "/api/v1/cache/k?ttl=5x", b"v", 400, "invalid duration");
+    assert_error(&c, "PUT", "/api/v1/cache/k?type=vm%20image", b"v", 400, "type is");
+    let long_key = format!("/api/v1/cache/{}", "k".repeat(1025));
+    assert_error(&c, "PUT", &long_key, b"v", 400, "keys are 1-1024 bytes");
+    assert_error(&c, "DELETE", "/api/v1/cache/a%0Ab", b"", 400, "control characters");
+    assert_error(&c, "POST", "/api/v1/cache/prewarm", br#"{"keys":["ok","bad\u0007"]}"#, 400, "control characters");
 
     assert_eq!(api(&c.api, "POST", "/api/v1/nodes", NODE).0, 201);
     assert_error(&c, "PUT", "/api/v1/nodes/n1/health", b"{\"score\":150}", 422, "score");
