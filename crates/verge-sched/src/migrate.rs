@@ -86,12 +86,7 @@ pub fn plan_migrations(view: &mut ClusterView, residents: &[Resident], policy: &
         };
         view.release(r.node, r.spec);
         let planned = match trigger {
-            Some(why) => {
-                let was = view.set_unavailable(r.node, Some("node under pressure"));
-                let p = place(view, r.spec);
-                view.set_unavailable(r.node, was);
-                p.ok().map(|p| (p.node, format!("{why}; {}", p.reason)))
-            }
+            Some(why) => relief(view, r.spec, policy).map(|p| (p.node, format!("{why}; {}", p.reason))),
             None if r.spec.strategy == Strategy::Cost => cost_move(view, r, policy),
             None => latency_move(view, r, policy),
         };
@@ -105,6 +100,25 @@ pub fn plan_migrations(view: &mut ClusterView, residents: &[Resident], policy: &
         }
     }
     moves
+}
+
+/// Where a workload shed by a hot or pressured node goes: the best place
+/// among the nodes that are neither, since moving onto a node as loaded or
+/// as hot relieves nothing (on a host shared by several nodes, every one
+/// of them is). `None` when there is no such node.
+fn relief(view: &mut ClusterView, spec: &WorkloadSpec, policy: &MigrationPolicy) -> Option<crate::place::Placement> {
+    let strained: Vec<NodeId> = view
+        .nodes()
+        .iter()
+        .filter(|n| n.pressure >= policy.pressure || n.temperature_c.is_some_and(|t| t >= policy.thermal_c))
+        .map(|n| n.id.clone())
+        .collect();
+    let was: Vec<Option<&'static str>> = strained.iter().map(|id| view.set_unavailable(id, Some("node under pressure"))).collect();
+    let p = place(view, spec);
+    for (id, mark) in strained.iter().zip(was) {
+        view.set_unavailable(id, mark);
+    }
+    p.ok()
 }
 
 /// A clearly cheaper node for a cost-strategy workload, if there is one
@@ -189,5 +203,15 @@ mod tests {
         let m = plan_migrations(&mut v, &both, &MigrationPolicy { latency_gain: 10.0, ..Default::default() }, 200_000);
         assert_eq!(m.len(), 1, "one move per pressured node per pass: {m:?}");
         assert!(m[0].reason.starts_with("resource pressure"), "{}", m[0].reason);
+
+        // Nowhere cooler or less loaded to go: nothing moves.
+        let frankfurt = NodeId::new("frankfurt").unwrap();
+        v.set_condition(&frankfurt, 0.97, None);
+        let m = plan_migrations(&mut v, &both, &MigrationPolicy { latency_gain: 10.0, ..Default::default() }, 200_000);
+        assert!(m.is_empty(), "{m:?}");
+        v.set_condition(&frankfurt, 0.2, Some(95.0));
+        v.set_condition(&tokyo, 0.2, Some(92.0));
+        let m = plan_migrations(&mut v, &both, &MigrationPolicy { latency_gain: 10.0, ..Default::default() }, 200_000);
+        assert!(m.is_empty(), "{m:?}");
     }
 }
