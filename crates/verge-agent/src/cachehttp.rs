@@ -18,8 +18,8 @@ use verge_client::serve::{json_error, ApiPath, ApiQuery};
 use verge_core::Millis;
 
 use crate::edgecache::{CacheWriteError, Durability, EdgeCache};
-use verge_cache::rules;
 use crate::origin::OriginWrites;
+use verge_cache::rules;
 
 type Shared = State<Arc<EdgeCache>>;
 
@@ -118,7 +118,9 @@ async fn write(
 
 /// `GET`: the value, with its version as the `ETag` (a client that
 /// already holds that version, `If-None-Match`, gets `304 Not Modified`
-/// and no body) and its time left as `Cache-Control: max-age`.
+/// and no body) and its time left as `Cache-Control: max-age`; one byte
+/// range (`Range`, with `If-Range`) gets `206` and just those bytes, so a
+/// large model or image download can resume.
 async fn read(State(c): Shared, ApiPath(key): ApiPath<String>, headers: HeaderMap) -> Response {
     if let Some(r) = bad_key(&key) {
         return r;
@@ -134,10 +136,29 @@ async fn read(State(c): Shared, ApiPath(key): ApiPath<String>, headers: HeaderMa
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|tags| tags.split(',').map(|t| t.trim().trim_start_matches("W/")).any(|t| t == etag || t == "*"));
-    let mut resp = if held { StatusCode::NOT_MODIFIED.into_response() } else { (StatusCode::OK, e.value).into_response() };
+    // A Range holds unless If-Range names another version.
+    let range = headers.get(header::RANGE).and_then(|v| v.to_str().ok());
+    let range = range.filter(|_| headers.get(header::IF_RANGE).is_none_or(|v| v.as_bytes() == etag.as_bytes()));
+    let len = e.value.len();
+    let mut resp = match (held, wanted(range, len)) {
+        (true, _) => StatusCode::NOT_MODIFIED.into_response(),
+        (false, Wanted::Whole) => (StatusCode::OK, e.value).into_response(),
+        (false, Wanted::Part(part)) => {
+            let content_range = format!("bytes {}-{}/{len}", part.start, part.end - 1);
+            (StatusCode::PARTIAL_CONTENT, [(header::CONTENT_RANGE, content_range)], e.value.slice(part)).into_response()
+        }
+        (false, Wanted::Unsatisfiable) => {
+            let mut r = error(StatusCode::RANGE_NOT_SATISFIABLE, "bad_range", format!("the value is {len} bytes"));
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return r;
+        }
+    };
     let h = resp.headers_mut();
     if !held {
         h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/octet-stream"));
+        h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     }
     if let Ok(v) = HeaderValue::from_str(&etag) {
         h.insert(header::ETAG, v);
@@ -153,6 +174,44 @@ async fn read(State(c): Shared, ApiPath(key): ApiPath<String>, headers: HeaderMa
     }
     h.insert("x-verge-version", HeaderValue::from(e.meta.version));
     resp
+}
+
+/// What a `Range` header asks of a value.
+#[derive(Debug, PartialEq)]
+enum Wanted {
+    /// All of it (no range, or one the server may ignore: several ranges,
+    /// or one it cannot read).
+    Whole,
+    /// These bytes.
+    Part(std::ops::Range<usize>),
+    /// A range that starts past the end.
+    Unsatisfiable,
+}
+
+/// Reads a `Range` header (RFC 9110: `bytes=first-last`, `bytes=first-`
+/// or `bytes=-suffix`) against a value of `len` bytes.
+fn wanted(range: Option<&str>, len: usize) -> Wanted {
+    let Some((first, last)) =
+        range.and_then(|r| r.trim().strip_prefix("bytes=")).filter(|r| !r.contains(',')).and_then(|r| r.split_once('-'))
+    else {
+        return Wanted::Whole;
+    };
+    // `Some(None)`: absent; `None`: not a number.
+    let number = |s: &str| match s.trim() {
+        "" => Some(None),
+        n if n.bytes().all(|b| b.is_ascii_digit()) => n.parse::<u64>().ok().map(Some),
+        _ => None,
+    };
+    let len64 = len as u64;
+    let part = match (number(first), number(last)) {
+        (Some(Some(first)), Some(last)) if last.is_none_or(|l| l >= first) => first..last.map_or(len64, |l| l.saturating_add(1).min(len64)),
+        (Some(None), Some(Some(suffix))) => len64.saturating_sub(suffix)..len64,
+        _ => return Wanted::Whole,
+    };
+    if part.start >= part.end {
+        return Wanted::Unsatisfiable;
+    }
+    Wanted::Part(part.start as usize..part.end as usize)
 }
 
 async fn delete(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
@@ -173,4 +232,26 @@ async fn metrics(State(c): Shared) -> Response {
 
 async fn stats(State(c): Shared) -> Json<serde_json::Value> {
     Json(c.stats())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{wanted, Wanted};
+
+    #[test]
+    fn byte_ranges_as_rfc_9110_reads_them() {
+        assert_eq!(wanted(None, 10), Wanted::Whole);
+        assert_eq!(wanted(Some("bytes=0-3"), 10), Wanted::Part(0..4));
+        assert_eq!(wanted(Some("bytes=4-"), 10), Wanted::Part(4..10));
+        assert_eq!(wanted(Some("bytes=-3"), 10), Wanted::Part(7..10));
+        assert_eq!(wanted(Some("bytes=-30"), 10), Wanted::Part(0..10));
+        assert_eq!(wanted(Some("bytes=5-99"), 10), Wanted::Part(5..10));
+        assert_eq!(wanted(Some("bytes=10-"), 10), Wanted::Unsatisfiable);
+        assert_eq!(wanted(Some("bytes=-0"), 10), Wanted::Unsatisfiable);
+        assert_eq!(wanted(Some("bytes=0-"), 0), Wanted::Unsatisfiable);
+        // What the server may ignore: served whole.
+        for ignored in ["bytes=0-1,4-5", "bytes=3-1", "bytes=a-b", "items=0-1", "bytes=-", "bytes=99999999999999999999-"] {
+            assert_eq!(wanted(Some(ignored), 10), Wanted::Whole, "{ignored}");
+        }
+    }
 }

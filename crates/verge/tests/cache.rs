@@ -93,6 +93,18 @@ fn redis_protocol_and_http_share_one_cache() {
     assert_eq!((status, body.as_str()), (304, ""), "{head}");
     let (status, _, body) = http_with_headers(&port, "GET", "/api/v1/cache/cached", "If-None-Match: \"1\"\r\n", b"");
     assert_eq!((status, body.as_str()), (200, "hello"));
+    // One byte range: 206 and those bytes; If-Range with another version: all of it.
+    let (status, head, body) = http_with_headers(&port, "GET", "/api/v1/cache/cached", "Range: bytes=1-3\r\n", b"");
+    assert_eq!((status, body.as_str()), (206, "ell"), "{head}");
+    assert!(head.contains("content-range: bytes 1-3/5"), "{head}");
+    let (status, _, body) =
+        http_with_headers(&port, "GET", "/api/v1/cache/cached", &format!("Range: bytes=-2\r\nIf-Range: {etag}\r\n"), b"");
+    assert_eq!((status, body.as_str()), (206, "lo"));
+    let (status, _, body) = http_with_headers(&port, "GET", "/api/v1/cache/cached", "Range: bytes=-2\r\nIf-Range: \"1\"\r\n", b"");
+    assert_eq!((status, body.as_str()), (200, "hello"));
+    let (status, head, body) = http_with_headers(&port, "GET", "/api/v1/cache/cached", "Range: bytes=9-\r\n", b"");
+    assert_eq!(status, 416, "{head}");
+    assert!(head.contains("content-range: bytes */5") && body.contains("bad_range"), "{head}{body}");
 
     // Bad input: clear errors, and the listener keeps serving.
     assert!(r.call(&[b"SET", b"big", &[b'v'; 2048]]).starts_with("-ERR values are at most 1024 bytes"));
