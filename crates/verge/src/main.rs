@@ -325,10 +325,26 @@ fn raise_fd_limit() {
     }
 }
 
+/// A client command whose output goes into a pipe that closes early
+/// (`verge bench cache … | head`) ends as other Unix tools do, killed by
+/// `SIGPIPE`, instead of panicking in `println!`. Socket writes are not
+/// affected where they send with `MSG_NOSIGNAL`, as std's do; processes
+/// that serve (server, agent, dev, sim) keep ignoring the signal.
+fn end_quietly_on_closed_stdout() {
+    // SAFETY: sets a signal's disposition to its default before any thread
+    // starts; no handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     if matches!(cli.cmd, Cmd::Server(_) | Cmd::Sim(_)) {
         raise_fd_limit();
+    }
+    if !matches!(cli.cmd, Cmd::Server(_) | Cmd::Agent(_) | Cmd::Dev(_) | Cmd::Sim(_)) {
+        end_quietly_on_closed_stdout();
     }
     let daemon = matches!(cli.cmd, Cmd::Server(_) | Cmd::Agent(_));
     init_logging(if daemon { "info" } else { "warn" });

@@ -165,3 +165,29 @@ fn bench_cache_names_the_bad_line_of_a_trace() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("bad.keys:3") && stderr.contains("\"seven\""), "{stderr}");
 }
+
+#[test]
+fn bench_cache_into_a_pipe_closed_early_ends_without_a_panic() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let trace = write_loop(dir.path());
+    let capacities: Vec<String> = (1..=3000).map(|c| c.to_string()).collect();
+    let mut child = Command::new(VERGE)
+        .args(["bench", "cache", "--trace", trace.as_str(), "--policy", "lru", "--json", "--capacity"])
+        .arg(capacities.join(","))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run verge");
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().expect("stdout")).read_line(&mut first).expect("a first row");
+    assert!(first.starts_with('{'), "{first:?}");
+    // The reader is gone, as `| head -1` leaves it, long before the rows
+    // (over 200 KB) fit in the pipe.
+    let out = child.wait_with_output().expect("verge ends");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(out.status.success() || out.status.signal() == Some(libc::SIGPIPE), "{:?}: {stderr}", out.status);
+}
