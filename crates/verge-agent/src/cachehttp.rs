@@ -1,5 +1,6 @@
 //! The edge cache over HTTP, on the agent's data port: `PUT|GET|DELETE
-//! /api/v1/cache/{key}` and `GET /api/v1/cache` (stats). `PUT` takes the
+//! /api/v1/cache/{key}`, `GET /api/v1/cache` (stats) and `GET
+//! /api/v1/keys` (one step of a scan of the keys, as Redis's `SCAN`). `PUT` takes the
 //! raw value (`?ttl=30s&type=ml_model`) or JSON `{"value", "ttl", "type"}`
 //! and is write-through: answered once the entry is durable. `GET` answers
 //! with the version as the `ETag` (and `304` to a client that holds it).
@@ -29,6 +30,7 @@ pub fn router(cache: Arc<EdgeCache>) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/api/v1/cache", get(stats))
+        .route("/api/v1/keys", get(keys))
         .route("/api/v1/cache/{*key}", get(read).put(write).delete(delete))
         .layer(DefaultBodyLimit::max(body_limit))
         .with_state(cache)
@@ -223,6 +225,36 @@ async fn delete(State(c): Shared, ApiPath(key): ApiPath<String>) -> Response {
         Some(true) => Json(json!({"deleted": key})).into_response(),
         Some(false) => error(StatusCode::NOT_FOUND, "not_found", format!("no cache entry {key:?}")),
         None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the removal panicked"),
+    }
+}
+
+/// Keys listed by one step of `GET /api/v1/keys` when the client does not say.
+const KEYS_STEP: usize = 1000;
+/// Most files one step covers, whatever the client asks.
+const MAX_KEYS_STEP: usize = 100_000;
+
+/// `GET /api/v1/keys` options: where to go on from (a cursor from the last
+/// step, as a decimal string), how many files to cover, which keys to keep.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeysQuery {
+    #[serde(default)]
+    cursor: u64,
+    #[serde(default)]
+    count: Option<usize>,
+    #[serde(default, rename = "match")]
+    pattern: Option<String>,
+}
+
+/// One step of a scan of the node's keys ([`EdgeCache::scan`]):
+/// `{"cursor": "N", "keys": [...]}`, the cursor a string (it is 64 bits
+/// wide), `"0"` when the scan is done.
+async fn keys(State(c): Shared, ApiQuery(q): ApiQuery<KeysQuery>) -> Response {
+    let count = q.count.unwrap_or(KEYS_STEP).clamp(1, MAX_KEYS_STEP);
+    let step = c.blocking(move |c| c.scan(q.cursor, count, q.pattern.as_deref().map(str::as_bytes), crate::edgecache::now_ms()));
+    match step.await {
+        Some((next, keys)) => Json(json!({"cursor": next.to_string(), "keys": keys})).into_response(),
+        None => error(StatusCode::INTERNAL_SERVER_ERROR, "internal", "the scan panicked"),
     }
 }
 

@@ -868,11 +868,12 @@ impl EdgeCache {
     /// One step of `SCAN`: the keys of the files, on disk or queued for it
     /// (what [`EdgeCache::key_count`] counts, less what expired), whose
     /// names sort at `cursor` or after: about `count` files' keys, in name
-    /// order, and the cursor of the next file (0: none left). A name is
-    /// the key's hash, so keys keep their places while others come and go,
-    /// and a full scan returns every key held throughout it, once. A file
-    /// from before this process started is read once to learn its key.
-    pub fn scan(&self, cursor: u64, count: usize, now: u64) -> (u64, Vec<String>) {
+    /// order, those that match `pattern` (Redis's glob) if one is given,
+    /// and the cursor of the next file (0: none left). A name is the key's
+    /// hash, so keys keep their places while others come and go, and a
+    /// full scan returns every key held throughout it, once. A file from
+    /// before this process started is read once to learn its key.
+    pub fn scan(&self, cursor: u64, count: usize, pattern: Option<&[u8]>, now: u64) -> (u64, Vec<String>) {
         let (from, count) = (format!("{cursor:016x}"), count.max(1));
         let queued: Vec<(String, Option<Known>)> =
             lock(&self.behind).iter().map(|(k, e)| (k.clone(), e.as_ref().map(|e| (k.clone(), e.meta.expires_ms)))).collect();
@@ -910,7 +911,7 @@ impl EdgeCache {
         let keys = step
             .into_iter()
             .filter_map(|(name, known, queued)| if queued { known } else { known.or_else(|| self.learn(&name)) })
-            .filter(|(_, expires)| expires.is_none_or(|t| t > now))
+            .filter(|(key, expires)| expires.is_none_or(|t| t > now) && pattern.is_none_or(|p| crate::glob::matches(p, key.as_bytes())))
             .map(|(key, _)| key)
             .collect();
         (next, keys)
@@ -1043,10 +1044,10 @@ mod tests {
     /// Every key a full `SCAN` from `cursor` returns, `count` files a step,
     /// with `between` run after the first step.
     fn full_scan(c: &EdgeCache, count: usize, now: u64, mut between: impl FnMut()) -> Vec<String> {
-        let (mut cursor, mut keys) = c.scan(0, count, now);
+        let (mut cursor, mut keys) = c.scan(0, count, None, now);
         between();
         while cursor != 0 {
-            let (next, more) = c.scan(cursor, count, now);
+            let (next, more) = c.scan(cursor, count, None, now);
             assert!(next == 0 || next > cursor, "the cursor moves on: {cursor} -> {next}");
             keys.extend(more);
             cursor = next;
@@ -1095,7 +1096,10 @@ mod tests {
             assert_eq!(keys, expected, "round {round}");
         }
         assert!(lock(&c.warm).files.values().all(|f| f.known.is_some()), "every key learnt");
-        assert_eq!(c.scan(0, 1000, now).0, 0, "one step covers it all");
+        assert_eq!(c.scan(0, 1000, None, now).0, 0, "one step covers it all");
+        let mut matched = c.scan(0, 1000, Some(b"k[0-1]?"), now).1;
+        matched.sort();
+        assert_eq!(matched, expected[..19]);
     }
 
     #[test]

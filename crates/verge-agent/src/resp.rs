@@ -329,8 +329,8 @@ const MAX_SCAN_COUNT: usize = 100_000;
 fn every_key(cache: &EdgeCache, pattern: &[u8]) -> Vec<String> {
     let (mut keys, mut cursor) = (Vec::new(), 0);
     loop {
-        let (next, step) = cache.scan(cursor, MAX_SCAN_COUNT, now_ms());
-        keys.extend(step.into_iter().filter(|k| crate::glob::matches(pattern, k.as_bytes())));
+        let (next, step) = cache.scan(cursor, MAX_SCAN_COUNT, Some(pattern), now_ms());
+        keys.extend(step);
         if next == 0 {
             return keys;
         }
@@ -356,8 +356,8 @@ async fn scan(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
             _ => return err(out, "syntax error"),
         }
     }
-    let (next, mut keys) = cache.blocking(move |c| c.scan(cursor, count, now_ms())).await.unwrap_or_default();
-    keys.retain(|k| strings && pattern.as_ref().is_none_or(|p| crate::glob::matches(p, k.as_bytes())));
+    let (next, mut keys) = cache.blocking(move |c| c.scan(cursor, count, pattern.as_deref(), now_ms())).await.unwrap_or_default();
+    keys.retain(|_| strings);
     out.extend(b"*2\r\n");
     bulk(out, next.to_string().as_bytes());
     array(out, &keys);

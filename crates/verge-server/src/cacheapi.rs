@@ -14,6 +14,8 @@
 //!   — strong answers after every targeted node acknowledged (504 naming
 //!   the silent ones otherwise), eventual at once (202).
 //! - `POST /api/v1/cache/prewarm {keys, priority, nodes, region}`.
+//! - `GET /api/v1/nodes/{id}/cache/keys?match=P&cursor=C&count=N` — one step
+//!   of a scan of that node's keys (`{"cursor", "keys"}`; cursor "0": done).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -49,6 +51,7 @@ pub fn routes() -> Router<Arc<Control>> {
     Router::new()
         .route("/api/v1/cache", get(stats))
         .route("/api/v1/cache/prewarm", post(prewarm))
+        .route("/api/v1/nodes/{id}/cache/keys", get(node_keys))
         .route("/api/v1/cache/{*key}", get(read).put(write).delete(invalidate))
 }
 
@@ -198,6 +201,32 @@ async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQue
     }
     let status = if stored == nodes.len() { StatusCode::CREATED } else { StatusCode::BAD_GATEWAY };
     Ok((status, Json(json!({"key": key, "version": version, "nodes": results}))).into_response())
+}
+
+/// A step of a node's key scan, as its data port takes it.
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct KeysQuery {
+    #[serde(default)]
+    cursor: u64,
+    #[serde(default)]
+    count: Option<usize>,
+    #[serde(default, rename = "match")]
+    pattern: Option<String>,
+}
+
+async fn node_keys(State(c): Ctl, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<KeysQuery>) -> ApiResult {
+    let (node, addr) = targets(&c, Some(&id), None)?.into_iter().next().ok_or_else(|| ApiError::not_found(format!("no node {id:?}")))?;
+    let api = data_port(&c, &node, addr.as_ref())?;
+    let mut path = format!("/api/v1/keys?cursor={}", q.cursor);
+    if let Some(n) = q.count {
+        path.push_str(&format!("&count={n}"));
+    }
+    if let Some(p) = &q.pattern {
+        path.push_str(&format!("&match={}", encode(p)));
+    }
+    let step = api.get(&path).await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "node_failed", format!("{id}: {e}")))?;
+    Ok(Json(step).into_response())
 }
 
 #[derive(Deserialize, Default)]

@@ -71,6 +71,15 @@ pub enum CacheCmd {
         #[arg(long)]
         nodes: Option<String>,
     },
+    /// List the keys a node holds (memory and disk; a full scan, step by step).
+    Keys {
+        /// The node.
+        #[arg(long)]
+        node: String,
+        /// Only keys matching this glob (`*`, `?`, `[a-z]`, as Redis's KEYS).
+        #[arg(long = "match")]
+        pattern: Option<String>,
+    },
     /// Every node's cache: tiers, hits, misses, origin fetches, pre-warms.
     Stats {
         /// Only this node.
@@ -132,6 +141,30 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
             show(&answer, as_json, |a| {
                 println!("{} keys queued at priority {} on {}", cell(&a["keys"]), cell(&a["priority"]), names(&a["nodes"]));
             });
+        }
+        CacheCmd::Keys { node, pattern } => {
+            let mut keys = Vec::new();
+            let mut cursor = "0".to_string();
+            loop {
+                let path = format!(
+                    "/api/v1/nodes/{}/cache/keys{}",
+                    url_path(&node),
+                    query(&[("cursor", Some(&cursor)), ("match", pattern.as_deref())])
+                );
+                let step = api.get(&path).await?;
+                let listed = step["keys"].as_array().context("the answer lists no keys")?;
+                keys.extend(listed.iter().filter_map(|k| k.as_str().map(str::to_string)));
+                cursor = step["cursor"].as_str().context("the answer has no cursor")?.to_string();
+                if cursor == "0" {
+                    break;
+                }
+            }
+            keys.sort();
+            if as_json {
+                print_json(&json!(keys));
+            } else {
+                keys.iter().for_each(|k| println!("{k}"));
+            }
         }
         CacheCmd::Stats { node } => {
             let answer = api.get(&format!("/api/v1/cache{}", query(&[("node", node.as_deref())]))).await?;

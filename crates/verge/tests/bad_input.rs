@@ -120,6 +120,7 @@ fn the_api_refuses_bad_requests_clearly_and_keeps_serving() {
     let (status, doc) = api(&c.api, "GET", "/api/v1/openapi.json", "");
     assert_eq!(status, 200);
     assert!(doc["paths"]["/api/v1/workloads/{id}/migrate"].is_object(), "{doc}");
+    assert!(doc["paths"]["/api/v1/nodes/{id}/cache/keys"]["get"].is_object(), "{doc}");
 }
 
 fn agent_with_config(yaml: &str) -> (bool, String) {

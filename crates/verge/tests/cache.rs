@@ -458,6 +458,20 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     let version = put["version"].as_u64().unwrap();
     assert_eq!(cli(&["cache", "get", "cfg/site", "--node", "tyo"]), "v1");
 
+    // A node's keys, listed through the server, step by step.
+    for i in 0..25 {
+        cli(&["cache", "put", &format!("cfg/n{i:02}"), "x", "--nodes", "tyo"]);
+    }
+    let listed = cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/n1*"]);
+    assert_eq!(listed, (10..20).map(|i| format!("cfg/n{i}\n")).collect::<String>());
+    let all: Vec<String> = serde_json::from_str(&cli(&["cache", "keys", "--node", "tyo", "--json"])).unwrap();
+    assert_eq!(all.len(), 26, "{all:?}");
+    let (status, step) = api(&c.api, "GET", "/api/v1/nodes/tyo/cache/keys?count=10", "");
+    assert_eq!(status, 200, "{step}");
+    assert!(step["cursor"].as_str().is_some_and(|c| c != "0") && step["keys"].as_array().is_some_and(|k| !k.is_empty()), "{step}");
+    assert_eq!(api(&c.api, "GET", "/api/v1/nodes/tyo/cache/keys?cursor=x", "").0, 400);
+    assert_eq!(api(&c.api, "GET", "/api/v1/nodes/nowhere/cache/keys", "").0, 409);
+
     // A replica older than what a node holds does not replace it.
     let fra = c.data_port("fra");
     let stale = format!("/api/v1/cache/cfg/site?version={}", version - 1);
