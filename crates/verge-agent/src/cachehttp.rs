@@ -233,23 +233,10 @@ const KEYS_STEP: usize = 1000;
 /// Most files one step covers, whatever the client asks.
 const MAX_KEYS_STEP: usize = 100_000;
 
-/// `GET /api/v1/keys` options: where to go on from (a cursor from the last
-/// step, as a decimal string), how many files to cover, which keys to keep.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct KeysQuery {
-    #[serde(default)]
-    cursor: u64,
-    #[serde(default)]
-    count: Option<usize>,
-    #[serde(default, rename = "match")]
-    pattern: Option<String>,
-}
-
 /// One step of a scan of the node's keys ([`EdgeCache::scan`]):
 /// `{"cursor": "N", "keys": [...]}`, the cursor a string (it is 64 bits
 /// wide), `"0"` when the scan is done.
-async fn keys(State(c): Shared, ApiQuery(q): ApiQuery<KeysQuery>) -> Response {
+async fn keys(State(c): Shared, ApiQuery(q): ApiQuery<verge_proto::KeysStep>) -> Response {
     let count = q.count.unwrap_or(KEYS_STEP).clamp(1, MAX_KEYS_STEP);
     let step = c.blocking(move |c| c.scan(q.cursor, count, q.pattern.as_deref().map(str::as_bytes), crate::edgecache::now_ms()));
     match step.await {

@@ -295,6 +295,23 @@ pub fn decode<M: serde::de::DeserializeOwned>(text: &str) -> Result<M, ProtoErro
     Ok(f.msg)
 }
 
+/// One step of a scan of a node's cache keys, as the query of the agent's
+/// `GET /api/v1/keys` (which the server's `GET
+/// /api/v1/nodes/{id}/cache/keys` takes too and passes on).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeysStep {
+    /// Where to go on from: the last step's cursor (0: the start).
+    #[serde(default)]
+    pub cursor: u64,
+    /// How many files to cover (the agent's default when absent).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub count: Option<usize>,
+    /// Only keys matching this glob.
+    #[serde(default, rename = "match", skip_serializing_if = "Option::is_none")]
+    pub pattern: Option<String>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

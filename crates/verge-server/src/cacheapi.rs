@@ -203,28 +203,11 @@ async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQue
     Ok((status, Json(json!({"key": key, "version": version, "nodes": results}))).into_response())
 }
 
-/// A step of a node's key scan, as its data port takes it.
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-struct KeysQuery {
-    #[serde(default)]
-    cursor: u64,
-    #[serde(default)]
-    count: Option<usize>,
-    #[serde(default, rename = "match")]
-    pattern: Option<String>,
-}
-
-async fn node_keys(State(c): Ctl, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<KeysQuery>) -> ApiResult {
+async fn node_keys(State(c): Ctl, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<verge_proto::KeysStep>) -> ApiResult {
     let (node, addr) = targets(&c, Some(&id), None)?.into_iter().next().ok_or_else(|| ApiError::not_found(format!("no node {id:?}")))?;
     let api = data_port(&c, &node, addr.as_ref())?;
-    let mut path = format!("/api/v1/keys?cursor={}", q.cursor);
-    if let Some(n) = q.count {
-        path.push_str(&format!("&count={n}"));
-    }
-    if let Some(p) = &q.pattern {
-        path.push_str(&format!("&match={}", encode(p)));
-    }
+    let query = serde_urlencoded::to_string(&q).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let path = format!("/api/v1/keys?{query}");
     let step = api.get(&path).await.map_err(|e| ApiError::new(StatusCode::BAD_GATEWAY, "node_failed", format!("{id}: {e}")))?;
     Ok(Json(step).into_response())
 }
