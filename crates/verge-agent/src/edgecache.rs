@@ -148,6 +148,58 @@ fn position(name: &str) -> Option<u64> {
     hex.then(|| u64::from_str_radix(&name[..16], 16).ok()).flatten()
 }
 
+/// The write-behind queue: the latest pending write of each key (`None`:
+/// a delete), and the keys by their warm file's name, so that `SCAN` and
+/// `DBSIZE` walk it in file order without hashing every key again.
+#[derive(Default)]
+struct Behind {
+    entries: HashMap<String, Option<Entry>>,
+    names: BTreeMap<String, String>,
+}
+
+impl Behind {
+    fn insert(&mut self, key: String, pending: Option<Entry>) -> Option<Option<Entry>> {
+        if !self.entries.contains_key(&key) {
+            self.names.insert(file_name(&key), key.clone());
+        }
+        self.entries.insert(key, pending)
+    }
+
+    fn remove(&mut self, key: &str) -> Option<Option<Entry>> {
+        let old = self.entries.remove(key);
+        if old.is_some() {
+            self.names.remove(&file_name(key));
+        }
+        old
+    }
+
+    fn get(&self, key: &str) -> Option<&Option<Entry>> {
+        self.entries.get(key)
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    fn clear(&mut self) {
+        self.entries.clear();
+        self.names.clear();
+    }
+
+    fn keys(&self) -> impl Iterator<Item = &String> {
+        self.entries.keys()
+    }
+
+    /// What is queued for the file `name`'s key: `Some(None)` for a delete.
+    fn by_name(&self, name: &str) -> Option<&Option<Entry>> {
+        self.names.get(name).and_then(|k| self.entries.get(k))
+    }
+}
+
 /// A key to read through ahead of demand.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Warmup {
@@ -191,7 +243,8 @@ pub struct EdgeCache {
     vault: Arc<Vault>,
     sizes: CacheSizes,
     /// Write-behind queue: the latest pending entry per key (`None`: delete).
-    behind: Mutex<HashMap<String, Option<Entry>>>,
+    /// Locked before `warm` where both are held.
+    behind: Mutex<Behind>,
     behind_ready: Condvar,
     /// One writer of a key at a time (keys hashed onto [`KEY_LOCKS`]
     /// stripes): a read-modify-write (`SET … NX`, `EXPIRE`, a replica's
@@ -302,7 +355,7 @@ impl EdgeCache {
             warm: Mutex::new(index),
             vault,
             sizes,
-            behind: Mutex::new(HashMap::new()),
+            behind: Mutex::new(Behind::default()),
             behind_ready: Condvar::new(),
             key_locks: (0..KEY_LOCKS).map(|_| Mutex::new(())).collect(),
             last_version: AtomicU64::new(0),
@@ -820,6 +873,7 @@ impl EdgeCache {
 
     /// Entries and bytes per tier, hits and misses.
     pub fn stats(&self) -> serde_json::Value {
+        let pending = lock(&self.behind).len();
         let hot = lock(&self.hot);
         let warm = lock(&self.warm);
         let c = &self.counters;
@@ -829,7 +883,7 @@ impl EdgeCache {
             "hotHits": c.hot_hits.load(Ordering::Relaxed),
             "warmHits": c.warm_hits.load(Ordering::Relaxed),
             "misses": c.misses.load(Ordering::Relaxed),
-            "pendingWrites": lock(&self.behind).len(),
+            "pendingWrites": pending,
             "originFetches": self.origin_fetches(),
             "prewarmed": c.prewarmed.load(Ordering::Relaxed),
             "hotKeys": self.hot_keys(),
@@ -852,11 +906,12 @@ impl EdgeCache {
     /// queued for it (`DBSIZE`): every write lands there. As in Redis,
     /// entries expired but not yet removed count; the cold tier does not.
     pub fn key_count(&self) -> usize {
-        let pending: Vec<(String, bool)> = lock(&self.behind).iter().map(|(k, e)| (file_name(k), e.is_some())).collect();
+        let behind = lock(&self.behind);
         let warm = lock(&self.warm);
         let mut n = warm.files.len();
-        for (name, stored) in pending {
-            match (stored, warm.files.contains_key(&name)) {
+        for name in behind.names.keys() {
+            let stored = behind.by_name(name).is_some_and(Option::is_some);
+            match (stored, warm.files.contains_key(name)) {
                 (true, false) => n += 1,
                 (false, true) => n -= 1,
                 _ => {}
@@ -875,24 +930,25 @@ impl EdgeCache {
     /// before this process started is read once to learn its key.
     pub fn scan(&self, cursor: u64, count: usize, pattern: Option<&[u8]>, now: u64) -> (u64, Vec<String>) {
         let (from, count) = (format!("{cursor:016x}"), count.max(1));
-        let queued: Vec<(String, Option<Known>)> =
-            lock(&self.behind).iter().map(|(k, e)| (k.clone(), e.as_ref().map(|e| (k.clone(), e.meta.expires_ms)))).collect();
-        // The queue's latest write (or delete) of a key wins over its file.
-        let queued: BTreeMap<String, Option<Known>> =
-            queued.into_iter().map(|(k, known)| (file_name(&k), known)).filter(|(name, _)| *name >= from).collect();
         let mut step: Vec<(String, Option<Known>, bool)> = Vec::new();
         let mut next = 0;
         {
+            let behind = lock(&self.behind);
             let warm = lock(&self.warm);
-            let mut disk = warm.files.range(from..).filter(|(name, _)| position(name).is_some()).peekable();
-            let mut queue = queued.into_iter().peekable();
+            let mut disk = warm.files.range(from.clone()..).filter(|(name, _)| position(name).is_some()).peekable();
+            // The queue's latest write (or delete) of a key wins over its file.
+            let mut queue = behind
+                .names
+                .range(from..)
+                .map(|(name, key)| (name, behind.entries.get(key).and_then(Option::as_ref).map(|e| (key.clone(), e.meta.expires_ms))))
+                .peekable();
             let mut last = None;
             loop {
                 let name = match (disk.peek(), queue.peek()) {
                     (None, None) => break,
-                    (Some((d, _)), Some((q, _))) => (*d).min(q).clone(),
+                    (Some((d, _)), Some((q, _))) => (*d).min(*q).clone(),
                     (Some((d, _)), None) => (*d).clone(),
-                    (None, Some((q, _))) => q.clone(),
+                    (None, Some((q, _))) => (*q).clone(),
                 };
                 let at = position(&name);
                 if step.len() >= count && at != last {
@@ -901,7 +957,7 @@ impl EdgeCache {
                 }
                 last = at;
                 let on_disk = disk.next_if(|(d, _)| **d == name).map(|(_, f)| f.known.clone());
-                match queue.next_if(|(q, _)| *q == name) {
+                match queue.next_if(|(q, _)| **q == name) {
                     Some((_, Some(known))) => step.push((name, Some(known), true)),
                     Some((_, None)) => {}
                     None => step.push((name, on_disk.flatten(), false)),
