@@ -1,9 +1,10 @@
 //! The edge cache over HTTP, on the agent's data port: `PUT|GET|DELETE
 //! /api/v1/cache/{key}`, `GET /api/v1/cache` (stats) and `GET
-//! /api/v1/keys` (one step of a scan of the keys, as Redis's `SCAN`). `PUT` takes the
-//! raw value (`?ttl=30s&type=ml_model`) or JSON `{"value", "ttl", "type"}`
-//! and is write-through: answered once the entry is durable. `GET` answers
-//! with the version as the `ETag` (and `304` to a client that holds it).
+//! /api/v1/keys` (one step of a scan of the keys, as Redis's `SCAN`).
+//! `PUT` takes the raw value (`?ttl=30s&type=ml_model`) or JSON `{"value",
+//! "ttl", "type"}` and is write-through: answered once the entry is
+//! durable. `GET` answers with the version as the `ETag` (and `304` to a
+//! client that holds it), and serves one byte range (`206`).
 
 use std::sync::Arc;
 

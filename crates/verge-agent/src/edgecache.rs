@@ -193,11 +193,6 @@ impl Behind {
     fn keys(&self) -> impl Iterator<Item = &String> {
         self.entries.keys()
     }
-
-    /// What is queued for the file `name`'s key: `Some(None)` for a delete.
-    fn by_name(&self, name: &str) -> Option<&Option<Entry>> {
-        self.names.get(name).and_then(|k| self.entries.get(k))
-    }
 }
 
 /// A key to read through ahead of demand.
@@ -909,8 +904,8 @@ impl EdgeCache {
         let behind = lock(&self.behind);
         let warm = lock(&self.warm);
         let mut n = warm.files.len();
-        for name in behind.names.keys() {
-            let stored = behind.by_name(name).is_some_and(Option::is_some);
+        for (name, key) in &behind.names {
+            let stored = behind.entries.get(key).is_some_and(Option::is_some);
             match (stored, warm.files.contains_key(name)) {
                 (true, false) => n += 1,
                 (false, true) => n -= 1,

@@ -1,9 +1,9 @@
 //! The edge cache over the Redis protocol (RESP2), so `redis-cli`,
 //! `redis-benchmark` and Redis client libraries work against an agent:
 //! strings with a time to live (the commands in `COMMANDS`: `GET SET`
-//! with Redis 7's options, `INCR`, `APPEND`, `EXPIRE` with its conditions, `SCAN`,
-//! …) and the `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients make on
-//! connect. Writes are write-behind, as Redis without an append-only file:
+//! with Redis 7's options, `INCR`, `APPEND`, `EXPIRE` with its conditions,
+//! `SCAN`, …) and the `CONFIG`/`COMMAND`/`CLIENT`/`SELECT` calls clients
+//! make on connect. Writes are write-behind, as Redis without an append-only file:
 //! answered from memory, on disk shortly after.
 //!
 //! Pipelined requests are parsed straight from the read buffer and
@@ -307,7 +307,11 @@ async fn execute(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) -> N
             [mode] if mode.eq_ignore_ascii_case(b"SYNC") || mode.eq_ignore_ascii_case(b"ASYNC") => flush(cache, out).await,
             _ => err(out, "syntax error"),
         },
-        "INFO" => bulk(out, info(cache, &args[1..]).as_bytes()),
+        "INFO" => {
+            // Counting the keys walks the write-behind queue.
+            let asked: Vec<Vec<u8>> = args[1..].iter().map(|a| a.to_vec()).collect();
+            bulk(out, cache.blocking(move |c| info(c, &asked)).await.unwrap_or_default().as_bytes());
+        }
         "QUIT" => {
             out.extend(OK);
             return Next::Close;
@@ -357,7 +361,10 @@ async fn scan(cache: &Arc<EdgeCache>, args: &[&[u8]], out: &mut Vec<u8>) {
         }
     }
     let (next, mut keys) = cache.blocking(move |c| c.scan(cursor, count, pattern.as_deref(), now_ms())).await.unwrap_or_default();
-    keys.retain(|_| strings);
+    if !strings {
+        // Every value is a string: another type matches nothing.
+        keys.clear();
+    }
     out.extend(b"*2\r\n");
     bulk(out, next.to_string().as_bytes());
     array(out, &keys);
@@ -619,7 +626,7 @@ async fn write(cache: &Arc<EdgeCache>, key: &[u8], value: &[u8], o: SetOptions) 
 
 /// `INFO [section …]`: the server, stats and keyspace sections (all of
 /// them by default, or with `all`, `default` or `everything`).
-fn info(cache: &EdgeCache, asked: &[&[u8]]) -> String {
+fn info(cache: &EdgeCache, asked: &[Vec<u8>]) -> String {
     let wants = |name: &str| {
         asked.is_empty()
             || asked.iter().any(|a| [name, "all", "default", "everything"].iter().any(|n| a.eq_ignore_ascii_case(n.as_bytes())))

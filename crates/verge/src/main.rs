@@ -326,16 +326,20 @@ fn raise_fd_limit() {
 }
 
 /// A client command whose output goes into a pipe that closes early
-/// (`verge bench cache … | head`) ends as other Unix tools do, killed by
-/// `SIGPIPE`, instead of panicking in `println!`. Socket writes are not
-/// affected where they send with `MSG_NOSIGNAL`, as std's do; processes
-/// that serve (server, agent, dev, sim) keep ignoring the signal.
+/// (`verge bench cache … | head`) ends quietly with status 141, as a Unix
+/// tool killed by `SIGPIPE` does, instead of with `println!`'s panic.
+/// (Restoring `SIGPIPE` itself would also kill the command on a write to
+/// a socket its server just closed, before the client could retry.)
 fn end_quietly_on_closed_stdout() {
-    // SAFETY: sets a signal's disposition to its default before any thread
-    // starts; no handler runs Rust code.
-    unsafe {
-        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
-    }
+    let report = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let message = info.payload().downcast_ref::<String>().map_or("", String::as_str);
+        if message.starts_with("failed printing to stdout") && message.contains("os error 32") {
+            // 128 + SIGPIPE, what a shell reports for `… | head`.
+            std::process::exit(141);
+        }
+        report(info);
+    }));
 }
 
 fn main() -> std::process::ExitCode {
