@@ -556,6 +556,17 @@ async fn connect(
                         let removed = link.cache.blocking(move |c| c.invalidate(&key, version)).await.unwrap_or(false);
                         sink.send(Message::text(encode(&AgentMessage::CacheAck { request, removed }))).await.map_err(|e| e.to_string())?;
                     }
+                    ServerMessage::CacheCatchUp { request, keys, drop_all } => {
+                        // Unanswered on failure: the server keeps the backlog and sends it again.
+                        match link.cache.blocking(move |c| c.catch_up(&keys, drop_all)).await {
+                            Some(Ok(removed)) => {
+                                let ack = encode(&AgentMessage::CacheAck { request, removed });
+                                sink.send(Message::text(ack)).await.map_err(|e| e.to_string())?;
+                            }
+                            Some(Err(e)) => tracing::error!(error = %e, "cannot apply the cache invalidations missed offline"),
+                            None => tracing::error!("the cache task applying missed invalidations failed"),
+                        }
+                    }
                     ServerMessage::CachePrewarm { keys, priority } => {
                         for key in keys {
                             link.cache.request_warmup(crate::edgecache::Warmup { key, priority, deadline_ms: None });

@@ -832,6 +832,18 @@ impl EdgeCache {
         !newer && self.remove_locked(key)
     }
 
+    /// Applies the invalidations this node missed while disconnected: each
+    /// key as [`EdgeCache::invalidate`] at its version, or, when there were
+    /// too many to list, every entry. Whether anything was dropped.
+    pub fn catch_up(&self, keys: &BTreeMap<String, u64>, drop_all: bool) -> std::io::Result<bool> {
+        if drop_all {
+            let held = self.key_count() > 0;
+            self.clear()?;
+            return Ok(held);
+        }
+        Ok(keys.iter().fold(false, |removed, (key, &version)| self.invalidate(key, Some(version)) | removed))
+    }
+
     /// Changes when `key` expires, atomic against every other write of it:
     /// `decide` sees when it expires now (Unix ms; `None`: never) and
     /// returns when it should (`Some(None)`: never; a time already past

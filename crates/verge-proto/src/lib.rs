@@ -73,7 +73,7 @@ pub enum AgentMessage {
         /// A CSR for the node's new key, PEM.
         csr: String,
     },
-    /// Answer to [`ServerMessage::CacheInvalidate`].
+    /// Answer to [`ServerMessage::CacheInvalidate`] and [`ServerMessage::CacheCatchUp`].
     CacheAck {
         /// The invalidation this answers.
         request: u64,
@@ -202,6 +202,17 @@ pub enum ServerMessage {
         /// Keep local entries newer than this; `None` drops any version.
         #[serde(default, skip_serializing_if = "Option::is_none")]
         version: Option<u64>,
+    },
+    /// The invalidations the node missed while it was not connected, sent
+    /// when it connects; answered by one [`AgentMessage::CacheAck`].
+    CacheCatchUp {
+        /// Correlates the acknowledgement.
+        request: u64,
+        /// Keys to drop, each unless the node holds a version newer than its own.
+        keys: std::collections::BTreeMap<String, u64>,
+        /// Too many were missed to list: drop every entry.
+        #[serde(default)]
+        drop_all: bool,
     },
     /// Read these keys through from the origin into the cache now.
     CachePrewarm {

@@ -12,7 +12,9 @@
 //!   those nodes (default: all connected), write-through on each.
 //! - `DELETE /api/v1/cache/{key}?scope=local|regional|global&node=N&region=R&consistency=strong|eventual`
 //!   — strong answers after every targeted node acknowledged (504 naming
-//!   the silent ones otherwise), eventual at once (202).
+//!   the silent ones otherwise), eventual at once (202). Nodes in scope
+//!   that are not connected get it queued in the store and sent when they
+//!   connect ([`catch_up`]).
 //! - `POST /api/v1/cache/prewarm {keys, priority, nodes, region}`.
 //! - `GET /api/v1/nodes/{id}/cache/keys?match=P&cursor=C&count=N` — one step
 //!   of a scan of that node's keys (`{"cursor", "keys"}`; cursor "0": done).
@@ -35,6 +37,7 @@ use verge_client::{url_path as encode, Api, Method, Tls};
 use verge_core::{Millis, NodeId};
 use verge_proto::ServerMessage;
 use verge_security::pki::Identity;
+use verge_store::Command;
 
 use crate::control::Control;
 use crate::error::{ApiError, ApiJson};
@@ -227,34 +230,86 @@ struct InvalidateQuery {
     version: Option<u64>,
 }
 
-async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<InvalidateQuery>) -> ApiResult {
-    check_key(&key)?;
-    let nodes = match q.scope.as_deref().unwrap_or("global") {
-        "local" => targets(&c, Some(q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?), None)?,
-        "regional" => {
-            targets(&c, None, Some(q.region.as_deref().ok_or_else(|| ApiError::bad_request("scope=regional needs region=NAME"))?))?
+/// Who an invalidation reaches: the nodes connected now, and the known
+/// ones that are not, which get it when they connect again (`waited_for`:
+/// those among them whose lease still runs, so they may be serving).
+struct Reach {
+    connected: Vec<NodeId>,
+    offline: Vec<NodeId>,
+    waited_for: Vec<NodeId>,
+}
+
+/// The known nodes in an invalidation's scope; an invalidation for nodes
+/// that are not connected is queued for them in the same lock, so none
+/// connects between the check and the queueing and misses it.
+fn reach_and_queue(c: &Control, q: &InvalidateQuery, key: &str, version: u64) -> Result<Reach, ApiError> {
+    let scope = q.scope.as_deref().unwrap_or("global");
+    let now = c.clock.now_ms();
+    let mut inner = c.lock();
+    let state = inner.store.state();
+    let in_scope: Vec<NodeId> = match scope {
+        "local" => {
+            let node = q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?;
+            let id = state.nodes.keys().find(|id| id.as_str() == node).ok_or_else(|| ApiError::not_found(format!("no node {node:?}")))?;
+            vec![id.clone()]
         }
-        "global" => targets(&c, None, None)?,
+        "regional" => {
+            let region = q.region.as_deref().ok_or_else(|| ApiError::bad_request("scope=regional needs region=NAME"))?;
+            let ids: Vec<NodeId> = state
+                .nodes
+                .iter()
+                .filter(|(_, r)| r.spec.labels.get("region").map(String::as_str) == Some(region))
+                .map(|(id, _)| id.clone())
+                .collect();
+            if ids.is_empty() {
+                return Err(ApiError::not_found(format!("no node has the label region={region}")));
+            }
+            ids
+        }
+        "global" => state.nodes.keys().cloned().collect(),
         other => return Err(ApiError::bad_request(format!("scope must be local, regional or global, got {other:?}"))),
     };
+    let (connected, offline): (Vec<NodeId>, Vec<NodeId>) = in_scope.into_iter().partition(|id| inner.agents.contains_key(id));
+    let waited_for = offline.iter().filter(|id| inner.soft.get(*id).is_some_and(|s| s.alive(now))).cloned().collect();
+    if !offline.is_empty() {
+        let queue = Command::QueueCacheInvalidation { nodes: offline.clone(), key: key.to_string(), version };
+        inner.apply(queue).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string()))?;
+    }
+    Ok(Reach { connected, offline, waited_for })
+}
+
+async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<InvalidateQuery>) -> ApiResult {
+    check_key(&key)?;
     let strong = match q.consistency.as_deref().unwrap_or("strong") {
         "strong" => true,
         "eventual" => false,
         other => return Err(ApiError::bad_request(format!("consistency must be strong or eventual, got {other:?}"))),
     };
+    // Versioned even when the client gave none, so that a write made after
+    // it and reaching a node first is not dropped by it.
+    let version = q.version.unwrap_or_else(|| c.clock.now_ms() * 1000);
     let request = c.next_id();
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+    let reach = match reach_and_queue(&c, &q, &key, version) {
+        Ok(r) => r,
+        Err(e) => {
+            c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+            return Err(e);
+        }
+    };
     {
         let inner = c.lock();
-        for (id, _) in &nodes {
-            inner.send(id, ServerMessage::CacheInvalidate { request, key: key.clone(), version: q.version });
+        for id in &reach.connected {
+            inner.send(id, ServerMessage::CacheInvalidate { request, key: key.clone(), version: Some(version) });
         }
     }
-    let names: Vec<String> = nodes.iter().map(|(id, _)| id.to_string()).collect();
+    let names: Vec<String> = reach.connected.iter().map(NodeId::to_string).collect();
+    let queued: Vec<String> = reach.offline.iter().map(NodeId::to_string).collect();
     if !strong {
         c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-        return Ok((StatusCode::ACCEPTED, Json(json!({"key": key, "nodes": names, "consistency": "eventual"}))).into_response());
+        let body = json!({"key": key, "version": version, "nodes": names, "queued": queued, "consistency": "eventual"});
+        return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let mut acked: BTreeMap<String, bool> = BTreeMap::new();
     let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
@@ -267,7 +322,8 @@ async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): A
         }
     }
     c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-    let silent: Vec<&String> = names.iter().filter(|n| !acked.contains_key(*n)).collect();
+    let mut silent: Vec<String> = names.iter().filter(|n| !acked.contains_key(*n)).cloned().collect();
+    silent.extend(reach.waited_for.iter().map(NodeId::to_string));
     let now = c.clock.now_ms();
     let outcome = if silent.is_empty() { "invalidated" } else { "incomplete" };
     c.security.audit(
@@ -277,12 +333,48 @@ async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): A
             action: "cache invalidate",
             target: &key,
             outcome,
-            reason: &format!("nodes {names:?}, silent {silent:?}"),
+            reason: &format!("nodes {names:?}, silent {silent:?}, queued {queued:?}"),
         },
     );
-    let body = json!({"key": key, "acknowledged": acked, "silent": silent, "consistency": "strong"});
+    let body = json!({"key": key, "version": version, "acknowledged": acked, "silent": silent, "queued": queued, "consistency": "strong"});
     let status = if silent.is_empty() { StatusCode::OK } else { StatusCode::GATEWAY_TIMEOUT };
     Ok((status, Json(body)).into_response())
+}
+
+/// How long a node that just connected has to acknowledge the invalidations
+/// it missed; unacknowledged, they wait for its next connection.
+const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Sends a node that just connected the cache invalidations it missed
+/// while it was not, and forgets them once it acknowledges.
+pub fn catch_up(c: &Arc<Control>, node: &NodeId) {
+    let request = c.next_id();
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let backlog = {
+        let inner = c.lock();
+        let Some(backlog) = inner.store.state().nodes.get(node).map(|r| r.cache_backlog.clone()).filter(|b| !b.is_empty()) else {
+            return;
+        };
+        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        let (keys, drop_all) = (backlog.keys.clone(), backlog.drop_all.is_some());
+        inner.send(node, ServerMessage::CacheCatchUp { request, keys, drop_all });
+        backlog
+    };
+    let (c, node) = (c.clone(), node.clone());
+    tokio::spawn(async move {
+        let acked = tokio::time::timeout(CATCH_UP_TIMEOUT, rx.recv()).await;
+        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
+        if !matches!(acked, Ok(Some(_))) {
+            tracing::warn!(node = %node, "no acknowledgement of the missed cache invalidations; they wait for its next connection");
+            return;
+        }
+        let missed = backlog.keys.len();
+        if let Err(e) = c.lock().apply(Command::SettleCacheBacklog { id: node.clone(), delivered: backlog }) {
+            tracing::warn!(node = %node, error = %e, "cannot record the delivered cache invalidations");
+        } else {
+            tracing::info!(node = %node, missed, "node caught up on missed cache invalidations");
+        }
+    });
 }
 
 #[derive(Deserialize)]

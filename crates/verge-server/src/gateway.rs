@@ -127,6 +127,7 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identit
     if let Err(e) = register(&c, node, reported, posture, cert, conn_id, tx) {
         return refuse(&mut sock, format!("cannot register node {id}: {e}")).await;
     }
+    crate::cacheapi::catch_up(&c, &id);
     c.wake.notify_one();
     let (mut sink, mut stream) = sock.split();
     // The first tick asks for attestation at once, then every interval.

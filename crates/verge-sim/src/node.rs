@@ -185,7 +185,9 @@ async fn session(
                     }),
                     ServerMessage::Attest { nonce } => gateway.attest(fleet, i, ctl, &nonce)?,
                     ServerMessage::Welcome { .. } | ServerMessage::CachePrewarm { .. } | ServerMessage::Certificate { .. } | ServerMessage::Revocations { .. } => None,
-                    ServerMessage::CacheInvalidate { request, .. } => Some(AgentMessage::CacheAck { request, removed: false }),
+                    ServerMessage::CacheInvalidate { request, .. } | ServerMessage::CacheCatchUp { request, .. } => {
+                        Some(AgentMessage::CacheAck { request, removed: false })
+                    }
                     ServerMessage::Refused { reason } => return Err(reason),
                 };
                 if let Some(r) = reply {

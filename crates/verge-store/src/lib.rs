@@ -9,5 +9,5 @@
 mod state;
 mod store;
 
-pub use state::{Command, Key, NodeRecord, State, StateError, WorkloadRecord};
+pub use state::{CacheBacklog, Command, Key, NodeRecord, State, StateError, WorkloadRecord, CACHE_BACKLOG_KEYS};
 pub use store::{Durability, Store, StoreError};

@@ -20,6 +20,65 @@ pub struct NodeRecord {
     /// The last health report pushed through the API, with its time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_report: Option<(HealthReport, u64)>,
+    /// Cache invalidations the node missed while it was not connected,
+    /// delivered when it connects again.
+    #[serde(default, skip_serializing_if = "CacheBacklog::is_empty")]
+    pub cache_backlog: CacheBacklog,
+}
+
+/// Most invalidated keys a node's backlog lists; past that it asks the node
+/// to drop its whole cache instead (a cache loses only speed by it).
+pub const CACHE_BACKLOG_KEYS: usize = 4096;
+
+/// Cache invalidations waiting for a node that was not connected when they
+/// were made: its edge cache would otherwise serve the dropped values again.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CacheBacklog {
+    /// Each key with the version of its newest invalidation (the node keeps
+    /// a copy newer than that).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub keys: BTreeMap<String, u64>,
+    /// Set when more than [`CACHE_BACKLOG_KEYS`] keys were invalidated: the
+    /// node drops every entry instead, and this is the newest version of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drop_all: Option<u64>,
+}
+
+impl CacheBacklog {
+    /// Nothing waiting.
+    pub fn is_empty(&self) -> bool {
+        self.keys.is_empty() && self.drop_all.is_none()
+    }
+
+    /// Adds the invalidation of `key` at `version`.
+    fn add(&mut self, key: &str, version: u64) {
+        if let Some(v) = &mut self.drop_all {
+            *v = (*v).max(version);
+            return;
+        }
+        let v = self.keys.entry(key.to_string()).or_insert(version);
+        *v = (*v).max(version);
+        if self.keys.len() > CACHE_BACKLOG_KEYS {
+            self.drop_all = self.keys.values().copied().max();
+            self.keys.clear();
+        }
+    }
+
+    /// Forgets what `delivered` held, except invalidations newer than it
+    /// that arrived meanwhile.
+    fn settle(&mut self, delivered: &CacheBacklog) {
+        for (key, v) in &delivered.keys {
+            if self.keys.get(key).is_some_and(|held| held <= v) {
+                self.keys.remove(key);
+            }
+        }
+        if let (Some(done), Some(held)) = (delivered.drop_all, self.drop_all) {
+            if held <= done {
+                self.drop_all = None;
+            }
+        }
+    }
 }
 
 /// A workload as the control plane remembers it.
@@ -64,6 +123,11 @@ pub enum Command {
     Place { id: WorkloadId, node: NodeId, reason: String, now_ms: u64 },
     /// Takes a workload off its node; it becomes pending.
     Unplace { id: WorkloadId, reason: String },
+    /// Remembers a cache invalidation for nodes that were not connected to
+    /// receive it (unknown nodes are skipped).
+    QueueCacheInvalidation { nodes: Vec<NodeId>, key: String, version: u64 },
+    /// Forgets the invalidations a node acknowledged.
+    SettleCacheBacklog { id: NodeId, delivered: CacheBacklog },
 }
 
 /// A record a command touched, so the store knows what to write.
@@ -167,6 +231,7 @@ impl State {
                             lifecycle_since_ms: now_ms,
                             registered_ms: now_ms,
                             health_report: None,
+                            cache_backlog: CacheBacklog::default(),
                         };
                         self.nodes.insert(id.clone(), rec);
                     }
@@ -245,6 +310,21 @@ impl State {
                 w.reason = reason;
                 Ok(vec![Key::Workload(id)])
             }
+            Command::QueueCacheInvalidation { nodes, key, version } => {
+                let mut keys = Vec::new();
+                for id in nodes {
+                    if let Some(rec) = self.nodes.get_mut(&id) {
+                        rec.cache_backlog.add(&key, version);
+                        keys.push(Key::Node(id));
+                    }
+                }
+                Ok(keys)
+            }
+            Command::SettleCacheBacklog { id, delivered } => {
+                let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
+                rec.cache_backlog.settle(&delivered);
+                Ok(vec![Key::Node(id)])
+            }
         }
     }
 }
@@ -307,6 +387,31 @@ pub(crate) mod tests {
         assert_eq!(keys.len(), 2);
         assert_eq!(s.workloads[&w].node, None);
         assert!(s.apply(Command::Place { id: w, node: NodeId::new("b").unwrap(), reason: "r".into(), now_ms: 3 }).is_err());
+    }
+
+    #[test]
+    fn a_cache_backlog_keeps_the_newest_invalidations_and_overflows_into_dropping_all() {
+        let mut s = State::default();
+        s.apply(Command::RegisterNode { spec: node("a"), now_ms: 0 }).unwrap();
+        let a = NodeId::new("a").unwrap();
+        let queue = |s: &mut State, key: &str, version| {
+            s.apply(Command::QueueCacheInvalidation { nodes: vec![a.clone(), NodeId::new("gone").unwrap()], key: key.into(), version })
+        };
+        assert_eq!(queue(&mut s, "k", 5).unwrap(), vec![Key::Node(a.clone())], "an unknown node is skipped");
+        queue(&mut s, "k", 3).unwrap();
+        let delivered = s.nodes[&a].cache_backlog.clone();
+        assert_eq!(delivered.keys["k"], 5);
+        // A newer invalidation lands while the first is on its way: it stays.
+        queue(&mut s, "k", 9).unwrap();
+        s.apply(Command::SettleCacheBacklog { id: a.clone(), delivered: delivered.clone() }).unwrap();
+        assert_eq!(s.nodes[&a].cache_backlog.keys["k"], 9);
+        s.apply(Command::SettleCacheBacklog { id: a.clone(), delivered: s.nodes[&a].cache_backlog.clone() }).unwrap();
+        assert!(s.nodes[&a].cache_backlog.is_empty());
+        for i in 0..=CACHE_BACKLOG_KEYS as u64 {
+            queue(&mut s, &format!("k{i}"), 10 + i).unwrap();
+        }
+        let b = &s.nodes[&a].cache_backlog;
+        assert!(b.keys.is_empty() && b.drop_all == Some(10 + CACHE_BACKLOG_KEYS as u64), "{b:?}");
     }
 
     #[test]

@@ -119,9 +119,15 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
                 (None, None) => Vec::new(),
             };
             let q = query(&[("nodes", nodes.as_deref()), ("ttl", ttl.as_deref()), ("type", kind.as_deref())]);
-            let (answer, _) = api.call_bytes(Method::PUT, &format!("/api/v1/cache/{}{q}", url_path(&key)), body, "").await?;
-            let answer: Value = serde_json::from_slice(&answer).context("the server's answer is not JSON")?;
+            let answer = match api.call_bytes(Method::PUT, &format!("/api/v1/cache/{}{q}", url_path(&key)), body, "").await {
+                Ok((body, _)) => Ok(serde_json::from_slice(&body).context("the server's answer is not JSON")?),
+                Err(e) => Err(e),
+            };
+            let (answer, complete) = partial(answer)?;
             show(&answer, as_json, print_put);
+            if !complete {
+                anyhow::bail!("not every node stored the value");
+            }
         }
         CacheCmd::Rm { key, scope, node, region, eventual } => {
             let consistency = if eventual { "eventual" } else { "strong" };
@@ -131,8 +137,11 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
                 ("region", region.as_deref()),
                 ("consistency", Some(consistency)),
             ]);
-            let answer = api.call(Method::DELETE, &format!("/api/v1/cache/{}{q}", url_path(&key)), None).await?;
+            let (answer, complete) = partial(api.call(Method::DELETE, &format!("/api/v1/cache/{}{q}", url_path(&key)), None).await)?;
             show(&answer, as_json, print_rm);
+            if !complete {
+                anyhow::bail!("not every node in scope acknowledged the invalidation");
+            }
         }
         CacheCmd::Prewarm { keys, priority, nodes } => {
             let nodes: Option<Vec<&str>> = nodes.as_deref().map(|n| n.split(',').collect());
@@ -183,6 +192,21 @@ fn show(answer: &Value, as_json: bool, human: impl Fn(&Value)) {
     }
 }
 
+/// A fan-out's answer and whether every node did its part: the server
+/// answers 502 or 504 with the per-node outcomes when some did not.
+fn partial(answer: Result<Value, verge_client::ClientError>) -> Result<(Value, bool)> {
+    match answer {
+        Ok(v) => Ok((v, true)),
+        Err(verge_client::ClientError::Api { status: 502 | 504, code, message }) if code.is_empty() => {
+            match serde_json::from_str::<Value>(&message) {
+                Ok(v) if v.get("key").is_some() => Ok((v, false)),
+                _ => Err(verge_client::ClientError::Api { status: 502, code, message }.into()),
+            }
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
 /// A JSON array of node names as `a, b, c`.
 fn names(v: &Value) -> String {
     let list: Vec<String> = v.as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
@@ -203,8 +227,12 @@ fn print_put(a: &Value) {
 
 /// `verge cache rm`: who dropped the key, who had it, who never answered.
 fn print_rm(a: &Value) {
+    let queued = a["queued"].as_array().filter(|q| !q.is_empty()).map(|_| names(&a["queued"]));
     if a["consistency"] == "eventual" {
         println!("{} invalidation sent to {} (eventual: not waiting for acknowledgements)", cell(&a["key"]), names(&a["nodes"]));
+        if let Some(q) = queued {
+            println!("queued for {q}: not connected, they drop it when they connect again");
+        }
         return;
     }
     let mut rows: Vec<Vec<String>> = a["acknowledged"]
@@ -215,10 +243,21 @@ fn print_rm(a: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    if let Some(silent) = a["silent"].as_array() {
-        rows.extend(silent.iter().map(|id| vec![cell(id), "no answer (it drops the key when it hears)".into()]));
+    let silent: Vec<String> = a["silent"].as_array().map(|s| s.iter().map(cell).collect()).unwrap_or_default();
+    let waiting: Vec<String> = a["queued"].as_array().map(|s| s.iter().map(cell).collect()).unwrap_or_default();
+    for id in &silent {
+        let why = if waiting.contains(id) {
+            "not connected, lease running (queued for its return)"
+        } else {
+            "no answer (it drops the key when it hears)"
+        };
+        rows.push(vec![id.clone(), why.into()]);
     }
-    println!("{} invalidated (strong)", cell(&a["key"]));
+    for id in waiting.iter().filter(|id| !silent.contains(id)) {
+        rows.push(vec![id.clone(), "offline (queued for its return)".into()]);
+    }
+    let done = if silent.is_empty() { "invalidated (strong)" } else { "not confirmed everywhere (strong)" };
+    println!("{} {done}", cell(&a["key"]));
     print(&["NODE", "ACKNOWLEDGED"], &rows);
 }
 

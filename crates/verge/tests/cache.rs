@@ -512,4 +512,25 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     let tyo = c.data_port("tyo");
     assert_eq!(http(&tyo, "GET", "/api/v1/cache/models/b", b"").1, "origin:/objects/models/b");
     assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst) - before, 4, "a pre-warmed key went to the origin again");
+
+    // A node that is down when a key is invalidated drops the key when it
+    // connects again, instead of serving the old value.
+    cli(&["cache", "put", "cfg/late", "v1"]);
+    c.stop_agent("tyo");
+    wait_until(Duration::from_secs(20), "the server to see tyo disconnect", || {
+        (c.get("/api/v1/nodes/tyo")["connected"] == false).then_some(())
+    });
+    let (ok, out, _) = c.cli(&["cache", "rm", "cfg/late", "--json"]);
+    assert!(!ok, "a strong invalidation is not confirmed while tyo's lease runs: {out}");
+    let out: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(out["acknowledged"]["fra"], true, "{out}");
+    assert_eq!(out["queued"], serde_json::json!(["tyo"]), "{out}");
+    assert_eq!(out["silent"], serde_json::json!(["tyo"]), "{out}");
+    c.restart_agent("tyo");
+    wait_until(Duration::from_secs(30), "tyo to drop the key invalidated while it was down", || {
+        let (ok, keys, _) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/*"]);
+        (ok && !keys.lines().any(|k| k == "cfg/late")).then_some(())
+    });
+    let (ok, keys, err) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/n0*"]);
+    assert!(ok && keys.lines().count() == 10, "tyo kept its other keys: {keys}{err}");
 }
