@@ -39,7 +39,7 @@ use verge_proto::ServerMessage;
 use verge_security::pki::Identity;
 use verge_store::Command;
 
-use crate::control::Control;
+use crate::control::{Control, Inner};
 use crate::error::{ApiError, ApiJson};
 use crate::security::AuditEvent;
 
@@ -61,10 +61,16 @@ pub fn routes() -> Router<Arc<Control>> {
 /// Connected nodes (with their data port) chosen by `nodes=a,b`, `node=`
 /// or `region=` (the `region` label); all connected ones by default.
 fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec<(NodeId, Option<String>)>, ApiError> {
-    let inner = c.lock();
+    Ok(select(&c.lock(), nodes, region)?.0)
+}
+
+/// [`targets`], and the known nodes that would be chosen but are not
+/// connected (none when `nodes` names them: naming one not connected is
+/// refused).
+fn select(inner: &Inner, nodes: Option<&str>, region: Option<&str>) -> Result<(Vec<(NodeId, Option<String>)>, Vec<NodeId>), ApiError> {
     let state = inner.store.state();
     let wanted: Option<Vec<&str>> = nodes.map(|n| n.split(',').map(str::trim).filter(|s| !s.is_empty()).collect());
-    let mut out = Vec::new();
+    let (mut out, mut offline) = (Vec::new(), Vec::new());
     for (id, rec) in &state.nodes {
         if wanted.as_ref().is_some_and(|w| !w.contains(&id.as_str())) {
             continue;
@@ -74,6 +80,8 @@ fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec
         }
         if inner.agents.contains_key(id) {
             out.push((id.clone(), rec.spec.data_addr.clone()));
+        } else {
+            offline.push(id.clone());
         }
     }
     if let Some(w) = &wanted {
@@ -83,7 +91,7 @@ fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec
             }
         }
     }
-    Ok(out)
+    Ok((out, offline))
 }
 
 /// A client for `node`'s data port, as the server.
@@ -171,12 +179,22 @@ async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQue
     if q.kind.as_deref().is_some_and(|k| !rules::valid_type(k)) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_type", rules::TYPE_RULE));
     }
-    let nodes = targets(&c, q.nodes.as_deref(), q.region.as_deref())?;
-    if nodes.is_empty() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
-    }
     // One version for every replica: the server's clock in µs.
     let version = c.clock.now_ms() * 1000;
+    let nodes = {
+        let mut inner = c.lock();
+        let (nodes, offline) = select(&inner, q.nodes.as_deref(), q.region.as_deref())?;
+        if nodes.is_empty() {
+            return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
+        }
+        // A node that misses this write must not serve an older copy when it
+        // returns: it drops the key then (in this lock, so none connects unseen).
+        if !offline.is_empty() {
+            let queue = Command::QueueCacheInvalidation { nodes: offline, key: key.clone(), version };
+            inner.apply(queue).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string()))?;
+        }
+        nodes
+    };
     let mut query = format!("version={version}");
     if let Some(t) = q.ttl {
         query.push_str(&format!("&ttl={}", t.0));
@@ -247,29 +265,31 @@ fn reach_and_queue(c: &Control, q: &InvalidateQuery, key: &str, version: u64) ->
     let now = c.clock.now_ms();
     let mut inner = c.lock();
     let state = inner.store.state();
-    let in_scope: Vec<NodeId> = match scope {
+    let ids = |nodes: Vec<(NodeId, Option<String>)>| nodes.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let (connected, offline) = match scope {
         "local" => {
             let node = q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?;
             let id = state.nodes.keys().find(|id| id.as_str() == node).ok_or_else(|| ApiError::not_found(format!("no node {node:?}")))?;
-            vec![id.clone()]
+            if inner.agents.contains_key(id) {
+                (vec![id.clone()], Vec::new())
+            } else {
+                (Vec::new(), vec![id.clone()])
+            }
         }
         "regional" => {
             let region = q.region.as_deref().ok_or_else(|| ApiError::bad_request("scope=regional needs region=NAME"))?;
-            let ids: Vec<NodeId> = state
-                .nodes
-                .iter()
-                .filter(|(_, r)| r.spec.labels.get("region").map(String::as_str) == Some(region))
-                .map(|(id, _)| id.clone())
-                .collect();
-            if ids.is_empty() {
+            let (connected, offline) = select(&inner, None, Some(region))?;
+            if connected.is_empty() && offline.is_empty() {
                 return Err(ApiError::not_found(format!("no node has the label region={region}")));
             }
-            ids
+            (ids(connected), offline)
         }
-        "global" => state.nodes.keys().cloned().collect(),
+        "global" => {
+            let (connected, offline) = select(&inner, None, None)?;
+            (ids(connected), offline)
+        }
         other => return Err(ApiError::bad_request(format!("scope must be local, regional or global, got {other:?}"))),
     };
-    let (connected, offline): (Vec<NodeId>, Vec<NodeId>) = in_scope.into_iter().partition(|id| inner.agents.contains_key(id));
     let waited_for = offline.iter().filter(|id| inner.soft.get(*id).is_some_and(|s| s.alive(now))).cloned().collect();
     if !offline.is_empty() {
         let queue = Command::QueueCacheInvalidation { nodes: offline.clone(), key: key.to_string(), version };

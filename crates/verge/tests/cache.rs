@@ -526,11 +526,16 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     assert_eq!(out["acknowledged"]["fra"], true, "{out}");
     assert_eq!(out["queued"], serde_json::json!(["tyo"]), "{out}");
     assert_eq!(out["silent"], serde_json::json!(["tyo"]), "{out}");
+    // A write it misses makes it drop its older copy too.
+    let (ok, put, err) = c.cli(&["cache", "put", "cfg/n05", "new", "--json"]);
+    assert!(ok, "{err}");
+    let put: serde_json::Value = serde_json::from_str(&put).unwrap();
+    assert_eq!(put["nodes"], serde_json::json!({"fra": "stored"}), "{put}");
     c.restart_agent("tyo");
     wait_until(Duration::from_secs(30), "tyo to drop the key invalidated while it was down", || {
         let (ok, keys, _) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/*"]);
         (ok && !keys.lines().any(|k| k == "cfg/late")).then_some(())
     });
     let (ok, keys, err) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/n0*"]);
-    assert!(ok && keys.lines().count() == 10, "tyo kept its other keys: {keys}{err}");
+    assert!(ok && keys.lines().count() == 9 && !keys.contains("cfg/n05"), "tyo drops cfg/n05, keeps the others: {keys}{err}");
 }
