@@ -58,16 +58,19 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/api/v1/cache/{*key}", get(read).put(write).delete(invalidate))
 }
 
+/// A connected node and its data port's address.
+type Target = (NodeId, Option<String>);
+
 /// Connected nodes (with their data port) chosen by `nodes=a,b`, `node=`
 /// or `region=` (the `region` label); all connected ones by default.
-fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec<(NodeId, Option<String>)>, ApiError> {
+fn targets(c: &Control, nodes: Option<&str>, region: Option<&str>) -> Result<Vec<Target>, ApiError> {
     Ok(select(&c.lock(), nodes, region)?.0)
 }
 
 /// [`targets`], and the known nodes that would be chosen but are not
 /// connected (none when `nodes` names them: naming one not connected is
 /// refused).
-fn select(inner: &Inner, nodes: Option<&str>, region: Option<&str>) -> Result<(Vec<(NodeId, Option<String>)>, Vec<NodeId>), ApiError> {
+fn select(inner: &Inner, nodes: Option<&str>, region: Option<&str>) -> Result<(Vec<Target>, Vec<NodeId>), ApiError> {
     let state = inner.store.state();
     let wanted: Option<Vec<&str>> = nodes.map(|n| n.split(',').map(str::trim).filter(|s| !s.is_empty()).collect());
     let (mut out, mut offline) = (Vec::new(), Vec::new());
@@ -265,7 +268,7 @@ fn reach_and_queue(c: &Control, q: &InvalidateQuery, key: &str, version: u64) ->
     let now = c.clock.now_ms();
     let mut inner = c.lock();
     let state = inner.store.state();
-    let ids = |nodes: Vec<(NodeId, Option<String>)>| nodes.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
+    let ids = |nodes: Vec<Target>| nodes.into_iter().map(|(id, _)| id).collect::<Vec<_>>();
     let (connected, offline) = match scope {
         "local" => {
             let node = q.node.as_deref().ok_or_else(|| ApiError::bad_request("scope=local needs node=ID"))?;
