@@ -118,10 +118,10 @@ impl Api {
         &self,
         method: Method,
         path: &str,
-        body: Vec<u8>,
+        body: impl Into<Bytes>,
         header: &str,
     ) -> Result<(Vec<u8>, Option<String>), ClientError> {
-        let (body, value) = self.send(method, path, Bytes::from(body), "application/octet-stream", header).await?;
+        let (body, value) = self.send(method, path, body.into(), "application/octet-stream", header).await?;
         Ok((body.to_vec(), value))
     }
 

@@ -23,7 +23,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -40,11 +39,15 @@ use verge_security::pki::Identity;
 use verge_store::Command;
 
 use crate::control::{Control, Inner};
-use crate::error::{ApiError, ApiJson};
+use crate::error::{ApiBody, ApiError, ApiJson};
 use crate::security::AuditEvent;
 
 type Ctl = State<Arc<Control>>;
 type ApiResult = Result<Response, ApiError>;
+
+/// Largest value the server fans out: the agents' default `cache.max_value`
+/// (an agent configured lower refuses larger ones itself).
+const MAX_VALUE: usize = 64 << 20;
 
 /// How long a strong invalidation waits for acknowledgements.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);
@@ -55,7 +58,7 @@ pub fn routes() -> Router<Arc<Control>> {
         .route("/api/v1/cache", get(stats))
         .route("/api/v1/cache/prewarm", post(prewarm))
         .route("/api/v1/nodes/{id}/cache/keys", get(node_keys))
-        .route("/api/v1/cache/{*key}", get(read).put(write).delete(invalidate))
+        .route("/api/v1/cache/{*key}", get(read).put(write).delete(invalidate).layer(axum::extract::DefaultBodyLimit::max(MAX_VALUE)))
 }
 
 /// A connected node and its data port's address.
@@ -177,7 +180,12 @@ fn check_key(key: &str) -> Result<(), ApiError> {
     }
 }
 
-async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<PutQuery>, body: Bytes) -> ApiResult {
+async fn write(
+    State(c): Ctl,
+    ApiPath(key): ApiPath<String>,
+    ApiQuery(q): ApiQuery<PutQuery>,
+    ApiBody(body): ApiBody<MAX_VALUE>,
+) -> ApiResult {
     check_key(&key)?;
     if q.kind.as_deref().is_some_and(|k| !rules::valid_type(k)) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_type", rules::TYPE_RULE));
@@ -209,7 +217,7 @@ async fn write(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQue
     let mut results = BTreeMap::new();
     let calls = nodes.iter().map(|(id, addr)| {
         let api = data_port(&c, id, addr.as_ref());
-        let (path, body) = (path.clone(), body.to_vec());
+        let (path, body) = (path.clone(), body.clone());
         async move {
             let r = match api {
                 Ok(api) => api.call_bytes(Method::PUT, &path, body, "").await.map(|_| "stored".to_string()).map_err(|e| e.to_string()),

@@ -69,11 +69,28 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let too_large = || ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", "request body exceeds the 1 MiB limit");
+        let ApiBody(bytes) = ApiBody::<BODY_LIMIT>::from_request(req, state).await?;
+        parse_json(&bytes).map(ApiJson)
+    }
+}
+
+/// A raw request body of at most `LIMIT` bytes; a larger one is refused
+/// with the API's JSON error (the route must allow `LIMIT` with
+/// `DefaultBodyLimit`).
+pub struct ApiBody<const LIMIT: usize>(pub Bytes);
+
+impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiBody<LIMIT> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let too_large = || {
+            let limit = verge_core::Bytes(LIMIT as u64);
+            ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body exceeds the {limit} limit"))
+        };
         // Refused from the headers alone: the client is not asked to send
         // (`100 Continue`) what would be thrown away.
         let declared = req.headers().get(axum::http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
-        if declared.is_some_and(|n| n > BODY_LIMIT as u64) {
+        if declared.is_some_and(|n| n > LIMIT as u64) {
             return Err(too_large());
         }
         let bytes = Bytes::from_request(req, state).await.map_err(|e| {
@@ -83,7 +100,7 @@ impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
                 ApiError::bad_request(format!("cannot read request body: {}", e.body_text()))
             }
         })?;
-        parse_json(&bytes).map(ApiJson)
+        Ok(ApiBody(bytes))
     }
 }
 

@@ -99,6 +99,14 @@ fn query(pairs: &[(&str, Option<&str>)]) -> String {
 
 /// Runs a cache command: tables by default, the API's JSON with `--json`.
 pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
+    let keys: &[String] = match &cmd {
+        CacheCmd::Get { key, .. } | CacheCmd::Put { key, .. } | CacheCmd::Rm { key, .. } => std::slice::from_ref(key),
+        CacheCmd::Prewarm { keys, .. } => keys,
+        _ => &[],
+    };
+    if let Some(bad) = keys.iter().find(|k| !verge_cache::rules::valid_key(k)) {
+        anyhow::bail!("bad key {bad:?}: {}", verge_cache::rules::KEY_RULE);
+    }
     match cmd {
         CacheCmd::Get { key, node } => {
             let path = format!("/api/v1/cache/{}{}", url_path(&key), query(&[("node", node.as_deref())]));

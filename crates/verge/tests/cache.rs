@@ -458,6 +458,17 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     let version = put["version"].as_u64().unwrap();
     assert_eq!(cli(&["cache", "get", "cfg/site", "--node", "tyo"]), "v1");
 
+    // A value larger than the API's 1 MiB JSON limit (a model, an image)
+    // goes through the server whole.
+    let model: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let file = c.path("model.bin");
+    std::fs::write(&file, &model).unwrap();
+    cli(&["cache", "put", "models/big", "--file", file.to_str().unwrap(), "--nodes", "fra"]);
+    let out = c.cli_command(&["cache", "get", "models/big", "--node", "fra"]).output().unwrap();
+    assert!(out.status.success() && out.stdout == model, "3 MiB read back: {} bytes", out.stdout.len());
+    let (ok, _, err) = c.cli(&["cache", "get", ""]);
+    assert!(!ok && err.contains("bad key"), "{err}");
+
     // A node's keys, listed through the server, step by step.
     for i in 0..25 {
         cli(&["cache", "put", &format!("cfg/n{i:02}"), "x", "--nodes", "tyo"]);
