@@ -5,6 +5,12 @@
 /// Longest key accepted, bytes.
 pub const MAX_KEY: usize = 1024;
 
+/// Largest value the server fans out to nodes, bytes: the agents' default
+/// `cache.max_value` (an agent configured lower refuses larger ones itself).
+/// The CLI checks it before sending, so a too large file gets this limit
+/// named instead of a connection the server cut.
+pub const FANOUT_MAX_VALUE: usize = 64 << 20;
+
 /// What [`valid_key`] accepts, for error messages.
 pub const KEY_RULE: &str = "keys are 1-1024 bytes of UTF-8 without control characters";
 

@@ -45,9 +45,8 @@ use crate::security::AuditEvent;
 type Ctl = State<Arc<Control>>;
 type ApiResult = Result<Response, ApiError>;
 
-/// Largest value the server fans out: the agents' default `cache.max_value`
-/// (an agent configured lower refuses larger ones itself).
-const MAX_VALUE: usize = 64 << 20;
+/// Largest value the server fans out.
+const MAX_VALUE: usize = rules::FANOUT_MAX_VALUE;
 
 /// How long a strong invalidation waits for acknowledgements.
 const ACK_TIMEOUT: Duration = Duration::from_secs(5);

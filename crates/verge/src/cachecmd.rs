@@ -121,11 +121,30 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
             return Ok(());
         }
         CacheCmd::Put { key, value, file, nodes, ttl, kind } => {
+            let too_large = |size: u64| {
+                let limit = verge_cache::rules::FANOUT_MAX_VALUE as u64;
+                (size > limit).then(|| {
+                    anyhow::anyhow!(
+                        "the value is {}; the server fans out values of at most {}",
+                        verge_core::Bytes(size),
+                        verge_core::Bytes(limit)
+                    )
+                })
+            };
             let body = match (value, file) {
-                (_, Some(f)) => std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?,
+                (_, Some(f)) => {
+                    let size = std::fs::metadata(&f).with_context(|| format!("reading {}", f.display()))?.len();
+                    if let Some(e) = too_large(size) {
+                        return Err(e);
+                    }
+                    std::fs::read(&f).with_context(|| format!("reading {}", f.display()))?
+                }
                 (Some(v), None) => v.into_bytes(),
                 (None, None) => Vec::new(),
             };
+            if let Some(e) = too_large(body.len() as u64) {
+                return Err(e);
+            }
             let q = query(&[("nodes", nodes.as_deref()), ("ttl", ttl.as_deref()), ("type", kind.as_deref())]);
             let answer = match api.call_bytes(Method::PUT, &format!("/api/v1/cache/{}{q}", url_path(&key)), body, "").await {
                 Ok((body, _)) => Ok(serde_json::from_slice(&body).context("the server's answer is not JSON")?),
