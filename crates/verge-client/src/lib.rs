@@ -172,7 +172,7 @@ impl Api {
         content_type: &str,
         header: &str,
     ) -> Result<(Bytes, Option<String>), ClientError> {
-        let (sender, resp) = self.request(method, path, body, content_type).await?;
+        let (sender, resp) = self.request(method, path, body, content_type, &[]).await?;
         let status = resp.status();
         let value = resp.headers().get(header).and_then(|v| v.to_str().ok()).map(str::to_string);
         let body = resp.into_body().collect().await.map_err(|e| ClientError::Body(e.to_string()))?.to_bytes();
@@ -181,6 +181,21 @@ impl Api {
             return Err(api_error(status, &body));
         }
         Ok((body, value))
+    }
+
+    /// Sends a bodiless request with `headers` added and returns the answer
+    /// whatever its status, its body unread: for a proxy that relays status,
+    /// headers and body as they come (a large cached value, a byte range).
+    pub async fn forward(
+        &self,
+        method: Method,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<hyper::Response<hyper::body::Incoming>, ClientError> {
+        // The connection finishes this answer and closes: it is not kept,
+        // since the body is read after this returns.
+        let (_sender, resp) = self.request(method, path, Bytes::new(), "application/octet-stream", headers).await?;
+        Ok(resp)
     }
 
     /// Sends raw bytes and writes the answer's body to `out` as it arrives,
@@ -194,7 +209,7 @@ impl Api {
         out: &mut (impl tokio::io::AsyncWrite + Unpin),
     ) -> Result<u64, ClientError> {
         use tokio::io::AsyncWriteExt;
-        let (sender, resp) = self.request(method, path, Bytes::from(body), "application/octet-stream").await?;
+        let (sender, resp) = self.request(method, path, Bytes::from(body), "application/octet-stream", &[]).await?;
         let status = resp.status();
         let mut body = resp.into_body();
         if !status.is_success() {
@@ -223,12 +238,16 @@ impl Api {
         path: &str,
         body: Bytes,
         content_type: &str,
+        extra: &[(&str, &str)],
     ) -> Result<(SendRequest<Full<Bytes>>, hyper::Response<hyper::body::Incoming>), ClientError> {
         let make = || {
             let mut req =
                 Request::builder().method(method.clone()).uri(path).header("host", &self.authority).header("content-type", content_type);
             if let Some(t) = &self.token {
                 req = req.header("authorization", format!("Bearer {t}"));
+            }
+            for (name, value) in extra {
+                req = req.header(*name, *value);
             }
             req.body(Full::new(body.clone())).map_err(|_| ClientError::Request(format!("{}{path}", self.base)))
         };

@@ -24,7 +24,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::State;
-use axum::http::{HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -134,25 +134,45 @@ async fn stats(State(c): Ctl, ApiQuery(w): ApiQuery<Where>) -> ApiResult {
     Ok(Json(json!(out)).into_response())
 }
 
-async fn read(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(w): ApiQuery<Where>) -> ApiResult {
+/// Request headers a read passes on to the node: byte ranges and
+/// conditional reads work through the server as on the node.
+const READ_REQUEST_HEADERS: [&str; 3] = ["range", "if-range", "if-none-match"];
+
+/// Answer headers a read passes back from the node.
+const READ_ANSWER_HEADERS: [&str; 8] =
+    ["content-type", "content-length", "content-range", "accept-ranges", "etag", "cache-control", "x-verge-type", "x-verge-version"];
+
+async fn read(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(w): ApiQuery<Where>, headers: HeaderMap) -> ApiResult {
     check_key(&key)?;
     let candidates = targets(&c, w.node.as_deref(), w.region.as_deref())?;
     let path = format!("/api/v1/cache/{}", encode(&key));
+    let pass: Vec<(&str, &str)> = READ_REQUEST_HEADERS.iter().filter_map(|&name| Some((name, headers.get(name)?.to_str().ok()?))).collect();
     for (id, addr) in candidates {
         let Ok(api) = data_port(&c, &id, addr.as_ref()) else { continue };
-        match api.call_bytes(Method::GET, &path, Vec::new(), "x-verge-version").await {
-            Ok((value, version)) => {
-                let mut resp = (StatusCode::OK, value).into_response();
-                if let Ok(v) = HeaderValue::from_str(id.as_str()) {
-                    resp.headers_mut().insert("x-verge-node", v);
-                }
-                if let Some(v) = version.and_then(|v| HeaderValue::from_str(&v).ok()) {
-                    resp.headers_mut().insert("x-verge-version", v);
-                }
-                return Ok(resp);
+        let answer = match api.forward(Method::GET, &path, &pass).await {
+            Ok(a) if a.status() != StatusCode::NOT_FOUND && !a.status().is_server_error() => a,
+            Ok(a) => {
+                tracing::debug!(node = %id, key, status = %a.status(), "cache read missed");
+                continue;
             }
-            Err(e) => tracing::debug!(node = %id, key, error = %e, "cache read missed"),
+            Err(e) => {
+                tracing::debug!(node = %id, key, error = %e, "cache read failed");
+                continue;
+            }
+        };
+        // Streamed through: a large value is never held here whole.
+        let (parts, body) = answer.into_parts();
+        let mut resp = Response::new(axum::body::Body::new(body));
+        *resp.status_mut() = parts.status;
+        for name in READ_ANSWER_HEADERS {
+            if let Some(v) = parts.headers.get(name) {
+                resp.headers_mut().insert(name, v.clone());
+            }
         }
+        if let Ok(v) = HeaderValue::from_str(id.as_str()) {
+            resp.headers_mut().insert("x-verge-node", v);
+        }
+        return Ok(resp);
     }
     Err(ApiError::not_found(format!("no node holds cache entry {key:?}")))
 }

@@ -458,6 +458,18 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     let version = put["version"].as_u64().unwrap();
     assert_eq!(cli(&["cache", "get", "cfg/site", "--node", "tyo"]), "v1");
 
+    // Through the server as on the node: a byte range, a conditional read.
+    let path = "/api/v1/cache/cfg/site?node=tyo";
+    let (status, head, body) = http_with_headers(&c.api, "GET", path, "Range: bytes=1-1\r\n", b"");
+    assert_eq!((status, body.as_str()), (206, "1"), "{head}");
+    let head = head.to_ascii_lowercase();
+    assert!(head.contains("content-range: bytes 1-1/2") && head.contains("x-verge-node: tyo"), "{head}");
+    let etag = head.lines().find_map(|l| l.strip_prefix("etag: ")).unwrap_or_else(|| panic!("no ETag: {head}")).to_string();
+    let (status, _, body) = http_with_headers(&c.api, "GET", path, &format!("If-None-Match: {etag}\r\n"), b"");
+    assert_eq!((status, body.as_str()), (304, ""));
+    let (status, body) = http(&c.api, "PUT", "/api/v1/cache/too-big", &vec![b'x'; (64 << 20) + 1]);
+    assert!(status == 413 && body.contains("payload_too_large"), "{status} {body}");
+
     // A value larger than the API's 1 MiB JSON limit (a model, an image)
     // goes through the server whole.
     let model: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
