@@ -84,7 +84,7 @@ impl<S: Send + Sync, const LIMIT: usize> FromRequest<S> for ApiBody<LIMIT> {
 
     async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
         let too_large = || {
-            let limit = if LIMIT % (1 << 20) == 0 { format!("{} MiB", LIMIT >> 20) } else { format!("{LIMIT} bytes") };
+            let limit = if LIMIT.is_multiple_of(1 << 20) { format!("{} MiB", LIMIT >> 20) } else { format!("{LIMIT} bytes") };
             ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", format!("request body exceeds the {limit} limit"))
         };
         // Refused from the headers alone: the client is not asked to send
