@@ -100,6 +100,16 @@ pub enum CacheWriteError {
 /// What a warm file holds, once known: its key, and when it expires.
 type Known = (String, Option<u64>);
 
+/// Where a `SCAN` step found a name, with its key and expiry if known.
+enum Found {
+    /// A write queued for the warm tier (it wins over the file).
+    Queued(Known),
+    /// A warm file.
+    Warm(Option<Known>),
+    /// Only in the cold tier.
+    Cold(Option<Known>),
+}
+
 /// A file of the warm tier.
 struct WarmFile {
     size: u64,
@@ -252,6 +262,10 @@ pub struct EdgeCache {
     origin: Option<crate::origin::Origin>,
     /// The cold tier, if configured: warm evictions are demoted there.
     cold: Option<Box<dyn crate::coldstore::ObjectStore>>,
+    /// The cold tier's object names, with each one's key and expiry once
+    /// known (from its demotion, or read back by a `SCAN`), so that `SCAN`
+    /// and `DBSIZE` list what it holds. Locked after `warm` where both are.
+    cold_names: Mutex<BTreeMap<String, Option<Known>>>,
     /// Learns access patterns for pre-warming, and counts hot keys.
     patterns: Mutex<(verge_cache::predict::Predictor, verge_cache::hotspot::HotKeys)>,
     /// The pre-warming queue, once `prewarm::start` runs.
@@ -338,6 +352,10 @@ impl EdgeCache {
         for (_, name, size) in files {
             index.insert(name, size, None);
         }
+        let cold_names = match &cold {
+            Some(store) => store.names()?.into_iter().filter(|n| position(n).is_some()).map(|n| (n, None)).collect(),
+            None => BTreeMap::new(),
+        };
         // Entries are bounded by bytes; the entry bound (one per 4 KiB of
         // memory) only sizes the tables, so an idle agent stays small.
         let max_entries = (sizes.memory / 4096).clamp(1024, 1 << 20) as usize;
@@ -356,6 +374,7 @@ impl EdgeCache {
             last_version: AtomicU64::new(0),
             origin,
             cold,
+            cold_names: Mutex::new(cold_names),
             patterns: Mutex::new((
                 verge_cache::predict::Predictor::new(PREDICTOR_KEYS),
                 verge_cache::hotspot::HotKeys::new(HOT_KEYS, 4096, 100_000),
@@ -601,7 +620,11 @@ impl EdgeCache {
             if let Some(cold) = &self.cold {
                 // Demoted as stored: still sealed.
                 match std::fs::read(&path).and_then(|b| cold.put(&victim, &b)) {
-                    Ok(()) => self.counters.demoted.fetch_add(1, Ordering::Relaxed),
+                    Ok(()) => {
+                        let known = warm.files.get(&victim).and_then(|f| f.known.clone());
+                        lock(&self.cold_names).insert(victim.clone(), known);
+                        self.counters.demoted.fetch_add(1, Ordering::Relaxed)
+                    }
                     Err(e) => {
                         tracing::warn!(error = %e, "demoting to the cold tier failed; entry dropped");
                         0
@@ -614,10 +637,21 @@ impl EdgeCache {
         Ok(())
     }
 
+    /// Applies a queued delete of `key` to the disk: its warm file, and a
+    /// cold copy that the warm tier demoted after the delete was queued
+    /// (served by a later read, it would bring the key back). Under the
+    /// warm index's lock, so no demotion of the file runs meanwhile.
     fn remove_warm(&self, key: &str) -> bool {
         let name = file_name(key);
-        lock(&self.warm).remove(&name);
-        std::fs::remove_file(self.warm_dir.join(name)).is_ok()
+        let mut warm = lock(&self.warm);
+        warm.remove(&name);
+        let removed = std::fs::remove_file(self.warm_dir.join(&name)).is_ok();
+        if let Some(cold) = self.cold.as_ref().filter(|_| lock(&self.cold_names).remove(&name).is_some()) {
+            if let Err(e) = cold.delete(&name) {
+                tracing::warn!(key, error = %e, "cannot drop a deleted key's cold copy");
+            }
+        }
+        removed
     }
 
     /// The live entry for `key` from memory only, or `None` (then ask
@@ -795,6 +829,7 @@ impl EdgeCache {
             Err(e) => {
                 tracing::warn!(key, error = %e, "unreadable cold entry dropped");
                 let _ = cold.delete(&name);
+                lock(&self.cold_names).remove(&name);
                 return None;
             }
         };
@@ -820,7 +855,11 @@ impl EdgeCache {
         let in_hot = lock(&self.hot).remove(key).is_some();
         let pending = lock(&self.behind).insert(key.to_string(), None).is_some_and(|p| p.is_some());
         let on_disk = self.warm_dir.join(file_name(key)).exists();
-        let in_cold = self.cold.as_ref().is_some_and(|c| c.delete(&file_name(key)).unwrap_or(false));
+        let in_cold = self.cold.as_ref().is_some_and(|c| {
+            let name = file_name(key);
+            lock(&self.cold_names).remove(&name);
+            c.delete(&name).unwrap_or(false)
+        });
         in_hot || pending || on_disk || in_cold
     }
 
@@ -910,8 +949,9 @@ impl EdgeCache {
     }
 
     /// Keys this node holds on disk, counting writes and deletes still
-    /// queued for it (`DBSIZE`): every write lands there. As in Redis,
-    /// entries expired but not yet removed count; the cold tier does not.
+    /// queued for it (`DBSIZE`): every write lands there, and the warm
+    /// tier's evictions in the cold one. As in Redis, entries expired but
+    /// not yet removed count.
     pub fn key_count(&self) -> usize {
         let behind = lock(&self.behind);
         let warm = lock(&self.warm);
@@ -924,26 +964,32 @@ impl EdgeCache {
                 _ => {}
             }
         }
-        n
+        // A key promoted back from the cold tier keeps its cold copy: once.
+        let cold = lock(&self.cold_names);
+        n + cold.keys().filter(|name| !warm.files.contains_key(*name) && !behind.names.contains_key(*name)).count()
     }
 
-    /// One step of `SCAN`: the keys of the files, on disk or queued for it
-    /// (what [`EdgeCache::key_count`] counts, less what expired), whose
-    /// names sort at `cursor` or after: about `count` files' keys, in name
-    /// order, those that match `pattern` (Redis's glob) if one is given,
-    /// and the cursor of the next file (0: none left). A name is the key's
-    /// hash, so keys keep their places while others come and go, and a
-    /// full scan returns every key held throughout it, once. A file from
-    /// before this process started is read once to learn its key.
+    /// One step of `SCAN`: the keys of the files, on disk, queued for it or
+    /// in the cold tier (what [`EdgeCache::key_count`] counts, less what
+    /// expired), whose names sort at `cursor` or after: about `count`
+    /// files' keys, in name order, those that match `pattern` (Redis's
+    /// glob) if one is given, and the cursor of the next file (0: none
+    /// left). A name is the key's hash, so keys keep their places while
+    /// others come and go, and a full scan returns every key held
+    /// throughout it, once. A file or cold object from before this process
+    /// started is read once to learn its key.
     pub fn scan(&self, cursor: u64, count: usize, pattern: Option<&[u8]>, now: u64) -> (u64, Vec<String>) {
         let (from, count) = (format!("{cursor:016x}"), count.max(1));
-        let mut step: Vec<(String, Option<Known>, bool)> = Vec::new();
+        let mut step: Vec<(String, Found)> = Vec::new();
         let mut next = 0;
         {
             let behind = lock(&self.behind);
             let warm = lock(&self.warm);
+            let cold = lock(&self.cold_names);
             let mut disk = warm.files.range(from.clone()..).filter(|(name, _)| position(name).is_some()).peekable();
-            // The queue's latest write (or delete) of a key wins over its file.
+            let mut frozen = cold.range(from.clone()..).peekable();
+            // The queue's latest write (or delete) of a key wins over its
+            // file, and the file over a cold copy.
             let mut queue = behind
                 .names
                 .range(from..)
@@ -951,11 +997,13 @@ impl EdgeCache {
                 .peekable();
             let mut last = None;
             loop {
-                let name = match (disk.peek(), queue.peek()) {
-                    (None, None) => break,
-                    (Some((d, _)), Some((q, _))) => (*d).min(*q).clone(),
-                    (Some((d, _)), None) => (*d).clone(),
-                    (None, Some((q, _))) => (*q).clone(),
+                let Some(name) = [disk.peek().map(|(n, _)| *n), queue.peek().map(|(n, _)| *n), frozen.peek().map(|(n, _)| *n)]
+                    .into_iter()
+                    .flatten()
+                    .min()
+                    .cloned()
+                else {
+                    break;
                 };
                 let at = position(&name);
                 if step.len() >= count && at != last {
@@ -964,20 +1012,39 @@ impl EdgeCache {
                 }
                 last = at;
                 let on_disk = disk.next_if(|(d, _)| **d == name).map(|(_, f)| f.known.clone());
-                match queue.next_if(|(q, _)| **q == name) {
-                    Some((_, Some(known))) => step.push((name, Some(known), true)),
-                    Some((_, None)) => {}
-                    None => step.push((name, on_disk.flatten(), false)),
+                let in_cold = frozen.next_if(|(c, _)| **c == name).map(|(_, known)| known.clone());
+                match (queue.next_if(|(q, _)| **q == name), on_disk, in_cold) {
+                    (Some((_, Some(known))), _, _) => step.push((name, Found::Queued(known))),
+                    (Some((_, None)), _, _) => {}
+                    (None, Some(known), _) => step.push((name, Found::Warm(known))),
+                    (None, None, Some(known)) => step.push((name, Found::Cold(known))),
+                    (None, None, None) => {}
                 }
             }
         }
         let keys = step
             .into_iter()
-            .filter_map(|(name, known, queued)| if queued { known } else { known.or_else(|| self.learn(&name)) })
+            .filter_map(|(name, found)| match found {
+                Found::Queued(known) => Some(known),
+                Found::Warm(known) => known.or_else(|| self.learn(&name)),
+                Found::Cold(known) => known.or_else(|| self.learn_cold(&name)),
+            })
             .filter(|(key, expires)| expires.is_none_or(|t| t > now) && pattern.is_none_or(|p| crate::glob::matches(p, key.as_bytes())))
             .map(|(key, _)| key)
             .collect();
         (next, keys)
+    }
+
+    /// Reads the cold object `name` to learn its key and expiry, and notes
+    /// them; `None` when it holds no readable entry.
+    fn learn_cold(&self, name: &str) -> Option<Known> {
+        let bytes = self.vault.unseal(self.cold.as_ref()?.get(name).ok()?).ok()?;
+        let (meta, _) = decode(&bytes).filter(|(meta, _)| file_name(&meta.key) == name)?;
+        let known = (meta.key, meta.expires_ms);
+        if let Some(k) = lock(&self.cold_names).get_mut(name) {
+            k.get_or_insert_with(|| known.clone());
+        }
+        Some(known)
     }
 
     /// Reads the warm file `name` to learn its key and expiry, and notes
@@ -1007,6 +1074,7 @@ impl EdgeCache {
             }
         }
         if let Some(cold) = &self.cold {
+            lock(&self.cold_names).clear();
             for name in cold.names()? {
                 cold.delete(&name)?;
             }
@@ -1251,6 +1319,10 @@ mod tests {
     fn expiry_bad_writes_and_the_warm_budget() {
         let dir = tempfile::tempdir().unwrap();
         let c = cache(dir.path(), 600);
+        // Deleted while its file waits for the writer to remove it, and
+        // demoted to the cold tier by the writes below meanwhile.
+        c.put("gone", Bytes::from(vec![1u8; 100]), "app_data", None, Durability::WriteThrough).unwrap();
+        assert!(c.remove("gone"));
         c.put("t", Bytes::from_static(b"x"), "app_data", Some(1), Durability::WriteThrough).unwrap();
         assert!(c.get("t", now_ms() + 10).is_none());
         assert_eq!(c.expire("missing", |_| Some(Some(5))), None);
@@ -1259,6 +1331,8 @@ mod tests {
         }
         assert!(c.warm.lock().unwrap().bytes <= 600);
         assert!(c.get("k19", now_ms()).is_some());
+        c.flush();
+        assert!(c.get("gone", now_ms()).is_none(), "a deleted key came back from the cold tier");
         // What the warm tier pushed out went cold, sealed, and comes back.
         assert!(c.counters.demoted.load(Ordering::Relaxed) > 0);
         lock(&c.hot).remove("k0");
@@ -1267,6 +1341,30 @@ mod tests {
         // A cold hit counts once, as a cold hit.
         assert_eq!(c.counters.cold_hits.load(Ordering::Relaxed), 1);
         assert_eq!(c.counters.warm_hits.load(Ordering::Relaxed), warm_hits);
+        // DBSIZE and SCAN count the cold tier too, each key once (k0 is
+        // back in the warm tier and still has its cold copy), and after a
+        // restart read the cold objects to learn their keys.
+        let every = (0..20).map(|i| format!("k{i}")).collect::<std::collections::BTreeSet<_>>();
+        let scan_all = |c: &EdgeCache| {
+            let (mut cursor, mut keys) = (0, Vec::new());
+            loop {
+                let (next, step) = c.scan(cursor, 3, None, now_ms());
+                keys.extend(step);
+                if next == 0 {
+                    break keys;
+                }
+                cursor = next;
+            }
+        };
+        assert_eq!(c.key_count(), 20);
+        let listed = scan_all(&c);
+        assert_eq!(listed.len(), 20, "{listed:?}");
+        assert_eq!(listed.into_iter().collect::<std::collections::BTreeSet<_>>(), every);
+        c.flush();
+        drop(c);
+        let c = cache(dir.path(), 600);
+        assert_eq!(c.key_count(), 20);
+        assert_eq!(scan_all(&c).into_iter().collect::<std::collections::BTreeSet<_>>(), every);
         // FLUSHDB: nothing comes back from any tier.
         c.clear().unwrap();
         assert_eq!(c.key_count(), 0);
