@@ -996,15 +996,12 @@ impl EdgeCache {
                 .map(|(name, key)| (name, behind.entries.get(key).and_then(Option::as_ref).map(|e| (key.clone(), e.meta.expires_ms))))
                 .peekable();
             let mut last = None;
-            loop {
-                let Some(name) = [disk.peek().map(|(n, _)| *n), queue.peek().map(|(n, _)| *n), frozen.peek().map(|(n, _)| *n)]
-                    .into_iter()
-                    .flatten()
-                    .min()
-                    .cloned()
-                else {
-                    break;
-                };
+            while let Some(name) = [disk.peek().map(|(n, _)| *n), queue.peek().map(|(n, _)| *n), frozen.peek().map(|(n, _)| *n)]
+                .into_iter()
+                .flatten()
+                .min()
+                .cloned()
+            {
                 let at = position(&name);
                 if step.len() >= count && at != last {
                     next = at.unwrap_or(0);
