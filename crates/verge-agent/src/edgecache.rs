@@ -853,8 +853,10 @@ impl EdgeCache {
     /// [`EdgeCache::remove`] for a caller holding the key's lock.
     fn remove_locked(&self, key: &str) -> bool {
         let in_hot = lock(&self.hot).remove(key).is_some();
-        let pending = lock(&self.behind).insert(key.to_string(), None).is_some_and(|p| p.is_some());
-        let on_disk = self.warm_dir.join(file_name(key)).exists();
+        let queued = lock(&self.behind).insert(key.to_string(), None);
+        let pending = matches!(queued, Some(Some(_)));
+        // A file whose delete is already queued is gone as far as readers know.
+        let on_disk = !matches!(queued, Some(None)) && self.warm_dir.join(file_name(key)).exists();
         let in_cold = self.cold.as_ref().is_some_and(|c| {
             let name = file_name(key);
             lock(&self.cold_names).remove(&name);

@@ -8,8 +8,11 @@
 //! - `GET /api/v1/cache` — every connected node's cache stats (`?node=`).
 //! - `GET /api/v1/cache/{key}?node=N` — the value from N, or from the
 //!   first node that has it.
-//! - `PUT /api/v1/cache/{key}?nodes=a,b|region=R&ttl=30s&type=T` — stored on
-//!   those nodes (default: all connected), write-through on each.
+//! - `PUT /api/v1/cache/{key}?nodes=a,b|region=R&ttl=30s&type=T&consistency=strong|eventual`
+//!   — stored on those nodes (default: all connected), write-through on
+//!   each; every other node drops an older copy (strong: acknowledged
+//!   before the answer, 504 naming the silent ones; nodes not connected
+//!   when they return).
 //! - `DELETE /api/v1/cache/{key}?scope=local|regional|global&node=N&region=R&consistency=strong|eventual`
 //!   — strong answers after every targeted node acknowledged (504 naming
 //!   the silent ones otherwise), eventual at once (202). Nodes in scope
@@ -188,6 +191,8 @@ struct PutQuery {
     ttl: Option<Millis>,
     #[serde(default, rename = "type")]
     kind: Option<String>,
+    #[serde(default)]
+    consistency: Option<String>,
 }
 
 /// Refuses a key no agent would take, before anything goes to them.
@@ -209,22 +214,33 @@ async fn write(
     if q.kind.as_deref().is_some_and(|k| !rules::valid_type(k)) {
         return Err(ApiError::new(StatusCode::BAD_REQUEST, "bad_type", rules::TYPE_RULE));
     }
+    let strong = strong(q.consistency.as_deref())?;
     // One version for every replica: the server's clock in µs.
     let version = c.clock.now_ms() * 1000;
-    let nodes = {
+    let (nodes, others, offline) = {
         let mut inner = c.lock();
-        let (nodes, offline) = select(&inner, q.nodes.as_deref(), q.region.as_deref())?;
+        let (nodes, _) = select(&inner, q.nodes.as_deref(), q.region.as_deref())?;
         if nodes.is_empty() {
             return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
         }
-        // A node that misses this write must not serve an older copy when it
-        // returns: it drops the key then (in this lock, so none connects unseen).
+        // Every other node drops an older copy: connected ones now, the
+        // others when they return (queued in this lock, so none connects
+        // unseen).
+        let (others, offline): (Vec<NodeId>, Vec<NodeId>) = inner
+            .store
+            .state()
+            .nodes
+            .keys()
+            .filter(|id| !nodes.iter().any(|(n, _)| n == *id))
+            .cloned()
+            .partition(|id| inner.agents.contains_key(id));
         if !offline.is_empty() {
-            let queue = Command::QueueCacheInvalidation { nodes: offline, key: key.clone(), version };
+            let queue = Command::QueueCacheInvalidation { nodes: offline.clone(), key: key.clone(), version };
             inner.apply(queue).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string()))?;
         }
-        nodes
+        (nodes, others, offline)
     };
+    let acks = Acks::send(&c, &others, &key, version);
     let mut query = format!("version={version}");
     if let Some(t) = q.ttl {
         query.push_str(&format!("&ttl={}", t.0));
@@ -250,8 +266,22 @@ async fn write(
         stored += usize::from(r.is_ok());
         results.insert(id, r.unwrap_or_else(|e| format!("failed: {e}")));
     }
-    let status = if stored == nodes.len() { StatusCode::CREATED } else { StatusCode::BAD_GATEWAY };
-    Ok((status, Json(json!({"key": key, "version": version, "nodes": results}))).into_response())
+    let others = acks.names.clone();
+    let (acked, silent) = if strong { acks.wait().await } else { (BTreeMap::new(), Vec::new()) };
+    let status = if stored < nodes.len() {
+        StatusCode::BAD_GATEWAY
+    } else if !silent.is_empty() {
+        StatusCode::GATEWAY_TIMEOUT
+    } else {
+        StatusCode::CREATED
+    };
+    let queued: Vec<String> = offline.iter().map(NodeId::to_string).collect();
+    let consistency = if strong { "strong" } else { "eventual" };
+    let body = json!({
+        "key": key, "version": version, "nodes": results, "consistency": consistency,
+        "others": others, "invalidated": acked, "silent": silent, "queued": queued,
+    });
+    Ok((status, Json(body)).into_response())
 }
 
 async fn node_keys(State(c): Ctl, ApiPath(id): ApiPath<String>, ApiQuery(q): ApiQuery<verge_proto::KeysStep>) -> ApiResult {
@@ -328,51 +358,77 @@ fn reach_and_queue(c: &Control, q: &InvalidateQuery, key: &str, version: u64) ->
     Ok(Reach { connected, offline, waited_for })
 }
 
+/// `consistency=strong|eventual` (strong when absent): whether to wait
+/// for nodes' acknowledgements before answering.
+fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
+    match consistency.unwrap_or("strong") {
+        "strong" => Ok(true),
+        "eventual" => Ok(false),
+        other => Err(ApiError::bad_request(format!("consistency must be strong or eventual, got {other:?}"))),
+    }
+}
+
+/// Invalidations sent to connected nodes, with their acknowledgements to
+/// come; forgets the request when dropped.
+struct Acks<'a> {
+    c: &'a Control,
+    request: u64,
+    rx: tokio::sync::mpsc::UnboundedReceiver<(NodeId, bool)>,
+    names: Vec<String>,
+}
+
+impl<'a> Acks<'a> {
+    /// Sends the invalidation of `key` at `version` to `nodes` (connected).
+    fn send(c: &'a Control, nodes: &[NodeId], key: &str, version: u64) -> Self {
+        let request = c.next_id();
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
+        let inner = c.lock();
+        for id in nodes {
+            inner.send(id, ServerMessage::CacheInvalidate { request, key: key.to_string(), version: Some(version) });
+        }
+        Acks { c, request, rx, names: nodes.iter().map(NodeId::to_string).collect() }
+    }
+
+    /// Waits up to [`ACK_TIMEOUT`] for every node's acknowledgement: each
+    /// node's (whether it dropped a copy), and the nodes that stayed silent.
+    async fn wait(mut self) -> (BTreeMap<String, bool>, Vec<String>) {
+        let mut acked = BTreeMap::new();
+        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        while acked.len() < self.names.len() {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some((id, removed))) => {
+                    acked.insert(id.to_string(), removed);
+                }
+                _ => break,
+            }
+        }
+        let silent = self.names.iter().filter(|n| !acked.contains_key(*n)).cloned().collect();
+        (acked, silent)
+    }
+}
+
+impl Drop for Acks<'_> {
+    fn drop(&mut self) {
+        self.c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.request);
+    }
+}
+
 async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): ApiQuery<InvalidateQuery>) -> ApiResult {
     check_key(&key)?;
-    let strong = match q.consistency.as_deref().unwrap_or("strong") {
-        "strong" => true,
-        "eventual" => false,
-        other => return Err(ApiError::bad_request(format!("consistency must be strong or eventual, got {other:?}"))),
-    };
+    let strong = strong(q.consistency.as_deref())?;
     // Versioned even when the client gave none, so that a write made after
     // it and reaching a node first is not dropped by it.
     let version = q.version.unwrap_or_else(|| c.clock.now_ms() * 1000);
-    let request = c.next_id();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
-    let reach = match reach_and_queue(&c, &q, &key, version) {
-        Ok(r) => r,
-        Err(e) => {
-            c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-            return Err(e);
-        }
-    };
-    {
-        let inner = c.lock();
-        for id in &reach.connected {
-            inner.send(id, ServerMessage::CacheInvalidate { request, key: key.clone(), version: Some(version) });
-        }
-    }
-    let names: Vec<String> = reach.connected.iter().map(NodeId::to_string).collect();
+    let reach = reach_and_queue(&c, &q, &key, version)?;
+    let acks = Acks::send(&c, &reach.connected, &key, version);
     let queued: Vec<String> = reach.offline.iter().map(NodeId::to_string).collect();
     if !strong {
-        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-        let body = json!({"key": key, "version": version, "nodes": names, "queued": queued, "consistency": "eventual"});
+        let body = json!({"key": key, "version": version, "nodes": acks.names, "queued": queued, "consistency": "eventual"});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
-    let mut acked: BTreeMap<String, bool> = BTreeMap::new();
-    let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
-    while acked.len() < names.len() {
-        match tokio::time::timeout_at(deadline, rx.recv()).await {
-            Ok(Some((id, removed))) => {
-                acked.insert(id.to_string(), removed);
-            }
-            _ => break,
-        }
-    }
-    c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-    let mut silent: Vec<String> = names.iter().filter(|n| !acked.contains_key(*n)).cloned().collect();
+    let names = acks.names.clone();
+    let (acked, mut silent) = acks.wait().await;
     silent.extend(reach.waited_for.iter().map(NodeId::to_string));
     let now = c.clock.now_ms();
     let outcome = if silent.is_empty() { "invalidated" } else { "incomplete" };

@@ -22,7 +22,8 @@ pub enum CacheCmd {
         #[arg(long)]
         node: Option<String>,
     },
-    /// Store a value on nodes (all connected ones by default).
+    /// Store a value on nodes (all connected ones by default); every other
+    /// node drops an older copy.
     Put {
         /// The key (up to 1 KiB of UTF-8).
         key: String,
@@ -41,6 +42,9 @@ pub enum CacheCmd {
         /// vm_image, ml_model, app_data, …
         #[arg(long = "type")]
         kind: Option<String>,
+        /// Answer without waiting for the other nodes to drop older copies.
+        #[arg(long)]
+        eventual: bool,
     },
     /// Invalidate a key.
     Rm {
@@ -124,7 +128,7 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
             }
             return Ok(());
         }
-        CacheCmd::Put { key, value, file, nodes, ttl, kind } => {
+        CacheCmd::Put { key, value, file, nodes, ttl, kind, eventual } => {
             let too_large = |size: u64| {
                 let limit = verge_cache::rules::FANOUT_MAX_VALUE as u64;
                 (size > limit).then(|| {
@@ -149,7 +153,13 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
             if let Some(e) = too_large(body.len() as u64) {
                 return Err(e);
             }
-            let q = query(&[("nodes", nodes.as_deref()), ("ttl", ttl.as_deref()), ("type", kind.as_deref())]);
+            let consistency = if eventual { "eventual" } else { "strong" };
+            let q = query(&[
+                ("nodes", nodes.as_deref()),
+                ("ttl", ttl.as_deref()),
+                ("type", kind.as_deref()),
+                ("consistency", Some(consistency)),
+            ]);
             let answer = match api.call_bytes(Method::PUT, &format!("/api/v1/cache/{}{q}", url_path(&key)), body, "").await {
                 Ok((body, _)) => Ok(serde_json::from_slice(&body).context("the server's answer is not JSON")?),
                 Err(e) => Err(e),
@@ -157,7 +167,7 @@ pub async fn run(api: &Api, cmd: CacheCmd, as_json: bool) -> Result<()> {
             let (answer, complete) = partial(answer)?;
             show(&answer, as_json, print_put);
             if !complete {
-                anyhow::bail!("not every node stored the value");
+                anyhow::bail!("not every node stored the value or dropped its older copy");
             }
         }
         CacheCmd::Rm { key, scope, node, region, eventual } => {
@@ -248,11 +258,25 @@ fn names(v: &Value) -> String {
     }
 }
 
-/// `verge cache put`: the version every replica got, and each node's outcome.
+/// `verge cache put`: the version every replica got, each node's outcome,
+/// and what the other nodes did with their older copies.
 fn print_put(a: &Value) {
     println!("{} version {}", cell(&a["key"]), cell(&a["version"]));
-    let rows: Vec<Vec<String>> =
+    let list = |field: &str| -> Vec<String> { a[field].as_array().map(|l| l.iter().map(cell).collect()).unwrap_or_default() };
+    let mut rows: Vec<Vec<String>> =
         a["nodes"].as_object().map(|m| m.iter().map(|(id, r)| vec![id.clone(), cell(r)]).collect()).unwrap_or_default();
+    let (silent, eventual) = (list("silent"), a["consistency"] == "eventual");
+    for id in list("others") {
+        let outcome = match a["invalidated"].get(&id) {
+            Some(Value::Bool(true)) => "dropped an older copy",
+            Some(_) => "held no copy",
+            None if silent.contains(&id) => "no answer (drops an older copy when it hears)",
+            None if eventual => "told to drop an older copy",
+            None => "-",
+        };
+        rows.push(vec![id, outcome.into()]);
+    }
+    rows.extend(list("queued").into_iter().map(|id| vec![id, "offline (drops an older copy when it returns)".into()]));
     print(&["NODE", "RESULT"], &rows);
 }
 

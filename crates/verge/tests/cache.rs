@@ -495,6 +495,16 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     assert_eq!(api(&c.api, "GET", "/api/v1/nodes/tyo/cache/keys?cursor=x", "").0, 400);
     assert_eq!(api(&c.api, "GET", "/api/v1/nodes/nowhere/cache/keys", "").0, 409);
 
+    // A write to some nodes makes the others drop their older copies
+    // before it is acknowledged.
+    cli(&["cache", "put", "cfg/pinned", "a"]);
+    let put: serde_json::Value = serde_json::from_str(&cli(&["cache", "put", "cfg/pinned", "b", "--nodes", "fra", "--json"])).unwrap();
+    assert_eq!(put["nodes"], serde_json::json!({"fra": "stored"}), "{put}");
+    assert_eq!(put["invalidated"], serde_json::json!({"tyo": true}), "{put}");
+    assert_eq!(cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/pinned"]), "");
+    let table = cli(&["cache", "put", "cfg/pinned", "c", "--nodes", "fra"]);
+    assert!(table.lines().any(|l| l.starts_with("tyo") && l.contains("held no copy")), "{table}");
+
     // A replica older than what a node holds does not replace it.
     let fra = c.data_port("fra");
     let stale = format!("/api/v1/cache/cfg/site?version={}", version - 1);
