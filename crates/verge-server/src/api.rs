@@ -128,6 +128,9 @@ fn node_json(policy: &Policy, inner: &Inner, rec: &NodeRecord, now: u64) -> Valu
         o.insert("coordinate".into(), json!(soft.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate())));
         o.insert("allocated".into(), json!({"cpu": used.cpu, "memory": used.memory, "storage": used.storage}));
         o.insert("workloads".into(), json!(workloads));
+        // Cache invalidations it missed while not connected, sent when it connects.
+        let backlog = &rec.cache_backlog;
+        o.insert("cacheBacklog".into(), json!({"keys": backlog.keys.len(), "dropAll": backlog.drop_all.is_some()}));
         let trust = crate::posture::trust(rec, soft, &policy.trust, now);
         let attestation = match soft {
             Some(s) if s.attest_failure.is_some() => json!({"state": "failed", "reason": s.attest_failure}),

@@ -501,6 +501,9 @@ async fn prewarm(State(c): Ctl, ApiJson(req): ApiJson<PrewarmRequest>) -> ApiRes
     }
     req.keys.iter().try_for_each(|k| check_key(k))?;
     let nodes = targets(&c, req.nodes.map(|n| n.join(",")).as_deref(), req.region.as_deref())?;
+    if nodes.is_empty() {
+        return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
+    }
     {
         let inner = c.lock();
         for (id, _) in &nodes {

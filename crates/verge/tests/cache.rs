@@ -564,10 +564,15 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     assert!(ok, "{err}");
     let put: serde_json::Value = serde_json::from_str(&put).unwrap();
     assert_eq!(put["nodes"], serde_json::json!({"fra": "stored"}), "{put}");
+    assert_eq!(put["queued"], serde_json::json!(["tyo"]), "{put}");
+    assert_eq!(c.get("/api/v1/nodes/tyo")["cacheBacklog"], serde_json::json!({"keys": 2, "dropAll": false}));
     c.restart_agent("tyo");
     wait_until(Duration::from_secs(30), "tyo to drop the key invalidated while it was down", || {
         let (ok, keys, _) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/*"]);
         (ok && !keys.lines().any(|k| k == "cfg/late")).then_some(())
+    });
+    wait_until(Duration::from_secs(30), "the server to forget what tyo acknowledged", || {
+        (c.get("/api/v1/nodes/tyo")["cacheBacklog"]["keys"] == 0).then_some(())
     });
     let (ok, keys, err) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/n0*"]);
     assert!(ok && keys.lines().count() == 9 && !keys.contains("cfg/n05"), "tyo drops cfg/n05, keeps the others: {keys}{err}");
