@@ -128,9 +128,6 @@ fn node_json(policy: &Policy, inner: &Inner, rec: &NodeRecord, now: u64) -> Valu
         o.insert("coordinate".into(), json!(soft.and_then(|s| s.vivaldi.as_ref()).map(|v| v.coordinate())));
         o.insert("allocated".into(), json!({"cpu": used.cpu, "memory": used.memory, "storage": used.storage}));
         o.insert("workloads".into(), json!(workloads));
-        // Cache invalidations it missed while not connected, sent when it connects.
-        let backlog = &rec.cache_backlog;
-        o.insert("cacheBacklog".into(), json!({"keys": backlog.keys.len(), "dropAll": backlog.drop_all.is_some()}));
         let trust = crate::posture::trust(rec, soft, &policy.trust, now);
         let attestation = match soft {
             Some(s) if s.attest_failure.is_some() => json!({"state": "failed", "reason": s.attest_failure}),
@@ -187,7 +184,14 @@ async fn list_nodes(State(c): Ctl) -> Json<Value> {
 async fn get_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
     let now = c.clock.now_ms();
     let inner = c.lock();
-    ok(StatusCode::OK, node_json(&c.policy(&inner), &inner, node_or_404(&inner, &id)?, now))
+    let mut v = node_json(&c.policy(&inner), &inner, node_or_404(&inner, &id)?, now);
+    // Cache invalidations it missed while not connected, sent when it
+    // connects (a walk of the cache log: here, not in the fleet's listing).
+    let backlog = inner.store.state().cache_backlog(&id).unwrap_or_default();
+    if let Value::Object(o) = &mut v {
+        o.insert("cacheBacklog".into(), json!({"keys": backlog.keys.len(), "dropAll": backlog.drop_all}));
+    }
+    ok(StatusCode::OK, v)
 }
 
 async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiResult {

@@ -458,11 +458,11 @@ pub fn catch_up(c: &Arc<Control>, node: &NodeId) {
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
     let backlog = {
         let inner = c.lock();
-        let Some(backlog) = inner.store.state().nodes.get(node).map(|r| r.cache_backlog.clone()).filter(|b| !b.is_empty()) else {
+        let Some(backlog) = inner.store.state().cache_backlog(node).filter(|b| !b.is_empty()) else {
             return;
         };
         c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
-        let (keys, drop_all) = (backlog.keys.clone(), backlog.drop_all.is_some());
+        let (keys, drop_all) = (backlog.keys.clone(), backlog.drop_all);
         inner.send(node, ServerMessage::CacheCatchUp { request, keys, drop_all });
         backlog
     };
@@ -475,7 +475,7 @@ pub fn catch_up(c: &Arc<Control>, node: &NodeId) {
             return;
         }
         let missed = backlog.keys.len();
-        if let Err(e) = c.lock().apply(Command::SettleCacheBacklog { id: node.clone(), delivered: backlog }) {
+        if let Err(e) = c.lock().apply(Command::SettleCacheBacklog { id: node.clone(), through: backlog.through }) {
             tracing::warn!(node = %node, error = %e, "cannot record the delivered cache invalidations");
         } else {
             tracing::info!(node = %node, missed, "node caught up on missed cache invalidations");

@@ -6,8 +6,10 @@
 //! transaction, so an acknowledged write survives `kill -9`. Heartbeat-derived
 //! soft state (metrics, leases) does not live here.
 
+pub mod cachelog;
 mod state;
 mod store;
 
-pub use state::{CacheBacklog, Command, Key, NodeRecord, State, StateError, WorkloadRecord, CACHE_BACKLOG_KEYS};
+pub use cachelog::CacheBacklog;
+pub use state::{Command, Key, NodeRecord, State, StateError, WorkloadRecord};
 pub use store::{Durability, Store, StoreError};

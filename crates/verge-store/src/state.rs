@@ -5,6 +5,8 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, WorkloadId, WorkloadSpec};
 
+use crate::cachelog::{CacheBacklog, MissedInvalidation, CACHE_LOG_ENTRIES};
+
 /// A node as the control plane remembers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -20,65 +22,14 @@ pub struct NodeRecord {
     /// The last health report pushed through the API, with its time.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub health_report: Option<(HealthReport, u64)>,
-    /// Cache invalidations the node missed while it was not connected,
-    /// delivered when it connects again.
-    #[serde(default, skip_serializing_if = "CacheBacklog::is_empty")]
-    pub cache_backlog: CacheBacklog,
-}
-
-/// Most invalidated keys a node's backlog lists; past that it asks the node
-/// to drop its whole cache instead (a cache loses only speed by it).
-pub const CACHE_BACKLOG_KEYS: usize = 4096;
-
-/// Cache invalidations waiting for a node that was not connected when they
-/// were made: its edge cache would otherwise serve the dropped values again.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct CacheBacklog {
-    /// Each key with the version of its newest invalidation (the node keeps
-    /// a copy newer than that).
-    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
-    pub keys: BTreeMap<String, u64>,
-    /// Set when more than [`CACHE_BACKLOG_KEYS`] keys were invalidated: the
-    /// node drops every entry instead, and this is the newest version of them.
+    /// The last cache-log entry it acknowledged: it has applied every
+    /// earlier one meant for it.
+    #[serde(default)]
+    pub cache_seen: u64,
+    /// Set (to the entry's position) when an entry meant for it left the
+    /// cache log before it caught up: it drops its whole cache instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drop_all: Option<u64>,
-}
-
-impl CacheBacklog {
-    /// Nothing waiting.
-    pub fn is_empty(&self) -> bool {
-        self.keys.is_empty() && self.drop_all.is_none()
-    }
-
-    /// Adds the invalidation of `key` at `version`.
-    fn add(&mut self, key: &str, version: u64) {
-        if let Some(v) = &mut self.drop_all {
-            *v = (*v).max(version);
-            return;
-        }
-        let v = self.keys.entry(key.to_string()).or_insert(version);
-        *v = (*v).max(version);
-        if self.keys.len() > CACHE_BACKLOG_KEYS {
-            self.drop_all = self.keys.values().copied().max();
-            self.keys.clear();
-        }
-    }
-
-    /// Forgets what `delivered` held, except invalidations newer than it
-    /// that arrived meanwhile.
-    fn settle(&mut self, delivered: &CacheBacklog) {
-        for (key, v) in &delivered.keys {
-            if self.keys.get(key).is_some_and(|held| held <= v) {
-                self.keys.remove(key);
-            }
-        }
-        if let (Some(done), Some(held)) = (delivered.drop_all, self.drop_all) {
-            if held <= done {
-                self.drop_all = None;
-            }
-        }
-    }
+    pub cache_drop_all: Option<u64>,
 }
 
 /// A workload as the control plane remembers it.
@@ -123,11 +74,11 @@ pub enum Command {
     Place { id: WorkloadId, node: NodeId, reason: String, now_ms: u64 },
     /// Takes a workload off its node; it becomes pending.
     Unplace { id: WorkloadId, reason: String },
-    /// Remembers a cache invalidation for nodes that were not connected to
-    /// receive it (unknown nodes are skipped).
+    /// Logs a cache invalidation for nodes that were not connected to
+    /// receive it (unknown nodes are skipped; none known: nothing logged).
     QueueCacheInvalidation { nodes: Vec<NodeId>, key: String, version: u64 },
-    /// Forgets the invalidations a node acknowledged.
-    SettleCacheBacklog { id: NodeId, delivered: CacheBacklog },
+    /// Records that a node applied the cache log up to `through`.
+    SettleCacheBacklog { id: NodeId, through: u64 },
 }
 
 /// A record a command touched, so the store knows what to write.
@@ -137,6 +88,8 @@ pub enum Key {
     Node(NodeId),
     /// A workload record.
     Workload(WorkloadId),
+    /// A cache-log entry, by its position.
+    CacheLog(u64),
 }
 
 /// Why a command was refused; the state is unchanged.
@@ -169,6 +122,8 @@ pub struct State {
     pub nodes: BTreeMap<NodeId, NodeRecord>,
     /// Workloads by id.
     pub workloads: BTreeMap<WorkloadId, WorkloadRecord>,
+    /// Cache invalidations nodes missed, by position (see [`crate::cachelog`]).
+    pub cache_log: BTreeMap<u64, MissedInvalidation>,
 }
 
 /// Whether the lifecycle allows going from `from` to `to`.
@@ -185,6 +140,13 @@ fn transition_allowed(from: Lifecycle, to: Lifecycle) -> bool {
 }
 
 impl State {
+    /// The cache invalidations `node` missed and has not acknowledged;
+    /// `None` for an unknown node.
+    pub fn cache_backlog(&self, node: &NodeId) -> Option<CacheBacklog> {
+        let rec = self.nodes.get(node)?;
+        Some(crate::cachelog::backlog(&self.cache_log, node, rec.cache_seen, rec.cache_drop_all.is_some()))
+    }
+
     /// The workloads assigned to `node`.
     pub fn workloads_on<'a>(&'a self, node: &'a NodeId) -> impl Iterator<Item = &'a WorkloadRecord> + 'a {
         self.workloads.values().filter(move |w| w.node.as_ref() == Some(node))
@@ -231,7 +193,9 @@ impl State {
                             lifecycle_since_ms: now_ms,
                             registered_ms: now_ms,
                             health_report: None,
-                            cache_backlog: CacheBacklog::default(),
+                            // It missed nothing logged before it existed.
+                            cache_seen: self.cache_log.keys().next_back().copied().unwrap_or(0),
+                            cache_drop_all: None,
                         };
                         self.nodes.insert(id.clone(), rec);
                     }
@@ -311,18 +275,33 @@ impl State {
                 Ok(vec![Key::Workload(id)])
             }
             Command::QueueCacheInvalidation { nodes, key, version } => {
-                let mut keys = Vec::new();
-                for id in nodes {
-                    if let Some(rec) = self.nodes.get_mut(&id) {
-                        rec.cache_backlog.add(&key, version);
-                        keys.push(Key::Node(id));
+                let mut nodes: Vec<NodeId> = nodes.into_iter().filter(|n| self.nodes.contains_key(n)).collect();
+                if nodes.is_empty() {
+                    return Ok(Vec::new());
+                }
+                nodes.sort();
+                nodes.dedup();
+                let seq = self.cache_log.keys().next_back().copied().unwrap_or(0) + 1;
+                self.cache_log.insert(seq, MissedInvalidation { key, version, nodes });
+                let mut keys = vec![Key::CacheLog(seq)];
+                while self.cache_log.len() > CACHE_LOG_ENTRIES {
+                    let Some((oldest, e)) = self.cache_log.pop_first() else { break };
+                    keys.push(Key::CacheLog(oldest));
+                    for n in e.nodes {
+                        if let Some(rec) = self.nodes.get_mut(&n).filter(|r| r.cache_seen < oldest) {
+                            rec.cache_drop_all = Some(rec.cache_drop_all.unwrap_or(0).max(oldest));
+                            keys.push(Key::Node(n));
+                        }
                     }
                 }
                 Ok(keys)
             }
-            Command::SettleCacheBacklog { id, delivered } => {
+            Command::SettleCacheBacklog { id, through } => {
                 let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
-                rec.cache_backlog.settle(&delivered);
+                rec.cache_seen = rec.cache_seen.max(through);
+                if rec.cache_drop_all.is_some_and(|at| at <= through) {
+                    rec.cache_drop_all = None;
+                }
                 Ok(vec![Key::Node(id)])
             }
         }
@@ -390,28 +369,40 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn a_cache_backlog_keeps_the_newest_invalidations_and_overflows_into_dropping_all() {
+    fn the_cache_log_gives_each_node_what_it_missed_until_it_acknowledges() {
         let mut s = State::default();
+        let id = |n: &str| NodeId::new(n).unwrap();
         s.apply(Command::RegisterNode { spec: node("a"), now_ms: 0 }).unwrap();
-        let a = NodeId::new("a").unwrap();
-        let queue = |s: &mut State, key: &str, version| {
-            s.apply(Command::QueueCacheInvalidation { nodes: vec![a.clone(), NodeId::new("gone").unwrap()], key: key.into(), version })
+        s.apply(Command::RegisterNode { spec: node("b"), now_ms: 0 }).unwrap();
+        let queue = |s: &mut State, nodes: &[&str], key: &str, version| {
+            s.apply(Command::QueueCacheInvalidation { nodes: nodes.iter().map(|n| id(n)).collect(), key: key.into(), version })
         };
-        assert_eq!(queue(&mut s, "k", 5).unwrap(), vec![Key::Node(a.clone())], "an unknown node is skipped");
-        queue(&mut s, "k", 3).unwrap();
-        let delivered = s.nodes[&a].cache_backlog.clone();
-        assert_eq!(delivered.keys["k"], 5);
-        // A newer invalidation lands while the first is on its way: it stays.
-        queue(&mut s, "k", 9).unwrap();
-        s.apply(Command::SettleCacheBacklog { id: a.clone(), delivered: delivered.clone() }).unwrap();
-        assert_eq!(s.nodes[&a].cache_backlog.keys["k"], 9);
-        s.apply(Command::SettleCacheBacklog { id: a.clone(), delivered: s.nodes[&a].cache_backlog.clone() }).unwrap();
-        assert!(s.nodes[&a].cache_backlog.is_empty());
-        for i in 0..=CACHE_BACKLOG_KEYS as u64 {
-            queue(&mut s, &format!("k{i}"), 10 + i).unwrap();
+        assert_eq!(queue(&mut s, &["a", "gone"], "k", 5).unwrap(), vec![Key::CacheLog(1)], "one entry; an unknown node is skipped");
+        assert_eq!(queue(&mut s, &["gone"], "k", 6).unwrap(), vec![], "no known node: nothing logged");
+        queue(&mut s, &["a", "b"], "k", 3).unwrap();
+        queue(&mut s, &["b"], "j", 4).unwrap();
+        let a = s.cache_backlog(&id("a")).unwrap();
+        assert_eq!((a.keys.clone(), a.drop_all, a.through), ([("k".to_string(), 5)].into(), false, 3));
+        // A later entry lands while the first delivery is on its way: it stays.
+        queue(&mut s, &["a"], "k", 9).unwrap();
+        s.apply(Command::SettleCacheBacklog { id: id("a"), through: a.through }).unwrap();
+        assert_eq!(s.cache_backlog(&id("a")).unwrap().keys, [("k".to_string(), 9)].into());
+        assert_eq!(s.cache_backlog(&id("b")).unwrap().keys.len(), 2);
+        let a = s.cache_backlog(&id("a")).unwrap();
+        s.apply(Command::SettleCacheBacklog { id: id("a"), through: a.through }).unwrap();
+        // A node registered now missed nothing before it.
+        s.apply(Command::RegisterNode { spec: node("c"), now_ms: 1 }).unwrap();
+        assert!(s.cache_backlog(&id("c")).unwrap().is_empty());
+        // Entries pushed out of the log before b caught up: b drops all.
+        for i in 0..CACHE_LOG_ENTRIES as u64 {
+            queue(&mut s, &["c"], &format!("x{i}"), i).unwrap();
         }
-        let b = &s.nodes[&a].cache_backlog;
-        assert!(b.keys.is_empty() && b.drop_all == Some(10 + CACHE_BACKLOG_KEYS as u64), "{b:?}");
+        assert_eq!(s.cache_log.len(), CACHE_LOG_ENTRIES);
+        let b = s.cache_backlog(&id("b")).unwrap();
+        assert!(b.drop_all && b.keys.is_empty(), "{b:?}");
+        assert!(!s.cache_backlog(&id("a")).unwrap().drop_all, "a had nothing in the entries pushed out");
+        s.apply(Command::SettleCacheBacklog { id: id("b"), through: b.through }).unwrap();
+        assert!(s.cache_backlog(&id("b")).unwrap().is_empty());
     }
 
     #[test]

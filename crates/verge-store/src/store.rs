@@ -10,6 +10,7 @@ use crate::state::{Command, Key, State, StateError};
 
 const NODES: TableDefinition<&str, &[u8]> = TableDefinition::new("nodes");
 const WORKLOADS: TableDefinition<&str, &[u8]> = TableDefinition::new("workloads");
+const CACHE_LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("cache_log");
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -94,6 +95,7 @@ impl Store {
         {
             let mut nodes = tx.open_table(NODES).map_err(db_err)?;
             let mut workloads = tx.open_table(WORKLOADS).map_err(db_err)?;
+            let mut cache_log = tx.open_table(CACHE_LOG).map_err(db_err)?;
             for key in keys {
                 match key {
                     Key::Node(id) => match self.state.nodes.get(id) {
@@ -103,6 +105,10 @@ impl Store {
                     Key::Workload(id) => match self.state.workloads.get(id) {
                         Some(rec) => workloads.insert(id.as_str(), encode(rec).as_slice()).map(drop),
                         None => workloads.remove(id.as_str()).map(drop),
+                    },
+                    Key::CacheLog(seq) => match self.state.cache_log.get(seq) {
+                        Some(e) => cache_log.insert(*seq, encode(e).as_slice()).map(drop),
+                        None => cache_log.remove(*seq).map(drop),
                     },
                 }
                 .map_err(db_err)?;
@@ -123,6 +129,7 @@ fn load(db: &Database) -> Result<State, StoreError> {
     let state = State {
         nodes: load_table(&tx, NODES, "nodes", NodeId::new)?,
         workloads: load_table(&tx, WORKLOADS, "workloads", WorkloadId::new)?,
+        cache_log: load_cache_log(&tx)?,
     };
     tx.commit().map_err(db_err)?;
     Ok(state)
@@ -142,6 +149,17 @@ fn load_table<K: Ord, R: serde::de::DeserializeOwned>(
         let rec: R = decode(name, k.value(), v.value())?;
         let id = parse_key(k.value().to_string()).map_err(|e| corrupt(name, k.value(), e))?;
         out.insert(id, rec);
+    }
+    Ok(out)
+}
+
+/// The cache log's entries by position.
+fn load_cache_log(tx: &redb::WriteTransaction) -> Result<BTreeMap<u64, crate::cachelog::MissedInvalidation>, StoreError> {
+    let table = tx.open_table(CACHE_LOG).map_err(db_err)?;
+    let mut out = BTreeMap::new();
+    for row in table.iter().map_err(db_err)? {
+        let (k, v) = row.map_err(db_err)?;
+        out.insert(k.value(), decode("cache_log", &k.value().to_string(), v.value())?);
     }
     Ok(out)
 }
@@ -177,9 +195,13 @@ mod tests {
             s.apply(Command::SubmitWorkload { spec: workload("w2"), now_ms: 8 }).unwrap();
             s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).unwrap();
             assert!(s.apply(Command::DeleteWorkload { id: WorkloadId::new("w2").unwrap() }).is_err());
+            let missed = Command::QueueCacheInvalidation { nodes: vec![NodeId::new("n1").unwrap()], key: "k".into(), version: 3 };
+            s.apply(missed).unwrap();
         }
         {
             let mut s = Store::open(&path).unwrap();
+            let backlog = s.state().cache_backlog(&NodeId::new("n1").unwrap()).unwrap();
+            assert_eq!((backlog.keys.get("k"), backlog.through), (Some(&3), 1), "the cache log survives a restart");
             let cmds = vec![
                 Command::SubmitWorkload { spec: workload("w3"), now_ms: 9 },
                 Command::DeleteWorkload { id: WorkloadId::new("nope").unwrap() },
