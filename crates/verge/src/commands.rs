@@ -112,6 +112,12 @@ pub async fn node_status(api: &Api, id: &str, json: bool) -> Result<()> {
         println!("temperature {}", m["temperatureC"].as_f64().map_or("not exposed by this machine".into(), |t| format!("{t:.1} °C")));
     }
     println!("workloads   {}", n["workloads"].as_array().map_or(String::new(), |w| w.iter().map(cell).collect::<Vec<_>>().join(", ")));
+    let backlog = &n["cacheBacklog"];
+    if backlog["dropAll"] == true {
+        println!("cache       drops its whole cache when it connects (it missed too many invalidations)");
+    } else if backlog["keys"].as_u64().is_some_and(|k| k > 0) {
+        println!("cache       {} invalidated keys to drop when it connects", backlog["keys"]);
+    }
     Ok(())
 }
 

@@ -566,6 +566,8 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     assert_eq!(put["nodes"], serde_json::json!({"fra": "stored"}), "{put}");
     assert_eq!(put["queued"], serde_json::json!(["tyo"]), "{put}");
     assert_eq!(c.get("/api/v1/nodes/tyo")["cacheBacklog"], serde_json::json!({"keys": 2, "dropAll": false}));
+    let (_, status, _) = c.cli(&["node", "status", "tyo"]);
+    assert!(status.contains("2 invalidated keys to drop when it connects"), "{status}");
     c.restart_agent("tyo");
     wait_until(Duration::from_secs(30), "tyo to drop the key invalidated while it was down", || {
         let (ok, keys, _) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/*"]);
