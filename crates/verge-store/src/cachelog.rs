@@ -15,6 +15,16 @@ use verge_core::NodeId;
 /// loses only speed by that).
 pub const CACHE_LOG_ENTRIES: usize = 10_000;
 
+/// Most node names the log's entries hold together (about 20 MB): with
+/// many nodes down, every entry names them all, and the log keeps fewer
+/// entries.
+pub const CACHE_LOG_NODE_NAMES: usize = 1_000_000;
+
+/// Whether `log` holds more than the limits allow.
+pub(crate) fn over_limits(log: &BTreeMap<u64, MissedInvalidation>) -> bool {
+    log.len() > CACHE_LOG_ENTRIES || log.values().map(|e| e.nodes.len()).sum::<usize>() > CACHE_LOG_NODE_NAMES
+}
+
 /// One invalidation, for the nodes that were not connected to hear it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

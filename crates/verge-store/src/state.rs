@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, WorkloadId, WorkloadSpec};
 
-use crate::cachelog::{CacheBacklog, MissedInvalidation, CACHE_LOG_ENTRIES};
+use crate::cachelog::{over_limits, CacheBacklog, MissedInvalidation};
 
 /// A node as the control plane remembers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -284,7 +284,7 @@ impl State {
                 let seq = self.cache_log.keys().next_back().copied().unwrap_or(0) + 1;
                 self.cache_log.insert(seq, MissedInvalidation { key, version, nodes });
                 let mut keys = vec![Key::CacheLog(seq)];
-                while self.cache_log.len() > CACHE_LOG_ENTRIES {
+                while over_limits(&self.cache_log) {
                     let Some((oldest, e)) = self.cache_log.pop_first() else { break };
                     keys.push(Key::CacheLog(oldest));
                     for n in e.nodes {
@@ -311,6 +311,7 @@ impl State {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::cachelog::{CACHE_LOG_ENTRIES, CACHE_LOG_NODE_NAMES};
     use verge_core::{CpuResources, Location, MemoryResources, Resources};
 
     pub fn node(id: &str) -> NodeSpec {
@@ -403,6 +404,16 @@ pub(crate) mod tests {
         assert!(!s.cache_backlog(&id("a")).unwrap().drop_all, "a had nothing in the entries pushed out");
         s.apply(Command::SettleCacheBacklog { id: id("b"), through: b.through }).unwrap();
         assert!(s.cache_backlog(&id("b")).unwrap().is_empty());
+        // Entries naming many nodes each: the log keeps fewer of them.
+        let many: Vec<NodeId> = (0..20_000).map(|i| id(&format!("n{i}"))).collect();
+        let mut big = State::default();
+        for n in &many {
+            big.nodes.insert(n.clone(), s.nodes[&id("a")].clone());
+        }
+        for v in 0..52 {
+            big.apply(Command::QueueCacheInvalidation { nodes: many.clone(), key: "k".into(), version: v }).unwrap();
+        }
+        assert_eq!(big.cache_log.len(), CACHE_LOG_NODE_NAMES / many.len());
     }
 
     #[test]
