@@ -206,15 +206,23 @@ async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiRe
 }
 
 async fn remove_node(State(c): Ctl, IdPath(id): IdPath<NodeId>) -> ApiResult {
-    let now = c.clock.now_ms();
-    {
+    let now = {
         let mut inner = c.lock();
+        node_or_404(&inner, &id)?;
+        // Read in the lock: a renewal that held it before issued its
+        // certificate earlier, so the revocation covers it too.
+        let now = c.clock.now_ms();
+        // Revoked in this lock and before its session ends: no renewal
+        // (which takes the lock) issues it a certificate meanwhile, and
+        // its agent's reconnect is refused, never registered again.
+        let revoke = c.security.revoke_node(id.as_str(), now);
+        revoke.map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "revocation", e.to_string()))?;
         inner.apply(Command::RemoveNode { id: id.clone(), reason: format!("node {id} removed by operator") })?;
         inner.soft.remove(&id);
         // Dropping the connection's sender ends its session.
         inner.agents.remove(&id);
-    }
-    c.security.revoke_node(id.as_str(), now).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "revocation", e.to_string()))?;
+        now
+    };
     {
         // Every agent's data port learns of the revocation now.
         let nodes = c.security.revocations();

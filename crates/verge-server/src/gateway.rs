@@ -242,8 +242,14 @@ fn register(
 fn renew(c: &Control, id: &NodeId, csr: &str) {
     let now = c.clock.now_ms();
     let inner = c.lock();
-    if inner.soft.get(id).is_none_or(|s| s.cert.is_none()) {
+    let Some(cert) = inner.soft.get(id).and_then(|s| s.cert.clone()) else {
         tracing::warn!(node = %id, "certificate renewal without a certificate refused");
+        return;
+    };
+    // A node being removed is revoked while its connection is still open:
+    // a certificate issued after that would pass the revocation check.
+    if let Err(why) = c.security.check_node_cert(&cert) {
+        tracing::warn!(node = %id, why, "certificate renewal refused");
         return;
     }
     match c.security.issue(csr, &Identity::Node(id.to_string()), now) {
