@@ -14,7 +14,7 @@ pub trait ObjectStore: Send + Sync {
     fn get(&self, name: &str) -> io::Result<Vec<u8>>;
     /// Removes `name`; `false` when it was not there.
     fn delete(&self, name: &str) -> io::Result<bool>;
-    /// Every object's name (to drop them all).
+    /// Every object's name (to index them at start, or to drop them all).
     fn names(&self) -> io::Result<Vec<String>>;
 }
 

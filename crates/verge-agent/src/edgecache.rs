@@ -320,6 +320,13 @@ fn decode(bytes: &[u8]) -> Option<(Meta, Bytes)> {
     Some((meta, Bytes::copy_from_slice(bytes.get(4 + n..)?)))
 }
 
+/// The key and expiry the stored entry `bytes` holds, if it is the entry
+/// of the file or object `name`.
+fn known_in(bytes: &[u8], name: &str) -> Option<Known> {
+    let (meta, _) = decode(bytes).filter(|(meta, _)| file_name(&meta.key) == name)?;
+    Some((meta.key, meta.expires_ms))
+}
+
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
@@ -646,12 +653,18 @@ impl EdgeCache {
         let mut warm = lock(&self.warm);
         warm.remove(&name);
         let removed = std::fs::remove_file(self.warm_dir.join(&name)).is_ok();
-        if let Some(cold) = self.cold.as_ref().filter(|_| lock(&self.cold_names).remove(&name).is_some()) {
-            if let Err(e) = cold.delete(&name) {
-                tracing::warn!(key, error = %e, "cannot drop a deleted key's cold copy");
-            }
-        }
+        self.drop_cold(&name);
         removed
+    }
+
+    /// Deletes the cold object `name`, if the cold tier holds it (its
+    /// index says so: no I/O otherwise); whether it did.
+    fn drop_cold(&self, name: &str) -> bool {
+        let Some(cold) = self.cold.as_ref().filter(|_| lock(&self.cold_names).remove(name).is_some()) else { return false };
+        cold.delete(name).unwrap_or_else(|e| {
+            tracing::warn!(name, error = %e, "cannot delete a cold object");
+            false
+        })
     }
 
     /// The live entry for `key` from memory only, or `None` (then ask
@@ -828,8 +841,7 @@ impl EdgeCache {
             Ok(b) => b,
             Err(e) => {
                 tracing::warn!(key, error = %e, "unreadable cold entry dropped");
-                let _ = cold.delete(&name);
-                lock(&self.cold_names).remove(&name);
+                self.drop_cold(&name);
                 return None;
             }
         };
@@ -856,12 +868,9 @@ impl EdgeCache {
         let queued = lock(&self.behind).insert(key.to_string(), None);
         let pending = matches!(queued, Some(Some(_)));
         // A file whose delete is already queued is gone as far as readers know.
-        let on_disk = !matches!(queued, Some(None)) && self.warm_dir.join(file_name(key)).exists();
-        let in_cold = self.cold.as_ref().is_some_and(|c| {
-            let name = file_name(key);
-            lock(&self.cold_names).remove(&name);
-            c.delete(&name).unwrap_or(false)
-        });
+        let name = file_name(key);
+        let on_disk = !matches!(queued, Some(None)) && self.warm_dir.join(&name).exists();
+        let in_cold = self.drop_cold(&name);
         in_hot || pending || on_disk || in_cold
     }
 
@@ -1037,9 +1046,7 @@ impl EdgeCache {
     /// Reads the cold object `name` to learn its key and expiry, and notes
     /// them; `None` when it holds no readable entry.
     fn learn_cold(&self, name: &str) -> Option<Known> {
-        let bytes = self.vault.unseal(self.cold.as_ref()?.get(name).ok()?).ok()?;
-        let (meta, _) = decode(&bytes).filter(|(meta, _)| file_name(&meta.key) == name)?;
-        let known = (meta.key, meta.expires_ms);
+        let known = known_in(&self.vault.unseal(self.cold.as_ref()?.get(name).ok()?).ok()?, name)?;
         if let Some(k) = lock(&self.cold_names).get_mut(name) {
             k.get_or_insert_with(|| known.clone());
         }
@@ -1049,9 +1056,7 @@ impl EdgeCache {
     /// Reads the warm file `name` to learn its key and expiry, and notes
     /// them in the index; `None` when it holds no entry.
     fn learn(&self, name: &str) -> Option<Known> {
-        let bytes = self.vault.read(&self.warm_dir.join(name)).ok()?;
-        let (meta, _) = decode(&bytes).filter(|(meta, _)| file_name(&meta.key) == name)?;
-        let known = (meta.key, meta.expires_ms);
+        let known = known_in(&self.vault.read(&self.warm_dir.join(name)).ok()?, name)?;
         // A write since the read noted its own.
         if let Some(f) = lock(&self.warm).files.get_mut(name) {
             f.known.get_or_insert_with(|| known.clone());

@@ -102,6 +102,21 @@ fn select(inner: &Inner, nodes: Option<&str>, region: Option<&str>) -> Result<(V
     Ok((out, offline))
 }
 
+/// No connected node matches a request's choice of nodes.
+fn no_nodes() -> ApiError {
+    ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches")
+}
+
+/// Logs the invalidation of `key` at `version` for `offline` nodes, which
+/// get it when they connect; in the caller's lock, so none connects
+/// between its choice of nodes and this.
+fn queue_missed(inner: &mut Inner, offline: &[NodeId], key: &str, version: u64) -> Result<(), ApiError> {
+    if !offline.is_empty() {
+        inner.apply(Command::QueueCacheInvalidation { nodes: offline.to_vec(), key: key.to_string(), version })?;
+    }
+    Ok(())
+}
+
 /// A client for `node`'s data port, as the server.
 fn data_port(c: &Control, node: &NodeId, addr: Option<&String>) -> Result<Api, ApiError> {
     let addr = addr.ok_or_else(|| ApiError::new(StatusCode::CONFLICT, "no_data_port", format!("node {node} advertises no data port")))?;
@@ -221,11 +236,10 @@ async fn write(
         let mut inner = c.lock();
         let (nodes, _) = select(&inner, q.nodes.as_deref(), q.region.as_deref())?;
         if nodes.is_empty() {
-            return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
+            return Err(no_nodes());
         }
         // Every other node drops an older copy: connected ones now, the
-        // others when they return (queued in this lock, so none connects
-        // unseen).
+        // others when they return.
         let (others, offline): (Vec<NodeId>, Vec<NodeId>) = inner
             .store
             .state()
@@ -234,13 +248,10 @@ async fn write(
             .filter(|id| !nodes.iter().any(|(n, _)| n == *id))
             .cloned()
             .partition(|id| inner.agents.contains_key(id));
-        if !offline.is_empty() {
-            let queue = Command::QueueCacheInvalidation { nodes: offline.clone(), key: key.clone(), version };
-            inner.apply(queue).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string()))?;
-        }
+        queue_missed(&mut inner, &offline, &key, version)?;
         (nodes, others, offline)
     };
-    let acks = Acks::send(&c, &others, &key, version);
+    let acks = Acks::invalidate(&c, &others, &key, version);
     let mut query = format!("version={version}");
     if let Some(t) = q.ttl {
         query.push_str(&format!("&ttl={}", t.0));
@@ -267,7 +278,7 @@ async fn write(
         results.insert(id, r.unwrap_or_else(|e| format!("failed: {e}")));
     }
     let others = acks.names.clone();
-    let (acked, silent) = if strong { acks.wait().await } else { (BTreeMap::new(), Vec::new()) };
+    let (acked, silent) = if strong { acks.wait(ACK_TIMEOUT).await } else { (BTreeMap::new(), Vec::new()) };
     let status = if stored < nodes.len() {
         StatusCode::BAD_GATEWAY
     } else if !silent.is_empty() {
@@ -317,9 +328,8 @@ struct Reach {
     waited_for: Vec<NodeId>,
 }
 
-/// The known nodes in an invalidation's scope; an invalidation for nodes
-/// that are not connected is queued for them in the same lock, so none
-/// connects between the check and the queueing and misses it.
+/// The known nodes in an invalidation's scope; for those not connected,
+/// the invalidation is queued ([`queue_missed`]).
 fn reach_and_queue(c: &Control, q: &InvalidateQuery, key: &str, version: u64) -> Result<Reach, ApiError> {
     let scope = q.scope.as_deref().unwrap_or("global");
     let now = c.clock.now_ms();
@@ -351,10 +361,7 @@ fn reach_and_queue(c: &Control, q: &InvalidateQuery, key: &str, version: u64) ->
         other => return Err(ApiError::bad_request(format!("scope must be local, regional or global, got {other:?}"))),
     };
     let waited_for = offline.iter().filter(|id| inner.soft.get(*id).is_some_and(|s| s.alive(now))).cloned().collect();
-    if !offline.is_empty() {
-        let queue = Command::QueueCacheInvalidation { nodes: offline.clone(), key: key.to_string(), version };
-        inner.apply(queue).map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "store_failed", e.to_string()))?;
-    }
+    queue_missed(&mut inner, &offline, key, version)?;
     Ok(Reach { connected, offline, waited_for })
 }
 
@@ -368,33 +375,39 @@ fn strong(consistency: Option<&str>) -> Result<bool, ApiError> {
     }
 }
 
-/// Invalidations sent to connected nodes, with their acknowledgements to
-/// come; forgets the request when dropped.
-struct Acks<'a> {
-    c: &'a Control,
+/// A request sent to some nodes over the gateway (an invalidation, a
+/// catch-up), with their acknowledgements to come; forgets the request
+/// when dropped.
+struct Acks {
+    c: Arc<Control>,
     request: u64,
     rx: tokio::sync::mpsc::UnboundedReceiver<(NodeId, bool)>,
     names: Vec<String>,
 }
 
-impl<'a> Acks<'a> {
-    /// Sends the invalidation of `key` at `version` to `nodes` (connected).
-    fn send(c: &'a Control, nodes: &[NodeId], key: &str, version: u64) -> Self {
+impl Acks {
+    /// Sends `message(request)` to each of `nodes` (connected ones).
+    fn send(c: &Arc<Control>, nodes: &[NodeId], message: impl Fn(u64) -> ServerMessage) -> Self {
         let request = c.next_id();
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
         c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
         let inner = c.lock();
         for id in nodes {
-            inner.send(id, ServerMessage::CacheInvalidate { request, key: key.to_string(), version: Some(version) });
+            inner.send(id, message(request));
         }
-        Acks { c, request, rx, names: nodes.iter().map(NodeId::to_string).collect() }
+        Acks { c: c.clone(), request, rx, names: nodes.iter().map(NodeId::to_string).collect() }
     }
 
-    /// Waits up to [`ACK_TIMEOUT`] for every node's acknowledgement: each
-    /// node's (whether it dropped a copy), and the nodes that stayed silent.
-    async fn wait(mut self) -> (BTreeMap<String, bool>, Vec<String>) {
+    /// Sends the invalidation of `key` at `version` to `nodes`.
+    fn invalidate(c: &Arc<Control>, nodes: &[NodeId], key: &str, version: u64) -> Self {
+        Self::send(c, nodes, |request| ServerMessage::CacheInvalidate { request, key: key.to_string(), version: Some(version) })
+    }
+
+    /// Waits up to `timeout` for every node's acknowledgement: each node's
+    /// (whether it dropped a copy), and the nodes that stayed silent.
+    async fn wait(mut self, timeout: Duration) -> (BTreeMap<String, bool>, Vec<String>) {
         let mut acked = BTreeMap::new();
-        let deadline = tokio::time::Instant::now() + ACK_TIMEOUT;
+        let deadline = tokio::time::Instant::now() + timeout;
         while acked.len() < self.names.len() {
             match tokio::time::timeout_at(deadline, self.rx.recv()).await {
                 Ok(Some((id, removed))) => {
@@ -408,7 +421,7 @@ impl<'a> Acks<'a> {
     }
 }
 
-impl Drop for Acks<'_> {
+impl Drop for Acks {
     fn drop(&mut self) {
         self.c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&self.request);
     }
@@ -421,14 +434,14 @@ async fn invalidate(State(c): Ctl, ApiPath(key): ApiPath<String>, ApiQuery(q): A
     // it and reaching a node first is not dropped by it.
     let version = q.version.unwrap_or_else(|| c.clock.now_ms() * 1000);
     let reach = reach_and_queue(&c, &q, &key, version)?;
-    let acks = Acks::send(&c, &reach.connected, &key, version);
+    let acks = Acks::invalidate(&c, &reach.connected, &key, version);
     let queued: Vec<String> = reach.offline.iter().map(NodeId::to_string).collect();
     if !strong {
         let body = json!({"key": key, "version": version, "nodes": acks.names, "queued": queued, "consistency": "eventual"});
         return Ok((StatusCode::ACCEPTED, Json(body)).into_response());
     }
     let names = acks.names.clone();
-    let (acked, mut silent) = acks.wait().await;
+    let (acked, mut silent) = acks.wait(ACK_TIMEOUT).await;
     silent.extend(reach.waited_for.iter().map(NodeId::to_string));
     let now = c.clock.now_ms();
     let outcome = if silent.is_empty() { "invalidated" } else { "incomplete" };
@@ -454,23 +467,16 @@ const CATCH_UP_TIMEOUT: Duration = Duration::from_secs(60);
 /// Sends a node that just connected the cache invalidations it missed
 /// while it was not, and forgets them once it acknowledges.
 pub fn catch_up(c: &Arc<Control>, node: &NodeId) {
-    let request = c.next_id();
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-    let backlog = {
-        let inner = c.lock();
-        let Some(backlog) = inner.store.state().cache_backlog(node).filter(|b| !b.is_empty()) else {
-            return;
-        };
-        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).insert(request, tx);
-        let (keys, drop_all) = (backlog.keys.clone(), backlog.drop_all);
-        inner.send(node, ServerMessage::CacheCatchUp { request, keys, drop_all });
-        backlog
-    };
+    let Some(backlog) = c.lock().store.state().cache_backlog(node).filter(|b| !b.is_empty()) else { return };
+    let acks = Acks::send(c, std::slice::from_ref(node), |request| ServerMessage::CacheCatchUp {
+        request,
+        keys: backlog.keys.clone(),
+        drop_all: backlog.drop_all,
+    });
     let (c, node) = (c.clone(), node.clone());
     tokio::spawn(async move {
-        let acked = tokio::time::timeout(CATCH_UP_TIMEOUT, rx.recv()).await;
-        c.cache_acks.lock().unwrap_or_else(|p| p.into_inner()).remove(&request);
-        if !matches!(acked, Ok(Some(_))) {
+        let (acked, _) = acks.wait(CATCH_UP_TIMEOUT).await;
+        if acked.is_empty() {
             tracing::warn!(node = %node, "no acknowledgement of the missed cache invalidations; they wait for its next connection");
             return;
         }
@@ -502,7 +508,7 @@ async fn prewarm(State(c): Ctl, ApiJson(req): ApiJson<PrewarmRequest>) -> ApiRes
     req.keys.iter().try_for_each(|k| check_key(k))?;
     let nodes = targets(&c, req.nodes.map(|n| n.join(",")).as_deref(), req.region.as_deref())?;
     if nodes.is_empty() {
-        return Err(ApiError::new(StatusCode::CONFLICT, "no_nodes", "no connected node matches"));
+        return Err(no_nodes());
     }
     {
         let inner = c.lock();

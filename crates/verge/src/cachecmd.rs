@@ -238,19 +238,24 @@ fn show(answer: &Value, as_json: bool, human: impl Fn(&Value)) {
 fn partial(answer: Result<Value, verge_client::ClientError>) -> Result<(Value, bool)> {
     match answer {
         Ok(v) => Ok((v, true)),
-        Err(verge_client::ClientError::Api { status: 502 | 504, code, message }) if code.is_empty() => {
+        Err(verge_client::ClientError::Api { status: status @ (502 | 504), code, message }) if code.is_empty() => {
             match serde_json::from_str::<Value>(&message) {
                 Ok(v) if v.get("key").is_some() => Ok((v, false)),
-                _ => Err(verge_client::ClientError::Api { status: 502, code, message }.into()),
+                _ => Err(verge_client::ClientError::Api { status, code, message }.into()),
             }
         }
         Err(e) => Err(e.into()),
     }
 }
 
+/// A JSON array of node names, as strings (none if it is not an array).
+fn list(v: &Value) -> Vec<String> {
+    v.as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default()
+}
+
 /// A JSON array of node names as `a, b, c`.
 fn names(v: &Value) -> String {
-    let list: Vec<String> = v.as_array().map(|a| a.iter().map(cell).collect()).unwrap_or_default();
+    let list = list(v);
     if list.is_empty() {
         "no node".into()
     } else {
@@ -262,11 +267,10 @@ fn names(v: &Value) -> String {
 /// and what the other nodes did with their older copies.
 fn print_put(a: &Value) {
     println!("{} version {}", cell(&a["key"]), cell(&a["version"]));
-    let list = |field: &str| -> Vec<String> { a[field].as_array().map(|l| l.iter().map(cell).collect()).unwrap_or_default() };
     let mut rows: Vec<Vec<String>> =
         a["nodes"].as_object().map(|m| m.iter().map(|(id, r)| vec![id.clone(), cell(r)]).collect()).unwrap_or_default();
-    let (silent, eventual) = (list("silent"), a["consistency"] == "eventual");
-    for id in list("others") {
+    let (silent, eventual) = (list(&a["silent"]), a["consistency"] == "eventual");
+    for id in list(&a["others"]) {
         let outcome = match a["invalidated"].get(&id) {
             Some(Value::Bool(true)) => "dropped an older copy",
             Some(_) => "held no copy",
@@ -276,17 +280,17 @@ fn print_put(a: &Value) {
         };
         rows.push(vec![id, outcome.into()]);
     }
-    rows.extend(list("queued").into_iter().map(|id| vec![id, "offline (drops an older copy when it returns)".into()]));
+    rows.extend(list(&a["queued"]).into_iter().map(|id| vec![id, "offline (drops an older copy when it returns)".into()]));
     print(&["NODE", "RESULT"], &rows);
 }
 
 /// `verge cache rm`: who dropped the key, who had it, who never answered.
 fn print_rm(a: &Value) {
-    let queued = a["queued"].as_array().filter(|q| !q.is_empty()).map(|_| names(&a["queued"]));
+    let (silent, waiting) = (list(&a["silent"]), list(&a["queued"]));
     if a["consistency"] == "eventual" {
         println!("{} invalidation sent to {} (eventual: not waiting for acknowledgements)", cell(&a["key"]), names(&a["nodes"]));
-        if let Some(q) = queued {
-            println!("queued for {q}: not connected, they drop it when they connect again");
+        if !waiting.is_empty() {
+            println!("queued for {}: not connected, they drop it when they connect again", waiting.join(", "));
         }
         return;
     }
@@ -298,8 +302,6 @@ fn print_rm(a: &Value) {
                 .collect()
         })
         .unwrap_or_default();
-    let silent: Vec<String> = a["silent"].as_array().map(|s| s.iter().map(cell).collect()).unwrap_or_default();
-    let waiting: Vec<String> = a["queued"].as_array().map(|s| s.iter().map(cell).collect()).unwrap_or_default();
     for id in &silent {
         let why = if waiting.contains(id) {
             "not connected, lease running (queued for its return)"
