@@ -456,6 +456,9 @@ async fn connect(
     };
     let (ws, _) = tokio_tungstenite::client_async_with_config(opts.server_url.as_str(), stream, Some(config)).await.map_err(refusal)?;
     let (mut sink, mut stream) = ws.split();
+    // Cache entries from before this hello may be older than what the
+    // server asks this connection to drop; later ones are not.
+    let joined = link.cache.next_version();
     let mut node = opts.node.clone();
     node.data_addr = link.data_port.map(|bound| advertised(opts, bound, local));
     let hello = AgentMessage::Hello {
@@ -558,12 +561,11 @@ async fn connect(
                     }
                     ServerMessage::CacheCatchUp { request, keys, drop_all } => {
                         // Unanswered on failure: the server keeps the backlog and sends it again.
-                        match link.cache.blocking(move |c| c.catch_up(&keys, drop_all)).await {
-                            Some(Ok(removed)) => {
+                        match link.cache.blocking(move |c| c.catch_up(&keys, drop_all, joined)).await {
+                            Some(removed) => {
                                 let ack = encode(&AgentMessage::CacheAck { request, removed });
                                 sink.send(Message::text(ack)).await.map_err(|e| e.to_string())?;
                             }
-                            Some(Err(e)) => tracing::error!(error = %e, "cannot apply the cache invalidations missed offline"),
                             None => tracing::error!("the cache task applying missed invalidations failed"),
                         }
                     }

@@ -406,7 +406,7 @@ impl EdgeCache {
 
     /// A version newer than every one this process handed out and than the
     /// clock in µs, so versions from different nodes order by time.
-    fn next_version(&self) -> u64 {
+    pub fn next_version(&self) -> u64 {
         let now = now_ms() * 1000;
         let mut last = self.last_version.load(Ordering::Relaxed);
         loop {
@@ -883,15 +883,27 @@ impl EdgeCache {
     }
 
     /// Applies the invalidations this node missed while disconnected: each
-    /// key as [`EdgeCache::invalidate`] at its version, or, when there were
-    /// too many to list, every entry. Whether anything was dropped.
-    pub fn catch_up(&self, keys: &BTreeMap<String, u64>, drop_all: bool) -> std::io::Result<bool> {
+    /// key as [`EdgeCache::invalidate`] at its version, and with
+    /// `drop_all` (too many were missed to list, or the server met this
+    /// node as new) every entry older than `joined`, this connection's
+    /// first version: what was written since is newer than anything
+    /// missed. Whether anything was dropped.
+    pub fn catch_up(&self, keys: &BTreeMap<String, u64>, drop_all: bool, joined: u64) -> bool {
+        let mut removed = false;
         if drop_all {
-            let held = self.key_count() > 0;
-            self.clear()?;
-            return Ok(held);
+            let mut cursor = 0;
+            loop {
+                let (next, step) = self.scan(cursor, 1000, None, now_ms());
+                for key in step {
+                    removed |= self.invalidate(&key, Some(joined.saturating_sub(1)));
+                }
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
         }
-        Ok(keys.iter().fold(false, |removed, (key, &version)| self.invalidate(key, Some(version)) | removed))
+        keys.iter().fold(removed, |removed, (key, &version)| self.invalidate(key, Some(version)) | removed)
     }
 
     /// Changes when `key` expires, atomic against every other write of it:
@@ -1291,6 +1303,30 @@ mod tests {
         assert!(!c.invalidate("r", Some(1)), "a newer version is kept");
         let counted = |n: &AtomicU64| n.load(Ordering::Relaxed);
         assert_eq!((counted(&c.counters.hot_hits), counted(&c.counters.warm_hits), counted(&c.counters.misses)), (2, 0, 0));
+    }
+
+    #[test]
+    fn catching_up_drops_the_missed_keys_and_with_drop_all_what_came_before_the_connection() {
+        let dir = tempfile::tempdir().unwrap();
+        let c = cache(dir.path(), 1 << 20);
+        let value = || Bytes::from_static(b"v");
+        for k in ["old", "missed", "queued"] {
+            c.put(k, value(), "app_data", None, Durability::WriteThrough).unwrap();
+        }
+        c.put("queued", value(), "app_data", None, Durability::WriteBehind).unwrap();
+        let missed_at = c.next_version();
+        let joined = c.next_version();
+        c.put("new", value(), "app_data", None, Durability::WriteBehind).unwrap();
+        let held = || {
+            let mut keys = full_scan(&c, 2, now_ms(), || {});
+            keys.sort();
+            keys
+        };
+        assert!(c.catch_up(&[("missed".to_string(), missed_at)].into(), false, joined));
+        assert_eq!(held(), ["new", "old", "queued"]);
+        assert!(c.catch_up(&BTreeMap::new(), true, joined));
+        assert_eq!(held(), ["new"]);
+        assert!(!c.catch_up(&BTreeMap::new(), true, joined), "nothing older left");
     }
 
     #[test]

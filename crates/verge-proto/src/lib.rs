@@ -210,7 +210,10 @@ pub enum ServerMessage {
         request: u64,
         /// Keys to drop, each unless the node holds a version newer than its own.
         keys: std::collections::BTreeMap<String, u64>,
-        /// Too many were missed to list: drop every entry.
+        /// Too many were missed to list, or the server met the node as new
+        /// (first registration, or back after a removal) and cannot know
+        /// what it holds: drop every entry written before the connection's
+        /// hello.
         #[serde(default)]
         drop_all: bool,
     },

@@ -210,11 +210,15 @@ impl Security {
 
     /// Signs a CSR for `identity` with the configured certificate lifetime.
     pub fn issue(&self, csr_pem: &str, identity: &Identity, now_ms: u64) -> Result<Issued, pki::PkiError> {
-        let ttl = match identity {
-            Identity::Node(_) => self.cfg.cert_ttl.0,
-            _ => self.cfg.cert_ttl.0.min(3_600_000),
+        let (ttl, issue_ms) = match identity {
+            // A certificate's issue time is kept in whole seconds: one for a
+            // node that joins again within the second of its removal would
+            // count as issued before it and be refused for good. It is
+            // issued a second after the revocation instead.
+            Identity::Node(id) => (self.cfg.cert_ttl.0, lock(&self.revoked).get(id).map_or(now_ms, |&at| now_ms.max(at + 1_000))),
+            _ => (self.cfg.cert_ttl.0.min(3_600_000), now_ms),
         };
-        self.ca.sign_csr(csr_pem, identity, now_ms, ttl)
+        self.ca.sign_csr(csr_pem, identity, issue_ms, ttl)
     }
 
     /// Revokes every certificate of `node` issued until now.

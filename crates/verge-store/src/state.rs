@@ -26,8 +26,9 @@ pub struct NodeRecord {
     /// earlier one meant for it.
     #[serde(default)]
     pub cache_seen: u64,
-    /// Set (to the entry's position) when an entry meant for it left the
-    /// cache log before it caught up: it drops its whole cache instead.
+    /// Set (to a log position) when an entry meant for it left the cache
+    /// log before it caught up, or when the node is new to this record: it
+    /// drops every entry it held before it connected instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_drop_all: Option<u64>,
 }
@@ -193,9 +194,13 @@ impl State {
                             lifecycle_since_ms: now_ms,
                             registered_ms: now_ms,
                             health_report: None,
-                            // It missed nothing logged before it existed.
+                            // The log names it in no entry before this one,
+                            // but a node back after a removal, or met by a
+                            // store that lost it, may hold entries the fleet
+                            // dropped meanwhile: it drops what it held before
+                            // it connects.
                             cache_seen: self.cache_log.keys().next_back().copied().unwrap_or(0),
-                            cache_drop_all: None,
+                            cache_drop_all: Some(self.cache_log.keys().next_back().copied().unwrap_or(0)),
                         };
                         self.nodes.insert(id.clone(), rec);
                     }
@@ -375,6 +380,12 @@ pub(crate) mod tests {
         let id = |n: &str| NodeId::new(n).unwrap();
         s.apply(Command::RegisterNode { spec: node("a"), now_ms: 0 }).unwrap();
         s.apply(Command::RegisterNode { spec: node("b"), now_ms: 0 }).unwrap();
+        // New nodes drop what they held before, until their first connection acknowledges.
+        for n in ["a", "b"] {
+            let first = s.cache_backlog(&id(n)).unwrap();
+            assert!(first.drop_all && first.keys.is_empty(), "{first:?}");
+            s.apply(Command::SettleCacheBacklog { id: id(n), through: first.through }).unwrap();
+        }
         let queue = |s: &mut State, nodes: &[&str], key: &str, version| {
             s.apply(Command::QueueCacheInvalidation { nodes: nodes.iter().map(|n| id(n)).collect(), key: key.into(), version })
         };
@@ -391,9 +402,21 @@ pub(crate) mod tests {
         assert_eq!(s.cache_backlog(&id("b")).unwrap().keys.len(), 2);
         let a = s.cache_backlog(&id("a")).unwrap();
         s.apply(Command::SettleCacheBacklog { id: id("a"), through: a.through }).unwrap();
-        // A node registered now missed nothing before it.
+        // A node registered now missed no listed key before it, and drops
+        // what it held before; so does one back after a removal.
         s.apply(Command::RegisterNode { spec: node("c"), now_ms: 1 }).unwrap();
+        let c = s.cache_backlog(&id("c")).unwrap();
+        assert!(c.drop_all && c.keys.is_empty(), "{c:?}");
+        s.apply(Command::SettleCacheBacklog { id: id("c"), through: c.through }).unwrap();
         assert!(s.cache_backlog(&id("c")).unwrap().is_empty());
+        s.apply(Command::RemoveNode { id: id("c"), reason: "gone".into() }).unwrap();
+        queue(&mut s, &["a", "c"], "k", 10).unwrap();
+        s.apply(Command::RegisterNode { spec: node("c"), now_ms: 2 }).unwrap();
+        let c = s.cache_backlog(&id("c")).unwrap();
+        assert!(c.drop_all && c.keys.is_empty(), "{c:?}");
+        s.apply(Command::SettleCacheBacklog { id: id("c"), through: c.through }).unwrap();
+        let a = s.cache_backlog(&id("a")).unwrap();
+        s.apply(Command::SettleCacheBacklog { id: id("a"), through: a.through }).unwrap();
         // Entries pushed out of the log before b caught up: b drops all.
         for i in 0..CACHE_LOG_ENTRIES as u64 {
             queue(&mut s, &["c"], &format!("x{i}"), i).unwrap();

@@ -114,7 +114,7 @@ pub async fn node_status(api: &Api, id: &str, json: bool) -> Result<()> {
     println!("workloads   {}", n["workloads"].as_array().map_or(String::new(), |w| w.iter().map(cell).collect::<Vec<_>>().join(", ")));
     let backlog = &n["cacheBacklog"];
     if backlog["dropAll"] == true {
-        println!("cache       drops its whole cache when it connects (it missed too many invalidations)");
+        println!("cache       drops what it cached before when it connects (new to the fleet, or it missed too many invalidations)");
     } else if backlog["keys"].as_u64().is_some_and(|k| k > 0) {
         println!("cache       {} invalidated keys to drop when it connects", backlog["keys"]);
     }

@@ -580,4 +580,22 @@ fn the_server_fans_writes_invalidations_and_warm_ups_out_to_nodes() {
     });
     let (ok, keys, err) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/n0*"]);
     assert!(ok && keys.lines().count() == 9 && !keys.contains("cfg/n05"), "tyo drops cfg/n05, keeps the others: {keys}{err}");
+
+    // A node removed from the fleet is in no invalidation's list until it
+    // joins again: it then drops everything it cached before, which the
+    // fleet may have changed meanwhile (here cfg/n01).
+    c.stop_agent("tyo");
+    let (status, v) = api(&c.api, "DELETE", "/api/v1/nodes/tyo", "");
+    assert_eq!(status, 200, "{v}");
+    let (ok, _, err) = c.cli(&["cache", "put", "cfg/n01", "changed while tyo was out of the fleet"]);
+    assert!(ok, "{err}");
+    std::fs::remove_dir_all(c.path("tyo").join("data").join("tls")).unwrap();
+    c.restart_agent("tyo");
+    wait_until(Duration::from_secs(30), "tyo to join again and drop what it cached before", || {
+        let (ok, keys, _) = c.cli(&["cache", "keys", "--node", "tyo", "--match", "cfg/*"]);
+        (ok && keys.trim().is_empty()).then_some(())
+    });
+    wait_until(Duration::from_secs(30), "the server to record that tyo caught up", || {
+        (c.get("/api/v1/nodes/tyo")["cacheBacklog"]["dropAll"] == false).then_some(())
+    });
 }
