@@ -466,6 +466,7 @@ async fn connect(
         agent_version: env!("CARGO_PKG_VERSION").into(),
         workloads: workloads.statuses(),
         posture: link.posture(),
+        cached_keys: link.cache.key_count() as u64,
     };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut interval = DEFAULT_HEARTBEAT;

@@ -32,6 +32,11 @@ pub enum AgentMessage {
         /// The node's security posture, for compliance checks.
         #[serde(default)]
         posture: Posture,
+        /// Keys its edge cache holds: a node new to the server that holds
+        /// some may have missed their invalidations (see
+        /// [`ServerMessage::CacheCatchUp`]).
+        #[serde(default)]
+        cached_keys: u64,
     },
     /// Sent every heartbeat interval: real metrics and workload states.
     Heartbeat {
@@ -210,9 +215,9 @@ pub enum ServerMessage {
         request: u64,
         /// Keys to drop, each unless the node holds a version newer than its own.
         keys: std::collections::BTreeMap<String, u64>,
-        /// Too many were missed to list, or the server met the node as new
-        /// (first registration, or back after a removal) and cannot know
-        /// what it holds: drop every entry written before the connection's
+        /// Too many were missed to list, or the server cannot vouch for
+        /// what the node held (new to it with keys cached, as after a
+        /// removal): drop every entry written before the connection's
         /// hello.
         #[serde(default)]
         drop_all: bool,

@@ -17,7 +17,7 @@ use verge_client::serve::{ApiPath, ApiQuery};
 use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, ValidationError, WorkloadId, WorkloadSpec, WorkloadState};
 use verge_proto::LogStream;
 use verge_sched::{place, Capacity};
-use verge_store::{Command, NodeRecord, WorkloadRecord};
+use verge_store::{Command, Durability, NodeRecord, WorkloadRecord};
 
 use crate::control::{Control, Inner};
 use crate::error::{ApiError, ApiJson, BODY_LIMIT};
@@ -200,7 +200,14 @@ async fn register_node(State(c): Ctl, ApiJson(spec): ApiJson<NodeSpec>) -> ApiRe
     let id = spec.id.clone();
     let mut inner = c.lock();
     let existed = inner.store.state().nodes.contains_key(&id);
-    inner.apply(Command::RegisterNode { spec, now_ms: now })?;
+    let mut cmds = vec![Command::RegisterNode { spec, now_ms: now }];
+    if !existed {
+        // Its agent may come back with a cache from before a removal.
+        cmds.push(Command::DistrustCache { id: id.clone() });
+    }
+    if let Some(e) = inner.apply_batch(cmds, Durability::Durable)?.into_iter().find_map(Result::err) {
+        return Err(verge_store::StoreError::State(e).into());
+    }
     let status = if existed { StatusCode::OK } else { StatusCode::CREATED };
     ok(status, node_json(&c.policy(&inner), &inner, node_or_404(&inner, &id)?, now))
 }

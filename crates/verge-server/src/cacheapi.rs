@@ -39,7 +39,7 @@ use verge_client::{url_path as encode, Api, Method, Tls};
 use verge_core::{Millis, NodeId};
 use verge_proto::ServerMessage;
 use verge_security::pki::Identity;
-use verge_store::{Command, Durability};
+use verge_store::Command;
 
 use crate::control::{Control, Inner};
 use crate::error::{ApiBody, ApiError, ApiJson};
@@ -481,11 +481,7 @@ pub fn catch_up(c: &Arc<Control>, node: &NodeId) {
             return;
         }
         let missed = backlog.keys.len();
-        // Deferred: every node's first connection settles one, and one lost
-        // to a crash only sends the same invalidations again.
-        let settle = Command::SettleCacheBacklog { id: node.clone(), through: backlog.through };
-        let settled = c.lock().apply_batch(vec![settle], Durability::Deferred).and_then(|mut r| Ok(r.pop().unwrap_or(Ok(()))?));
-        if let Err(e) = settled {
+        if let Err(e) = c.lock().apply(Command::SettleCacheBacklog { id: node.clone(), through: backlog.through }) {
             tracing::warn!(node = %node, error = %e, "cannot record the delivered cache invalidations");
         } else {
             tracing::info!(node = %node, missed, "node caught up on missed cache invalidations");

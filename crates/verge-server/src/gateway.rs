@@ -79,18 +79,28 @@ async fn refuse(sock: &mut WebSocket, reason: String) {
     let _ = sock.close().await;
 }
 
+/// What an agent's `Hello` declares.
+struct Greeting {
+    node: NodeSpec,
+    /// The workloads it runs.
+    reported: Vec<WorkloadStatus>,
+    posture: Posture,
+    /// Keys its edge cache holds.
+    cached_keys: u64,
+}
+
 /// Waits for the `Hello` and validates the node it declares.
-async fn hello(sock: &mut WebSocket) -> Result<(NodeSpec, Vec<WorkloadStatus>, Posture), String> {
+async fn hello(sock: &mut WebSocket) -> Result<Greeting, String> {
     let frame = match tokio::time::timeout(HELLO_TIMEOUT, sock.recv()).await {
         Err(_) => return Err("no hello within 10 s".into()),
         Ok(Some(Ok(Message::Text(t)))) => t,
         Ok(_) => return Err("expected a hello text frame".into()),
     };
     match decode::<AgentMessage>(&frame) {
-        Ok(AgentMessage::Hello { node, workloads, agent_version, posture }) => {
+        Ok(AgentMessage::Hello { node, workloads, agent_version, posture, cached_keys }) => {
             node.validate().map_err(|e| format!("invalid node spec: {e}"))?;
             tracing::info!(node = %node.id, %agent_version, "agent hello");
-            Ok((node, workloads, posture))
+            Ok(Greeting { node, reported: workloads, posture, cached_keys })
         }
         Ok(_) => Err("the first message must be a hello".into()),
         Err(e) => Err(e.to_string()),
@@ -98,11 +108,11 @@ async fn hello(sock: &mut WebSocket) -> Result<(NodeSpec, Vec<WorkloadStatus>, P
 }
 
 async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identity: Option<(String, Arc<CertInfo>)>) {
-    let (node, reported, posture) = match hello(&mut sock).await {
+    let greeting = match hello(&mut sock).await {
         Ok(h) => h,
         Err(reason) => return refuse(&mut sock, format!("{peer}: {reason}")).await,
     };
-    let id = node.id.clone();
+    let id = greeting.node.id.clone();
     if let Some((cert_node, _)) = identity.as_ref().filter(|(n, _)| n != id.as_str()) {
         let why = format!("the certificate is for node {cert_node} but the hello says {id}");
         c.security.audit(
@@ -124,7 +134,7 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identit
     let (tx, mut rx) = mpsc::unbounded_channel();
     let cert = identity.map(|(_, cert)| cert);
     let attesting = cert.is_some();
-    if let Err(e) = register(&c, node, reported, posture, cert, conn_id, tx) {
+    if let Err(e) = register(&c, greeting, cert, conn_id, tx) {
         return refuse(&mut sock, format!("cannot register node {id}: {e}")).await;
     }
     crate::cacheapi::catch_up(&c, &id);
@@ -187,23 +197,28 @@ async fn session(c: Arc<Control>, mut sock: WebSocket, peer: SocketAddr, identit
 /// lease and queues the welcome and its assignments.
 fn register(
     c: &Control,
-    node: NodeSpec,
-    reported: Vec<WorkloadStatus>,
-    posture: Posture,
+    greeting: Greeting,
     cert: Option<Arc<CertInfo>>,
     conn_id: u64,
     tx: mpsc::UnboundedSender<ServerMessage>,
 ) -> Result<(), verge_store::StoreError> {
+    let Greeting { node, reported, posture, cached_keys } = greeting;
     let now = c.clock.now_ms();
     let id = node.id.clone();
     let mut inner = c.lock();
     // A known node coming back unchanged needs no write: the reconciler moves
     // it from terminated to warming, for a whole reconnecting fleet in one batch.
-    let fresh = inner.store.state().nodes.get(&id).is_none_or(|r| r.spec != node);
-    if fresh {
+    let known = inner.store.state().nodes.get(&id).map(|r| r.spec == node);
+    if known != Some(true) {
+        let mut cmds = vec![Command::RegisterNode { spec: node, now_ms: now }];
+        // New to this server with keys cached (as after a removal): no
+        // invalidation named it meanwhile.
+        if known.is_none() && cached_keys > 0 {
+            cmds.push(Command::DistrustCache { id: id.clone() });
+        }
         // Deferred: an agent declares itself again on every connect, so a
         // registration lost to a crash comes back with the next hello.
-        if let Some(Err(e)) = inner.apply_batch(vec![Command::RegisterNode { spec: node, now_ms: now }], Durability::Deferred)?.pop() {
+        if let Some(e) = inner.apply_batch(cmds, Durability::Deferred)?.into_iter().find_map(Result::err) {
             return Err(e.into());
         }
     }

@@ -125,6 +125,7 @@ async fn session(
         agent_version: "sim".into(),
         workloads: ctl.statuses(),
         posture: Default::default(),
+        cached_keys: 0,
     };
     sink.send(Message::text(encode(&hello))).await.map_err(|e| e.to_string())?;
     let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);

@@ -42,8 +42,9 @@ pub struct MissedInvalidation {
 pub struct CacheBacklog {
     /// Each key with the newest version invalidated.
     pub keys: BTreeMap<String, u64>,
-    /// An entry for it left the log before it caught up, or the node is
-    /// new to the control plane: drop every entry from before it connected.
+    /// An entry for it left the log before it caught up, or the control
+    /// plane cannot vouch for its cache: drop every entry from before it
+    /// connected.
     pub drop_all: bool,
     /// The log position this covers: acknowledged, the node has seen every
     /// entry up to here.

@@ -27,8 +27,8 @@ pub struct NodeRecord {
     #[serde(default)]
     pub cache_seen: u64,
     /// Set (to a log position) when an entry meant for it left the cache
-    /// log before it caught up, or when the node is new to this record: it
-    /// drops every entry it held before it connected instead.
+    /// log before it caught up, or by [`Command::DistrustCache`]: it drops
+    /// every entry it held before it connected instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_drop_all: Option<u64>,
 }
@@ -80,6 +80,10 @@ pub enum Command {
     QueueCacheInvalidation { nodes: Vec<NodeId>, key: String, version: u64 },
     /// Records that a node applied the cache log up to `through`.
     SettleCacheBacklog { id: NodeId, through: u64 },
+    /// The control plane cannot vouch for what `id` caches (it is new to
+    /// it, as after a removal, and may hold entries whose invalidations
+    /// named no such node): it drops what it held before it connects.
+    DistrustCache { id: NodeId },
 }
 
 /// A record a command touched, so the store knows what to write.
@@ -194,13 +198,9 @@ impl State {
                             lifecycle_since_ms: now_ms,
                             registered_ms: now_ms,
                             health_report: None,
-                            // The log names it in no entry before this one,
-                            // but a node back after a removal, or met by a
-                            // store that lost it, may hold entries the fleet
-                            // dropped meanwhile: it drops what it held before
-                            // it connects.
+                            // It missed nothing logged before it existed.
                             cache_seen: self.cache_log.keys().next_back().copied().unwrap_or(0),
-                            cache_drop_all: Some(self.cache_log.keys().next_back().copied().unwrap_or(0)),
+                            cache_drop_all: None,
                         };
                         self.nodes.insert(id.clone(), rec);
                     }
@@ -301,6 +301,12 @@ impl State {
                 }
                 Ok(keys)
             }
+            Command::DistrustCache { id } => {
+                let last = self.cache_log.keys().next_back().copied().unwrap_or(0);
+                let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
+                rec.cache_drop_all = Some(rec.cache_drop_all.unwrap_or(0).max(last));
+                Ok(vec![Key::Node(id)])
+            }
             Command::SettleCacheBacklog { id, through } => {
                 let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
                 rec.cache_seen = rec.cache_seen.max(through);
@@ -380,12 +386,6 @@ pub(crate) mod tests {
         let id = |n: &str| NodeId::new(n).unwrap();
         s.apply(Command::RegisterNode { spec: node("a"), now_ms: 0 }).unwrap();
         s.apply(Command::RegisterNode { spec: node("b"), now_ms: 0 }).unwrap();
-        // New nodes drop what they held before, until their first connection acknowledges.
-        for n in ["a", "b"] {
-            let first = s.cache_backlog(&id(n)).unwrap();
-            assert!(first.drop_all && first.keys.is_empty(), "{first:?}");
-            s.apply(Command::SettleCacheBacklog { id: id(n), through: first.through }).unwrap();
-        }
         let queue = |s: &mut State, nodes: &[&str], key: &str, version| {
             s.apply(Command::QueueCacheInvalidation { nodes: nodes.iter().map(|n| id(n)).collect(), key: key.into(), version })
         };
@@ -402,19 +402,20 @@ pub(crate) mod tests {
         assert_eq!(s.cache_backlog(&id("b")).unwrap().keys.len(), 2);
         let a = s.cache_backlog(&id("a")).unwrap();
         s.apply(Command::SettleCacheBacklog { id: id("a"), through: a.through }).unwrap();
-        // A node registered now missed no listed key before it, and drops
-        // what it held before; so does one back after a removal.
+        // A node registered now missed nothing before it.
         s.apply(Command::RegisterNode { spec: node("c"), now_ms: 1 }).unwrap();
+        assert!(s.cache_backlog(&id("c")).unwrap().is_empty());
+        // Back after a removal, no entry named it meanwhile: distrusted, it
+        // drops what it held until a connection acknowledges.
+        s.apply(Command::RemoveNode { id: id("c"), reason: "gone".into() }).unwrap();
+        queue(&mut s, &["a", "c"], "k", 10).unwrap();
+        s.apply(Command::RegisterNode { spec: node("c"), now_ms: 2 }).unwrap();
+        s.apply(Command::DistrustCache { id: id("c") }).unwrap();
         let c = s.cache_backlog(&id("c")).unwrap();
         assert!(c.drop_all && c.keys.is_empty(), "{c:?}");
         s.apply(Command::SettleCacheBacklog { id: id("c"), through: c.through }).unwrap();
         assert!(s.cache_backlog(&id("c")).unwrap().is_empty());
-        s.apply(Command::RemoveNode { id: id("c"), reason: "gone".into() }).unwrap();
-        queue(&mut s, &["a", "c"], "k", 10).unwrap();
-        s.apply(Command::RegisterNode { spec: node("c"), now_ms: 2 }).unwrap();
-        let c = s.cache_backlog(&id("c")).unwrap();
-        assert!(c.drop_all && c.keys.is_empty(), "{c:?}");
-        s.apply(Command::SettleCacheBacklog { id: id("c"), through: c.through }).unwrap();
+        assert_eq!(s.apply(Command::DistrustCache { id: id("gone") }), Err(StateError::NodeNotFound(id("gone"))));
         let a = s.cache_backlog(&id("a")).unwrap();
         s.apply(Command::SettleCacheBacklog { id: id("a"), through: a.through }).unwrap();
         // Entries pushed out of the log before b caught up: b drops all.
