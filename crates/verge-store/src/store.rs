@@ -40,6 +40,11 @@ pub enum Durability {
     Deferred,
 }
 
+/// redb's page cache. The state lives in memory ([`State`]) and is read
+/// from the file only when opened, so the cache serves writes alone;
+/// redb's default (1 GiB) let it grow with every write.
+const STORE_CACHE_BYTES: usize = 16 << 20;
+
 /// The control plane's state, backed by a redb file.
 pub struct Store {
     db: Database,
@@ -49,7 +54,7 @@ pub struct Store {
 impl Store {
     /// Opens (or creates) the store at `path` and loads the state.
     pub fn open(path: &Path) -> Result<Store, StoreError> {
-        let db = Database::create(path).map_err(db_err)?;
+        let db = redb::Builder::new().set_cache_size(STORE_CACHE_BYTES).create(path).map_err(db_err)?;
         let state = load(&db)?;
         Ok(Store { db, state })
     }
