@@ -563,10 +563,11 @@ async fn connect(
                     ServerMessage::CacheCatchUp { request, keys, drop_all } => {
                         // Unanswered on failure: the server keeps the backlog and sends it again.
                         match link.cache.blocking(move |c| c.catch_up(&keys, drop_all, joined)).await {
-                            Some(removed) => {
+                            Some(Ok(removed)) => {
                                 let ack = encode(&AgentMessage::CacheAck { request, removed });
                                 sink.send(Message::text(ack)).await.map_err(|e| e.to_string())?;
                             }
+                            Some(Err(e)) => tracing::error!(error = %e, "cannot apply the cache invalidations missed offline"),
                             None => tracing::error!("the cache task applying missed invalidations failed"),
                         }
                     }

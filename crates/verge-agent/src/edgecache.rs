@@ -118,6 +118,8 @@ struct WarmFile {
     /// Known from its write, or read back from the file by a `SCAN` (a file
     /// from before this process started).
     known: Option<Known>,
+    /// The version written; 0 for a file from before this process started.
+    version: u64,
 }
 
 /// Warm files by name, with their size and write order (for eviction).
@@ -130,11 +132,11 @@ struct WarmIndex {
 }
 
 impl WarmIndex {
-    fn insert(&mut self, name: String, size: u64, known: Option<Known>) {
+    fn insert(&mut self, name: String, size: u64, known: Option<Known>, version: u64) {
         self.remove(&name);
         self.next += 1;
         self.order.insert(self.next, name.clone());
-        self.files.insert(name, WarmFile { size, seq: self.next, known });
+        self.files.insert(name, WarmFile { size, seq: self.next, known, version });
         self.bytes += size;
     }
 
@@ -193,11 +195,6 @@ impl Behind {
 
     fn is_empty(&self) -> bool {
         self.entries.is_empty()
-    }
-
-    fn clear(&mut self) {
-        self.entries.clear();
-        self.names.clear();
     }
 
     fn keys(&self) -> impl Iterator<Item = &String> {
@@ -357,7 +354,7 @@ impl EdgeCache {
         }
         files.sort();
         for (_, name, size) in files {
-            index.insert(name, size, None);
+            index.insert(name, size, None, 0);
         }
         let cold_names = match &cold {
             Some(store) => store.names()?.into_iter().filter(|n| position(n).is_some()).map(|n| (n, None)).collect(),
@@ -620,7 +617,7 @@ impl EdgeCache {
         let bytes = encode(&e.meta, &e.value);
         self.vault.write(&path, &bytes)?;
         let mut warm = lock(&self.warm);
-        warm.insert(name.clone(), bytes.len() as u64, Some((e.meta.key.clone(), e.meta.expires_ms)));
+        warm.insert(name.clone(), bytes.len() as u64, Some((e.meta.key.clone(), e.meta.expires_ms)), e.meta.version);
         while warm.bytes > self.sizes.disk {
             let Some(victim) = warm.oldest().filter(|v| *v != name) else { break };
             let path = self.warm_dir.join(&victim);
@@ -884,26 +881,13 @@ impl EdgeCache {
 
     /// Applies the invalidations this node missed while disconnected: each
     /// key as [`EdgeCache::invalidate`] at its version, and with
-    /// `drop_all` (too many were missed to list, or the server met this
-    /// node as new) every entry older than `joined`, this connection's
-    /// first version: what was written since is newer than anything
-    /// missed. Whether anything was dropped.
-    pub fn catch_up(&self, keys: &BTreeMap<String, u64>, drop_all: bool, joined: u64) -> bool {
-        let mut removed = false;
-        if drop_all {
-            let mut cursor = 0;
-            loop {
-                let (next, step) = self.scan(cursor, 1000, None, now_ms());
-                for key in step {
-                    removed |= self.invalidate(&key, Some(joined.saturating_sub(1)));
-                }
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        keys.iter().fold(removed, |removed, (key, &version)| self.invalidate(key, Some(version)) | removed)
+    /// `drop_all` (too many were missed to list, or the server cannot vouch
+    /// for this node's cache) every entry older than `joined`, this
+    /// connection's first version: what was written since is newer than
+    /// anything missed. Whether anything was dropped.
+    pub fn catch_up(&self, keys: &BTreeMap<String, u64>, drop_all: bool, joined: u64) -> std::io::Result<bool> {
+        let dropped = drop_all && self.drop_before(Some(joined))?;
+        Ok(keys.iter().fold(dropped, |removed, (key, &version)| self.invalidate(key, Some(version)) | removed))
     }
 
     /// Changes when `key` expires, atomic against every other write of it:
@@ -1079,10 +1063,38 @@ impl EdgeCache {
     /// Drops every key on this node (`FLUSHDB`): memory, the write-behind
     /// queue, the warm and the cold tier. Every write waits meanwhile.
     pub fn clear(&self) -> std::io::Result<()> {
+        self.drop_before(None).map(drop)
+    }
+
+    /// Drops every entry of a version before `since` (`None`: every entry)
+    /// from memory, the write-behind queue, the warm and the cold tier, at
+    /// once: every write waits meanwhile. Queued deletes stay, and newer
+    /// entries stay where they are stored (the write-behind queue or the
+    /// warm tier; memory starts empty, and the cold tier holds copies of
+    /// files older than the warm tier's). Whether it dropped anything.
+    fn drop_before(&self, since: Option<u64>) -> std::io::Result<bool> {
         let _every_key: Vec<MutexGuard<'_, ()>> = self.key_locks.iter().map(lock).collect();
-        lock(&self.behind).clear();
+        let held = self.key_count();
+        let older = |version: u64| since.is_none_or(|s| version < s);
+        {
+            let mut behind = lock(&self.behind);
+            let stale: Vec<String> = behind
+                .entries
+                .iter()
+                .filter(|(_, pending)| pending.as_ref().map_or(since.is_none(), |e| older(e.meta.version)))
+                .map(|(key, _)| key.clone())
+                .collect();
+            for key in stale {
+                behind.remove(&key);
+            }
+        }
         *lock(&self.hot) = Cache::with_config(self.hot_config).map_err(std::io::Error::other)?;
-        let names: Vec<String> = std::mem::take(&mut *lock(&self.warm)).files.into_keys().collect();
+        let names: Vec<String> = {
+            let mut warm = lock(&self.warm);
+            let names: Vec<String> = warm.files.iter().filter(|(_, f)| older(f.version)).map(|(name, _)| name.clone()).collect();
+            names.iter().for_each(|name| warm.remove(name));
+            names
+        };
         for name in names {
             match std::fs::remove_file(self.warm_dir.join(name)) {
                 Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
@@ -1095,7 +1107,7 @@ impl EdgeCache {
                 cold.delete(&name)?;
             }
         }
-        Ok(())
+        Ok(self.key_count() < held)
     }
 
     /// Waits until the write-behind queue is empty (clean shutdown).
@@ -1316,17 +1328,24 @@ mod tests {
         c.put("queued", value(), "app_data", None, Durability::WriteBehind).unwrap();
         let missed_at = c.next_version();
         let joined = c.next_version();
+        // Written after the hello: one on disk, one still queued; the write
+        // queued before the hello reaches the disk after it.
         c.put("new", value(), "app_data", None, Durability::WriteBehind).unwrap();
+        c.flush();
+        c.put("newer", value(), "app_data", None, Durability::WriteBehind).unwrap();
         let held = || {
             let mut keys = full_scan(&c, 2, now_ms(), || {});
             keys.sort();
             keys
         };
-        assert!(c.catch_up(&[("missed".to_string(), missed_at)].into(), false, joined));
-        assert_eq!(held(), ["new", "old", "queued"]);
-        assert!(c.catch_up(&BTreeMap::new(), true, joined));
-        assert_eq!(held(), ["new"]);
-        assert!(!c.catch_up(&BTreeMap::new(), true, joined), "nothing older left");
+        assert!(c.catch_up(&[("missed".to_string(), missed_at)].into(), false, joined).unwrap());
+        assert_eq!(held(), ["new", "newer", "old", "queued"]);
+        assert!(c.catch_up(&BTreeMap::new(), true, joined).unwrap());
+        assert_eq!(held(), ["new", "newer"]);
+        assert_eq!(c.get("new", now_ms()).unwrap().value, value(), "served from the warm tier");
+        assert!(!c.catch_up(&BTreeMap::new(), true, joined).unwrap(), "nothing older left");
+        c.flush();
+        assert_eq!(held(), ["new", "newer"]);
     }
 
     #[test]
