@@ -415,12 +415,20 @@ fn advertised(opts: &AgentOptions, bound: std::net::SocketAddr, local: Option<st
 }
 
 /// A failed WebSocket handshake, with the server's reason when it gave one
-/// (a revoked certificate, a missing one).
-fn refusal(e: tokio_tungstenite::tungstenite::Error) -> String {
+/// (a revoked certificate, a missing one), and what to do about a refused
+/// certificate: the server revokes a removed node's, and only a new join
+/// (with a token) brings the node back.
+fn refusal(e: tokio_tungstenite::tungstenite::Error, data_dir: &std::path::Path) -> String {
     match e {
         tokio_tungstenite::tungstenite::Error::Http(resp) => {
-            let body = resp.body().as_deref().map(String::from_utf8_lossy).unwrap_or_default();
-            format!("server refused the connection ({}): {body}", resp.status())
+            let body = resp.body().as_deref().unwrap_or_default();
+            match verge_client::api_error(resp.status(), body) {
+                verge_client::ClientError::Api { code, message, .. } if code == "certificate_refused" => format!(
+                    "server refused this node's certificate: {message}; if the node was removed, it joins again once {} is deleted and the agent starts with a join token",
+                    data_dir.join("tls").display()
+                ),
+                _ => format!("server refused the connection ({}): {}", resp.status(), String::from_utf8_lossy(body)),
+            }
         }
         other => other.to_string(),
     }
@@ -454,7 +462,9 @@ async fn connect(
         Some(t) => t.handshake(tcp).await?,
         None => Box::new(tcp),
     };
-    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.server_url.as_str(), stream, Some(config)).await.map_err(refusal)?;
+    let (ws, _) = tokio_tungstenite::client_async_with_config(opts.server_url.as_str(), stream, Some(config))
+        .await
+        .map_err(|e| refusal(e, &opts.data_dir))?;
     let (mut sink, mut stream) = ws.split();
     // Cache entries from before this hello may be older than what the
     // server asks this connection to drop; later ones are not.

@@ -291,8 +291,9 @@ impl Api {
     }
 }
 
-/// The error an answer with a non-2xx `status` and `body` stands for.
-fn api_error(status: hyper::StatusCode, body: &[u8]) -> ClientError {
+/// The error an answer with a non-2xx `status` and `body` stands for (also
+/// for answers read by other clients, as the agent's WebSocket handshake).
+pub fn api_error(status: hyper::StatusCode, body: &[u8]) -> ClientError {
     let json: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
     let message = json["error"]["message"].as_str().map_or_else(|| String::from_utf8_lossy(body).into_owned(), str::to_string);
     let code = json["error"]["code"].as_str().unwrap_or_default().to_string();

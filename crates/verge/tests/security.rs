@@ -273,8 +273,10 @@ fn certificates_renew_without_dropping_work_and_removal_revokes() {
         (status == 403).then(|| assert!(body.contains("certificate_revoked"), "{body}"))
     });
     let log = c.path("fra/agent.log");
+    // Its log says how the node joins again.
+    let rejoin = format!("it joins again once {} is deleted", c.path("fra/data/tls").display());
     wait_until(Duration::from_secs(20), "the agent to be refused", || {
-        std::fs::read_to_string(&log).ok().filter(|l| l.contains("was revoked")).map(|_| ())
+        std::fs::read_to_string(&log).ok().filter(|l| l.contains("was revoked") && l.contains(&rejoin)).map(|_| ())
     });
     let (status, _) = api(&c.api, "GET", "/api/v1/nodes/fra", "");
     assert_eq!(status, 404, "a revoked node registered again");
