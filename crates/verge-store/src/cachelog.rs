@@ -11,14 +11,19 @@ use serde::{Deserialize, Serialize};
 use verge_core::NodeId;
 
 /// Most entries the log keeps. A node that missed an entry pushed out
-/// before it caught up drops its whole cache when it connects (a cache
-/// loses only speed by that).
+/// before it caught up drops everything it cached before it connects (a
+/// cache loses only speed by that).
 pub const CACHE_LOG_ENTRIES: usize = 10_000;
 
 /// Most node names the log's entries hold together (about 20 MB): with
 /// many nodes down, every entry names them all, and the log keeps fewer
 /// entries.
 pub const CACHE_LOG_NODE_NAMES: usize = 1_000_000;
+
+/// The position of the newest entry of `log` (0: empty).
+pub(crate) fn last_position(log: &BTreeMap<u64, MissedInvalidation>) -> u64 {
+    log.keys().next_back().copied().unwrap_or(0)
+}
 
 /// Whether `log` holds more than the limits allow.
 pub(crate) fn over_limits(log: &BTreeMap<u64, MissedInvalidation>) -> bool {
@@ -65,5 +70,5 @@ pub(crate) fn backlog(log: &BTreeMap<u64, MissedInvalidation>, node: &NodeId, se
         let v = keys.entry(e.key.clone()).or_insert(e.version);
         *v = (*v).max(e.version);
     }
-    CacheBacklog { keys, drop_all, through: log.keys().next_back().copied().unwrap_or(0).max(seen) }
+    CacheBacklog { keys, drop_all, through: last_position(log).max(seen) }
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 use verge_core::{HealthReport, Lifecycle, NodeId, NodeSpec, WorkloadId, WorkloadSpec};
 
-use crate::cachelog::{over_limits, CacheBacklog, MissedInvalidation};
+use crate::cachelog::{last_position, over_limits, CacheBacklog, MissedInvalidation};
 
 /// A node as the control plane remembers it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -31,6 +31,14 @@ pub struct NodeRecord {
     /// every entry it held before it connected instead.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_drop_all: Option<u64>,
+}
+
+impl NodeRecord {
+    /// Makes the node drop what it cached before its next connection,
+    /// until it acknowledges the cache log through `at` or later.
+    fn distrust_cache(&mut self, at: u64) {
+        self.cache_drop_all = Some(self.cache_drop_all.unwrap_or(0).max(at));
+    }
 }
 
 /// A workload as the control plane remembers it.
@@ -199,7 +207,7 @@ impl State {
                             registered_ms: now_ms,
                             health_report: None,
                             // It missed nothing logged before it existed.
-                            cache_seen: self.cache_log.keys().next_back().copied().unwrap_or(0),
+                            cache_seen: last_position(&self.cache_log),
                             cache_drop_all: None,
                         };
                         self.nodes.insert(id.clone(), rec);
@@ -286,7 +294,7 @@ impl State {
                 }
                 nodes.sort();
                 nodes.dedup();
-                let seq = self.cache_log.keys().next_back().copied().unwrap_or(0) + 1;
+                let seq = last_position(&self.cache_log) + 1;
                 self.cache_log.insert(seq, MissedInvalidation { key, version, nodes });
                 let mut keys = vec![Key::CacheLog(seq)];
                 while over_limits(&self.cache_log) {
@@ -294,7 +302,7 @@ impl State {
                     keys.push(Key::CacheLog(oldest));
                     for n in e.nodes {
                         if let Some(rec) = self.nodes.get_mut(&n).filter(|r| r.cache_seen < oldest) {
-                            rec.cache_drop_all = Some(rec.cache_drop_all.unwrap_or(0).max(oldest));
+                            rec.distrust_cache(oldest);
                             keys.push(Key::Node(n));
                         }
                     }
@@ -302,9 +310,8 @@ impl State {
                 Ok(keys)
             }
             Command::DistrustCache { id } => {
-                let last = self.cache_log.keys().next_back().copied().unwrap_or(0);
-                let rec = self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?;
-                rec.cache_drop_all = Some(rec.cache_drop_all.unwrap_or(0).max(last));
+                let last = last_position(&self.cache_log);
+                self.nodes.get_mut(&id).ok_or_else(|| StateError::NodeNotFound(id.clone()))?.distrust_cache(last);
                 Ok(vec![Key::Node(id)])
             }
             Command::SettleCacheBacklog { id, through } => {
